@@ -1,0 +1,63 @@
+"""Bad input to any command: one `error:` line, exit code 2, no traceback, nothing written."""
+
+import pytest
+import torch
+
+from conftest import written_files
+
+BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
+
+
+@pytest.mark.parametrize("args, files, message", [
+    (["search", "--trials", "0"], {}, "Invalid value for '--trials'"),
+    (["search", "--trials", "many"], {}, "'many' is not a valid integer"),
+    (["search", "--timeout", "-5"], {}, "Invalid value for '--timeout'"),
+    (["search", "--space", "missing.toml"], {}, "space file 'missing.toml' not found"),
+    (["search", "--space", "bad.toml"], {"bad.toml": "[train\nlr = 1"}, "not valid TOML"),
+    (["search", "--space", "bad.toml"], {"bad.toml": BAD_STEP}, "multiples of 4"),
+    (["search", "--space", "bad.toml"], {"bad.toml": "[space.image_size]\ntype='categorical'\nchoices=[30]"},
+     "multiple of 2**depth"),
+    (["search", "--set", "train.nope=1"], {}, "unknown key 'train.nope'"),
+    (["search", "--set", "train.lr=-1"], {}, "train.lr = -1.0 must be positive"),
+    (["search", "--set", "space.lr.type=normal"], {}, "type = 'normal'"),
+    (["search", "--sampler", "grid"], {}, "'grid' is not one of"),
+    (["search", "--pruner", "sometimes"], {}, "'sometimes' is not one of"),
+    (["search", "--study", "my study!"], {}, "may hold only letters"),
+    (["search", "--set", "data.foreground=['unicorn']"], {}, "unknown class 'unicorn'"),
+    (["search", "--bogus"], {}, "No such option '--bogus'"),
+    (["serch"], {}, "No such command 'serch'"),
+    (["report"], {}, "no study storage"),
+    (["report", "--study", "nope"], {}, "no study storage"),
+    (["studies"], {}, "no study storage"),
+    (["ui"], {}, "no MLflow runs"),
+    (["ui", "--port", "0"], {}, "Invalid value for '--port'"),
+])
+def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
+    for name, text in files.items():
+        (home / name).write_text(text)
+    before = written_files(home)
+    code, out, err = cli(*args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    # exactly one line, starting with error:, naming the problem
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in out + err
+    # no study, no run, no cache
+    assert written_files(home) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_anything_is_written(home, cli):
+    code, _, err = cli("search", "--device", "cuda")
+    assert code == 2 and err.startswith("error: --device cuda") and written_files(home) == []
+
+
+def test_unknown_study_in_an_existing_storage(home, cli):
+    import optuna
+
+    (home / "studies").mkdir()
+    optuna.create_study(storage=f"sqlite:///{home}/studies/unet-opt.db", study_name="drone")
+    before = written_files(home)
+    code, _, err = cli("report", "--study", "nope")
+    assert code == 2 and "no study named 'nope'" in err and "known: drone" in err
+    assert written_files(home) == before

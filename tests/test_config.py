@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from unet_opt.config import Config, find_space, load_config, parse_set, redact_url, to_toml
+from unet_opt.errors import UserError
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_builtin_spaces_load_and_validate():
+    for name in ("default", "drone", "binary"):
+        cfg = load_config(name)
+        # each built-in file searches the four hyperparameters of the original study
+        assert set(cfg.space) == {"train.lr", "train.batch_size", "data.image_size", "train.epochs"}
+    assert load_config("drone").model.base_channels == 64
+    assert load_config("binary").data.foreground == ["roof"]
+
+
+def test_builtin_space_is_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a bare name resolves to the project's search/ folder
+    assert find_space("default").name == "default.toml"
+
+
+def test_precedence_flags_over_set_over_file_over_defaults(tmp_path):
+    path = write(tmp_path, "[train]\npatience = 7\nlr = 0.5\n[search]\ntrials = 11\n")
+    cfg = load_config(path, {"search.trials": 3}, ["train.lr=0.25"])
+    assert cfg.train.patience == 7  # from the file
+    assert cfg.search.trials == 3  # the flag beats the file
+    assert cfg.train.lr == 0.25  # --set beats the file
+    assert cfg.train.epochs == Config().train.epochs  # untouched: the dataclass default
+
+
+def test_set_fixes_a_searched_field_and_can_edit_the_space():
+    cfg = load_config("default", sets=["train.epochs=3", "space.lr.high=0.05", "space.image_size.choices=[32, 64]"])
+    assert cfg.train.epochs == 3 and "train.epochs" not in cfg.space  # fixed, no longer searched
+    assert cfg.space["train.lr"].high == 0.05
+    assert cfg.space["data.image_size"].choices == (32, 64)
+
+
+def test_set_values_are_read_as_toml():
+    assert parse_set("data.foreground=[\"car\", \"person\"]") == ("data.foreground", ["car", "person"])
+    assert parse_set("data.dataset=/some/folder") == ("data.dataset", "/some/folder")  # not TOML: a string
+    assert parse_set("train.amp=false") == ("train.amp", False)
+
+
+@pytest.mark.parametrize("text, sets, message", [
+    ("[train]\nlr = 'fast'\n", [], r"train.lr = 'fast' should be float"),
+    ("[train]\nbatch_size = 6\n", [], r"multiples of 4"),
+    ("[trian]\nlr = 0.1\n", [], r"unknown section \[trian\]"),
+    ("[train]\nlearning_rate = 0.1\n", [], r"unknown key 'train.learning_rate'"),
+    ("[train\nlr = 0.1\n", [], r"not valid TOML"),
+    ("[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n", [], r"multiples of 4.*step = 4"),
+    ("[space.batch_size]\ntype = 'categorical'\nchoices = [4, 6]\n", [], r"multiples of 4 \(got 6\)"),
+    ("[space.image_size]\ntype = 'categorical'\nchoices = [32, 36]\n", [], r"multiple of 2\*\*depth = 8"),
+    ("[space.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.01\n", [], r"low = 0.1 is above high"),
+    ("[space.lr]\ntype = 'float'\nlow = 0\nhigh = 0.01\nlog = true\n", [], r"log = true needs low > 0"),
+    ("[space.lr]\ntype = 'gaussian'\n", [], r"type = 'gaussian'"),
+    ("[space.dropout]\ntype = 'float'\nlow = 0\nhigh = 1\n", [], r"unknown key 'dropout'"),
+    ("[space.lr]\ntype = 'float'\nlow = 1e-4\nhigh = 1e-1\nstpe = 2\n", [], r"unknown key 'stpe'"),
+    ("", ["search.sampler=grid"], r"search.sampler = 'grid' is not one of 'tpe', 'random'"),
+    ("", ["train.nope=1"], r"unknown key 'train.nope'"),
+    ("", ["trainlr"], r"not of the form section.key=value"),
+    ("", ["space.lr.high=0.5"], r"'lr' is not searched"),
+    ("", ["data.test_fraction=0.7"], r"data.test_fraction = 0.7 must be between 0 and 0.5"),
+    ("", ["search.study=my study"], r"may hold only letters"),
+    ("", ["data.binary='mean'", "data.foreground=['car']"], r"set only one"),
+])
+def test_errors_name_the_key_the_file_and_the_fix(tmp_path, text, sets, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=message) as info:
+        load_config(path, sets=sets)
+    # file errors name the file, --set errors name the --set
+    assert path in str(info.value) or "--set" in str(info.value)
+
+
+def test_missing_space_file():
+    with pytest.raises(UserError, match=r"space file 'nope.toml' not found"):
+        load_config("nope.toml")
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = load_config("default", sets=["data.foreground=['car']", "train.lr=0.003"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(cfg))
+    again = load_config(str(path))
+    # every field and the space survive the trip
+    assert again.flat() == cfg.flat() and again.space == cfg.space
+
+
+def test_redact_url_hides_only_the_password():
+    assert redact_url("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+    assert redact_url("sqlite:///studies/unet-opt.db") == "sqlite:///studies/unet-opt.db"

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from unet_opt.config import DataConfig
+from unet_opt.data import IGNORE, SegmentationData, batches, frame_size, load_data, make_split, split_indices
+from unet_opt.data import synthetic
+from unet_opt.data.classes import ClassTable
+from unet_opt.errors import UserError
+
+
+def test_synthetic_is_deterministic_and_labelled_with_drone_classes():
+    a_img, a_mask, names = synthetic.generate(3, 32, 48)
+    b_img, b_mask, _ = synthetic.generate(3, 32, 48)
+    # the same call gives the same bytes; scenes differ from each other
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
+    assert not np.array_equal(a_mask[0], a_mask[1])
+    assert names == ["synthetic-0000", "synthetic-0001", "synthetic-0002"]
+    _, masks, _ = synthetic.generate(40, 32, 48)
+    used = set(np.unique(masks))
+    # roads, grass, roofs, trees and cars all occur, all within the 24 drone classes
+    assert {synthetic.PAVED, synthetic.GRASS, synthetic.ROOF, synthetic.TREE, synthetic.CAR} <= used
+    assert max(used) < len(ClassTable.drone())
+
+
+def test_same_scene_at_every_size():
+    _, small, _ = synthetic.generate(1, 32, 48)
+    _, large, _ = synthetic.generate(1, 64, 96)
+    # downsampling the large mask by 2 agrees with the small one almost everywhere
+    assert (large[0, ::2, ::2] == small[0]).mean() > 0.95
+
+
+def test_frame_size_follows_aspect_and_depth():
+    assert frame_size(DataConfig(image_size=64), depth=3) == (64, 96)
+    assert frame_size(DataConfig(image_size=256), depth=4, aspect=1.5) == (256, 384)
+    assert frame_size(DataConfig(image_size=40, aspect="square"), depth=3) == (40, 40)
+    assert frame_size(DataConfig(image_size=40), depth=3) == (40, 64)  # 60 rounded to a multiple of 8
+
+
+def test_ignore_index_and_binary_relabelling():
+    cfg = DataConfig(image_size=32, synthetic_images=12, ignore_index=synthetic.GRASS)
+    data = load_data(cfg, depth=3)
+    # the ignored class becomes IGNORE and is never a target
+    assert (data.masks == IGNORE).any() and not (data.masks == synthetic.GRASS).any()
+    binary = load_data(DataConfig(image_size=32, synthetic_images=12, foreground=["roof", "car"]), depth=3)
+    _, raw, _ = synthetic.generate(12, 32, 48)
+    expected = np.isin(raw, [synthetic.ROOF, synthetic.CAR]).astype(np.uint8)
+    expected[raw == 0] = IGNORE
+    # foreground = exactly the roof and car pixels
+    assert binary.binary and binary.classes.names == ("background", "roof+car")
+    assert np.array_equal(binary.masks.numpy(), expected)
+
+
+def test_binary_mean_thresholds_the_grayscale_mask():
+    data = load_data(DataConfig(image_size=32, synthetic_images=12, binary="mean"), depth=3)
+    fg = (data.masks == 1).float().mean(dim=(1, 2))
+    # every image has some foreground and some background
+    assert data.binary and bool(((fg > 0) & (fg < 1)).all())
+
+
+def test_unknown_foreground_class_is_a_user_error():
+    with pytest.raises(UserError, match="unknown class 'cat'"):
+        load_data(DataConfig(image_size=32, synthetic_images=12, foreground=["cat"]), depth=3)
+
+
+def test_split_is_fixed_disjoint_and_complete():
+    names = [f"img{i:03d}" for i in range(100)]
+    split = make_split(names, 0.15, 0.15, seed=42)
+    assert split == make_split(list(reversed(names)), 0.15, 0.15, seed=42)  # order of discovery is irrelevant
+    assert [len(split[p]) for p in ("train", "val", "test")] == [70, 15, 15]
+    assert sorted(split["train"] + split["val"] + split["test"]) == names
+    # images added later are not in a stored split; images removed are an error
+    idx = split_indices(split, names + ["new"])
+    assert len(idx["train"]) == 70 and 100 not in idx["train"] + idx["val"] + idx["test"]
+    with pytest.raises(UserError, match="gone from the data"):
+        split_indices(split, names[1:])
+
+
+def test_augmentation_flips_image_and_mask_together():
+    n, h, w = 16, 8, 8
+    # every pixel's mask value is derived from the image value: (red channel) % 7
+    images = torch.randint(0, 255, (n, 3, h, w), dtype=torch.uint8)
+    masks = (images[:, 0] % 7).to(torch.uint8)
+    data = SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
+    g = torch.Generator().manual_seed(0)
+    x, y = next(batches(data, list(range(n)), n, augment=True, generator=g))
+    red = torch.round((x[:, 0] + 1) * 127.5).long()
+    # the pairing survives the flips, and some images really were flipped
+    assert torch.equal(red % 7, y)
+    assert not torch.equal(red, images[:, 0].long())
+
+
+def test_batches_cover_the_split_and_drop_last_only_when_asked():
+    data = load_data(DataConfig(image_size=32, synthetic_images=12), depth=3)
+    sizes = [len(x) for x, _ in batches(data, list(range(10)), 4)]
+    assert sizes == [4, 4, 2]
+    assert [len(x) for x, _ in batches(data, list(range(10)), 4, drop_last=True)] == [4, 4]
+    x, y = next(batches(data, [0, 1], 4))
+    assert x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1 and y.dtype == torch.long

@@ -1,0 +1,144 @@
+"""A real search in a temporary folder: the Optuna study and the MLflow runs, field by field."""
+
+import json
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST
+from unet_opt import search as search_lib
+from unet_opt.config import Config
+
+TRIAL_ARTIFACTS = {"config.toml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
+                   "per_class.csv", "predictions.png"}
+
+
+def mlflow_runs(home):
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    runs = client.search_runs([e.experiment_id for e in experiments], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, experiments, parents, children
+
+
+def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
+    code, out, err = cli("search", "--trials", "3", "--seed", "1", *FAST)
+    assert code == 0, err
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    trials = study.trials
+    # exactly 3 finished trials, numbered 0..2, each linked to its MLflow run
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    assert all(t.params["train.batch_size"] % 4 == 0 for t in trials)
+    split = study.user_attrs["split"]
+    assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(split["test"])
+
+    client, experiments, parents, children = mlflow_runs(home)
+    # one experiment named after the study, one parent run, one child per trial under it
+    assert [e.name for e in experiments] == ["default"]
+    assert len(parents) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    by_number = {int(c.data.tags["optuna.trial"]): c for c in children}
+    for t in trials:
+        run = by_number[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.info.run_name == f"trial-{t.number:04d}" and run.info.status == "FINISHED"
+        assert run.data.tags["optuna.study"] == "default" and run.data.tags["optuna.state"] == t.state.name
+        # every resolved config field is a param, with the sampled values
+        assert set(run.data.params) == set(Config().flat())
+        assert float(run.data.params["train.lr"]) == t.params["train.lr"]
+        assert int(run.data.params["train.epochs"]) == t.params["train.epochs"]
+        # one point per epoch, step = epoch
+        history = client.get_metric_history(run.info.run_id, "val_dice")
+        assert [m.step for m in history] == list(range(1, t.user_attrs["epochs_run"] + 1))
+        for key in ("train_loss", "val_loss", "val_f1_macro", "val_miou", "val_pixel_accuracy", "lr",
+                    "epoch_seconds", "images_per_second"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == len(history)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert max(m.value for m in history) == pytest.approx(t.value)
+            assert run.data.tags["early_stopped"] in ("true", "false")
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == TRIAL_ARTIFACTS
+    parent = parents[0]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {"study_plots.html", "trials.csv",
+                                                                            "space.toml"}
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert client.get_metric_history(parent.info.run_id, "best_value")
+    assert "best trial: #" in out and f"mlflow ui --backend-store-uri sqlite:///{home}/mlruns/mlflow.db" in out
+
+    # the same command again: nothing to do
+    code, out, _ = cli("search", "--trials", "3", "--seed", "1", *FAST)
+    assert code == 0 and "already has 3 finished trials" in out
+    # one more trial: same study, same parent run
+    code, _, _ = cli("search", "--trials", "4", "--seed", "1", *FAST)
+    assert code == 0
+    _, _, parents, children = mlflow_runs(home)
+    assert len(parents) == 1 and len(children) == 4
+
+    code, out, _ = cli("report", "--json")
+    report = json.loads(out)
+    assert report["study"] == "default" and len(report["trials"]) == 4
+    assert {t["mlflow_run_id"] for t in report["trials"]} == {c.info.run_id for c in children}
+    assert set(report["best"]) == {"number", "value", "params", "mlflow_run_id"}
+    code, out, _ = cli("studies")
+    assert code == 0 and "default" in out
+
+
+def test_a_failing_trial_does_not_stop_the_search(home, cli, monkeypatch):
+    real_fit, calls = search_lib.fit, []
+
+    def flaky_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk on fire")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_lib, "fit", flaky_fit)
+    code, _, err = cli("search", "--trials", "2", *FAST)
+    assert code == 0, err
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    states = [t.state.name for t in study.trials]
+    # the failure is recorded with its reason, and a third trial replaces it
+    assert states.count("FAIL") == 1 and len(states) == 3
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert failed.user_attrs["fail_reason"] == "RuntimeError: disk on fire"
+    _, _, _, children = mlflow_runs(home)
+    run = next(c for c in children if c.info.run_id == failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state_reason"] == "RuntimeError: disk on fire"
+
+
+def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli, monkeypatch):
+    real_fit, calls = search_lib.fit, []
+
+    def interrupted_fit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_lib, "fit", interrupted_fit)
+    code, out, _ = cli("search", "--trials", "3", *FAST)
+    # exit 130, the summary is printed, the trial is FAIL/KILLED as interrupted
+    assert code == 130 and "interrupted" in out
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    assert [t.state.name for t in study.trials][1] == "FAIL"
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+    _, _, parents, children = mlflow_runs(home)
+    assert {c.info.status for c in children if c.data.tags["optuna.trial"] == "1"} == {"KILLED"}
+
+    monkeypatch.setattr(search_lib, "fit", real_fit)
+    code, _, _ = cli("search", "--trials", "3", *FAST)
+    assert code == 0
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    # 3 finished, no number reused, nothing left running, one parent run throughout
+    assert len(finished) == 3 and [t.number for t in study.trials] == [0, 1, 2, 3]
+    _, _, parents, children = mlflow_runs(home)
+    assert len(parents) == 1 and not [c for c in children if c.info.status == "RUNNING"]
+
+
+def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
+    assert cli("search", "--trials", "1", *FAST)[0] == 0
+    code, _, err = cli("search", "--trials", "2", *FAST, "--set", "train.patience=9")
+    assert code == 2 and "changed: train.patience" in err and "--study NEW_NAME" in err

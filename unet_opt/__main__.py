@@ -1,0 +1,3 @@
+from unet_opt.cli import main
+
+main()

@@ -1,0 +1,202 @@
+"""`unet-opt`: parse, build the config, call one library function, print.
+
+Every user mistake ends as one line `error: ...` on stderr with exit code 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from unet_opt.config import Paths, load_config, redact_url
+from unet_opt.errors import UserError
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("unet_opt")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME",
+              help="Folder holding studies/ and mlruns/ (default: the current directory).")
+@click.option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
+    """Tune and track UNet segmentation models with Optuna and MLflow."""
+    setup_logging(verbose)
+    ctx.obj = Paths.resolve(home)
+
+
+@cli.command()
+@click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should have (default 30).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Start no new trial after S seconds.")
+@click.option("--space", default="default", show_default=True,
+              help="Search-space TOML file, or a built-in name: default, drone, binary.")
+@click.option("--data", help="'synthetic' (embedded) or a data folder.")
+@click.option("--study", help="Study / experiment name (default: the space file's name).")
+@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler (default tpe).")
+@click.option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]),
+              help="Optuna pruner (default hyperband).")
+@click.option("--seed", type=int, help="Sampler seed (default 0).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where trials train (default auto).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any field, e.g. --set train.patience=3 (repeatable).")
+@click.pass_obj
+def search(paths: Paths, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
+           device, sets) -> int:
+    """Run (or continue) a study until it has --trials finished trials."""
+    flags = {"search.trials": trials, "search.timeout": timeout, "data.dataset": data, "search.study": study,
+             "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
+             "search.pruner": pruner, "search.seed": seed, "train.device": device}
+    cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
+    from unet_opt import search as search_lib  # heavy imports only once the input is known to be good
+
+    started = time.monotonic()
+    summary = search_lib.run(cfg, paths)
+    print_summary(summary, time.monotonic() - started)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return 1 if summary.stopped_reason.startswith(str(search_lib.MAX_FAILURES_IN_A_ROW)) else 0
+
+
+def print_summary(s, seconds: float) -> None:
+    finished = s.counts.get("COMPLETE", 0) + s.counts.get("PRUNED", 0)
+    click.echo("")
+    if s.already_done:
+        click.echo(f"study '{s.study}' already has {finished} finished trials (asked for {s.target}); nothing to do. "
+                   f"Ask for more with --trials N.")
+    elif s.interrupted:
+        click.echo(f"interrupted: study '{s.study}' has {finished}/{s.target} finished trials; "
+                   f"run the same command again to continue.")
+    else:
+        click.echo(f"study '{s.study}': {finished}/{s.target} finished trials, {s.ran} run now in {seconds:.0f} s"
+                   + (f" ({s.stopped_reason})" if s.stopped_reason else ""))
+    click.echo("trials by state: " + ", ".join(f"{k.lower()} {v}" for k, v in s.counts.items() if v))
+    if s.best:
+        click.echo(f"best trial: #{s.best['number']}  {s.metric} = {s.best['value']:.4f}  "
+                   f"(best epoch {s.best['best_epoch']}, MLflow run {s.best['mlflow_run_id']})")
+        width = max(len(k) for k in s.best["params"]) if s.best["params"] else 0
+        for key, value in s.best["params"].items():
+            click.echo(f"  {key:<{width}}  {value:.4g}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+    else:
+        click.echo("no complete trial yet")
+    click.echo(f"MLflow UI: {s.ui}   (or: unet-opt ui)")
+
+
+def study_storage(paths: Paths, storage: str | None) -> str:
+    from unet_opt.config import SearchConfig
+
+    return paths.storage_url(SearchConfig(storage=storage or ""))
+
+
+@cli.command()
+@click.option("--study", help="Study name (default: the only study in the storage).")
+@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.pass_obj
+def report(paths: Paths, study, storage, as_json) -> int:
+    """The best trial and a table of every trial of a study."""
+    from unet_opt import search as search_lib
+
+    rep = search_lib.report(study_storage(paths, storage), study)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return 0
+    metric = rep["metric"] or "value"
+    best = rep["best"]
+    click.echo(f"study '{rep['study']}' ({rep['direction']} {metric}), {len(rep['trials'])} trials")
+    if best:
+        params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
+    names = sorted({k for t in rep["trials"] for k in t["params"]})
+    header = ["#", "state", metric, "epochs", *[n.split(".")[-1] for n in names], "reason"]
+    rows = [[str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
+             "" if t["epochs_run"] is None else str(t["epochs_run"]),
+             *[fmt(t["params"].get(n, "")) for n in names], t["reason"] or ""] for t in rep["trials"]]
+    print_table(header, rows)
+    return 0
+
+
+@cli.command()
+@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+@click.pass_obj
+def studies(paths: Paths, storage) -> int:
+    """Every study in the storage, with trial counts by state and the best value."""
+    from unet_opt import search as search_lib
+
+    rows = search_lib.list_studies(study_storage(paths, storage))
+    if not rows:
+        click.echo("no studies yet; run `unet-opt search`")
+        return 0
+    print_table(["study", "trials", "complete", "pruned", "fail", "running", "best", "started"],
+                [[r["study"], str(r["trials"]), str(r["COMPLETE"]), str(r["PRUNED"]), str(r["FAIL"]),
+                  str(r["RUNNING"]), "" if r["best"] is None else f"{r['best']:.4f}", r["started"]] for r in rows])
+    return 0
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it.")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@click.pass_obj
+def ui(paths: Paths, host, port, tracking_uri) -> int:
+    """The MLflow UI over this folder's mlruns/."""
+    from unet_opt.config import SearchConfig
+
+    uri = paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or ""))
+    if uri.startswith(("http://", "https://")):
+        raise UserError(f"the tracking store is a server already; open {redact_url(uri)} in a browser")
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow runs at {uri.removeprefix('sqlite:///')}; run `unet-opt search` in this "
+                        f"folder first (or pass --home)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C stops it)")
+    return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+
+
+def fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: turns every user mistake into one `error:` line and exit code 2."""
+    try:
+        code = cli.main(args=argv, prog_name="unet-opt", standalone_mode=False)
+    except click.exceptions.Exit as e:  # --help
+        code = e.exit_code
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "unet-opt"
+        click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
+        code = EXIT_USAGE
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        code = EXIT_USAGE
+    except UserError as e:
+        click.echo(f"error: {' '.join(str(e).split())}", err=True)
+        code = EXIT_USAGE
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted", err=True)
+        code = EXIT_INTERRUPTED
+    sys.exit(code or 0)

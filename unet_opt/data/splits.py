@@ -1,0 +1,30 @@
+"""Train / val / test splits by image name, fixed by a seed and stored with the study."""
+
+from __future__ import annotations
+
+from sklearn.model_selection import train_test_split
+
+from unet_opt.errors import UserError
+
+
+def make_split(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Test first (it must never depend on the val fraction), then val out of the rest."""
+    names = sorted(names)
+    n_test = max(1, round(len(names) * test_fraction))
+    n_val = max(1, round(len(names) * val_fraction))
+    if len(names) - n_test - n_val < 2:
+        raise UserError(f"{len(names)} images are too few to split into train/val/test "
+                        f"({val_fraction:g} val, {test_fraction:g} test); add images or lower the fractions")
+    rest, test = train_test_split(names, test_size=n_test, random_state=seed)
+    train, val = train_test_split(rest, test_size=n_val, random_state=seed)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def split_indices(split: dict[str, list[str]], names: list[str]) -> dict[str, list[int]]:
+    """Map a stored split onto the loaded images; images added later are simply not in it."""
+    position = {n: i for i, n in enumerate(names)}
+    missing = [n for part in split.values() for n in part if n not in position]
+    if missing:
+        raise UserError(f"{len(missing)} image(s) of the study's stored split are gone from the data "
+                        f"(first: {missing[0]}); restore them or start a new study with --study NAME")
+    return {part: [position[n] for n in split[part]] for part in ("train", "val", "test")}

@@ -1,0 +1,445 @@
+"""The Optuna side: storage, study, sampler, pruner, the objective, and what a study holds.
+
+`run(cfg, paths)` drives an ask/tell loop until the study has `search.trials` finished (complete or
+pruned) trials. Each trial: space -> `suggest_*` -> a trial config -> `train.fit` with an `on_epoch`
+callback that logs to MLflow and reports to Optuna (which may prune) -> artifacts -> `tell`.
+A trial that raises ends FAIL with the reason and the search goes on; Ctrl-C ends the trial as
+interrupted and returns a summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from unet_opt.artifacts import write_trial_artifacts
+from unet_opt.config import Config, Param, Paths, redact_url, to_toml
+from unet_opt.data import SegmentationData, load_data, make_split, split_indices
+from unet_opt.errors import UserError
+from unet_opt.tracking import Tracker, ui_command
+from unet_opt.train import FitResult, fit, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Heartbeats are used with ask/tell here, with our own `Heartbeat` thread; Optuna warns about both.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
+GRACE_SECONDS = 30
+MAX_FAILURES_IN_A_ROW = 5
+MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage, sampler, pruner
+
+
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """RDB storage with heartbeats (SQLite, PostgreSQL, MySQL). `must_exist`: never create a database."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if must_exist and not path.is_file():
+            raise UserError(f"no study storage at {path}; run `unet-opt search` in this folder first "
+                            f"(or pass --home / --storage)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                                          engine_kwargs={"connect_args": {"timeout": 60}}
+                                          if url.startswith("sqlite") else {})
+    except Exception as e:  # unreachable server, bad URL, missing driver
+        raise UserError(f"cannot open the study storage {redact_url(url)} ({type(e).__name__}: "
+                        f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None
+
+
+def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
+    s = cfg.search
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
+
+
+def max_epochs(cfg: Config) -> int:
+    p = cfg.space.get("train.epochs")
+    return int(p.high if p.type != "categorical" else max(p.choices)) if p else cfg.train.epochs
+
+
+def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
+    name = cfg.search.pruner
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs(cfg), reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
+    """The space file's params -> `suggest_*` calls -> {"train.lr": 0.003, ...}."""
+    values = {}
+    for name, p in space.items():
+        if p.type == "float":
+            values[name] = trial.suggest_float(name, p.low, p.high, step=p.step, log=p.log)
+        elif p.type == "int":
+            values[name] = trial.suggest_int(name, p.low, p.high, step=p.step or 1, log=p.log)
+        else:
+            values[name] = trial.suggest_categorical(name, list(p.choices))
+    return values
+
+
+def comparable(cfg: Config) -> dict[str, Any]:
+    """What must stay the same for trials of one study to be comparable (not trials, storage, device...)."""
+    keep = {k: v for k, v in cfg.flat().items()
+            if k.split(".")[0] in ("data", "model", "train") and k != "train.device"}
+    keep["search.metric"] = cfg.search.metric
+    keep["space"] = {name: asdict(p) | {"choices": list(p.choices)} for name, p in cfg.space.items()}
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+
+
+@dataclass
+class Summary:
+    study: str
+    target: int
+    counts: dict[str, int]
+    best: dict[str, Any] | None
+    ran: int = 0
+    already_done: bool = False
+    interrupted: bool = False
+    stopped_reason: str = ""
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+    metric: str = "val_dice"
+    ui: str = field(default="")
+
+
+class DataCache:
+    """Data sets by the config that shapes them, so trials with the same image size share one."""
+
+    def __init__(self, max_entries: int = 4):
+        self.entries: dict[str, SegmentationData] = {}
+        self.max_entries = max_entries
+
+    def get(self, cfg: Config) -> SegmentationData:
+        key = repr((cfg.data, cfg.model.depth))
+        if key not in self.entries:
+            if len(self.entries) >= self.max_entries:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = load_data(cfg.data, cfg.model.depth)
+        return self.entries[key]
+
+
+class Heartbeat:
+    """Records the trial's heartbeat in the storage while it runs, so a killed worker's trial is found."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int):
+        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True)
+
+    def beat(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # a missed beat is not worth killing the trial over
+                log.debug("heartbeat failed: %s", e)
+            self.stop.wait(HEARTBEAT_SECONDS)
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def study_name(cfg: Config) -> str:
+    return cfg.search.study or Path(cfg.source).stem
+
+
+def run(cfg: Config, paths: Paths) -> Summary:
+    """Run trials until the study has `cfg.search.trials` finished ones (or the timeout passes)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name(cfg)
+    resolve_device(cfg.train.device)  # `--device cuda` without a GPU fails here, not in every trial
+    first_data = load_data(cfg.data, cfg.model.depth)  # bad data fails here, before anything is written
+    storage = open_storage(paths.storage_url(cfg.search))
+    tracking_uri = paths.tracking_uri(cfg.search)
+    tracker = Tracker(tracking_uri, name, paths.artifacts if tracking_uri.startswith("sqlite") else None)
+
+    study = optuna.create_study(storage=storage, study_name=name, direction=cfg.search.direction,
+                                sampler=make_sampler(cfg), pruner=make_pruner(cfg), load_if_exists=True)
+    attrs = study.user_attrs
+    if "config" in attrs:
+        check_same_study(attrs["config"], comparable(cfg), name)
+    else:
+        study.set_user_attr("config", comparable(cfg))
+        study.set_user_attr("split", make_split(first_data.names, cfg.data.val_fraction,
+                                                cfg.data.test_fraction, cfg.data.split_seed))
+    split = split_indices(study.user_attrs["split"], first_data.names)
+    close_stale_trials(study, tracker)
+
+    summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
+                      metric=cfg.search.metric, ui=ui_command(redact_url(tracking_uri)))
+    if count_finished(study) >= cfg.search.trials:
+        summary.already_done = True
+        return fill_summary(summary, study)
+
+    parent_id = tracker.open_parent(attrs.get("mlflow_parent_run_id"), name)
+    study.set_user_attr("mlflow_parent_run_id", parent_id)
+    summary.parent_run_id = parent_id
+    cache = DataCache()
+    deadline = time.monotonic() + cfg.search.timeout if cfg.search.timeout else math.inf
+    failures = 0
+    try:
+        while (done := count_finished(study)) < cfg.search.trials:
+            if time.monotonic() > deadline:
+                summary.stopped_reason = f"timeout of {cfg.search.timeout:g} s reached"
+                break
+            state = run_trial(study, cfg, tracker, parent_id, cache, split, done + 1)
+            summary.ran += 1
+            failures = failures + 1 if state == TrialState.FAIL else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                summary.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
+                break
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        close_stale_trials(study, tracker)  # a worker killed just before this run is stale by now
+        log_study_artifacts(study, tracker, parent_id, cfg)
+        tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
+    return fill_summary(summary, study)
+
+
+def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
+    changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+    if changed:
+        raise UserError(f"study '{name}' was made with a different configuration (changed: {', '.join(changed[:4])}); "
+                        f"run it with its original settings or start a new study with --study NEW_NAME")
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def close_stale_trials(study: optuna.Study, tracker: Tracker) -> None:
+    """Trials of dead workers (no heartbeat for GRACE_SECONDS) end FAIL here and in MLflow."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.number in before:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died (no heartbeat)")
+            if "mlflow_run_id" in t.user_attrs:
+                tracker.end_if_running(t.user_attrs["mlflow_run_id"], "FAILED",
+                                       {"optuna.state": "FAIL", "optuna.state_reason": "worker died (no heartbeat)"})
+            log.warning("trial %d was left running by a dead worker; marked FAIL", t.number)
+
+
+def run_trial(study: optuna.Study, cfg: Config, tracker: Tracker, parent_id: str, cache: DataCache,
+              split: dict[str, list[int]], position: int) -> TrialState:
+    trial = study.ask()
+    params = suggest(trial, cfg.space)
+    trial_cfg = cfg.replace({**params, "train.seed": cfg.train.seed + trial.number})
+    metric, target = cfg.search.metric, cfg.search.trials
+    shown = " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                     for k, v in params.items())
+    log.info("trial %d/%d (#%d): %s", position, target, trial.number, shown)
+    run_id = tracker.start_trial(
+        parent_id, study.study_name, trial.number,
+        params={k: redact_url(v) if isinstance(v, str) else v for k, v in trial_cfg.flat().items()},
+        tags={"seed": trial_cfg.train.seed, "sampler_seed": cfg.search.seed})
+    trial.set_user_attr("mlflow_run_id", run_id)
+    best_so_far = best_value(study)
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        tracker.log_metrics(run_id, metrics, step=epoch)
+        trial.report(metrics[metric], epoch)
+        log.info("  epoch %d/%d  %s %.4f  loss %.3f  (%.1f s)%s", epoch, trial_cfg.train.epochs, metric,
+                 metrics[metric], metrics["train_loss"], metrics["epoch_seconds"],
+                 f"  study best {best_so_far:.4f}" if best_so_far is not None else "")
+        return trial.should_prune()
+
+    result, state, value, reason = FitResult(), TrialState.FAIL, None, ""
+    try:
+        with Heartbeat(study._storage, trial._trial_id):
+            result = fit(trial_cfg.model, trial_cfg.train, cache.get(trial_cfg), split, metric=metric,
+                         maximize=cfg.search.direction == "maximize", augment=trial_cfg.data.augment,
+                         on_epoch=on_epoch)
+        if result.stop_reason == "nan_loss":
+            state, reason = TrialState.PRUNED, "nan_loss"
+        elif result.stop_reason == "callback":
+            state, reason = TrialState.PRUNED, f"pruned after epoch {result.epochs_run}"
+        else:
+            state, value, reason = TrialState.COMPLETE, result.best_metrics[metric], result.stop_reason
+    except KeyboardInterrupt:
+        finish_trial(study, trial, tracker, run_id, TrialState.FAIL, None, "interrupted", result, "KILLED")
+        log.info("trial #%d interrupted", trial.number)
+        raise
+    except torch.OutOfMemoryError:
+        reason = f"out_of_memory at batch_size={trial_cfg.train.batch_size}"
+        torch.cuda.empty_cache()
+    except Exception as e:  # a failing trial never kills the search
+        reason = f"{type(e).__name__}: {e}"
+        log.debug("trial %d failed", trial.number, exc_info=True)
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_trial_artifacts(Path(tmp), result, cache.get(trial_cfg), split["val"],
+                                  to_toml(trial_cfg, redact_url), metric)
+            tracker.log_files(run_id, Path(tmp))
+    except Exception as e:
+        log.warning("trial %d: could not write its artifacts (%s)", trial.number, e)
+    finish_trial(study, trial, tracker, run_id, state, value, reason, result)
+    best = best_value(study)
+    if best is not None:
+        tracker.log_metrics(parent_id, {"best_value": best}, step=trial.number)
+    log.info("trial #%d %s%s  [%s]%s", trial.number, state.name,
+             f" {metric} {value:.4f} (best epoch {result.best_epoch})" if value is not None else "", reason,
+             f"  study best {best:.4f}" if best is not None else "")
+    return state
+
+
+def finish_trial(study: optuna.Study, trial: optuna.Trial, tracker: Tracker, run_id: str, state: TrialState,
+                 value: float | None, reason: str, result: FitResult, mlflow_status: str | None = None) -> None:
+    """Record the outcome in both stores: Optuna first (it decides the count), then the MLflow run."""
+    for key, v in (("stop_reason" if state != TrialState.FAIL else "fail_reason", reason),
+                   ("best_epoch", result.best_epoch), ("epochs_run", result.epochs_run)):
+        trial.set_user_attr(key, v)
+    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    tracker.set_tags(run_id, {"optuna.state": state.name, "optuna.state_reason": reason,
+                              "early_stopped": str(result.stop_reason == "early_stopping").lower(),
+                              "best_epoch": result.best_epoch, "epochs_run": result.epochs_run})
+    tracker.end(run_id, mlflow_status or MLFLOW_STATUS[state])
+
+
+def best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a study holds: summaries, reports, the parent run's files
+
+
+def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            "reason": t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason", ""),
+            "best_epoch": t.user_attrs.get("best_epoch"), "epochs_run": t.user_attrs.get("epochs_run")}
+
+
+def fill_summary(summary: Summary, study: optuna.Study) -> Summary:
+    trials = study.get_trials(deepcopy=False)
+    summary.counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        summary.best = trial_record(study.best_trial)
+    return summary
+
+
+def load_existing(storage_url: str, name: str | None) -> optuna.Study:
+    """A study that must already exist: by name, or the only one in the storage."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, must_exist=True)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name is None:
+        if len(names) != 1:
+            raise UserError("no study in the storage yet; run `unet-opt search` first" if not names else
+                            f"the storage holds {len(names)} studies ({', '.join(names)}); pick one with --study NAME")
+        name = names[0]
+    if name not in names:
+        raise UserError(f"no study named '{name}' in {redact_url(storage_url)}; "
+                        f"known: {', '.join(names) or 'none'} (see `unet-opt studies`)")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def report(storage_url: str, name: str | None) -> dict[str, Any]:
+    """The JSON `unet-opt report --json` prints."""
+    study = load_existing(storage_url, name)
+    trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    best = None
+    if any(t["state"] == "COMPLETE" for t in trials):
+        b = trial_record(study.best_trial)
+        best = {k: b[k] for k in ("number", "value", "params", "mlflow_run_id")}
+    return {"study": study.study_name, "direction": study.direction.name.lower(),
+            "metric": study.user_attrs.get("config", {}).get("search.metric", ""),
+            "best": best, "trials": trials}
+
+
+def list_studies(storage_url: str) -> list[dict[str, Any]]:
+    storage = open_storage(storage_url, must_exist=True)
+    rows = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        counts = {st.name: sum(t.state == st for t in trials) for st in TrialState if st != TrialState.WAITING}
+        rows.append({"study": s.study_name, "trials": len(trials), **counts, "best": best_value(study),
+                     "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else ""})
+    return rows
+
+
+def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
+    """On the parent run: the Optuna plots in one self-contained HTML, the trials table, the space."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            write_trials_csv(study, folder / "trials.csv")
+            (folder / "space.toml").write_text(to_toml(cfg, redact_url), encoding="utf-8")
+            write_study_plots(study, folder / "study_plots.html")
+            tracker.log_files(parent_id, folder)
+    except Exception as e:  # the study itself is safe in the storage; only its summary files are missing
+        log.warning("could not log the study's plots and tables (%s)", e)
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "value", *names, "best_epoch", "epochs_run", "reason", "mlflow_run_id",
+                    "seconds"])
+        for t in trials:
+            r = trial_record(t)
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+            w.writerow([t.number, t.state.name, "" if t.value is None else t.value,
+                        *[t.params.get(n, "") for n in names], r["best_epoch"], r["epochs_run"], r["reason"],
+                        r["mlflow_run_id"], seconds])
+
+
+def write_study_plots(study: optuna.Study, path: Path) -> None:
+    """Optimisation history, parameter importances, parallel coordinates and intermediate values."""
+    from optuna import visualization as vis
+
+    parts, first = [], True
+    for title, plot in (("optimization history", vis.plot_optimization_history),
+                        ("parameter importances", vis.plot_param_importances),
+                        ("parallel coordinates", vis.plot_parallel_coordinate),
+                        ("intermediate values", vis.plot_intermediate_values)):
+        try:
+            figure = plot(study)
+        except Exception as e:  # e.g. importances need two complete trials
+            parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")
+            continue
+        parts.append(f"<h2>{title}</h2>" + figure.to_html(full_html=False, include_plotlyjs=first))
+        first = False  # one copy of plotly.js serves every figure: the file works offline
+    path.write_text(f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
+                    f"<h1>study {study.study_name}</h1>{''.join(parts)}</body></html>", encoding="utf-8")

@@ -1,0 +1,102 @@
+"""MLflow: one experiment per study, a parent run per study, a child run per trial, their files.
+
+Uses `MlflowClient` with explicit run ids rather than the fluent API's global "active run", so a
+trial's run can never be confused with the parent's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from unet_opt.config import redact_url
+from unet_opt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+for _name in ("mlflow", "alembic"):  # MLflow's database migrations are chatty at INFO
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {redact_url(tracking_uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host {host} --port {port}"
+
+
+class Tracker:
+    """The MLflow side of one study."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None):
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+        except Exception as e:  # server down, bad URI, unreadable database
+            raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} ({type(e).__name__}); "
+                            f"start the server or fix --tracking-uri") from None
+        if exp is None:
+            location = (artifact_root / experiment).as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+
+    def open_parent(self, run_id: str | None, study: str) -> str:
+        """Reopen the study's parent run, or create it when there is none (or it was deleted)."""
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+                if run.info.lifecycle_stage == "active":
+                    self.client.update_run(run_id, status="RUNNING")
+                    return run_id
+            except mlflow.exceptions.MlflowException:
+                pass
+        run = self.client.create_run(self.experiment_id, run_name=study,
+                                     tags={"optuna.study": study, "unet_opt.role": "study"})
+        return run.info.run_id
+
+    def start_trial(self, parent_id: str, study: str, number: int, params: dict[str, Any],
+                    tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"trial-{number:04d}",
+            tags={"mlflow.parentRunId": parent_id, "optuna.study": study, "optuna.trial": str(number),
+                  "optuna.state": "RUNNING", **tags})
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(run.info.run_id, params=items[i:i + PARAM_BATCH])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_files(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> None:
+        """Close a run a dead process left RUNNING (it may also have been deleted by the user)."""
+        try:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.set_tags(run_id, tags)
+                self.end(run_id, status)
+        except mlflow.exceptions.MlflowException:
+            log.warning("MLflow run %s of a stale trial is gone; nothing to close", run_id)

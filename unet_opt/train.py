@@ -1,0 +1,149 @@
+"""`fit()` and `evaluate()`: one readable epoch loop.
+
+The loop knows nothing of Optuna or MLflow: after each epoch it hands the epoch's metrics to the
+`on_epoch` callback it was given, which may log them, report them, and ask to stop (prune).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unet_opt.config import ModelConfig, TrainConfig
+from unet_opt.data import IGNORE, SegmentationData, batches
+from unet_opt.errors import UserError
+from unet_opt.metrics import ConfusionMatrix, scores
+from unet_opt.model import UNet, build_model
+
+log = logging.getLogger(__name__)
+
+OnEpoch = Callable[[int, dict[str, float]], bool]  # (epoch, metrics) -> True to stop now
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch run
+    best_epoch: int = 0  # 1-based; 0 when no epoch finished
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    confusion: np.ndarray | None = None  # validation confusion matrix of the best epoch
+    model: UNet | None = None  # holding the best epoch's weights, on the CPU
+    stop_reason: str = "max_epochs"  # max_epochs | early_stopping | callback | nan_loss
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Mean loss over the scored pixels: cross-entropy, or BCE on the single logit of a binary task."""
+    if not binary:
+        return F.cross_entropy(logits, target, ignore_index=IGNORE)
+    keep = target != IGNORE
+    return F.binary_cross_entropy_with_logits(logits[:, 0][keep], target[keep].float())
+
+
+def predict_classes(logits: torch.Tensor, binary: bool) -> torch.Tensor:
+    """(B, C, H, W) logits -> (B, H, W) class indices."""
+    return (logits[:, 0] > 0).long() if binary else logits.argmax(dim=1)
+
+
+def autocast(device: torch.device, cfg: TrainConfig):
+    if device.type == "cuda" and cfg.amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: SegmentationData, indices: list[int], batch_size: int,
+             cfg: TrainConfig | None = None) -> tuple[float, np.ndarray]:
+    """(mean loss per batch image, confusion matrix) over `indices`, in eval mode."""
+    cfg = cfg or TrainConfig()
+    device = data.images.device
+    model.eval()
+    matrix = ConfusionMatrix(2 if data.binary else data.num_classes, IGNORE, device)
+    loss_sum = torch.zeros((), device=device)
+    for x, y in batches(data, indices, batch_size):
+        with autocast(device, cfg):
+            logits = model(x)
+        loss_sum += segmentation_loss(logits.float(), y, data.binary) * len(x)
+        matrix.update(predict_classes(logits, data.binary), y)
+    return loss_sum.item() / max(1, len(indices)), matrix.matrix()
+
+
+def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split: dict[str, list[int]], *,
+        metric: str = "val_dice", maximize: bool = True, augment: bool = True,
+        on_epoch: OnEpoch | None = None) -> FitResult:
+    """Train on split["train"], score on split["val"] every epoch; keep the best epoch's weights."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and flips: same on every device
+    data = data.to(device)
+    model = build_model(model_cfg, 1 if data.binary else data.num_classes).to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = FitResult()
+    best, since_best, best_state = -math.inf if maximize else math.inf, 0, None
+
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for x, y in batches(data, split["train"], cfg.batch_size, shuffle=True, augment=augment,
+                            generator=generator, drop_last=True):
+            with autocast(device, cfg):
+                loss = segmentation_loss(model(x).float(), y, data.binary)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(x)
+            seen += len(x)
+        train_seconds = time.perf_counter() - start
+        train_loss = loss_sum.item() / max(1, seen)  # the epoch's one host sync for the loss
+        if not math.isfinite(train_loss):
+            log.info("epoch %d: training loss is %s, stopping", epoch, train_loss)
+            result.stop_reason = "nan_loss"
+            break
+
+        val_loss, matrix = evaluate(model, data, split["val"], cfg.batch_size, cfg)
+        metrics = {"train_loss": train_loss, "val_loss": val_loss}
+        metrics.update({f"val_{k}": v for k, v in scores(matrix, data.binary).items()})
+        metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_seconds=time.perf_counter() - start,
+                       images_per_second=seen / train_seconds if train_seconds > 0 else 0.0)
+        result.history.append(metrics)
+
+        value = metrics[metric]
+        if (value > best) if maximize else (value < best):
+            best, since_best = value, 0
+            result.best_epoch, result.best_metrics, result.confusion = epoch, metrics, matrix
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+        if on_epoch is not None and on_epoch(epoch, metrics):
+            result.stop_reason = "callback"
+            break
+        if since_best >= cfg.patience:
+            result.stop_reason = "early_stopping"
+            break
+    if best_state is not None:
+        result.model = build_model(model_cfg, 1 if data.binary else data.num_classes)
+        result.model.load_state_dict(best_state)
+        result.model.eval()
+    return result
