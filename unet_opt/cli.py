@@ -125,7 +125,7 @@ def report(paths: Paths, study, storage, as_json) -> int:
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
     names = sorted({k for t in rep["trials"] for k in t["params"]})
-    header = ["#", "state", metric, "epochs", *[n.split(".")[-1] for n in names], "reason"]
+    header = ["#", "state", metric, "ran", *[n.split(".")[-1] for n in names], "reason"]
     rows = [[str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
              "" if t["epochs_run"] is None else str(t["epochs_run"]),
              *[fmt(t["params"].get(n, "")) for n in names], t["reason"] or ""] for t in rep["trials"]]
@@ -165,7 +165,8 @@ def ui(paths: Paths, host, port, tracking_uri) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no MLflow runs at {uri.removeprefix('sqlite:///')}; run `unet-opt search` in this "
                         f"folder first (or pass --home)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", "1"]  # one worker: a personal UI, and it starts in seconds, not a minute
     click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C stops it)")
     return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
 

@@ -11,17 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
 from unet_opt.config import redact_url
 from unet_opt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-for _name in ("mlflow", "alembic"):  # MLflow's database migrations are chatty at INFO
+for _name in ("mlflow", "alembic"):  # database creation is chatty at INFO; set after mlflow configured them
     logging.getLogger(_name).setLevel(logging.WARNING)
-
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 

@@ -90,7 +90,10 @@ def evaluate(model: nn.Module, data: SegmentationData, indices: list[int], batch
 def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split: dict[str, list[int]], *,
         metric: str = "val_dice", maximize: bool = True, augment: bool = True,
         on_epoch: OnEpoch | None = None) -> FitResult:
-    """Train on split["train"], score on split["val"] every epoch; keep the best epoch's weights."""
+    """Train on split["train"], score on split["val"] every epoch; keep the best epoch's weights.
+
+    With an empty split["val"] (a retrain on train+val) every epoch counts as the best: the last is kept.
+    """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and flips: same on every device
@@ -122,15 +125,17 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
             result.stop_reason = "nan_loss"
             break
 
-        val_loss, matrix = evaluate(model, data, split["val"], cfg.batch_size, cfg)
-        metrics = {"train_loss": train_loss, "val_loss": val_loss}
-        metrics.update({f"val_{k}": v for k, v in scores(matrix, data.binary).items()})
+        metrics, matrix = {"train_loss": train_loss}, None
+        if split["val"]:
+            val_loss, matrix = evaluate(model, data, split["val"], cfg.batch_size, cfg)
+            metrics["val_loss"] = val_loss
+            metrics.update({f"val_{k}": v for k, v in scores(matrix, data.binary).items()})
         metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_seconds=time.perf_counter() - start,
                        images_per_second=seen / train_seconds if train_seconds > 0 else 0.0)
         result.history.append(metrics)
 
-        value = metrics[metric]
-        if (value > best) if maximize else (value < best):
+        value = metrics.get(metric, 0.0)
+        if not split["val"] or ((value > best) if maximize else (value < best)):  # no val: keep the last epoch
             best, since_best = value, 0
             result.best_epoch, result.best_metrics, result.confusion = epoch, metrics, matrix
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
