@@ -171,6 +171,85 @@ def ui(paths: Paths, host, port, tracking_uri) -> int:
     return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
 
 
+@cli.command()
+@click.option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
+@click.option("--study", help="Study name (default: the only study in the storage).")
+@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the trial's best epoch).")
+@click.option("--name", "model_name", help="Registered model name (default: unet-opt-<study>).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train (default: as searched).")
+@click.pass_obj
+def retrain(paths: Paths, best, study, storage, tracking_uri, epochs, model_name, device) -> int:
+    """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
+    from unet_opt.config import SearchConfig
+    from unet_opt.retrain import retrain as retrain_best
+
+    uri = paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or ""))
+    r = retrain_best(paths, study_storage(paths, storage), uri, study, epochs, model_name, device)
+    click.echo(f"\nretrained trial #{r.trial} of '{r.study}' for {r.epochs} epochs")
+    print_table(["test metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
+    click.echo(f"MLflow run:       {r.run_id}")
+    click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version})")
+    click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
+    return 0
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", "dataset", help="Data to evaluate on (default: the model's own data set).")
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True,
+              help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@click.pass_obj
+def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
+    """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
+    from unet_opt import plots
+    from unet_opt.artifacts import write_confusion_csv, write_per_class_csv
+    from unet_opt.config import SearchConfig
+    from unet_opt.inference import evaluate_model, resolve_model
+    from unet_opt.metrics import per_class
+
+    ck = resolve_model(model, paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or "")))
+    metrics, matrix, names = evaluate_model(ck, split, dataset)
+    print_table(["metric", "value"], [[k, fmt(v) if k != "images" else str(v)] for k, v in metrics.items()])
+    pc = per_class(matrix)
+    click.echo("")
+    print_table(["class", "dice", "iou", "precision", "recall", "pixels"],
+                [[n, f"{pc['dice'][i]:.4f}", f"{pc['iou'][i]:.4f}", f"{pc['precision'][i]:.4f}",
+                  f"{pc['recall'][i]:.4f}", str(int(pc["support"][i]))] for i, n in enumerate(names) if pc["present"][i]])
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots.confusion_matrix(matrix, names, folder / "confusion_matrix.png", f"{split} split")
+    write_confusion_csv(matrix, names, folder / "confusion_matrix.csv")
+    write_per_class_csv(matrix, names, folder / "per_class.csv")
+    click.echo(f"\nwritten: {folder / 'confusion_matrix.png'}, {folder / 'confusion_matrix.csv'}, "
+               f"{folder / 'per_class.csv'}")
+    return 0
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True)
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@click.pass_obj
+def predict(paths: Paths, model, images, out, tracking_uri) -> int:
+    """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
+    from unet_opt.config import SearchConfig
+    from unet_opt.data.images import read_rgb
+    from unet_opt.inference import predict_image, resolve_model
+
+    for image in images:  # every image is checked before anything is written
+        read_rgb(image)
+    ck = resolve_model(model, paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or "")))
+    for image in images:
+        written = predict_image(ck, image, out)
+        click.echo(f"{image}: " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

@@ -235,12 +235,19 @@ def load_config(space: str = "default", overrides: dict[str, Any] | None = None,
     """Defaults <- space file <- command-line `overrides` ({"search.trials": 30}) and `--set` strings."""
     path = find_space(space)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e}); fix the file's syntax") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot be read ({e}); pass a readable UTF-8 TOML file") from None
-    where = str(path)
+    return config_from_text(text, str(path), overrides, sets)
+
+
+def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = None,
+                     sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """The same rules for TOML text from anywhere: a space file, a checkpoint, an MLflow artifact."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{where}: not valid TOML ({e}); fix the file's syntax") from None
 
     unknown = sorted(set(raw) - {*SECTIONS, "space"})
     if unknown:

@@ -41,18 +41,21 @@ def learning_curves(history: list[dict[str, float]], path: Path, metric: str = "
     """Losses on the left, validation scores on the right, one point per epoch."""
     epochs = np.arange(1, len(history) + 1)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    present = set(history[0]) if history else set()  # a retrain on train+val has no val_* keys
     for key in ("train_loss", "val_loss"):
-        left.plot(epochs, [h[key] for h in history], marker="o", label=key)
+        if key in present:
+            left.plot(epochs, [h[key] for h in history], marker="o", label=key)
     left.set_xlabel("epoch")
     left.set_title("loss")
     left.legend()
     for key in dict.fromkeys((metric, "val_dice", "val_miou", "val_pixel_accuracy")):
-        if key != "val_loss":
+        if key != "val_loss" and key in present:
             right.plot(epochs, [h[key] for h in history], marker="o", label=key)
     right.set_xlabel("epoch")
     right.set_ylim(0, 1)
-    right.set_title("validation")
-    right.legend()
+    right.set_title("validation" if right.lines else "no validation (trained on train+val)")
+    if right.lines:
+        right.legend()
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.2)
     fig.savefig(path, dpi=80)
     plt.close(fig)

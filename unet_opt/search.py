@@ -191,6 +191,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
         check_same_study(attrs["config"], comparable(cfg), name)
     else:
         study.set_user_attr("config", comparable(cfg))
+        study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
         study.set_user_attr("split", make_split(first_data.names, cfg.data.val_fraction,
                                                 cfg.data.test_fraction, cfg.data.split_seed))
     split = split_indices(study.user_attrs["split"], first_data.names)

@@ -7,16 +7,19 @@ trial's run can never be confused with the parent's.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
 
-from unet_opt.config import redact_url
-from unet_opt.errors import UserError
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from unet_opt.config import redact_url  # noqa: E402
+from unet_opt.errors import UserError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +70,39 @@ class Tracker:
                                      tags={"optuna.study": study, "unet_opt.role": "study"})
         return run.info.run_id
 
-    def start_trial(self, parent_id: str, study: str, number: int, params: dict[str, Any],
-                    tags: dict[str, str]) -> str:
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"trial-{number:04d}",
-            tags={"mlflow.parentRunId": parent_id, "optuna.study": study, "optuna.trial": str(number),
-                  "optuna.state": "RUNNING", **tags})
+    def start_run(self, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(run.info.run_id, params=items[i:i + PARAM_BATCH])
         return run.info.run_id
+
+    def start_trial(self, parent_id: str, study: str, number: int, params: dict[str, Any],
+                    tags: dict[str, Any]) -> str:
+        return self.start_run(f"trial-{number:04d}", params,
+                              {"mlflow.parentRunId": parent_id, "optuna.study": study, "optuna.trial": number,
+                               "optuna.state": "RUNNING", **tags})
+
+    def log_model(self, run_id: str, model: Any, input_example: Any, registered_name: str,
+                  alias: str = "champion") -> str:
+        """Log the PyTorch model (signature from the example) and register it; returns the version."""
+        import mlflow.pytorch
+        import torch
+
+        import unet_opt
+
+        mlflow.set_tracking_uri(self.uri)
+        # pickle is chosen knowingly (the model is ours); MLflow warns about it at WARNING
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=input_example, serialization_format="pickle",
+                code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        version = mlflow.register_model(info.model_uri, registered_name).version
+        self.client.set_registered_model_alias(registered_name, alias, version)
+        return str(version)
+
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -100,3 +126,28 @@ class Tracker:
                 self.end(run_id, status)
         except mlflow.exceptions.MlflowException:
             log.warning("MLflow run %s of a stale trial is gone; nothing to close", run_id)
+
+
+def run_id_of(model: str, tracking_uri: str) -> str:
+    """`models:/name@alias`, `models:/name/3`, `runs:/ID/...` or a bare run id -> the run that holds it."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if model.startswith("models:/"):
+            name, _, alias = model.removeprefix("models:/").partition("@")
+            if alias:
+                return client.get_model_version_by_alias(name, alias).run_id
+            name, _, version = name.partition("/")
+            return client.get_model_version(name, version or "1").run_id
+        run_id = model.removeprefix("runs:/").split("/")[0]
+        client.get_run(run_id)
+        return run_id
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"model '{model}' not found in {redact_url(tracking_uri)}; pass a checkpoint file, "
+                        f"models:/NAME@ALIAS or a run id (see the MLflow UI)") from None
+
+
+def download(run_id: str, path: str, tracking_uri: str, dst: Path) -> Path:
+    try:
+        return Path(MlflowClient(tracking_uri=tracking_uri).download_artifacts(run_id, path, str(dst)))
+    except (mlflow.exceptions.MlflowException, OSError):
+        raise UserError(f"run {run_id} has no {path}; pass a model registered by `unet-opt retrain`") from None

@@ -1,0 +1,116 @@
+"""From the best trial to a registered model: retrain, evaluate, predict."""
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import FAST, written_files
+from unet_opt.checkpoint import load_checkpoint, save_checkpoint
+from unet_opt.config import load_config
+from unet_opt.data import ClassTable
+from unet_opt.model import build_model
+
+
+def retrain_runs(home):
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("default")
+    runs = client.search_runs([exp.experiment_id], "tags.`unet_opt.role` = 'retrain'", order_by=["start_time"])
+    return client, runs
+
+
+def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli):
+    assert cli("search", "--trials", "2", "--pruner", "none", *FAST)[0] == 0
+    code, out, err = cli("retrain", "--best")
+    assert code == 0, err
+    client, runs = retrain_runs(home)
+    run = runs[0]
+    # the registered version points at the retrain run and carries the champion alias
+    version = client.get_model_version_by_alias("unet-opt-default", "champion")
+    assert version.run_id == run.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["source_trial"] in {"0", "1"}
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"test_confusion_matrix.png", "test_confusion_matrix.csv", "test_per_class.csv", "test_predictions.png",
+            "learning_curves.png", "config.toml", "checkpoint"} <= names
+
+    mlflow.set_tracking_uri(f"sqlite:///{home}/mlruns/mlflow.db")
+    model = mlflow.pytorch.load_model("models:/unet-opt-default@champion")
+    logits = model(torch.rand(2, 3, 32, 48) * 2 - 1)
+    # the MLflow model predicts one logit per drone class
+    assert logits.shape == (2, 24, 32, 48)
+
+    # evaluate reproduces the test Dice the retrain logged, to 4 decimals
+    test_dice = run.data.metrics["test_dice"]
+    code, out, _ = cli("evaluate", "models:/unet-opt-default@champion", "--split", "test")
+    assert code == 0
+    shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("dice ")))
+    assert round(shown, 4) == round(test_dice, 4)
+    assert (home / "evaluation" / "confusion_matrix.png").is_file()
+
+    # the standalone checkpoint loads with weights_only=True and gives the same scores
+    ckpt = next((home / "studies" / "checkpoints").glob("*.pt"))
+    assert load_checkpoint(ckpt).cfg.train.epochs == int(run.data.params["train.epochs"])
+    code, out, _ = cli("evaluate", str(ckpt))
+    assert code == 0 and f"{test_dice:.4g}"[:5] in out
+
+    # masks at each input's own size, for a 3:2 photo and a square one
+    Image.fromarray(np.full((120, 180, 3), 90, np.uint8)).save(home / "wide.jpg")
+    Image.fromarray(np.full((77, 77, 3), 160, np.uint8)).save(home / "square.png")
+    code, _, err = cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "square.png", "--out", "p")
+    assert code == 0, err
+    assert Image.open(home / "p" / "wide_mask.png").size == (180, 120)
+    assert Image.open(home / "p" / "square_color.png").size == (77, 77)
+    mask = np.asarray(Image.open(home / "p" / "wide_mask.png"))
+    colour = np.asarray(Image.open(home / "p" / "wide_color.png"))
+    palette = np.array(ClassTable.drone().colors, np.uint8)
+    # every pixel's colour is its class's colour in the table
+    assert np.array_equal(colour, palette[mask])
+
+    # the same seed retrains to the same test Dice
+    assert cli("retrain", "--best", "--name", "again")[0] == 0
+    _, runs = retrain_runs(home)
+    assert runs[1].data.metrics["test_dice"] == test_dice
+
+
+def test_binary_prediction_is_zero_or_one_at_full_size(home, cli):
+    cfg = load_config("binary", sets=["data.image_size=32"])
+    model = build_model(cfg.model, out_channels=1)
+    classes = ClassTable(("background", "roof"), ((0, 0, 0), (255, 255, 255)))
+    save_checkpoint(home / "binary.pt", model, cfg, classes, True, {"train": [], "val": [], "test": []})
+    Image.fromarray((np.random.default_rng(0).random((90, 60, 3)) * 255).astype(np.uint8)).save(home / "tall.png")
+    code, _, err = cli("predict", "binary.pt", "tall.png", "--out", "p")
+    assert code == 0, err
+    mask = np.asarray(Image.open(home / "p" / "tall_mask.png"))
+    assert mask.shape == (90, 60) and set(np.unique(mask)) <= {0, 1}
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("none", ["retrain", "--best"], "no study storage"),
+    ("search", ["retrain", "--best", "--study", "nope"], "no study named 'nope'"),
+    ("failed", ["retrain", "--best"], "has no complete trial"),
+    ("none", ["evaluate", "missing.pt"], "model file missing.pt does not exist"),
+    ("none", ["evaluate", "models:/unet-opt-default@champion"], "no MLflow store"),
+    ("search", ["evaluate", "models:/nope@champion"], "model 'models:/nope@champion' not found"),
+    ("search", ["evaluate", "not-a-checkpoint.txt"], "is not a unet-opt checkpoint"),
+    ("search", ["predict", "models:/unet-opt-default@champion", "broken.jpg"], "broken.jpg cannot be read"),
+    ("search", ["predict", "models:/unet-opt-default@champion", "absent.jpg"], "absent.jpg does not exist"),
+])
+def test_bad_input_to_model_commands(home, cli, monkeypatch, setup, args, message):
+    if setup == "search":
+        assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0
+    if setup == "failed":
+        import unet_opt.search as search_lib
+
+        monkeypatch.setattr(search_lib, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+        monkeypatch.setattr(search_lib, "MAX_FAILURES_IN_A_ROW", 1)
+        cli("search", "--trials", "1", *FAST)
+    (home / "broken.jpg").write_text("not an image")
+    (home / "not-a-checkpoint.txt").write_text("hello")
+    before = written_files(home)
+    code, _, err = cli(*args)
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    # nothing registered, nothing written
+    assert written_files(home) == before

@@ -1,0 +1,50 @@
+"""A standalone checkpoint: weights + resolved config + class table + split, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from unet_opt.config import Config, config_from_text, to_toml
+from unet_opt.data import ClassTable
+from unet_opt.errors import UserError
+from unet_opt.model import UNet, build_model
+
+FORMAT = "unet-opt-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    model: UNet
+    cfg: Config
+    classes: ClassTable
+    binary: bool
+    split: dict[str, list[str]]
+
+
+def save_checkpoint(path: Path, model: UNet, cfg: Config, classes: ClassTable, binary: bool,
+                    split: dict[str, list[str]]) -> None:
+    """Only tensors, strings, numbers, lists and dicts: nothing that needs pickle to load."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"format": FORMAT, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "config_toml": to_toml(cfg), "class_names": list(classes.names),
+                "class_colors": [list(c) for c in classes.colors], "binary": binary, "split": split}, tmp)
+    tmp.replace(path)  # never a half-written checkpoint under the real name
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a unet-opt checkpoint ({type(e).__name__}); pass a file written by "
+                        f"`unet-opt retrain` or a models:/ URI") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise UserError(f"{path} is not a unet-opt checkpoint; pass a file written by `unet-opt retrain`")
+    cfg = config_from_text(raw["config_toml"], f"{path} (config)")
+    classes = ClassTable(tuple(raw["class_names"]), tuple(tuple(c) for c in raw["class_colors"]))
+    model = build_model(cfg.model, 1 if raw["binary"] else len(classes))
+    model.load_state_dict(raw["state_dict"])
+    return Checkpoint(model.eval(), cfg, classes, raw["binary"], raw["split"])

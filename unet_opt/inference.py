@@ -1,0 +1,69 @@
+"""Using a trained model: find it (checkpoint file, models:/ URI, run), evaluate it, predict with it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unet_opt import plots
+from unet_opt.checkpoint import Checkpoint, load_checkpoint
+from unet_opt.data import load_data, split_indices
+from unet_opt.data.images import read_rgb, resize_mask, resize_rgb, write_png
+from unet_opt.errors import UserError
+from unet_opt.metrics import scores
+from unet_opt.train import evaluate, predict_classes
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
+    """A checkpoint path, `models:/name@alias`, `runs:/RUN_ID` or a run id."""
+    if Path(ref).is_file():
+        return load_checkpoint(Path(ref))
+    if not ref.startswith(("models:/", "runs:/")) and (Path(ref).suffix or "/" in ref):
+        raise UserError(f"model file {ref} does not exist; pass a checkpoint file, models:/NAME@ALIAS or a run id")
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no MLflow store at {tracking_uri.removeprefix('sqlite:///')} to find '{ref}' in; run "
+                        f"`unet-opt retrain --best` here first, or pass --home / --tracking-uri")
+    from unet_opt.tracking import download, run_id_of  # MLflow only when a URI must be resolved
+
+    run_id = run_id_of(ref, tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_checkpoint(download(run_id, "checkpoint/model.pt", tracking_uri, Path(tmp)))
+
+
+def evaluate_model(ck: Checkpoint, split: str = "test", dataset: str | None = None) -> tuple[dict, np.ndarray, list]:
+    """(metrics, confusion matrix, class names) of the model on one split of its data (or another folder)."""
+    cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
+    data = load_data(cfg.data, cfg.model.depth)
+    if split == "all":
+        indices = list(range(len(data.names)))
+    else:
+        indices = split_indices(ck.split, data.names)[split]
+    loss, matrix = evaluate(ck.model, data, indices, cfg.train.batch_size)
+    metrics = {"images": len(indices), "loss": loss, **scores(matrix, ck.binary)}
+    return metrics, matrix, list(data.classes.names)
+
+
+@torch.inference_mode()
+def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
+    """Class-index mask, colour mask and overlay PNGs at the image's own resolution."""
+    image = read_rgb(path)
+    h, w = image.shape[:2]
+    multiple = 2**ck.cfg.model.depth
+    height = ck.cfg.data.image_size
+    width = height if ck.cfg.data.aspect == "square" else max(multiple, round(height * w / h / multiple) * multiple)
+    x = torch.from_numpy(resize_rgb(image, height, width)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    classes = predict_classes(ck.model.eval()(x), ck.binary)[0].numpy().astype(np.uint8)
+    mask = resize_mask(classes, h, w)
+    colour = plots.colorize(mask, list(ck.classes.colors))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_color.png",
+               out_dir / f"{path.stem}_overlay.png"]
+    write_png(written[0], mask)
+    write_png(written[1], colour)
+    write_png(written[2], (0.5 * image + 0.5 * colour).astype(np.uint8))
+    return written
