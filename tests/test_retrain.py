@@ -114,3 +114,20 @@ def test_bad_input_to_model_commands(home, cli, monkeypatch, setup, args, messag
     assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
     # nothing registered, nothing written
     assert written_files(home) == before
+
+
+def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
+    code, out, err = cli("train", "--set", "train.epochs=2", "--set", "data.image_size=32",
+                         "--set", "data.synthetic_images=24", "--set", "model.base_channels=8")
+    assert code == 0, err
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("default")
+    (run,) = client.search_runs([exp.experiment_id])
+    # one run, tagged as a baseline, with the fixed params, per-epoch metrics and the trial artifacts
+    assert run.data.tags["unet_opt.role"] == "train" and run.data.params["train.epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1, 2]
+    assert {"config.toml", "learning_curves.png", "confusion_matrix.png", "predictions.png", "per_class.csv",
+            "test_confusion_matrix.png", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    code, out, _ = cli("evaluate", run.info.run_id)
+    shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("dice ")))
+    assert code == 0 and round(shown, 4) == round(run.data.metrics["test_dice"], 4)

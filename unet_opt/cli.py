@@ -172,6 +172,33 @@ def ui(paths: Paths, host, port, tracking_uri) -> int:
 
 
 @cli.command()
+@click.option("--space", default="default", show_default=True,
+              help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
+@click.option("--data", help="'synthetic' (embedded) or a data folder.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train (default auto).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any field, e.g. --set train.lr=0.003 (repeatable).")
+@click.pass_obj
+def train(paths: Paths, space, data, tracking_uri, device, sets) -> int:
+    """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split."""
+    flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
+    cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
+    from unet_opt.baseline import train_once
+
+    shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size", "train.epochs"))
+    click.echo(f"training once with {shown}")
+    r = train_once(cfg, paths)
+    click.echo(f"\nstopped: {r.stop_reason} after {r.epochs_run} epochs; best epoch {r.best_epoch}")
+    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.val, **r.test}.items()
+                                      if k.startswith(("val_", "test_")) and k != "val_loss"])
+    click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
+    if r.checkpoint:
+        click.echo(f"checkpoint: {r.checkpoint}")
+    return 0
+
+
+@cli.command()
 @click.option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
 @click.option("--study", help="Study name (default: the only study in the storage).")
 @click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
