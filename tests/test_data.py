@@ -76,18 +76,24 @@ def test_split_is_fixed_disjoint_and_complete():
         split_indices(split, names[1:])
 
 
-def test_augmentation_flips_image_and_mask_together():
-    n, h, w = 16, 8, 8
-    # every pixel's mask value is derived from the image value: (red channel) % 7
-    images = torch.randint(0, 255, (n, 3, h, w), dtype=torch.uint8)
-    masks = (images[:, 0] % 7).to(torch.uint8)
+def test_augmentation_moves_image_and_mask_together():
+    n, h, w = 16, 32, 48
+    # four quadrants, each a grey level in the image and a class in the mask, placed at random per image
+    levels = torch.tensor([20, 90, 160, 230], dtype=torch.uint8)
+    quadrant = torch.zeros(h, w, dtype=torch.long)
+    quadrant[: h // 2, w // 2:], quadrant[h // 2:, : w // 2], quadrant[h // 2:, w // 2:] = 1, 2, 3
+    perms = [torch.randperm(4, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+    masks = torch.stack([p[quadrant] for p in perms]).to(torch.uint8)
+    images = levels[masks.long()][:, None].repeat(1, 3, 1, 1)
     data = SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
-    g = torch.Generator().manual_seed(0)
-    x, y = next(batches(data, list(range(n)), n, augment=True, generator=g))
-    red = torch.round((x[:, 0] + 1) * 127.5).long()
-    # the pairing survives the flips, and some images really were flipped
-    assert torch.equal(red % 7, y)
-    assert not torch.equal(red, images[:, 0].long())
+    x, y = next(batches(data, list(range(n)), n, augment=True, generator=torch.Generator().manual_seed(0)))
+    grey = torch.round((x[:, 0] + 1) * 127.5).to(torch.uint8)
+    exact = torch.isin(grey, levels)  # pixels away from a blended quadrant border
+    # wherever the image shows a quadrant's grey, the mask holds that quadrant's class
+    assert torch.equal(levels[y[exact]], grey[exact]) and exact.float().mean() > 0.8
+    assert not torch.equal(y, masks.long())  # the batch really was transformed
+    again = next(batches(data, list(range(n)), n, augment=True, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(again[1], y)  # seeded: the same generator gives the same batch
 
 
 def test_batches_cover_the_split_and_drop_last_only_when_asked():

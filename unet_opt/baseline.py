@@ -38,7 +38,7 @@ class BaselineResult:
 
 def train_once(cfg: Config, paths: Paths) -> BaselineResult:
     resolve_device(cfg.train.device)
-    data = load_data(cfg.data, cfg.model.depth)
+    data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     split = split_indices(split_names, data.names)
     experiment = cfg.search.study or Path(cfg.source).stem

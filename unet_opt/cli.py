@@ -239,7 +239,7 @@ def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
     from unet_opt.metrics import per_class
 
     ck = resolve_model(model, paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or "")))
-    metrics, matrix, names = evaluate_model(ck, split, dataset)
+    metrics, matrix, names = evaluate_model(ck, paths.cache, split, dataset)
     print_table(["metric", "value"], [[k, fmt(v) if k != "images" else str(v)] for k, v in metrics.items()])
     pc = per_class(matrix)
     click.echo("")
@@ -274,6 +274,57 @@ def predict(paths: Paths, model, images, out, tracking_uri) -> int:
     for image in images:
         written = predict_image(ck, image, out)
         click.echo(f"{image}: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+@cli.group()
+def data() -> None:
+    """Inspect a data folder, or decode it into the cache ahead of a search."""
+
+
+@data.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
+              help="Classes in the masks when the folder has no class table.")
+def data_check(path: Path, num_classes: int) -> int:
+    """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
+    from unet_opt.data.check import check
+
+    report = check(path, num_classes)
+    if report.layout:
+        click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
+                   f"{'colour' if report.colour_masks else 'class-index'} masks)")
+        click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
+    if report.classes is not None and report.frequencies is not None:
+        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3f}%"]
+                                               for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if report.problems:
+        raise UserError(f"{len(report.problems)} problem(s) in {path}; fix the files listed above")
+    click.echo("no problems found")
+    return 0
+
+
+@data.command("prepare")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
+              help="Height to decode for (repeatable: one cache per size).")
+@click.option("--space", default="default", show_default=True, help="Space file whose [data]/[model] apply.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any field (repeatable).")
+@click.pass_obj
+def data_prepare(paths: Paths, path: Path, sizes, space, sets) -> int:
+    """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar."""
+    from unet_opt.data import load_data
+    from unet_opt.data.layouts import find_source
+
+    for size in sizes:
+        cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size}, sets)
+        pairs = len(find_source(path, cfg.data.num_classes).pairs)
+        with click.progressbar(length=pairs, label=f"decoding for height {size}", file=sys.stderr) as bar:
+            data_set = load_data(cfg.data, cfg.model.depth, paths.cache, bar.update)
+        h, w = data_set.images.shape[-2:]
+        click.echo(f"{len(data_set.names)} images cached at {h}x{w} under {paths.cache}")
     return 0
 
 

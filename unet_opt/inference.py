@@ -35,10 +35,11 @@ def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
         return load_checkpoint(download(run_id, "checkpoint/model.pt", tracking_uri, Path(tmp)))
 
 
-def evaluate_model(ck: Checkpoint, split: str = "test", dataset: str | None = None) -> tuple[dict, np.ndarray, list]:
+def evaluate_model(ck: Checkpoint, cache_dir: Path, split: str = "test",
+                   dataset: str | None = None) -> tuple[dict, np.ndarray, list]:
     """(metrics, confusion matrix, class names) of the model on one split of its data (or another folder)."""
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
-    data = load_data(cfg.data, cfg.model.depth)
+    data = load_data(cfg.data, cfg.model.depth, cache_dir)
     if split == "all":
         indices = list(range(len(data.names)))
     else:

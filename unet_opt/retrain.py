@@ -52,7 +52,7 @@ def retrain(paths: Paths, storage_url: str, tracking_uri: str, study_name: str |
     cfg = base.replace({**best.params, "train.seed": base.train.seed + best.number, "train.epochs": n_epochs,
                         **({"train.device": device} if device else {})})
     name = model_name or f"unet-opt-{study.study_name}"
-    data = load_data(cfg.data, cfg.model.depth)
+    data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split = split_indices(study.user_attrs["split"], data.names)
     tracker = Tracker(tracking_uri, study.study_name, paths.artifacts if tracking_uri.startswith("sqlite") else None)
     run_id = tracker.start_run(

@@ -133,16 +133,16 @@ class Summary:
 class DataCache:
     """Data sets by the config that shapes them, so trials with the same image size share one."""
 
-    def __init__(self, max_entries: int = 4):
+    def __init__(self, cache_dir: Path, max_entries: int = 4):
         self.entries: dict[str, SegmentationData] = {}
-        self.max_entries = max_entries
+        self.cache_dir, self.max_entries = cache_dir, max_entries
 
     def get(self, cfg: Config) -> SegmentationData:
         key = repr((cfg.data, cfg.model.depth))
         if key not in self.entries:
             if len(self.entries) >= self.max_entries:
                 self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = load_data(cfg.data, cfg.model.depth)
+            self.entries[key] = load_data(cfg.data, cfg.model.depth, self.cache_dir)
         return self.entries[key]
 
 
@@ -179,7 +179,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(cfg)
     resolve_device(cfg.train.device)  # `--device cuda` without a GPU fails here, not in every trial
-    first_data = load_data(cfg.data, cfg.model.depth)  # bad data fails here, before anything is written
+    first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     storage = open_storage(paths.storage_url(cfg.search))
     tracking_uri = paths.tracking_uri(cfg.search)
     tracker = Tracker(tracking_uri, name, paths.artifacts if tracking_uri.startswith("sqlite") else None)
@@ -206,7 +206,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
     parent_id = tracker.open_parent(attrs.get("mlflow_parent_run_id"), name)
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     summary.parent_run_id = parent_id
-    cache = DataCache()
+    cache = DataCache(paths.cache)
     deadline = time.monotonic() + cfg.search.timeout if cfg.search.timeout else math.inf
     failures = 0
     try:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from unet_opt.config import DataConfig
 from unet_opt.data import synthetic
+from unet_opt.data.cache import Progress, prepare, read_sizes
+from unet_opt.data.layouts import find_source, problems_error
 from unet_opt.data.classes import ClassTable
 from unet_opt.data.splits import make_split, split_indices
 from unet_opt.errors import UserError
@@ -43,20 +48,34 @@ def frame_size(cfg: DataConfig, depth: int, aspect: float = synthetic.ASPECT) ->
     return cfg.image_size, max(multiple, round(cfg.image_size * aspect / multiple) * multiple)
 
 
-def load_data(cfg: DataConfig, depth: int) -> SegmentationData:
-    """The data set named by `cfg.dataset`, resized to `frame_size`, with ignore and binary rules applied."""
-    if cfg.dataset != "synthetic":
-        raise UserError(f"data.dataset = {cfg.dataset!r}: only the embedded 'synthetic' data set is supported "
-                        f"so far; use --data synthetic")
-    height, width = frame_size(cfg, depth)
-    images, masks, names = synthetic.generate(cfg.synthetic_images, height, width)
-    classes = ClassTable.drone()
-    if len(classes) != cfg.num_classes:
-        raise UserError(f"data.num_classes = {cfg.num_classes} but the synthetic data has {len(classes)} classes; "
-                        f"set data.num_classes = {len(classes)}")
+def load_data(cfg: DataConfig, depth: int, cache_dir: Path | None = None,
+              progress: Progress | None = None) -> SegmentationData:
+    """The data set named by `cfg.dataset`, resized to `frame_size`, with ignore and binary rules applied.
+
+    A folder is checked (layout, pairs, class table, headers) before anything is decoded, then read
+    through the decode-once cache in `cache_dir`.
+    """
+    if cfg.dataset == "synthetic":
+        height, width = frame_size(cfg, depth)
+        images, masks, names = synthetic.generate(cfg.synthetic_images, height, width)
+        classes = ClassTable.drone()
+        if len(classes) != cfg.num_classes:
+            raise UserError(f"data.num_classes = {cfg.num_classes} but the synthetic data has {len(classes)} "
+                            f"classes; set data.num_classes = {len(classes)}")
+    else:
+        source = find_source(Path(cfg.dataset).expanduser(), cfg.num_classes)
+        sizes, problems = read_sizes(source)
+        if problems:
+            raise problems_error(source.root, problems)
+        aspect = float(np.median([w / h for w, h in sizes]))
+        height, width = frame_size(cfg, depth, aspect)
+        if cache_dir is None:
+            raise ValueError("a folder data set needs a cache_dir")
+        images, masks, _ = prepare(source, height, width, cache_dir, progress)
+        classes, names = source.classes, [n for n, _, _ in source.pairs]
     masks, classes = relabel(masks, classes, cfg)
-    return SegmentationData(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                            torch.from_numpy(masks), names, classes, binary=bool(cfg.binary or cfg.foreground))
+    return SegmentationData(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(masks), names, classes,
+                            binary=bool(cfg.binary or cfg.foreground))
 
 
 def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np.ndarray, ClassTable]:
@@ -80,25 +99,35 @@ def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np
     return np.where(ignored, IGNORE, fg).astype(np.uint8), binary
 
 
+def augmentation(height: int, width: int) -> v2.Transform:
+    """Random resized crop (at least half the frame, about its aspect) and flips, on image and mask alike."""
+    aspect = width / height
+    return v2.Compose([v2.RandomResizedCrop((height, width), scale=(0.5, 1.0), ratio=(aspect * 0.8, aspect * 1.25),
+                                            antialias=True),
+                       v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+
+
 def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_size: int, *, shuffle: bool = False,
             augment: bool = False, generator: torch.Generator | None = None,
             drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images (B, 3, H, W) float in [-1, 1], masks (B, H, W) long) from the tensors in memory.
 
-    Flips are drawn per image from `generator` (on the CPU, so runs are reproducible on any device) and
-    applied on the data's device, to image and mask alike.
+    Augmentation runs on the data's device, per image, with torchvision's random state forked and
+    seeded from `generator`, so a run is reproducible whatever else uses the global RNG.
     """
     order = torch.as_tensor(indices, dtype=torch.long)
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator)]
     stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
     device = data.images.device
+    transform = augmentation(*data.images.shape[-2:]) if augment else None
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size].to(device)
         x, y = data.images[idx], data.masks[idx]
-        if augment:
-            flips = torch.rand(2, len(idx), generator=generator).to(device) < 0.5
-            for dim, flip in ((-1, flips[0]), (-2, flips[1])):
-                x = torch.where(flip[:, None, None, None], x.flip(dim), x)
-                y = torch.where(flip[:, None, None], y.flip(dim), y)
-        yield x.float().div_(127.5).sub_(1.0), y.long()
+        if transform is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                pairs = [transform(tv_tensors.Image(xi), tv_tensors.Mask(yi)) for xi, yi in zip(x, y)]
+            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+        yield x.float().div_(127.5).sub_(1.0).contiguous(), y.long()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unet_opt.errors import UserError
 
 # (name, mask colour) as in the data set's class_dict_seg.csv
 DRONE_CLASSES = [
@@ -31,3 +37,44 @@ class ClassTable:
 
     def index(self, name: str) -> int:
         return self.names.index(name)
+
+
+def read_class_csv(path: Path) -> ClassTable:
+    """`name, r, g, b` per row, a header first (Kaggle's class_dict_seg.csv, TU Graz's class_dict.csv)."""
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"class table {path} cannot be read ({type(e).__name__}); fix or remove it") from None
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if not {"name", "r", "g", "b"} <= set(header):
+        raise UserError(f"class table {path}: the header must name the columns name, r, g, b (got {rows[0] if rows else 'nothing'})")
+    col = {k: header.index(k) for k in ("name", "r", "g", "b")}
+    names, colors = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            name = row[col["name"]].strip()
+            rgb = tuple(int(row[col[c]]) for c in "rgb")
+            if not name or not all(0 <= v <= 255 for v in rgb):
+                raise ValueError
+        except (ValueError, IndexError):
+            raise UserError(f"class table {path}, line {line}: expected a name and r, g, b in 0..255, got "
+                            f"{','.join(row)!r}; fix the row") from None
+        if rgb in colors:
+            raise UserError(f"class table {path}, line {line}: colour {rgb} is already class "
+                            f"'{names[colors.index(rgb)]}'; each class needs its own colour")
+        names.append(name)
+        colors.append(rgb)
+    if not names:
+        raise UserError(f"class table {path} lists no class; add rows of name, r, g, b")
+    return ClassTable(tuple(names), tuple(colors))
+
+
+def default_table(num_classes: int) -> ClassTable:
+    """For index masks without a class table: the drone table if it fits, else numbered classes."""
+    if num_classes == len(DRONE_CLASSES):
+        return ClassTable.drone()
+    rng = np.random.default_rng(0)
+    colors = [(0, 0, 0)] + [tuple(int(v) for v in rng.integers(40, 256, 3)) for _ in range(num_classes - 1)]
+    return ClassTable(tuple(f"class_{i}" for i in range(num_classes)), tuple(colors))

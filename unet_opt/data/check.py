@@ -1,0 +1,54 @@
+"""`unet-opt data check`: what a data folder holds and everything wrong with it, without training."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import UnidentifiedImageError
+
+from unet_opt.data.cache import decode_mask, read_sizes
+from unet_opt.data.classes import ClassTable
+from unet_opt.data.layouts import scan
+
+CHECK_HEIGHT = 128  # masks are sampled at this height (nearest) to count class pixels quickly
+
+
+@dataclass
+class Report:
+    path: Path
+    layout: str = ""
+    root: Path | None = None
+    pairs: int = 0
+    colour_masks: bool = False
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    classes: ClassTable | None = None
+    frequencies: np.ndarray | None = None  # share of pixels per class
+    problems: list[str] = field(default_factory=list)
+
+
+def check(path: Path, num_classes: int, progress=None) -> Report:
+    source, problems = scan(path, num_classes)
+    report = Report(path, problems=problems)
+    if source is None:
+        return report
+    report.layout, report.root, report.pairs = source.layout, source.root, len(source.pairs)
+    report.colour_masks, report.classes = source.colour_masks, source.classes
+    sizes, header_problems = read_sizes(source)
+    report.sizes, report.problems = Counter(sizes), problems + header_problems
+    counts = np.zeros(len(source.classes), np.int64)
+    for _, _, mask in source.pairs:
+        try:
+            decoded, problem = decode_mask(mask, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2, source)
+        except (UnidentifiedImageError, OSError) as e:
+            decoded, problem = None, f"{mask} cannot be decoded ({type(e).__name__}); replace or remove it"
+        if problem:
+            report.problems.append(problem)
+        else:
+            counts += np.bincount(decoded.ravel(), minlength=len(counts))[: len(counts)]
+        if progress:
+            progress(1)
+    report.frequencies = counts / max(1, counts.sum())
+    return report
