@@ -31,10 +31,28 @@ BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
     (["studies"], {}, "no study storage"),
     (["ui"], {}, "no MLflow runs"),
     (["ui", "--port", "0"], {}, "Invalid value for '--port'"),
+    (["search", "--data", "nowhere"], {}, "data folder nowhere does not exist"),
+    (["search", "--data", "notes.txt"], {"notes.txt": "hi"}, "data path notes.txt is not a folder"),
+    (["search", "--data", "empty"], {"empty/": ""}, "no known layout in empty"),
+    (["search", "--data", "d"], {"d/images/": "", "d/masks/": ""}, "holds no image"),
+    (["train", "--set", "train.batch_size=6"], {}, "multiples of 4"),
+    (["train", "--space", "nope"], {}, "space file 'nope' not found"),
+    (["retrain"], {}, "Missing option '--best'"),
+    (["retrain", "--best", "--epochs", "0"], {}, "Invalid value for '--epochs'"),
+    (["retrain", "--best"], {}, "no study storage"),
+    (["evaluate", "missing.pt"], {}, "model file missing.pt does not exist"),
+    (["evaluate", "models:/x@champion", "--split", "holdout"], {}, "'holdout' is not one of"),
+    (["predict", "models:/x@champion", "photo.jpg"], {}, "image photo.jpg does not exist"),
+    (["predict", "models:/x@champion"], {}, "Missing argument 'IMAGES...'"),
+    (["data", "check", "nowhere"], {}, "data folder nowhere does not exist"),
+    (["data", "prepare", "nowhere", "--image-size", "32"], {}, "data folder nowhere does not exist"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
     for name, text in files.items():
-        (home / name).write_text(text)
+        if name.endswith("/"):
+            (home / name).mkdir(parents=True)
+        else:
+            (home / name).write_text(text)
     before = written_files(home)
     code, out, err = cli(*args)
     assert code == 2

@@ -86,14 +86,25 @@ def test_augmentation_moves_image_and_mask_together():
     masks = torch.stack([p[quadrant] for p in perms]).to(torch.uint8)
     images = levels[masks.long()][:, None].repeat(1, 3, 1, 1)
     data = SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
-    x, y = next(batches(data, list(range(n)), n, augment=True, generator=torch.Generator().manual_seed(0)))
+    x, y = next(batches(data, list(range(n)), n, augment="crop", generator=torch.Generator().manual_seed(0)))
     grey = torch.round((x[:, 0] + 1) * 127.5).to(torch.uint8)
     exact = torch.isin(grey, levels)  # pixels away from a blended quadrant border
     # wherever the image shows a quadrant's grey, the mask holds that quadrant's class
     assert torch.equal(levels[y[exact]], grey[exact]) and exact.float().mean() > 0.8
     assert not torch.equal(y, masks.long())  # the batch really was transformed
-    again = next(batches(data, list(range(n)), n, augment=True, generator=torch.Generator().manual_seed(0)))
+    again = next(batches(data, list(range(n)), n, augment="crop", generator=torch.Generator().manual_seed(0)))
     assert torch.equal(again[1], y)  # seeded: the same generator gives the same batch
+
+
+def test_flip_augmentation_keeps_pixels_exact():
+    n = 16
+    # every mask value derives from the image's red channel: flips must keep that pairing exactly
+    images = torch.randint(0, 255, (n, 3, 8, 8), dtype=torch.uint8)
+    masks = (images[:, 0] % 7).to(torch.uint8)
+    data = SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
+    x, y = next(batches(data, list(range(n)), n, augment="flip", generator=torch.Generator().manual_seed(0)))
+    red = torch.round((x[:, 0] + 1) * 127.5).long()
+    assert torch.equal(red % 7, y) and not torch.equal(red, images[:, 0].long())
 
 
 def test_batches_cover_the_split_and_drop_last_only_when_asked():

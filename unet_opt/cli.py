@@ -240,7 +240,7 @@ def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
 
     ck = resolve_model(model, paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or "")))
     metrics, matrix, names = evaluate_model(ck, paths.cache, split, dataset)
-    print_table(["metric", "value"], [[k, fmt(v) if k != "images" else str(v)] for k, v in metrics.items()])
+    print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in metrics.items()])
     pc = per_class(matrix)
     click.echo("")
     print_table(["class", "dice", "iou", "precision", "recall", "pixels"],
@@ -291,10 +291,13 @@ def data_check(path: Path, num_classes: int) -> int:
     from unet_opt.data.check import check
 
     report = check(path, num_classes)
-    if report.layout:
-        click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
-                   f"{'colour' if report.colour_masks else 'class-index'} masks)")
-        click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
+    if not report.layout:  # nothing to describe: the problem is the whole answer
+        from unet_opt.data.layouts import problems_error
+
+        raise problems_error(path, report.problems)
+    click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
+               f"{'colour' if report.colour_masks else 'class-index'} masks)")
+    click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
     if report.classes is not None and report.frequencies is not None:
         print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3f}%"]
                                                for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])

@@ -35,8 +35,9 @@ class DataConfig:
     """Training height in pixels; the width follows the data's aspect ratio."""
     aspect: str = field(default="data", metadata={"choices": ("data", "square")})
     """"data": width from the images' aspect ratio (3:2 -> 64x96); "square": NxN."""
-    augment: bool = True
-    """Random horizontal and vertical flips of training batches (image and mask together)."""
+    augment: str = field(default="crop", metadata={"choices": ("none", "flip", "crop")})
+    """Training-batch augmentation, image and mask together: "flip" (horizontal and vertical),
+    "crop" (random resized crop, then flips) or "none"; val and test are never augmented."""
     val_fraction: float = 0.15
     """Share of the images used to score trials."""
     test_fraction: float = 0.15
@@ -79,6 +80,8 @@ class TrainConfig:
     """bf16 autocast on CUDA (ignored on the CPU)."""
     channels_last: bool = True
     """channels_last memory format on CUDA (ignored on the CPU)."""
+    compile: bool = False
+    """torch.compile the model (pays off on GPUs for long trials; compiling takes a minute)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import socket
 import tempfile
 import threading
 import time
@@ -41,6 +43,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
 GRACE_SECONDS = 30
 MAX_FAILURES_IN_A_ROW = 5
+DEAD_WORKER = "worker died (killed or crashed)"
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
 
 
@@ -180,9 +183,13 @@ def run(cfg: Config, paths: Paths) -> Summary:
     name = study_name(cfg)
     resolve_device(cfg.train.device)  # `--device cuda` without a GPU fails here, not in every trial
     first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
-    storage = open_storage(paths.storage_url(cfg.search))
     tracking_uri = paths.tracking_uri(cfg.search)
-    tracker = Tracker(tracking_uri, name, paths.artifacts if tracking_uri.startswith("sqlite") else None)
+    if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
+        storage = open_storage(paths.storage_url(cfg.search))
+        tracker = Tracker(tracking_uri, name, paths.artifacts)
+    else:
+        tracker = Tracker(tracking_uri, name, None)
+        storage = open_storage(paths.storage_url(cfg.search))
 
     study = optuna.create_study(storage=storage, study_name=name, direction=cfg.search.direction,
                                 sampler=make_sampler(cfg), pruner=make_pruner(cfg), load_if_exists=True)
@@ -195,7 +202,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
         study.set_user_attr("split", make_split(first_data.names, cfg.data.val_fraction,
                                                 cfg.data.test_fraction, cfg.data.split_seed))
     split = split_indices(study.user_attrs["split"], first_data.names)
-    close_stale_trials(study, tracker)
+    close_stale_trials(study, storage, tracker)
 
     summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                       metric=cfg.search.metric, ui=ui_command(redact_url(tracking_uri)))
@@ -214,7 +221,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
             if time.monotonic() > deadline:
                 summary.stopped_reason = f"timeout of {cfg.search.timeout:g} s reached"
                 break
-            state = run_trial(study, cfg, tracker, parent_id, cache, split, done + 1)
+            state = run_trial(study, storage, cfg, tracker, parent_id, cache, split, done + 1)
             summary.ran += 1
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -223,7 +230,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        close_stale_trials(study, tracker)  # a worker killed just before this run is stale by now
+        close_stale_trials(study, storage, tracker)  # another machine's dead worker may be stale by now
         log_study_artifacts(study, tracker, parent_id, cfg)
         tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
     return fill_summary(summary, study)
@@ -240,22 +247,60 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def close_stale_trials(study: optuna.Study, tracker: Tracker) -> None:
-    """Trials of dead workers (no heartbeat for GRACE_SECONDS) end FAIL here and in MLflow."""
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    optuna.storages.fail_stale_trials(study)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if t.number in before:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker died (no heartbeat)")
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead_here(worker: str | None) -> bool:
+    """A worker of this machine whose process is gone (another machine's is judged by heartbeat)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker) -> None:
+    """Trials of dead workers end FAIL here and in MLflow: at once for a dead process on this machine,
+    after GRACE_SECONDS without a heartbeat for any other."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        if is_dead_here(t.user_attrs.get("worker")):
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", DEAD_WORKER)  # before: finished trials are frozen
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    optuna.storages.fail_stale_trials(study)  # the heartbeat rule; Optuna records no reason for these
+    for t in running:
+        if storage.get_trial(t._trial_id).state == TrialState.FAIL:
             if "mlflow_run_id" in t.user_attrs:
                 tracker.end_if_running(t.user_attrs["mlflow_run_id"], "FAILED",
-                                       {"optuna.state": "FAIL", "optuna.state_reason": "worker died (no heartbeat)"})
-            log.warning("trial %d was left running by a dead worker; marked FAIL", t.number)
+                                       {"optuna.state": "FAIL", "optuna.state_reason": DEAD_WORKER})
+            log.warning("trial #%d was left running by a dead worker; marked FAIL", t.number)
 
 
-def run_trial(study: optuna.Study, cfg: Config, tracker: Tracker, parent_id: str, cache: DataCache,
-              split: dict[str, list[int]], position: int) -> TrialState:
+def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config, tracker: Tracker,
+              parent_id: str, cache: DataCache, split: dict[str, list[int]], position: int) -> TrialState:
+    """One trial, which always ends recorded: COMPLETE, PRUNED or FAIL with its reason."""
     trial = study.ask()
+    trial.set_user_attr("worker", worker_id())  # a killed worker's trial is found by its pid on this machine,
+    with Heartbeat(storage, trial._trial_id):  # and by its missing heartbeat from any other
+        try:
+            return train_and_record(study, trial, cfg, tracker, parent_id, cache, split, position)
+        except Exception as e:  # the tracking store failed around the training: still record the trial
+            reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
+            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial #%d FAIL  [%s]", trial.number, reason)
+            return TrialState.FAIL
+
+
+def train_and_record(study: optuna.Study, trial: optuna.Trial, cfg: Config, tracker: Tracker, parent_id: str,
+                     cache: DataCache, split: dict[str, list[int]], position: int) -> TrialState:
     params = suggest(trial, cfg.space)
     trial_cfg = cfg.replace({**params, "train.seed": cfg.train.seed + trial.number})
     metric, target = cfg.search.metric, cfg.search.trials
@@ -279,10 +324,9 @@ def run_trial(study: optuna.Study, cfg: Config, tracker: Tracker, parent_id: str
 
     result, state, value, reason = FitResult(), TrialState.FAIL, None, ""
     try:
-        with Heartbeat(study._storage, trial._trial_id):
-            result = fit(trial_cfg.model, trial_cfg.train, cache.get(trial_cfg), split, metric=metric,
-                         maximize=cfg.search.direction == "maximize", augment=trial_cfg.data.augment,
-                         on_epoch=on_epoch)
+        result = fit(trial_cfg.model, trial_cfg.train, cache.get(trial_cfg), split, metric=metric,
+                     maximize=cfg.search.direction == "maximize", augment=trial_cfg.data.augment,
+                     on_epoch=on_epoch)
         if result.stop_reason == "nan_loss":
             state, reason = TrialState.PRUNED, "nan_loss"
         elif result.stop_reason == "callback":
@@ -344,7 +388,8 @@ def best_value(study: optuna.Study) -> float | None:
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-            "reason": t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason", ""),
+            "reason": t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason")
+            or (DEAD_WORKER if t.state == TrialState.FAIL else ""),
             "best_epoch": t.user_attrs.get("best_epoch"), "epochs_run": t.user_attrs.get("epochs_run")}
 
 

@@ -39,6 +39,15 @@ class SegmentationData:
     def to(self, device: torch.device) -> "SegmentationData":
         return SegmentationData(self.images.to(device), self.masks.to(device), self.names, self.classes, self.binary)
 
+    def pinned(self) -> "SegmentationData":
+        """In page-locked memory, so batches copy to the GPU asynchronously."""
+        return SegmentationData(self.images.pin_memory(), self.masks.pin_memory(), self.names, self.classes,
+                                self.binary)
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.masks.numel() * self.masks.element_size()
+
 
 def frame_size(cfg: DataConfig, depth: int, aspect: float = synthetic.ASPECT) -> tuple[int, int]:
     """(height, width): height = image_size, width from the aspect ratio rounded to a multiple of 2**depth."""
@@ -99,16 +108,21 @@ def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np
     return np.where(ignored, IGNORE, fg).astype(np.uint8), binary
 
 
-def augmentation(height: int, width: int) -> v2.Transform:
-    """Random resized crop (at least half the frame, about its aspect) and flips, on image and mask alike."""
+def augmentation(kind: str, height: int, width: int) -> v2.Transform | None:
+    """"flip": horizontal and vertical flips; "crop": a random resized crop (at least half the frame,
+    about its aspect) first; "none": nothing. Image and mask always move together."""
+    if kind == "none":
+        return None
+    flips = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if kind == "flip":
+        return v2.Compose(flips)
     aspect = width / height
     return v2.Compose([v2.RandomResizedCrop((height, width), scale=(0.5, 1.0), ratio=(aspect * 0.8, aspect * 1.25),
-                                            antialias=True),
-                       v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+                                            antialias=True), *flips])
 
 
 def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_size: int, *, shuffle: bool = False,
-            augment: bool = False, generator: torch.Generator | None = None,
+            augment: str = "none", generator: torch.Generator | None = None,
             drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images (B, 3, H, W) float in [-1, 1], masks (B, H, W) long) from the tensors in memory.
 
@@ -120,7 +134,7 @@ def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_siz
         order = order[torch.randperm(len(order), generator=generator)]
     stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
     device = data.images.device
-    transform = augmentation(*data.images.shape[-2:]) if augment else None
+    transform = augmentation(augment, *data.images.shape[-2:])
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size].to(device)
         x, y = data.images[idx], data.masks[idx]

@@ -1,0 +1,134 @@
+"""Fault injection: kills, divergence, out-of-memory, unreachable stores, hostile files; reproducibility."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST, written_files
+from unet_opt import search as search_lib
+from unet_opt.checkpoint import FORMAT, load_checkpoint
+from unet_opt.errors import UserError
+
+KILL_POINTS = {
+    # where the first trial's process dies with SIGKILL
+    "before the first epoch": "s.fit = lambda *a, **k: die()",
+    "mid-epoch": "calls = []\n"
+                 "real_loss = t.segmentation_loss\n"
+                 "def loss(*a, **k):\n"
+                 "    calls.append(1)\n"
+                 "    if len(calls) == 3: die()\n"
+                 "    return real_loss(*a, **k)\n"
+                 "t.segmentation_loss = loss",
+    "while logging artifacts": "s.write_trial_artifacts = lambda *a, **k: die()",
+}
+
+
+def load(home):
+    return optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_sigkill_then_the_same_command_recovers(home, cli, point):
+    args = ["search", "--trials", "2", "--pruner", "none", *FAST]
+    script = ("import os, signal\nimport unet_opt.search as s, unet_opt.train as t\n"
+              "def die(): os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"{KILL_POINTS[point]}\nfrom unet_opt.cli import main\nmain({args!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert [t.state.name for t in load(home).trials] == ["RUNNING"]  # the dead trial, as the kill left it
+
+    code, _, err = cli(*args)
+    assert code == 0, err
+    trials = load(home).trials
+    # the dead trial is FAIL with a reason, two more finished, numbers 0, 1, 2: none reused
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[0].user_attrs["fail_reason"] == "worker died (killed or crashed)"
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("default")
+    runs = client.search_runs([exp.experiment_id])
+    # in MLflow too: the dead trial's run FAILED, nothing RUNNING, one parent run throughout
+    dead = client.get_run(trials[0].user_attrs["mlflow_run_id"])
+    assert dead.info.status == "FAILED" and dead.data.tags["optuna.state"] == "FAIL"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert len([r for r in runs if r.data.tags.get("unet_opt.role") == "study"]) == 1
+
+
+def test_diverging_trials_are_recorded_as_nan_loss(home, cli):
+    code, _, err = cli("search", "--trials", "2", *FAST, "--set", "space.lr.high=1e14", "--set", "space.lr.low=1e12")
+    assert code == 0, err
+    trials = load(home).trials
+    # stopped at once, recorded with the reason, and the search went on to its 2 trials
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert {t.user_attrs["stop_reason"] for t in trials} == {"nan_loss"}
+    assert all(t.user_attrs["epochs_run"] <= 1 for t in trials)  # stopped in the epoch it diverged in
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).data.tags["optuna.state_reason"] == "nan_loss"
+
+
+def test_out_of_memory_fails_the_trial_with_its_batch_size(home, cli, monkeypatch):
+    real_fit, calls, freed = search_lib.fit, [], []
+
+    def oom_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_lib, "fit", oom_once)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
+    code, _, err = cli("search", "--trials", "1", *FAST)
+    assert code == 0, err
+    first, second = load(home).trials
+    assert first.state.name == "FAIL" and second.state.name in ("COMPLETE", "PRUNED")
+    assert first.user_attrs["fail_reason"] == f"out_of_memory at batch_size={first.params['train.batch_size']}"
+    assert freed  # the allocator's cache was released before the next trial
+
+
+@pytest.mark.parametrize("flag, url", [
+    ("--tracking-uri", "http://mlflow-user:s3cret@127.0.0.1:9"),
+    ("--storage", "postgresql://optuna:s3cret@127.0.0.1:9/optuna"),
+])
+def test_unreachable_store_is_one_line_without_the_password(home, cli, flag, url):
+    code, out, err = cli("search", flag, url, *FAST)
+    assert code == 2 and err.startswith("error: cannot ") and len(err.strip().splitlines()) == 1, err
+    assert "s3cret" not in out + err and ":***@" in err
+    assert written_files(home) == []  # checked before any training, nothing written
+
+
+def test_ui_binds_localhost_unless_told(home, cli, monkeypatch):
+    (home / "mlruns").mkdir()
+    (home / "mlruns" / "mlflow.db").write_bytes(b"")
+    commands = []
+    monkeypatch.setattr("unet_opt.cli.subprocess.call", lambda cmd, env: commands.append(cmd) or 0)
+    assert cli("ui")[0] == 0 and cli("ui", "--host", "0.0.0.0", "--port", "8080")[0] == 0
+    assert commands[0][commands[0].index("--host") + 1] == "127.0.0.1"
+    assert commands[1][commands[1].index("--host") + 1] == "0.0.0.0" and "8080" in commands[1]
+
+
+class Payload:
+    """Anything that needs pickle to load: refused by weights_only=True."""
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    torch.save({"format": FORMAT, "state_dict": {}, "payload": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="is not a unet-opt checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_same_seed_same_params_and_values(tmp_path, monkeypatch, cli):
+    results = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        assert cli("search", "--trials", "3", "--seed", "7", "--pruner", "none", *FAST)[0] == 0
+        home = tmp_path / folder  # absolute URIs: MLflow caches one store per URI string
+        study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+        results.append([(t.params, t.value) for t in study.trials])
+        run = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db").get_run(study.trials[0].user_attrs["mlflow_run_id"])
+        assert run.data.tags["sampler_seed"] == "7" and run.data.tags["seed"] == "0"  # seeds are tagged
+    # the same sampled params and the same trial values, to the last bit
+    assert results[0] == results[1]
