@@ -52,20 +52,20 @@ def train_flops_per_image(model: torch.nn.Module, shape: tuple[int, ...], classe
 
 def bare_loop(model, optimizer, x, y, steps, device, cfg) -> float:
     """images/s of forward + backward + step on one batch already on the device."""
-    for _ in range(2):  # warm-up: allocator, cuDNN autotuning
+
+    def step() -> None:
         with autocast(device, cfg):
             loss = segmentation_loss(model(x).float(), y, False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    for _ in range(2):  # warm-up: allocator, cuDNN autotuning
+        step()
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        with autocast(device, cfg):
-            loss = segmentation_loss(model(x).float(), y, False)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step()
     sync(device)
     return steps * len(x) / (time.perf_counter() - start)
 

@@ -22,7 +22,7 @@ def retrain_runs(home):
     return client, runs
 
 
-def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli):
+def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, monkeypatch):
     assert cli("search", "--trials", "2", "--pruner", "none", *FAST)[0] == 0
     code, out, err = cli("retrain", "--best")
     assert code == 0, err
@@ -36,6 +36,7 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli):
     assert {"test_confusion_matrix.png", "test_confusion_matrix.csv", "test_per_class.csv", "test_predictions.png",
             "learning_curves.png", "config.toml", "checkpoint"} <= names
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlruns/mlflow.db")  # undone after the test
     mlflow.set_tracking_uri(f"sqlite:///{home}/mlruns/mlflow.db")
     model = mlflow.pytorch.load_model("models:/unet-opt-default@champion")
     logits = model(torch.rand(2, 3, 32, 48) * 2 - 1)

@@ -119,16 +119,59 @@ def test_checkpoints_load_weights_only(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
-def test_same_seed_same_params_and_values(tmp_path, monkeypatch, cli):
+def test_same_seed_same_params_and_values(home, monkeypatch, cli):
     results = []
     for folder in ("a", "b"):
-        (tmp_path / folder).mkdir()
-        monkeypatch.chdir(tmp_path / folder)
+        (home / folder).mkdir()
+        monkeypatch.chdir(home / folder)
         assert cli("search", "--trials", "3", "--seed", "7", "--pruner", "none", *FAST)[0] == 0
-        home = tmp_path / folder  # absolute URIs: MLflow caches one store per URI string
-        study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+        folder = home / folder  # absolute URIs: MLflow caches one store per URI string
+        study = optuna.load_study(study_name="default", storage=f"sqlite:///{folder}/studies/unet-opt.db")
         results.append([(t.params, t.value) for t in study.trials])
-        run = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db").get_run(study.trials[0].user_attrs["mlflow_run_id"])
+        run = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db").get_run(study.trials[0].user_attrs["mlflow_run_id"])
         assert run.data.tags["sampler_seed"] == "7" and run.data.tags["seed"] == "0"  # seeds are tagged
     # the same sampled params and the same trial values, to the last bit
     assert results[0] == results[1]
+
+
+def test_real_sigint_records_the_trial_and_exits_130(home):
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "unet_opt", "search", "--trials", "3", "--pruner", "none", *FAST,
+                             "--set", "space.epochs.high=30", "--set", "space.epochs.low=20"],
+                            cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "epoch 1/" not in proc.stderr.readline():
+        pass
+    proc.send_signal(signal.SIGINT)  # mid-trial, as Ctrl-C would
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in out and "run the same command again" in out
+    trial = load(home).trials[0]
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+    run = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db").get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
+def test_tracking_store_dropping_mid_trial_is_recorded(home, cli, monkeypatch):
+    from unet_opt.tracking import Tracker
+
+    real, calls = Tracker.log_metrics, []
+
+    def flaky(self, run_id, metrics, step):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("tracking server went away")
+        return real(self, run_id, metrics, step)
+
+    monkeypatch.setattr(Tracker, "log_metrics", flaky)
+    code, _, err = cli("search", "--trials", "2", "--pruner", "none", *FAST)
+    assert code == 0, err
+    trials = load(home).trials
+    # the trial in progress is recorded FAIL with the tracking error; the search goes on
+    assert [t.state.name for t in trials].count("FAIL") == 1
+    assert next(t for t in trials if t.state.name == "FAIL").user_attrs["fail_reason"] == \
+        "ConnectionError: tracking server went away"
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2

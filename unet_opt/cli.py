@@ -72,7 +72,7 @@ def search(paths: Paths, trials, timeout, space, data, study, storage, tracking_
     print_summary(summary, time.monotonic() - started)
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return 1 if summary.stopped_reason.startswith(str(search_lib.MAX_FAILURES_IN_A_ROW)) else 0
+    return 1 if summary.failed_out else 0
 
 
 def print_summary(s, seconds: float) -> None:

@@ -126,11 +126,12 @@ class Summary:
     ran: int = 0
     already_done: bool = False
     interrupted: bool = False
+    failed_out: bool = False  # stopped after MAX_FAILURES_IN_A_ROW failures
     stopped_reason: str = ""
     tracking_uri: str = ""
     parent_run_id: str = ""
     metric: str = "val_dice"
-    ui: str = field(default="")
+    ui: str = ""
 
 
 class DataCache:
@@ -143,10 +144,13 @@ class DataCache:
     def get(self, cfg: Config) -> SegmentationData:
         key = repr((cfg.data, cfg.model.depth))
         if key not in self.entries:
-            if len(self.entries) >= self.max_entries:
-                self.entries.pop(next(iter(self.entries)))
-            self.entries[key] = load_data(cfg.data, cfg.model.depth, self.cache_dir)
+            self.put(cfg, load_data(cfg.data, cfg.model.depth, self.cache_dir))
         return self.entries[key]
+
+    def put(self, cfg: Config, data: SegmentationData) -> None:
+        if len(self.entries) >= self.max_entries:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[repr((cfg.data, cfg.model.depth))] = data
 
 
 class Heartbeat:
@@ -214,6 +218,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     summary.parent_run_id = parent_id
     cache = DataCache(paths.cache)
+    cache.put(cfg, first_data)  # trials at the base size use the data already checked
     deadline = time.monotonic() + cfg.search.timeout if cfg.search.timeout else math.inf
     failures = 0
     try:
@@ -225,6 +230,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
             summary.ran += 1
             failures = failures + 1 if state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
+                summary.failed_out = True
                 summary.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
                 break
     except KeyboardInterrupt:
@@ -313,10 +319,15 @@ def train_and_record(study: optuna.Study, trial: optuna.Trial, cfg: Config, trac
         tags={"seed": trial_cfg.train.seed, "sampler_seed": cfg.search.seed})
     trial.set_user_attr("mlflow_run_id", run_id)
     best_so_far = best_value(study)
+    pick = max if cfg.search.direction == "maximize" else min
+    reported: list[float] = []
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
         tracker.log_metrics(run_id, metrics, step=epoch)
-        trial.report(metrics[metric], epoch)
+        # the pruner sees the trial's best so far, which is what the trial will be scored by:
+        # one noisy epoch then cannot get a trial pruned that had already done well
+        reported.append(pick(reported[-1], metrics[metric]) if reported else metrics[metric])
+        trial.report(reported[-1], epoch)
         log.info("  epoch %d/%d  %s %.4f  loss %.3f  (%.1f s)%s", epoch, trial_cfg.train.epochs, metric,
                  metrics[metric], metrics["train_loss"], metrics["epoch_seconds"],
                  f"  study best {best_so_far:.4f}" if best_so_far is not None else "")

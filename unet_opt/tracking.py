@@ -95,15 +95,24 @@ class Tracker:
 
         import unet_opt
 
+        # log_model works on the fluent API's active run, which needs the global tracking URI; MLflow
+        # also exports it as MLFLOW_TRACKING_URI, which is put back afterwards so it cannot leak
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         # pickle is chosen knowingly (the model is ours); MLflow warns about it at WARNING
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model, name="model", input_example=input_example, serialization_format="pickle",
-                code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
-        version = mlflow.register_model(info.model_uri, registered_name).version
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", input_example=input_example, serialization_format="pickle",
+                    code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+            version = mlflow.register_model(info.model_uri, registered_name).version
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
         self.client.set_registered_model_alias(registered_name, alias, version)
         return str(version)
 
