@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -111,7 +110,7 @@ def main() -> None:
 
     print(f"data benchmark: {args.photos} photos ({args.large} at 6000x4000, the rest 1500x1000), "
           f"frame {height}x{width}, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print(f"| measure | value |\n| --- | --- |")
+    print("| measure | value |\n| --- | --- |")
     print(f"| cold cache: decode + resize one 6000x4000 JPEG (draft mode) | {t_large * 1000:.0f} ms |")
     print(f"| cold cache: decode + resize one 1500x1000 JPEG | {t_small * 1000:.0f} ms |")
     print(f"| cold cache: whole preparation, per image (mask, digest, write included) | "

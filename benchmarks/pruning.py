@@ -43,7 +43,7 @@ def main() -> None:
             results[pruner] = search(folder, pruner, args.trials, args.seed)
     p, n = results[args.pruner], results["none"]
     print(f"pruning: {args.trials} trials on the embedded data, sampler seed {args.seed}")
-    print(f"| pruner | epochs trained | wall time | best val_dice | pruned trials |\n| --- | --- | --- | --- | --- |")
+    print("| pruner | epochs trained | wall time | best val_dice | pruned trials |\n| --- | --- | --- | --- | --- |")
     for name, r in results.items():
         print(f"| {name} | {r['epochs']} | {r['wall']:.0f} s | {r['best']:.4f} | {r['pruned']} |")
     print(f"| ratio none/{args.pruner} | {n['epochs'] / p['epochs']:.2f}x fewer epochs (target >= 3x) | "

@@ -96,3 +96,14 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 def test_redact_url_hides_only_the_password():
     assert redact_url("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
     assert redact_url("sqlite:///studies/unet-opt.db") == "sqlite:///studies/unet-opt.db"
+
+
+def test_logged_params_never_hold_a_password():
+    cfg = load_config("default", {"search.storage": "postgresql://optuna:s3cret@db:5432/optuna",
+                                  "search.tracking_uri": "http://me:hunter2@mlflow:5000"})
+    params = cfg.params()
+    # every field is there, the URLs are, their passwords are not
+    assert set(params) == set(cfg.flat())
+    assert params["search.storage"] == "postgresql://optuna:***@db:5432/optuna"
+    assert "s3cret" not in str(params) and "hunter2" not in str(params)
+    assert "s3cret" not in to_toml(cfg, redact_url)  # nor in the config.toml artifact

@@ -44,7 +44,7 @@ def train_once(cfg: Config, paths: Paths) -> BaselineResult:
     experiment = cfg.search.study or Path(cfg.source).stem
     tracking_uri = paths.tracking_uri(cfg.search)
     tracker = Tracker(tracking_uri, experiment, paths.artifacts if tracking_uri.startswith("sqlite") else None)
-    run_id = tracker.start_run("train", {k: redact_url(v) if isinstance(v, str) else v for k, v in cfg.flat().items()},
+    run_id = tracker.start_run("train", cfg.params(),
                                {"unet_opt.role": "train", "seed": cfg.train.seed})
     metric = cfg.search.metric
 

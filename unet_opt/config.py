@@ -161,9 +161,13 @@ class Config:
         return dataclasses.replace(self, **sections)
 
     def flat(self) -> dict[str, Any]:
-        """Every resolved field as `section.key` -> value (what MLflow logs as params)."""
+        """Every resolved field as `section.key` -> value."""
         return {f"{name}.{f.name}": getattr(getattr(self, name), f.name)
                 for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+    def params(self) -> dict[str, Any]:
+        """What MLflow logs as a run's params: `flat()` with any password in a URL masked."""
+        return {k: redact_url(v) if isinstance(v, str) else v for k, v in self.flat().items()}
 
 
 @dataclass(frozen=True)

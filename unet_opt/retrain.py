@@ -57,7 +57,7 @@ def retrain(paths: Paths, storage_url: str, tracking_uri: str, study_name: str |
     tracker = Tracker(tracking_uri, study.study_name, paths.artifacts if tracking_uri.startswith("sqlite") else None)
     run_id = tracker.start_run(
         f"retrain-trial-{best.number:04d}",
-        {k: redact_url(v) if isinstance(v, str) else v for k, v in cfg.flat().items()},
+        cfg.params(),
         {"unet_opt.role": "retrain", "optuna.study": study.study_name, "source_trial": best.number,
          "seed": cfg.train.seed})
     log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epochs, testing on %d images",

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -315,7 +315,7 @@ def train_and_record(study: optuna.Study, trial: optuna.Trial, cfg: Config, trac
     log.info("trial %d/%d (#%d): %s", position, target, trial.number, shown)
     run_id = tracker.start_trial(
         parent_id, study.study_name, trial.number,
-        params={k: redact_url(v) if isinstance(v, str) else v for k, v in trial_cfg.flat().items()},
+        params=trial_cfg.params(),
         tags={"seed": trial_cfg.train.seed, "sampler_seed": cfg.search.seed})
     trial.set_user_attr("mlflow_run_id", run_id)
     best_so_far = best_value(study)
