@@ -16,7 +16,7 @@ BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
     (["search", "--space", "bad.toml"], {"bad.toml": "[train\nlr = 1"}, "not valid TOML"),
     (["search", "--space", "bad.toml"], {"bad.toml": BAD_STEP}, "multiples of 4"),
     (["search", "--space", "bad.toml"], {"bad.toml": "[space.image_size]\ntype='categorical'\nchoices=[30]"},
-     "multiple of 2**depth"),
+     "multiples of 2**depth = 8 (got 30); use a multiple of 8, e.g. 32"),
     (["search", "--set", "train.nope=1"], {}, "unknown key 'train.nope'"),
     (["search", "--set", "train.lr=-1"], {}, "train.lr = -1.0 must be positive"),
     (["search", "--set", "space.lr.type=normal"], {}, "type = 'normal'"),

@@ -57,7 +57,7 @@ def test_set_values_are_read_as_toml():
     ("[train\nlr = 0.1\n", [], r"not valid TOML"),
     ("[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n", [], r"multiples of 4.*step = 4"),
     ("[space.batch_size]\ntype = 'categorical'\nchoices = [4, 6]\n", [], r"multiples of 4 \(got 6\)"),
-    ("[space.image_size]\ntype = 'categorical'\nchoices = [32, 36]\n", [], r"multiple of 2\*\*depth = 8"),
+    ("[space.image_size]\ntype = 'categorical'\nchoices = [32, 36]\n", [], r"multiples of 2\*\*depth = 8 \(got 36\); use a multiple of 8, e.g. 32"),
     ("[space.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.01\n", [], r"low = 0.1 is above high"),
     ("[space.lr]\ntype = 'float'\nlow = 0\nhigh = 0.01\nlog = true\n", [], r"log = true needs low > 0"),
     ("[space.lr]\ntype = 'gaussian'\n", [], r"type = 'gaussian'"),

@@ -432,19 +432,20 @@ def validate(cfg: Config, where: str) -> None:
         if not 0 < v < 0.5:
             fail(f"{dotted} = {v} must be between 0 and 0.5, e.g. 0.15")
 
-    bad = [v for v in values_of("train.batch_size") if v % 4]
-    p = cfg.space.get("train.batch_size")
-    if bad or (p is not None and p.type == "int" and (p.step or 1) % 4):
-        fix = ("use low, high and step that are multiples of 4, e.g. low = 4, high = 16, step = 4"
-               if p is not None and p.type == "int" else "use a multiple of 4, e.g. 8")
-        fail(f"batch sizes must be multiples of 4 (got {bad[0] if bad else p.step} "
-             f"{'as step' if not bad else ''}".rstrip() + f"); {fix}")
-    multiple = 2 ** max(values_of("model.depth"))
-    bad = [v for v in values_of("data.image_size") if v % multiple]
-    p = cfg.space.get("data.image_size")
-    if bad or (p is not None and p.type == "int" and (p.step or 1) % multiple):
-        fail(f"data.image_size must be a multiple of 2**depth = {multiple} (got {bad[0] if bad else p.step}); "
-             f"use e.g. {multiple * max(1, round((bad[0] if bad else multiple) / multiple))}")
+    for dotted, multiple, example in (("train.batch_size", 4, 8),
+                                      ("data.image_size", 2 ** max(values_of("model.depth")), 64)):
+        p = cfg.space.get(dotted)
+        searched_int = p is not None and p.type == "int"
+        bad = [v for v in values_of(dotted) if v % multiple]
+        if searched_int and (p.step or 1) % multiple:
+            bad.insert(0, f"step = {p.step or 1}")
+        if bad:
+            rule = "multiples of 4" if dotted == "train.batch_size" else f"multiples of 2**depth = {multiple}"
+            near = bad[0] if isinstance(bad[0], int) else example
+            fix = (f"low, high and step that are multiples of {multiple}, e.g. low = {multiple}, "
+                   f"high = {4 * multiple}, step = {multiple}") if searched_int else \
+                f"a multiple of {multiple}, e.g. {max(multiple, round(near / multiple) * multiple)}"
+            fail(f"{dotted} values must be {rule} (got {bad[0]}); use {fix}")
     if cfg.search.study and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", cfg.search.study):
         fail(f"study name {cfg.search.study!r} may hold only letters, digits, '.', '_' and '-'; e.g. drone-256")
     if d.binary and d.foreground:
