@@ -131,8 +131,8 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
             optimizer.step()
             loss_sum += loss.detach() * len(x)
             seen += len(x)
-        train_seconds = time.perf_counter() - start
-        train_loss = loss_sum.item() / max(1, seen)  # the epoch's one host sync for the loss
+        train_loss = loss_sum.item() / max(1, seen)  # the epoch's one host sync: it waits for the GPU,
+        train_seconds = time.perf_counter() - start  # so the time below covers the work, not its queueing
         if not math.isfinite(train_loss):
             log.info("epoch %d: training loss is %s, stopping", epoch, train_loss)
             result.stop_reason = "nan_loss"
