@@ -8,18 +8,16 @@ and `predict` take it by run id.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from unet_opt.artifacts import write_model_report, write_trial_artifacts
-from unet_opt.checkpoint import save_checkpoint
+from unet_opt.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.config import Config, Paths, redact_url, to_toml
 from unet_opt.data import load_data, make_split, split_indices
-from unet_opt.metrics import scores
 from unet_opt.tracking import Tracker
-from unet_opt.train import evaluate, fit, resolve_device
+from unet_opt.train import fit, resolve_device, score
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +40,7 @@ def train_once(cfg: Config, paths: Paths) -> BaselineResult:
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     split = split_indices(split_names, data.names)
     experiment = cfg.search.study or Path(cfg.source).stem
-    tracking_uri = paths.tracking_uri(cfg.search)
-    tracker = Tracker(tracking_uri, experiment, paths.artifacts if tracking_uri.startswith("sqlite") else None)
+    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), experiment, paths.artifacts)
     run_id = tracker.start_run("train", cfg.params(),
                                {"unet_opt.role": "train", "seed": cfg.train.seed})
     metric = cfg.search.metric
@@ -63,14 +60,12 @@ def train_once(cfg: Config, paths: Paths) -> BaselineResult:
             folder = Path(tmp)
             write_trial_artifacts(folder, result, data, split["val"], to_toml(cfg, redact_url), metric)
             if result.model is not None:
-                test_loss, matrix = evaluate(result.model, data, split["test"], cfg.train.batch_size, cfg.train)
-                test = {"test_loss": test_loss, **{f"test_{k}": v for k, v in scores(matrix, data.binary).items()}}
+                test, matrix = score(result.model, data, split["test"], cfg.train)
                 tracker.log_metrics(run_id, test, step=result.best_epoch)
                 write_model_report(folder, matrix, data, result.model, split["test"], prefix="test_")
                 checkpoint = paths.studies / "checkpoints" / f"{experiment}-train-{run_id[:8]}.pt"
                 save_checkpoint(checkpoint, result.model, cfg, data.classes, data.binary, split_names)
-                (folder / "checkpoint").mkdir()
-                shutil.copyfile(checkpoint, folder / "checkpoint" / "model.pt")
+                stage_checkpoint(checkpoint, folder)
             tracker.log_files(run_id, folder)
         tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
                                   "early_stopped": str(result.stop_reason == "early_stopping").lower()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from unet_opt.errors import UserError
 from unet_opt.model import UNet, build_model
 
 FORMAT = "unet-opt-checkpoint/1"
+ARTIFACT = "checkpoint/model.pt"  # where a run keeps its checkpoint, for `evaluate RUN` and models:/ URIs
 
 
 @dataclass
@@ -33,6 +35,12 @@ def save_checkpoint(path: Path, model: UNet, cfg: Config, classes: ClassTable, b
                 "config_toml": to_toml(cfg), "class_names": list(classes.names),
                 "class_colors": [list(c) for c in classes.colors], "binary": binary, "split": split}, tmp)
     tmp.replace(path)  # never a half-written checkpoint under the real name
+
+
+def stage_checkpoint(path: Path, folder: Path) -> None:
+    """Copy a checkpoint into a folder about to be logged as a run's artifacts, at ARTIFACT."""
+    (folder / ARTIFACT).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, folder / ARTIFACT)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

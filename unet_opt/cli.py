@@ -99,12 +99,6 @@ def print_summary(s, seconds: float) -> None:
     click.echo(f"MLflow UI: {s.ui}   (or: unet-opt ui)")
 
 
-def study_storage(paths: Paths, storage: str | None) -> str:
-    from unet_opt.config import SearchConfig
-
-    return paths.storage_url(SearchConfig(storage=storage or ""))
-
-
 @cli.command()
 @click.option("--study", help="Study name (default: the only study in the storage).")
 @click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
@@ -114,7 +108,7 @@ def report(paths: Paths, study, storage, as_json) -> int:
     """The best trial and a table of every trial of a study."""
     from unet_opt import search as search_lib
 
-    rep = search_lib.report(study_storage(paths, storage), study)
+    rep = search_lib.report(paths.storage_url(storage), study)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return 0
@@ -140,7 +134,7 @@ def studies(paths: Paths, storage) -> int:
     """Every study in the storage, with trial counts by state and the best value."""
     from unet_opt import search as search_lib
 
-    rows = search_lib.list_studies(study_storage(paths, storage))
+    rows = search_lib.list_studies(paths.storage_url(storage))
     if not rows:
         click.echo("no studies yet; run `unet-opt search`")
         return 0
@@ -157,9 +151,8 @@ def studies(paths: Paths, storage) -> int:
 @click.pass_obj
 def ui(paths: Paths, host, port, tracking_uri) -> int:
     """The MLflow UI over this folder's mlruns/."""
-    from unet_opt.config import SearchConfig
 
-    uri = paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or ""))
+    uri = paths.tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise UserError(f"the tracking store is a server already; open {redact_url(uri)} in a browser")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -209,11 +202,10 @@ def train(paths: Paths, space, data, tracking_uri, device, sets) -> int:
 @click.pass_obj
 def retrain(paths: Paths, best, study, storage, tracking_uri, epochs, model_name, device) -> int:
     """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
-    from unet_opt.config import SearchConfig
     from unet_opt.retrain import retrain as retrain_best
 
-    uri = paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or ""))
-    r = retrain_best(paths, study_storage(paths, storage), uri, study, epochs, model_name, device)
+    uri = paths.tracking_uri(tracking_uri)
+    r = retrain_best(paths, paths.storage_url(storage), uri, study, epochs, model_name, device)
     click.echo(f"\nretrained trial #{r.trial} of '{r.study}' for {r.epochs} epochs")
     print_table(["test metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")
@@ -234,11 +226,10 @@ def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
     """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
     from unet_opt import plots
     from unet_opt.artifacts import write_confusion_csv, write_per_class_csv
-    from unet_opt.config import SearchConfig
     from unet_opt.inference import evaluate_model, resolve_model
     from unet_opt.metrics import per_class
 
-    ck = resolve_model(model, paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or "")))
+    ck = resolve_model(model, paths.tracking_uri(tracking_uri))
     metrics, matrix, names = evaluate_model(ck, paths.cache, split, dataset)
     print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in metrics.items()])
     pc = per_class(matrix)
@@ -264,13 +255,12 @@ def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
 @click.pass_obj
 def predict(paths: Paths, model, images, out, tracking_uri) -> int:
     """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
-    from unet_opt.config import SearchConfig
     from unet_opt.data.images import read_rgb
     from unet_opt.inference import predict_image, resolve_model
 
     for image in images:  # every image is checked before anything is written
         read_rgb(image)
-    ck = resolve_model(model, paths.tracking_uri(SearchConfig(tracking_uri=tracking_uri or "")))
+    ck = resolve_model(model, paths.tracking_uri(tracking_uri))
     for image in images:
         written = predict_image(ck, image, out)
         click.echo(f"{image}: " + ", ".join(str(p) for p in written))

@@ -196,11 +196,13 @@ class Paths:
     def artifacts(self) -> Path:
         return self.mlruns / "artifacts"
 
-    def storage_url(self, cfg: SearchConfig) -> str:
-        return cfg.storage or f"sqlite:///{self.studies / 'unet-opt.db'}"
+    def storage_url(self, given: str | None = None) -> str:
+        """`--storage` when given, else this folder's SQLite file."""
+        return given or f"sqlite:///{self.studies / 'unet-opt.db'}"
 
-    def tracking_uri(self, cfg: SearchConfig) -> str:
-        return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlruns / 'mlflow.db'}"
+    def tracking_uri(self, given: str | None = None) -> str:
+        """`--tracking-uri` when given, else MLFLOW_TRACKING_URI, else this folder's MLflow database."""
+        return given or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlruns / 'mlflow.db'}"
 
 
 def redact_url(url: str) -> str:

@@ -9,15 +9,11 @@ import numpy as np
 import torch
 
 from unet_opt import plots
-from unet_opt.checkpoint import Checkpoint, load_checkpoint
-from unet_opt.data import load_data, split_indices
+from unet_opt.checkpoint import ARTIFACT, Checkpoint, load_checkpoint
+from unet_opt.data import frame_size, load_data, split_indices
 from unet_opt.data.images import read_rgb, resize_mask, resize_rgb, write_png
 from unet_opt.errors import UserError
-from unet_opt.metrics import scores
-from unet_opt.train import evaluate, predict_classes
-
-SPLITS = ("test", "val", "train", "all")
-
+from unet_opt.train import predict_classes, score
 
 def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
     """A checkpoint path, `models:/name@alias`, `runs:/RUN_ID` or a run id."""
@@ -32,7 +28,7 @@ def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
 
     run_id = run_id_of(ref, tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        return load_checkpoint(download(run_id, "checkpoint/model.pt", tracking_uri, Path(tmp)))
+        return load_checkpoint(download(run_id, ARTIFACT, tracking_uri, Path(tmp)))
 
 
 def evaluate_model(ck: Checkpoint, cache_dir: Path, split: str = "test",
@@ -44,9 +40,8 @@ def evaluate_model(ck: Checkpoint, cache_dir: Path, split: str = "test",
         indices = list(range(len(data.names)))
     else:
         indices = split_indices(ck.split, data.names)[split]
-    loss, matrix = evaluate(ck.model, data, indices, cfg.train.batch_size)
-    metrics = {"images": len(indices), "loss": loss, **scores(matrix, ck.binary)}
-    return metrics, matrix, list(data.classes.names)
+    metrics, matrix = score(ck.model, data, indices, cfg.train, prefix="")
+    return {"images": len(indices), **metrics}, matrix, list(data.classes.names)
 
 
 @torch.inference_mode()
@@ -54,9 +49,7 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     """Class-index mask, colour mask and overlay PNGs at the image's own resolution."""
     image = read_rgb(path)
     h, w = image.shape[:2]
-    multiple = 2**ck.cfg.model.depth
-    height = ck.cfg.data.image_size
-    width = height if ck.cfg.data.aspect == "square" else max(multiple, round(height * w / h / multiple) * multiple)
+    height, width = frame_size(ck.cfg.data, ck.cfg.model.depth, aspect=w / h)  # this image's own aspect
     x = torch.from_numpy(resize_rgb(image, height, width)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     classes = predict_classes(ck.model.eval()(x), ck.binary)[0].numpy().astype(np.uint8)
     mask = resize_mask(classes, h, w)

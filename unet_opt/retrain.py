@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +11,13 @@ import optuna
 
 from unet_opt import plots
 from unet_opt.artifacts import write_model_report
-from unet_opt.checkpoint import save_checkpoint
+from unet_opt.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.config import Paths, config_from_text, redact_url, to_toml
 from unet_opt.data import batches, load_data, split_indices
 from unet_opt.errors import UserError
-from unet_opt.metrics import scores
 from unet_opt.search import load_existing
 from unet_opt.tracking import Tracker
-from unet_opt.train import evaluate, fit
+from unet_opt.train import fit, score
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +52,7 @@ def retrain(paths: Paths, storage_url: str, tracking_uri: str, study_name: str |
     name = model_name or f"unet-opt-{study.study_name}"
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split = split_indices(study.user_attrs["split"], data.names)
-    tracker = Tracker(tracking_uri, study.study_name, paths.artifacts if tracking_uri.startswith("sqlite") else None)
+    tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
     run_id = tracker.start_run(
         f"retrain-trial-{best.number:04d}",
         cfg.params(),
@@ -74,8 +72,7 @@ def retrain(paths: Paths, storage_url: str, tracking_uri: str, study_name: str |
         if result.model is None:
             raise UserError(f"the retrain diverged ({result.stop_reason}) in its first epoch; retrain with "
                             f"another --epochs or pick another trial's settings")
-        test_loss, matrix = evaluate(result.model, data, split["test"], cfg.train.batch_size, cfg.train)
-        test = {"test_loss": test_loss, **{f"test_{k}": v for k, v in scores(matrix, data.binary).items()}}
+        test, matrix = score(result.model, data, split["test"], cfg.train)
         tracker.log_metrics(run_id, test, step=result.epochs_run)
         checkpoint = paths.studies / "checkpoints" / f"{name}-{run_id[:8]}.pt"
         save_checkpoint(checkpoint, result.model, cfg, data.classes, data.binary, study.user_attrs["split"])
@@ -84,8 +81,7 @@ def retrain(paths: Paths, storage_url: str, tracking_uri: str, study_name: str |
             (folder / "config.toml").write_text(to_toml(cfg, redact_url), encoding="utf-8")
             plots.learning_curves(result.history, folder / "learning_curves.png")
             write_model_report(folder, matrix, data, result.model, split["test"], prefix="test_")
-            (folder / "checkpoint").mkdir()
-            shutil.copyfile(checkpoint, folder / "checkpoint" / "model.pt")  # what `evaluate runs:/...` loads
+            stage_checkpoint(checkpoint, folder)
             tracker.log_files(run_id, folder)
         example = next(batches(data, split["test"][:2], 2))[0].numpy()  # (2, 3, H, W) float32 in [-1, 1]
         version = tracker.log_model(run_id, result.model, example, name)

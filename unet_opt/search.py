@@ -187,13 +187,13 @@ def run(cfg: Config, paths: Paths) -> Summary:
     name = study_name(cfg)
     resolve_device(cfg.train.device)  # `--device cuda` without a GPU fails here, not in every trial
     first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
-    tracking_uri = paths.tracking_uri(cfg.search)
+    tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
-        storage = open_storage(paths.storage_url(cfg.search))
+        storage = open_storage(paths.storage_url(cfg.search.storage))
         tracker = Tracker(tracking_uri, name, paths.artifacts)
     else:
-        tracker = Tracker(tracking_uri, name, None)
-        storage = open_storage(paths.storage_url(cfg.search))
+        tracker = Tracker(tracking_uri, name, paths.artifacts)
+        storage = open_storage(paths.storage_url(cfg.search.storage))
 
     study = optuna.create_study(storage=storage, study_name=name, direction=cfg.search.direction,
                                 sampler=make_sampler(cfg), pruner=make_pruner(cfg), load_if_exists=True)

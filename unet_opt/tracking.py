@@ -42,7 +42,8 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
 class Tracker:
     """The MLflow side of one study."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path):
+        """`artifact_root` holds a local store's artifacts; a tracking server keeps its own."""
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
@@ -53,7 +54,8 @@ class Tracker:
             raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} ({type(e).__name__}); "
                             f"start the server or fix --tracking-uri") from None
         if exp is None:
-            location = (artifact_root / experiment).as_uri() if artifact_root else None
+            local = tracking_uri.startswith("sqlite:")
+            location = (artifact_root / experiment).as_uri() if local else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             if exp.lifecycle_stage == "deleted":

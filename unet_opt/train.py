@@ -96,6 +96,13 @@ def evaluate(model: nn.Module, data: SegmentationData, indices: list[int], batch
     return loss_sum.item() / max(1, len(indices)), matrix.matrix()
 
 
+def score(model: nn.Module, data: SegmentationData, indices: list[int], cfg: TrainConfig,
+          prefix: str = "test_") -> tuple[dict[str, float], np.ndarray]:
+    """({prefix}loss and every score of `metrics.scores`, confusion matrix) of a model on `indices`."""
+    loss, matrix = evaluate(model, data, indices, cfg.batch_size, cfg)
+    return {f"{prefix}loss": loss, **{f"{prefix}{k}": v for k, v in scores(matrix, data.binary).items()}}, matrix
+
+
 def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split: dict[str, list[int]], *,
         metric: str = "val_dice", maximize: bool = True, augment: str = "none",
         on_epoch: OnEpoch | None = None) -> FitResult:
