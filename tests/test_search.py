@@ -142,3 +142,16 @@ def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert cli("search", "--trials", "1", *FAST)[0] == 0
     code, _, err = cli("search", "--trials", "2", *FAST, "--set", "train.patience=9")
     assert code == 2 and "changed: train.patience" in err and "--study NEW_NAME" in err
+
+
+def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
+    elsewhere = home / "project"
+    code, out, err = cli("--home", str(elsewhere), "search", "--trials", "5", "--timeout", "1", *FAST)
+    assert code == 0, err
+    # the first trial starts at once and outlasts the 1 s budget: no second trial starts
+    assert "1 run now" in out and "timeout of 1 s reached" in out
+    # studies/ and mlruns/ live under --home, nothing in the working directory
+    assert (elsewhere / "studies" / "unet-opt.db").is_file() and (elsewhere / "mlruns" / "mlflow.db").is_file()
+    assert not (home / "studies").exists() and not (home / "mlruns").exists()
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{elsewhere}/studies/unet-opt.db")
+    assert len(study.trials) == 1
