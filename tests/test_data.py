@@ -88,9 +88,10 @@ def test_augmentation_moves_image_and_mask_together():
     data = SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
     x, y = next(batches(data, list(range(n)), n, augment="crop", generator=torch.Generator().manual_seed(0)))
     grey = torch.round((x[:, 0] + 1) * 127.5).to(torch.uint8)
-    exact = torch.isin(grey, levels)  # pixels away from a blended quadrant border
-    # wherever the image shows a quadrant's grey, the mask holds that quadrant's class
-    assert torch.equal(levels[y[exact]], grey[exact]) and exact.float().mean() > 0.8
+    exact = torch.isin(grey, levels)  # pixels away from a blended quadrant border (a blend may hit a level)
+    # wherever the image shows a quadrant's grey, the mask holds that quadrant's class; apart they would
+    # agree on about a quarter of the pixels
+    assert (levels[y[exact]] == grey[exact]).float().mean() > 0.99 and exact.float().mean() > 0.8
     assert not torch.equal(y, masks.long())  # the batch really was transformed
     again = next(batches(data, list(range(n)), n, augment="crop", generator=torch.Generator().manual_seed(0)))
     assert torch.equal(again[1], y)  # seeded: the same generator gives the same batch

@@ -105,7 +105,7 @@ def test_bad_input_to_model_commands(home, cli, monkeypatch, setup, args, messag
     if setup == "failed":
         import unet_opt.search as search_lib
 
-        monkeypatch.setattr(search_lib, "fit", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+        monkeypatch.setattr(search_lib, "fit_trial", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
         monkeypatch.setattr(search_lib, "MAX_FAILURES_IN_A_ROW", 1)
         cli("search", "--trials", "1", *FAST)
     (home / "broken.jpg").write_text("not an image")

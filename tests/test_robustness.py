@@ -15,7 +15,7 @@ from unet_opt.errors import UserError
 
 KILL_POINTS = {
     # where the first trial's process dies with SIGKILL
-    "before the first epoch": "s.fit = lambda *a, **k: die()",
+    "before the first epoch": "s.fit_trial = lambda *a, **k: die()",
     "mid-epoch": "calls = []\n"
                  "real_loss = t.segmentation_loss\n"
                  "def loss(*a, **k):\n"
@@ -70,7 +70,7 @@ def test_diverging_trials_are_recorded_as_nan_loss(home, cli):
 
 
 def test_out_of_memory_fails_the_trial_with_its_batch_size(home, cli, monkeypatch):
-    real_fit, calls, freed = search_lib.fit, [], []
+    real_fit, calls, freed = search_lib.fit_trial, [], []
 
     def oom_once(*args, **kwargs):
         calls.append(1)
@@ -78,7 +78,7 @@ def test_out_of_memory_fails_the_trial_with_its_batch_size(home, cli, monkeypatc
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_lib, "fit", oom_once)
+    monkeypatch.setattr(search_lib, "fit_trial", oom_once)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
     code, _, err = cli("search", "--trials", "1", *FAST)
     assert code == 0, err

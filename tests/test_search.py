@@ -86,7 +86,7 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
 
 
 def test_a_failing_trial_does_not_stop_the_search(home, cli, monkeypatch):
-    real_fit, calls = search_lib.fit, []
+    real_fit, calls = search_lib.fit_trial, []
 
     def flaky_fit(*args, **kwargs):
         calls.append(1)
@@ -94,7 +94,7 @@ def test_a_failing_trial_does_not_stop_the_search(home, cli, monkeypatch):
             raise RuntimeError("disk on fire")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_lib, "fit", flaky_fit)
+    monkeypatch.setattr(search_lib, "fit_trial", flaky_fit)
     code, _, err = cli("search", "--trials", "2", *FAST)
     assert code == 0, err
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
@@ -109,7 +109,7 @@ def test_a_failing_trial_does_not_stop_the_search(home, cli, monkeypatch):
 
 
 def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli, monkeypatch):
-    real_fit, calls = search_lib.fit, []
+    real_fit, calls = search_lib.fit_trial, []
 
     def interrupted_fit(*args, **kwargs):
         calls.append(1)
@@ -117,7 +117,7 @@ def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli, monk
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_lib, "fit", interrupted_fit)
+    monkeypatch.setattr(search_lib, "fit_trial", interrupted_fit)
     code, out, _ = cli("search", "--trials", "3", *FAST)
     # exit 130, the summary is printed, the trial is FAIL/KILLED as interrupted
     assert code == 130 and "interrupted" in out
@@ -127,7 +127,7 @@ def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli, monk
     _, _, parents, children = mlflow_runs(home)
     assert {c.info.status for c in children if c.data.tags["optuna.trial"] == "1"} == {"KILLED"}
 
-    monkeypatch.setattr(search_lib, "fit", real_fit)
+    monkeypatch.setattr(search_lib, "fit_trial", real_fit)
     code, _, _ = cli("search", "--trials", "3", *FAST)
     assert code == 0
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")

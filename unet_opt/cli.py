@@ -55,20 +55,30 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
               help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=int, help="Sampler seed (default 0).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where trials train (default auto).")
+@click.option("--gpus", metavar="all|N",
+              help="GPUs one trial trains on, one DDP process each (default: all visible GPUs).")
+@click.option("--procs", type=click.IntRange(min=1),
+              help="With --device cpu: processes one trial trains on (DDP over gloo; default 1).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any field, e.g. --set train.patience=3 (repeatable).")
 @click.pass_obj
 def search(paths: Paths, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
-           device, sets) -> int:
+           device, gpus, procs, workers, sets) -> int:
     """Run (or continue) a study until it has --trials finished trials."""
+    if gpus is not None and gpus != "all" and not (gpus.isdigit() and int(gpus) >= 1):
+        raise UserError(f"--gpus {gpus!r} is not 'all' or a number of GPUs; e.g. --gpus all or --gpus 2")
     flags = {"search.trials": trials, "search.timeout": timeout, "data.dataset": data, "search.study": study,
              "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
              "search.pruner": pruner, "search.seed": seed, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
     from unet_opt import search as search_lib  # heavy imports only once the input is known to be good
+    from unet_opt.distributed import plan
 
+    layout = plan(cfg.train.device, gpus, procs)
     started = time.monotonic()
-    summary = search_lib.run(cfg, paths)
+    summary = search_lib.run(cfg, paths, layout, workers)
     print_summary(summary, time.monotonic() - started)
     if summary.interrupted:
         return EXIT_INTERRUPTED

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
+import multiprocessing
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -29,9 +30,10 @@ from optuna.trial import TrialState
 from unet_opt.artifacts import write_trial_artifacts
 from unet_opt.config import Config, Param, Paths, redact_url, to_toml
 from unet_opt.data import SegmentationData, load_data, make_split, split_indices
+from unet_opt.distributed import Layout, check_divisible, die_with_parent, launch, plan
 from unet_opt.errors import UserError
 from unet_opt.tracking import Tracker, ui_command
-from unet_opt.train import FitResult, fit, resolve_device
+from unet_opt.train import FitResult, fit_trial
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
 GRACE_SECONDS = 30
 MAX_FAILURES_IN_A_ROW = 5
+SETUP_WAIT_SECONDS = 30  # how long a second machine waits for the first to finish setting up a new study
 DEAD_WORKER = "worker died (killed or crashed)"
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
 
@@ -68,11 +71,12 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
                         f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None
 
 
-def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: Config, worker: int = 0) -> optuna.samplers.BaseSampler:
+    """Worker k of `--workers K` seeds its sampler with seed + k: the same seed would draw the same trials."""
     s = cfg.search
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.startup_trials)
+        return optuna.samplers.RandomSampler(seed=s.seed + worker)
+    return optuna.samplers.TPESampler(seed=s.seed + worker, n_startup_trials=s.startup_trials)
 
 
 def max_epochs(cfg: Config) -> int:
@@ -181,11 +185,31 @@ def study_name(cfg: Config) -> str:
     return cfg.search.study or Path(cfg.source).stem
 
 
-def run(cfg: Config, paths: Paths) -> Summary:
-    """Run trials until the study has `cfg.search.trials` finished ones (or the timeout passes)."""
+def batch_sizes(cfg: Config) -> list[int]:
+    p = cfg.space.get("train.batch_size")
+    return (p.values() or []) if p is not None else [cfg.train.batch_size]
+
+
+@dataclass
+class Outcome:
+    """What one worker's loop did."""
+
+    ran: int = 0
+    failed_out: bool = False
+    stopped_reason: str = ""
+
+
+def run(cfg: Config, paths: Paths, layout: Layout | None = None, workers: int = 1) -> Summary:
+    """Run trials until the study has `cfg.search.trials` finished ones (or the timeout passes).
+
+    `layout`: the processes/GPUs each trial trains on; `workers`: trials run at once on this machine,
+    each worker a process with its own share of the devices, all on the one study and parent run.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(cfg)
-    resolve_device(cfg.train.device)  # `--device cuda` without a GPU fails here, not in every trial
+    layout = layout or plan(cfg.train.device, None, None)  # `--device cuda` without a GPU fails here
+    check_divisible(batch_sizes(cfg), layout.procs)
+    layouts = layout.split(workers) if workers > 1 else [layout]
     first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
@@ -195,16 +219,7 @@ def run(cfg: Config, paths: Paths) -> Summary:
         tracker = Tracker(tracking_uri, name, paths.artifacts)
         storage = open_storage(paths.storage_url(cfg.search.storage))
 
-    study = optuna.create_study(storage=storage, study_name=name, direction=cfg.search.direction,
-                                sampler=make_sampler(cfg), pruner=make_pruner(cfg), load_if_exists=True)
-    attrs = study.user_attrs
-    if "config" in attrs:
-        check_same_study(attrs["config"], comparable(cfg), name)
-    else:
-        study.set_user_attr("config", comparable(cfg))
-        study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
-        study.set_user_attr("split", make_split(first_data.names, cfg.data.val_fraction,
-                                                cfg.data.test_fraction, cfg.data.split_seed))
+    study = join_or_create_study(storage, cfg, name, tracker, first_data.names)
     split = split_indices(study.user_attrs["split"], first_data.names)
     close_stale_trials(study, storage, tracker)
 
@@ -214,32 +229,170 @@ def run(cfg: Config, paths: Paths) -> Summary:
         summary.already_done = True
         return fill_summary(summary, study)
 
-    parent_id = tracker.open_parent(attrs.get("mlflow_parent_run_id"), name)
+    parent_id = tracker.open_parent(study.user_attrs.get("mlflow_parent_run_id"), name)
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     summary.parent_run_id = parent_id
-    cache = DataCache(paths.cache)
-    cache.put(cfg, first_data)  # trials at the base size use the data already checked
-    deadline = time.monotonic() + cfg.search.timeout if cfg.search.timeout else math.inf
-    failures = 0
+    deadline = time.time() + cfg.search.timeout if cfg.search.timeout else float("inf")
+    trials_before = len(study.get_trials(deepcopy=False))
+    if workers > 1:
+        log.info("%d workers, each training its trials on %s", workers, layouts[0].describe())
+    elif layout.procs > 1:
+        log.info("each trial trains on %s", layout.describe())
     try:
-        while (done := count_finished(study)) < cfg.search.trials:
-            if time.monotonic() > deadline:
-                summary.stopped_reason = f"timeout of {cfg.search.timeout:g} s reached"
-                break
-            state = run_trial(study, storage, cfg, tracker, parent_id, cache, split, done + 1)
-            summary.ran += 1
-            failures = failures + 1 if state == TrialState.FAIL else 0
-            if failures >= MAX_FAILURES_IN_A_ROW:
-                summary.failed_out = True
-                summary.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
-                break
+        if workers == 1:
+            cache = DataCache(paths.cache)
+            cache.put(cfg, first_data)  # trials at the base size use the data already checked
+            outcome = work(study, storage, cfg, tracker, parent_id, cache, split, layout, deadline)
+        else:
+            outcome = run_workers(cfg, paths, layouts, parent_id, deadline)
+        summary.ran, summary.failed_out, summary.stopped_reason = outcome.ran, outcome.failed_out, \
+            outcome.stopped_reason
     except KeyboardInterrupt:
         summary.interrupted = True
+        summary.ran = len(study.get_trials(deepcopy=False)) - trials_before
     finally:
         close_stale_trials(study, storage, tracker)  # another machine's dead worker may be stale by now
         log_study_artifacts(study, tracker, parent_id, cfg)
         tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
     return fill_summary(summary, study)
+
+
+def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name: str, tracker: Tracker,
+                         names: list[str]) -> optuna.Study:
+    """The study `name`: created here (config, split, parent run stored at once), or joined.
+
+    Creating a study is atomic in the storage, so when the same command starts on several machines
+    at once exactly one of them sets the study up and the others wait for it: one split, one parent run.
+    """
+    direction = optuna.study.StudyDirection.MAXIMIZE if cfg.search.direction == "maximize" \
+        else optuna.study.StudyDirection.MINIMIZE
+    try:
+        storage.create_new_study([direction], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg), pruner=make_pruner(cfg))
+    if study.direction != direction:
+        raise UserError(f"study '{name}' {study.direction.name.lower()}s its metric but search.metric = "
+                        f"{cfg.search.metric} is to {cfg.search.direction}; use another --study name")
+    if not created:
+        waited = time.monotonic()
+        while "mlflow_parent_run_id" not in study.user_attrs and not study.get_trials(deepcopy=False) \
+                and time.monotonic() - waited < SETUP_WAIT_SECONDS:
+            time.sleep(0.5)  # another machine is setting it up right now
+        if "config" in study.user_attrs:
+            check_same_study(study.user_attrs["config"], comparable(cfg), name)
+    attrs = study.user_attrs  # what is missing (a new study, or its creator died setting it up) is set here
+    if "config" not in attrs:
+        study.set_user_attr("config", comparable(cfg))
+        study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
+    if "split" not in attrs:
+        study.set_user_attr("split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
+                                                cfg.data.split_seed))
+    if "mlflow_parent_run_id" not in attrs:
+        study.set_user_attr("mlflow_parent_run_id", tracker.open_parent(None, name))
+    return study
+
+
+def work(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config, tracker: Tracker, parent_id: str,
+         cache: "DataCache", split: dict[str, list[int]], layout: Layout, deadline: float,
+         launcher_pid: int | None = None) -> Outcome:
+    """One worker's loop: ask, train, tell, until finished plus running trials (of every worker and machine)
+    reach the target. Trials that fail do not count, so the last worker standing replaces them."""
+    outcome, failures = Outcome(), 0
+    while True:
+        close_stale_trials(study, storage, tracker)
+        finished, running = count_finished(study), count_running(study)
+        if finished + running >= cfg.search.trials:
+            return outcome
+        if time.time() > deadline:
+            outcome.stopped_reason = f"timeout of {cfg.search.timeout:g} s reached"
+            return outcome
+        if launcher_pid is not None and os.getppid() != launcher_pid:
+            outcome.stopped_reason = "the launching process is gone"
+            return outcome
+        state = run_trial(study, storage, cfg, tracker, parent_id, cache, split, finished + running + 1, layout)
+        outcome.ran += 1
+        failures = failures + 1 if state == TrialState.FAIL else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            outcome.failed_out = True
+            outcome.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
+            return outcome
+
+
+def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str, deadline: float) -> Outcome:
+    """`--workers K`: K processes run `work` on the one study; this process waits for them."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    level = logging.getLogger("unet_opt").level
+    processes = [context.Process(target=worker_main, name=f"worker-{i}",
+                                 args=(i, cfg, paths, layout, parent_id, deadline, os.getpid(), level))
+                 for i, layout in enumerate(layouts)]
+    for p in processes:
+        p.start()
+    try:
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:
+        # a terminal's Ctrl-C reached the workers too; a signal sent to this process alone is passed on
+        stop_workers(processes)
+        raise
+    finally:
+        for p in processes:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    outcome = Outcome()
+    codes = [p.exitcode for p in processes]
+    outcome.failed_out = any(code == 1 for code in codes)
+    if outcome.failed_out:
+        outcome.stopped_reason = f"a worker stopped after {MAX_FAILURES_IN_A_ROW} trials in a row failed"
+    elif any(code not in (0, 1) for code in codes):
+        outcome.stopped_reason = f"worker exit codes {codes}"
+    elif time.time() > deadline:
+        outcome.stopped_reason = f"timeout of {cfg.search.timeout:g} s reached"
+    return outcome
+
+
+def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: float = 5.0) -> None:
+    """Give interrupted workers time to record their trials as interrupted; nudge those still going."""
+    end = time.monotonic() + grace
+    for p in processes:
+        p.join(max(0.0, end - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    for p in processes:
+        p.join(60)
+
+
+def worker_main(index: int, cfg: Config, paths: Paths, layout: Layout, parent_id: str, deadline: float,
+                launcher_pid: int, level: int) -> None:
+    """One `--workers` process: its own storage and MLflow connections, the shared study and parent run."""
+    die_with_parent()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[w{index}] %(message)s"))
+    root = logging.getLogger("unet_opt")
+    root.handlers[:], root.propagate = [handler], False
+    root.setLevel(level)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if layout.device == "cpu" and layout.procs == 1 and layout.threads:
+        torch.set_num_threads(layout.threads)
+    name = study_name(cfg)
+    storage = open_storage(paths.storage_url(cfg.search.storage))
+    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, index),
+                              pruner=make_pruner(cfg))
+    first = load_data(cfg.data, cfg.model.depth, paths.cache)
+    split = split_indices(study.user_attrs["split"], first.names)
+    cache = DataCache(paths.cache)
+    cache.put(cfg, first)
+    try:
+        outcome = work(study, storage, cfg, tracker, parent_id, cache, split, layout, deadline, launcher_pid)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if outcome.stopped_reason:
+        log.info("stopped: %s", outcome.stopped_reason)
+    raise SystemExit(1 if outcome.failed_out else 0)
 
 
 def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
@@ -251,6 +404,10 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
 
 def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def count_running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def worker_id() -> str:
@@ -289,13 +446,14 @@ def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage
 
 
 def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config, tracker: Tracker,
-              parent_id: str, cache: DataCache, split: dict[str, list[int]], position: int) -> TrialState:
+              parent_id: str, cache: DataCache, split: dict[str, list[int]], position: int,
+              layout: Layout) -> TrialState:
     """One trial, which always ends recorded: COMPLETE, PRUNED or FAIL with its reason."""
     trial = study.ask()
     trial.set_user_attr("worker", worker_id())  # a killed worker's trial is found by its pid on this machine,
     with Heartbeat(storage, trial._trial_id):  # and by its missing heartbeat from any other
         try:
-            return train_and_record(study, trial, cfg, tracker, parent_id, cache, split, position)
+            return train_and_record(study, trial, cfg, tracker, parent_id, cache, split, position, layout)
         except Exception as e:  # the tracking store failed around the training: still record the trial
             reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
             if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
@@ -306,7 +464,7 @@ def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Co
 
 
 def train_and_record(study: optuna.Study, trial: optuna.Trial, cfg: Config, tracker: Tracker, parent_id: str,
-                     cache: DataCache, split: dict[str, list[int]], position: int) -> TrialState:
+                     cache: DataCache, split: dict[str, list[int]], position: int, layout: Layout) -> TrialState:
     params = suggest(trial, cfg.space)
     trial_cfg = cfg.replace({**params, "train.seed": cfg.train.seed + trial.number})
     metric, target = cfg.search.metric, cfg.search.trials
@@ -316,7 +474,8 @@ def train_and_record(study: optuna.Study, trial: optuna.Trial, cfg: Config, trac
     run_id = tracker.start_trial(
         parent_id, study.study_name, trial.number,
         params=trial_cfg.params(),
-        tags={"seed": trial_cfg.train.seed, "sampler_seed": cfg.search.seed})
+        tags={"seed": trial_cfg.train.seed, "sampler_seed": cfg.search.seed, "processes": layout.procs,
+              "devices": layout.describe(), "worker": worker_id()})
     trial.set_user_attr("mlflow_run_id", run_id)
     best_so_far = best_value(study)
     pick = max if cfg.search.direction == "maximize" else min
@@ -335,9 +494,9 @@ def train_and_record(study: optuna.Study, trial: optuna.Trial, cfg: Config, trac
 
     result, state, value, reason = FitResult(), TrialState.FAIL, None, ""
     try:
-        result = fit(trial_cfg.model, trial_cfg.train, cache.get(trial_cfg), split, metric=metric,
-                     maximize=cfg.search.direction == "maximize", augment=trial_cfg.data.augment,
-                     on_epoch=on_epoch)
+        data = cache.get(trial_cfg)  # checked and cached here; other processes read the same cache
+        result = launch(layout, fit_trial, (trial_cfg, split, metric, cfg.search.direction == "maximize",
+                                            str(cache.cache_dir), data if layout.procs == 1 else None), on_epoch)
         if result.stop_reason == "nan_loss":
             state, reason = TrialState.PRUNED, "nan_loss"
         elif result.stop_reason == "callback":

@@ -12,14 +12,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_opt.config import ModelConfig, TrainConfig
-from unet_opt.data import IGNORE, SegmentationData, batches
+from unet_opt.config import Config, ModelConfig, TrainConfig
+from unet_opt.data import IGNORE, SegmentationData, batches, load_data
+from unet_opt.distributed import Group
 from unet_opt.errors import UserError
 from unet_opt.metrics import ConfusionMatrix, scores
 from unet_opt.model import UNet, build_model
@@ -80,19 +82,25 @@ def place(data: SegmentationData, device: torch.device) -> SegmentationData:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: SegmentationData, indices: list[int], batch_size: int,
-             cfg: TrainConfig | None = None) -> tuple[float, np.ndarray]:
-    """(mean loss per batch image, confusion matrix) over `indices`, in eval mode."""
+             cfg: TrainConfig | None = None, group: Group | None = None) -> tuple[float, np.ndarray]:
+    """(mean loss per image, confusion matrix) over `indices`, in eval mode.
+
+    In a process group each rank scores its shard with `batch_size / world` per step; the loss sums and
+    the confusion matrices are summed over the ranks before anything is derived from them.
+    """
     cfg = cfg or TrainConfig()
     device = next(model.parameters()).device
+    group = group or Group(device)
     model.eval()
     matrix = ConfusionMatrix(2 if data.binary else data.num_classes, IGNORE, device)
     loss_sum = torch.zeros((), device=device)
-    for x, y in batches(data, indices, batch_size):
+    for x, y in batches(data, group.shard(indices), max(1, batch_size // group.world)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, cfg):
             logits = model(x)
         loss_sum += segmentation_loss(logits.float(), y, data.binary) * len(x)
         matrix.update(predict_classes(logits, data.binary), y)
+    group.sum_(loss_sum, matrix.counts)
     return loss_sum.item() / max(1, len(indices)), matrix.matrix()
 
 
@@ -105,12 +113,16 @@ def score(model: nn.Module, data: SegmentationData, indices: list[int], cfg: Tra
 
 def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split: dict[str, list[int]], *,
         metric: str = "val_dice", maximize: bool = True, augment: str = "none",
-        on_epoch: OnEpoch | None = None) -> FitResult:
+        on_epoch: OnEpoch | None = None, group: Group | None = None) -> FitResult:
     """Train on split["train"], score on split["val"] every epoch; keep the best epoch's weights.
 
     With an empty split["val"] (a retrain on train+val) every epoch counts as the best: the last is kept.
+    In a process group (`group`), each rank trains on its slice of every global batch under DDP, the
+    metrics are summed over the ranks, `on_epoch` is called on rank 0 only and its answer is shared,
+    so every rank stops together; only rank 0 keeps the best weights.
     """
-    device = resolve_device(cfg.device)
+    group = group or Group(resolve_device(cfg.device))
+    device = group.device
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: same on every device
     data = place(data, device)
@@ -119,6 +131,8 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+    model = group.wrap(model)  # DDP (and synced BatchNorm) when there are several ranks
+    plain = model.module if group.world > 1 else model  # for scoring and weights: no gradient sync needed
     step_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = FitResult()
@@ -129,7 +143,7 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
         model.train()
         loss_sum, seen = torch.zeros((), device=device), 0
         for x, y in batches(data, split["train"], cfg.batch_size, shuffle=True, augment=augment,
-                            generator=generator, drop_last=True):
+                            generator=generator, drop_last=True, shard=(group.rank, group.world)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when on the GPU
             with autocast(device, cfg):
                 loss = segmentation_loss(step_model(x).float(), y, data.binary)
@@ -138,6 +152,9 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
             optimizer.step()
             loss_sum += loss.detach() * len(x)
             seen += len(x)
+        seen_sum = torch.tensor(float(seen), device=device)
+        group.sum_(loss_sum, seen_sum)
+        seen = int(seen_sum.item())
         train_loss = loss_sum.item() / max(1, seen)  # the epoch's one host sync: it waits for the GPU,
         train_seconds = time.perf_counter() - start  # so the time below covers the work, not its queueing
         if not math.isfinite(train_loss):
@@ -147,7 +164,7 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
 
         metrics, matrix = {"train_loss": train_loss}, None
         if split["val"]:
-            val_loss, matrix = evaluate(model, data, split["val"], cfg.batch_size, cfg)
+            val_loss, matrix = evaluate(plain, data, split["val"], cfg.batch_size, cfg, group)
             metrics["val_loss"] = val_loss
             metrics.update({f"val_{k}": v for k, v in scores(matrix, data.binary).items()})
         metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_seconds=time.perf_counter() - start,
@@ -158,10 +175,11 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
         if not split["val"] or ((value > best) if maximize else (value < best)):  # no val: keep the last epoch
             best, since_best = value, 0
             result.best_epoch, result.best_metrics, result.confusion = epoch, metrics, matrix
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if group.is_main:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in plain.state_dict().items()}
         else:
             since_best += 1
-        if on_epoch is not None and on_epoch(epoch, metrics):
+        if group.agree(on_epoch(epoch, metrics) if on_epoch is not None else False):
             result.stop_reason = "callback"
             break
         if since_best >= cfg.patience and epoch < cfg.epochs:  # on the last epoch it is simply the end
@@ -172,3 +190,12 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
         result.model.load_state_dict(best_state)
         result.model.eval()
     return result
+
+
+def fit_trial(group: Group, on_epoch: OnEpoch | None, cfg: Config, split: dict[str, list[int]], metric: str,
+              maximize: bool, cache_dir: str, data: SegmentationData | None = None) -> FitResult:
+    """`fit` for one trial config: what `distributed.launch` runs on every rank (which loads its own data)."""
+    if data is None:
+        data = load_data(cfg.data, cfg.model.depth, cache_dir and Path(cache_dir))
+    return fit(cfg.model, cfg.train, data, split, metric=metric, maximize=maximize, augment=cfg.data.augment,
+               on_epoch=on_epoch, group=group)

@@ -122,12 +122,15 @@ def augmentation(kind: str, height: int, width: int) -> v2.Transform | None:
 
 
 def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_size: int, *, shuffle: bool = False,
-            augment: str = "none", generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            augment: str = "none", generator: torch.Generator | None = None, drop_last: bool = False,
+            shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images (B, 3, H, W) float in [-1, 1], masks (B, H, W) long) from the tensors in memory.
 
-    Augmentation runs on the data's device, per image, with torchvision's random state forked and
-    seeded from `generator`, so a run is reproducible whatever else uses the global RNG.
+    `shard=(rank, world)`: every rank draws the same global batches and keeps its contiguous slice of
+    each, so N processes together see exactly what one process sees. Augmentation runs on the data's
+    device, each image seeded by the batch's seed (drawn from `generator`) plus its place in the global
+    batch: the same image gets the same crop and flips whichever rank holds it, whatever else uses
+    the global RNG.
     """
     order = torch.as_tensor(indices, dtype=torch.long)
     if shuffle:
@@ -135,13 +138,18 @@ def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_siz
     stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
     device = data.images.device
     transform = augmentation(augment, *data.images.shape[-2:])
+    rank, world = shard
     for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size].to(device)
+        batch = order[start:start + batch_size]
+        first = rank * len(batch) // world  # this rank's slice of the global batch
+        idx = batch[first:(rank + 1) * len(batch) // world].to(device)
         x, y = data.images[idx], data.masks[idx]
         if transform is not None:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            pairs = []
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                pairs = [transform(tv_tensors.Image(xi), tv_tensors.Mask(yi)) for xi, yi in zip(x, y)]
+                for place, (xi, yi) in enumerate(zip(x, y), start=first):
+                    torch.manual_seed(seed + place)
+                    pairs.append(transform(tv_tensors.Image(xi), tv_tensors.Mask(yi)))
             x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
         yield x.float().div_(127.5).sub_(1.0).contiguous(), y.long()
