@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.multiprocessing as torch_mp
+from torch.multiprocessing.spawn import ProcessException
 from torch import nn
 
 from unet_opt.errors import UserError
@@ -139,11 +139,28 @@ class Group:
         return nn.parallel.DistributedDataParallel(cpu_sync_batchnorm(model))
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) with a gradient: each rank's input feeds every rank's output, so the gradient
+    of an input is the sum of the output gradients over the ranks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CpuSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the whole global batch across CPU processes.
 
-    `nn.SyncBatchNorm` runs on GPUs only; this does the same with torch.distributed's autograd-aware
-    all_reduce, so gradients flow through the shared mean and variance as they do on one process.
+    `nn.SyncBatchNorm` runs on GPUs only; this computes the same statistics with summing collectives
+    that carry gradients, so the mean and variance are differentiated through as on one process.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,9 +169,9 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         dims, shape = (0, 2, 3), (1, -1, 1, 1)
         count = torch.tensor(float(x.numel() // x.shape[1]))
         dist.all_reduce(count)
-        mean = dist_nn.all_reduce(x.sum(dims)) / count
+        mean = _SumOverRanks.apply(x.sum(dims)) / count
         centered = x - mean.view(shape)
-        var = dist_nn.all_reduce((centered * centered).sum(dims)) / count
+        var = _SumOverRanks.apply((centered * centered).sum(dims)) / count
         with torch.no_grad():  # running statistics as BatchNorm2d keeps them (unbiased variance)
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.mul_(1 - m).add_(mean, alpha=m)
@@ -219,7 +236,7 @@ def _supervise(context: Any, conn: Any, on_epoch: OnEpoch | None) -> Any:
     try:
         while not context.join(timeout=0.05):
             _serve(conn, on_epoch, result)
-    except torch_mp.ProcessException as e:
+    except ProcessException as e:
         raise RankFailed(_first_failure(context, e)) from None
     _serve(conn, on_epoch, result)
     if "value" not in result:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
@@ -62,10 +63,16 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
             raise UserError(f"no study storage at {path}; run `unet-opt search` in this folder first "
                             f"(or pass --home / --storage)")
         path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                                          engine_kwargs={"connect_args": {"timeout": 60}}
-                                          if url.startswith("sqlite") else {})
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=GRACE_SECONDS, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # another machine was creating the same tables in a new database at this moment
+            time.sleep(2)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=GRACE_SECONDS, **kwargs)
     except Exception as e:  # unreachable server, bad URL, missing driver
         raise UserError(f"cannot open the study storage {redact_url(url)} ({type(e).__name__}: "
                         f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None

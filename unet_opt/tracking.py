@@ -56,7 +56,13 @@ class Tracker:
         if exp is None:
             local = tracking_uri.startswith("sqlite:")
             location = (artifact_root / experiment).as_uri() if local else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                exp = self.client.get_experiment_by_name(experiment)  # another machine created it just now
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)

@@ -1,0 +1,206 @@
+"""Scale-out: one trial over several processes (DDP over gloo), several workers on one study, and
+several machines sharing a PostgreSQL study and an MLflow server."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import FAST
+
+# one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
+EXACT = [*FAST, "--set", "space.epochs.low=3", "--set", "space.epochs.high=3", "--set", "data.augment=crop",
+         "--pruner", "none", "--device", "cpu"]
+
+
+def child_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def children_of(pid: int) -> list[str]:
+    """Command lines of the live processes whose parent is `pid`, but for multiprocessing's resource
+    tracker (one per process that ever spawned, it lives as long as that process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_text().replace("\0", " ")
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z" and "resource_tracker" not in command:
+                found.append(command)
+    return found
+
+
+def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):
+    """The same trial (same sampled params, seed, data and global batch) on 1 and on 2 processes.
+
+    Tolerance: every rank sees exactly the images one process sees in each step (same shuffling, same
+    per-image augmentation, BatchNorm statistics over the global batch, gradients averaged), so the only
+    difference is the order of floating-point sums (all-reduce, per-rank BatchNorm sums). Losses agree to
+    1e-3 relative; a score can move when a few border pixels flip, so scores agree to 0.01 absolute
+    (measured: losses within 3e-5, dice within 3e-4 after 4 epochs).
+    """
+    assert cli("search", "--trials", "1", "--study", "one", *EXACT)[0] == 0
+    code, _, err = cli("search", "--trials", "1", "--study", "two", "--procs", "2", *EXACT)
+    assert code == 0, err
+    uri = f"sqlite:///{home}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    storage = f"sqlite:///{home}/studies/unet-opt.db"
+    trials = {name: optuna.load_study(study_name=name, storage=storage).trials for name in ("one", "two")}
+    assert trials["one"][0].params == trials["two"][0].params and trials["two"][0].state.name == "COMPLETE"
+    runs = {}
+    for name in ("one", "two"):
+        parents, children = child_runs(uri, name)
+        assert len(parents) == 1 and len(children) == 1  # one run per trial, not one per rank
+        runs[name] = children[0]
+    assert runs["two"].data.tags["processes"] == "2" and runs["one"].data.tags["processes"] == "1"
+    for key in ("train_loss", "val_loss", "val_dice", "val_f1_macro", "val_miou", "val_pixel_accuracy"):
+        one, two = (history(client, runs[n].info.run_id, key) for n in ("one", "two"))
+        assert [s for s, _ in two] == [1, 2, 3]  # one value per epoch, logged once
+        for (_, a), (_, b) in zip(one, two):
+            if key.endswith("loss"):
+                assert b == pytest.approx(a, rel=1e-3), key
+            else:
+                assert b == pytest.approx(a, abs=0.01), key
+
+
+def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, cli, monkeypatch, tmp_path_factory):
+    # the ranks are fresh interpreters: a sitecustomize on their path makes rank 1 raise mid-epoch, once
+    hook = tmp_path_factory.mktemp("hook")
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "import unet_opt.train as t\n"
+        "real, calls = t.segmentation_loss, []\n"
+        "def loss(*a, **k):\n"
+        "    mark = os.environ['UNET_OPT_TEST_MARK']\n"
+        "    if os.environ.get('RANK') == '1' and not os.path.exists(mark):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:\n"
+        "            open(mark, 'w').close()\n"
+        "            raise RuntimeError('rank 1 broke mid-epoch')\n"
+        "    return real(*a, **k)\n"
+        "t.segmentation_loss = loss\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("UNET_OPT_TEST_MARK", str(hook / "fired"))
+    code, _, err = cli("search", "--trials", "2", "--procs", "2", *EXACT)
+    assert code == 0, err
+    assert (hook / "fired").exists()
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]  # the search went on and replaced the failed trial
+    assert study.trials[0].user_attrs["fail_reason"].endswith("rank 1 failed: RuntimeError: rank 1 broke mid-epoch")
+    _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    failed = next(c for c in children if c.data.tags["optuna.trial"] == "0")
+    assert failed.info.status == "FAILED" and "rank 1 broke mid-epoch" in failed.data.tags["optuna.state_reason"]
+    assert children_of(os.getpid()) == []  # no rank outlived its trial
+
+
+def test_two_workers_share_one_study(home, cli):
+    code, out, err = cli("search", "--trials", "6", "--workers", "2", *FAST)
+    assert code == 0, err
+    assert "6/6 finished trials" in out
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and len({t.number for t in study.trials}) == len(study.trials)
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "FAIL")]
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+    parents, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    assert len(parents) == 1 and len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert children_of(os.getpid()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Many machines: PostgreSQL storage and an MLflow tracking server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the server named by UNET_OPT_TEST_POSTGRES (which .ci/run starts), dropped after."""
+    server = os.environ.get("UNET_OPT_TEST_POSTGRES")
+    if not server:
+        pytest.skip("UNET_OPT_TEST_POSTGRES is not set (.ci/run starts a PostgreSQL server and sets it)")
+    import psycopg
+
+    name = f"unet_opt_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        yield server.rsplit("/", 1)[0] + "/" + name
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("the MLflow server did not start")
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(30)
+
+
+def test_two_machines_share_a_postgres_study_and_an_mlflow_server(postgres_url, mlflow_server, tmp_path):
+    # two "machines": separate project folders (caches), one study in PostgreSQL, one tracking server
+    args = ["search", "--trials", "6", "--study", "shared", "--storage", postgres_url,
+            "--tracking-uri", mlflow_server, *FAST]
+    machines = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        machines.append(subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=tmp_path / name,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and not [t for t in study.trials if t.state.name != "COMPLETE" and
+                                       t.state.name != "PRUNED"]
+    assert len({t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}) == 2  # both machines worked
+    parents, children = child_runs(mlflow_server, "shared")
+    assert len(parents) == 1  # the machines agreed on one parent run
+    run_ids = sorted(c.info.run_id for c in children)
+    assert run_ids == sorted(t.user_attrs["mlflow_run_id"] for t in study.trials)  # each trial recorded once
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    artifacts = MlflowClient(mlflow_server).list_artifacts(children[0].info.run_id)
+    assert "learning_curves.png" in {a.path for a in artifacts}  # files went through the server
+    assert not list((tmp_path / "a").glob("mlruns/*"))  # nothing tracked locally
