@@ -2,6 +2,7 @@
 several machines sharing a PostgreSQL study and an MLflow server."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -114,10 +115,46 @@ def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, cli, mon
     assert children_of(os.getpid()) == []  # no rank outlived its trial
 
 
+def test_killing_the_search_kills_its_ranks(home, cli, tmp_path_factory):
+    # each rank notes its pid once it trains; the search process is then killed with SIGKILL
+    hook = tmp_path_factory.mktemp("hook")
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "import unet_opt.train as t\n"
+        "real = t.segmentation_loss\n"
+        "def loss(*a, **k):\n"
+        "    if 'RANK' in os.environ:\n"
+        "        open(os.path.join(os.environ['UNET_OPT_TEST_PIDS'], str(os.getpid())), 'w').close()\n"
+        "    return real(*a, **k)\n"
+        "t.segmentation_loss = loss\n")
+    pids = hook / "pids"
+    pids.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "UNET_OPT_TEST_PIDS": str(pids)}
+    args = ["search", "--trials", "1", "--procs", "2", *EXACT]
+    search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and search.poll() is None:
+        time.sleep(0.1)
+    ranks = [int(p.name) for p in pids.iterdir()]
+    assert len(ranks) == 2, "the ranks never started training"
+    search.kill()
+    search.wait()
+    time.sleep(3)  # the kernel delivers the ranks' parent-death signal at once; allow for scheduling
+    alive = [pid for pid in ranks if Path(f"/proc/{pid}").exists()
+             and (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
+    assert alive == []
+    code, _, err = cli(*args)  # and the same command recovers, as after any kill
+    assert code == 0, err
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+
+
 def test_two_workers_share_one_study(home, cli):
     code, out, err = cli("search", "--trials", "6", "--workers", "2", *FAST)
     assert code == 0, err
-    assert "6/6 finished trials" in out
+    assert "6/6 finished trials, 6 run now" in out
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6 and len({t.number for t in study.trials}) == len(study.trials)
@@ -190,6 +227,8 @@ def test_two_machines_share_a_postgres_study_and_an_mlflow_server(postgres_url, 
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [m.communicate(timeout=600)[0] for m in machines]
     assert [m.returncode for m in machines] == [0, 0], outputs
+    # each machine counts only its own trials
+    assert sum(int(re.search(r"(\d+) run now", out).group(1)) for out in outputs) == 6, outputs
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6 and not [t for t in study.trials if t.state.name != "COMPLETE" and

@@ -199,9 +199,8 @@ def batch_sizes(cfg: Config) -> list[int]:
 
 @dataclass
 class Outcome:
-    """What one worker's loop did."""
+    """How one worker's loop ended."""
 
-    ran: int = 0
     failed_out: bool = False
     stopped_reason: str = ""
 
@@ -241,6 +240,7 @@ def run(cfg: Config, paths: Paths, layout: Layout | None = None, workers: int = 
     summary.parent_run_id = parent_id
     deadline = time.time() + cfg.search.timeout if cfg.search.timeout else float("inf")
     trials_before = len(study.get_trials(deepcopy=False))
+    ours = [worker_id()]  # this process's and its workers' ids (host:pid), to count the trials run here
     if workers > 1:
         log.info("%d workers, each training its trials on %s", workers, layouts[0].describe())
     elif layout.procs > 1:
@@ -251,13 +251,13 @@ def run(cfg: Config, paths: Paths, layout: Layout | None = None, workers: int = 
             cache.put(cfg, first_data)  # trials at the base size use the data already checked
             outcome = work(study, storage, cfg, tracker, parent_id, cache, split, layout, deadline)
         else:
-            outcome = run_workers(cfg, paths, layouts, parent_id, deadline)
-        summary.ran, summary.failed_out, summary.stopped_reason = outcome.ran, outcome.failed_out, \
-            outcome.stopped_reason
+            outcome = run_workers(cfg, paths, layouts, parent_id, deadline, ours)
+        summary.failed_out, summary.stopped_reason = outcome.failed_out, outcome.stopped_reason
     except KeyboardInterrupt:
         summary.interrupted = True
-        summary.ran = len(study.get_trials(deepcopy=False)) - trials_before
     finally:
+        summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
+                          for t in study.get_trials(deepcopy=False))  # not other machines' trials
         close_stale_trials(study, storage, tracker)  # another machine's dead worker may be stale by now
         log_study_artifacts(study, tracker, parent_id, cfg)
         tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
@@ -319,7 +319,6 @@ def work(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config,
             outcome.stopped_reason = "the launching process is gone"
             return outcome
         state = run_trial(study, storage, cfg, tracker, parent_id, cache, split, finished + running + 1, layout)
-        outcome.ran += 1
         failures = failures + 1 if state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             outcome.failed_out = True
@@ -327,8 +326,10 @@ def work(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config,
             return outcome
 
 
-def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str, deadline: float) -> Outcome:
-    """`--workers K`: K processes run `work` on the one study; this process waits for them."""
+def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str, deadline: float,
+                ids: list[str]) -> Outcome:
+    """`--workers K`: K processes run `work` on the one study; this process waits for them.
+    Their worker ids are added to `ids`."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     level = logging.getLogger("unet_opt").level
     processes = [context.Process(target=worker_main, name=f"worker-{i}",
@@ -336,6 +337,7 @@ def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str
                  for i, layout in enumerate(layouts)]
     for p in processes:
         p.start()
+        ids.append(f"{socket.gethostname()}:{p.pid}")
     try:
         for p in processes:
             p.join()
