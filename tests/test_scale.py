@@ -13,9 +13,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
+from conftest import FAST
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST
+from unet_opt.config import DataConfig
+from unet_opt.data import batches, load_data
+from unet_opt.distributed import Layout, check_divisible
+from unet_opt.errors import UserError
 
 # one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
 EXACT = [*FAST, "--set", "space.epochs.low=3", "--set", "space.epochs.high=3", "--set", "data.augment=crop",
@@ -49,6 +54,33 @@ def children_of(pid: int) -> list[str]:
             if int(ppid) == pid and state != "Z" and "resource_tracker" not in command:
                 found.append(command)
     return found
+
+
+def test_shards_of_a_global_batch_are_what_one_process_sees():
+    # 2 ranks, crop augmentation: rank slices of each global batch, put together, are pixel-exact
+    data = load_data(DataConfig(synthetic_images=24, image_size=32, augment="crop"), 3)
+    indices = list(range(20))
+
+    def run(shard):
+        return list(batches(data, indices, 8, shuffle=True, augment="crop", drop_last=True, shard=shard,
+                            generator=torch.Generator().manual_seed(5)))
+
+    whole = run((0, 1))
+    parts = [run((rank, 2)) for rank in range(2)]
+    assert len(whole) == 2 and all(len(p) == 2 for p in parts)
+    for step, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][step][0], parts[1][step][0]]), x)
+        assert torch.equal(torch.cat([parts[0][step][1], parts[1][step][1]]), y)
+
+
+def test_gpu_groups_for_workers_and_batch_splits():
+    four = Layout("cuda", 4, (0, 1, 2, 3))
+    assert [w.gpu_ids for w in four.split(2)] == [(0, 1), (2, 3)] and four.split(2)[0].procs == 2
+    with pytest.raises(UserError, match="--workers 3 cannot share 4 GPU"):
+        four.split(3)
+    check_divisible([4, 8, 12], 4)
+    with pytest.raises(UserError, match="train.batch_size = 4 cannot be split evenly over 8 processes"):
+        check_divisible([4, 8], 8)
 
 
 def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):

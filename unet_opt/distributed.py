@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
-from torch.multiprocessing.spawn import ProcessException
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
 
 from unet_opt.errors import UserError
 
@@ -207,8 +207,10 @@ def launch(layout: Layout, target: Target, args: tuple, on_epoch: OnEpoch | None
     One process: here, directly. Several: spawned processes; `on_epoch` still runs here, fed by rank 0.
     """
     if layout.procs == 1:
-        device = torch.device(f"cuda:{layout.gpu_ids[0]}" if layout.device == "cuda" and layout.gpu_ids
-                              else layout.device)
+        device = torch.device("cpu")
+        if layout.device == "cuda":
+            device = torch.device("cuda", layout.gpu_ids[0] if layout.gpu_ids else 0)
+            torch.cuda.set_device(device)  # a worker's kernels and caches go to its own GPU
         return target(Group(device), on_epoch, *args)
 
     parent_end, child_end = torch_mp.get_context("spawn").Pipe()

@@ -214,8 +214,8 @@ def run(cfg: Config, paths: Paths, layout: Layout | None = None, workers: int = 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = study_name(cfg)
     layout = layout or plan(cfg.train.device, None, None)  # `--device cuda` without a GPU fails here
-    check_divisible(batch_sizes(cfg), layout.procs)
     layouts = layout.split(workers) if workers > 1 else [layout]
+    check_divisible(batch_sizes(cfg), layouts[0].procs)
     first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files

@@ -196,6 +196,6 @@ def fit_trial(group: Group, on_epoch: OnEpoch | None, cfg: Config, split: dict[s
               maximize: bool, cache_dir: str, data: SegmentationData | None = None) -> FitResult:
     """`fit` for one trial config: what `distributed.launch` runs on every rank (which loads its own data)."""
     if data is None:
-        data = load_data(cfg.data, cfg.model.depth, cache_dir and Path(cache_dir))
+        data = load_data(cfg.data, cfg.model.depth, Path(cache_dir) if cache_dir else None)
     return fit(cfg.model, cfg.train, data, split, metric=metric, maximize=maximize, augment=cfg.data.augment,
                on_epoch=on_epoch, group=group)
