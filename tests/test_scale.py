@@ -21,6 +21,7 @@ from unet_opt.config import DataConfig
 from unet_opt.data import batches, load_data
 from unet_opt.distributed import Layout, check_divisible
 from unet_opt.errors import UserError
+from unet_opt.search import is_surplus
 
 # one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
 EXACT = [*FAST, "--set", "space.epochs.low=3", "--set", "space.epochs.high=3", "--set", "data.augment=crop",
@@ -81,6 +82,19 @@ def test_gpu_groups_for_workers_and_batch_splits():
     check_divisible([4, 8, 12], 4)
     with pytest.raises(UserError, match="train.batch_size = 4 cannot be split evenly over 8 processes"):
         check_divisible([4, 8], 8)
+
+
+def test_two_workers_asking_at_once_start_only_the_trials_still_needed():
+    study = optuna.create_study()
+    for _ in range(4):
+        study.tell(study.ask(), 0.5)
+    running = study.ask()  # 4 finished + 1 running: both workers see room for a 6th trial and ask
+    first, second = study.ask(), study.ask()
+    assert not is_surplus(study, running.number, 6) and not is_surplus(study, first.number, 6)
+    assert is_surplus(study, second.number, 6)
+    study._storage.set_trial_state_values(second._trial_id, optuna.trial.TrialState.WAITING)
+    study.tell(running, state=optuna.trial.TrialState.FAIL)  # a trial fails: room for one more
+    assert study.ask().number == second.number  # the queued trial is the one taken, no number is skipped
 
 
 def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):

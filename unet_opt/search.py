@@ -319,6 +319,8 @@ def work(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config,
             outcome.stopped_reason = "the launching process is gone"
             return outcome
         state = run_trial(study, storage, cfg, tracker, parent_id, cache, split, finished + running + 1, layout)
+        if state is None:  # one too many: the check above ends the loop, or asks again if a trial failed
+            continue
         failures = failures + 1 if state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             outcome.failed_out = True
@@ -419,6 +421,13 @@ def count_running(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
+def is_surplus(study: optuna.Study, number: int, target: int) -> bool:
+    """Trial `number` is not needed when the trials numbered before it, finished or running, already reach
+    `target`. Counting by number settles a race of two workers that both saw room for one more trial."""
+    ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)) if t.number < number]
+    return len(ahead) >= target
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -456,9 +465,14 @@ def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage
 
 def run_trial(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config, tracker: Tracker,
               parent_id: str, cache: DataCache, split: dict[str, list[int]], position: int,
-              layout: Layout) -> TrialState:
-    """One trial, which always ends recorded: COMPLETE, PRUNED or FAIL with its reason."""
+              layout: Layout) -> TrialState | None:
+    """One trial, which always ends recorded: COMPLETE, PRUNED or FAIL with its reason; None when the
+    trial turned out to be one too many (another worker asked at the same moment) and went back to
+    Optuna's queue as WAITING, to be the first trial that a later, larger --trials runs."""
     trial = study.ask()
+    if is_surplus(study, trial.number, cfg.search.trials):
+        storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        return None
     trial.set_user_attr("worker", worker_id())  # a killed worker's trial is found by its pid on this machine,
     with Heartbeat(storage, trial._trial_id):  # and by its missing heartbeat from any other
         try:
