@@ -19,7 +19,7 @@ import time
 import torch
 
 from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import make_split
+from unet_opt.data import make_split, split_indices
 from unet_opt.distributed import Layout, launch, plan
 from unet_opt.train import fit_trial
 
@@ -35,9 +35,7 @@ def measure(layout: Layout, args: argparse.Namespace) -> tuple[float, float, int
         train=TrainConfig(lr=1e-3, batch_size=batch, epochs=args.epochs, patience=args.epochs,
                           device=layout.device, amp=True, channels_last=True))
     names = [f"{i:05d}" for i in range(images)]
-    split = make_split(names, 0.05, 0.05, 0)
-    index = {n: i for i, n in enumerate(names)}
-    split = {part: [index[n] for n in split[part]] for part in ("train", "val", "test")}
+    split = split_indices(make_split(names, 0.05, 0.05, 0), names)
     speeds: list[float] = []
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:

@@ -65,14 +65,14 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
         path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     try:
-        try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=GRACE_SECONDS, **kwargs)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            # another machine was creating the same tables in a new database at this moment
-            time.sleep(2)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=GRACE_SECONDS, **kwargs)
+        for attempt in (1, 2):
+            try:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=GRACE_SECONDS, **kwargs)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                if attempt == 2:
+                    raise
+                time.sleep(2)  # another machine was creating the same tables in a new database just now
     except Exception as e:  # unreachable server, bad URL, missing driver
         raise UserError(f"cannot open the study storage {redact_url(url)} ({type(e).__name__}: "
                         f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None
@@ -302,8 +302,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
 
 
 def work(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config, tracker: Tracker, parent_id: str,
-         cache: "DataCache", split: dict[str, list[int]], layout: Layout, deadline: float,
-         launcher_pid: int | None = None) -> Outcome:
+         cache: "DataCache", split: dict[str, list[int]], layout: Layout, deadline: float) -> Outcome:
     """One worker's loop: ask, train, tell, until finished plus running trials (of every worker and machine)
     reach the target. Trials that fail do not count, so the last worker standing replaces them."""
     outcome, failures = Outcome(), 0
@@ -314,9 +313,6 @@ def work(study: optuna.Study, storage: optuna.storages.BaseStorage, cfg: Config,
             return outcome
         if time.time() > deadline:
             outcome.stopped_reason = f"timeout of {cfg.search.timeout:g} s reached"
-            return outcome
-        if launcher_pid is not None and os.getppid() != launcher_pid:
-            outcome.stopped_reason = "the launching process is gone"
             return outcome
         state = run_trial(study, storage, cfg, tracker, parent_id, cache, split, finished + running + 1, layout)
         if state is None:  # one too many: the check above ends the loop, or asks again if a trial failed
@@ -335,7 +331,7 @@ def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     level = logging.getLogger("unet_opt").level
     processes = [context.Process(target=worker_main, name=f"worker-{i}",
-                                 args=(i, cfg, paths, layout, parent_id, deadline, os.getpid(), level))
+                                 args=(i, cfg, paths, layout, parent_id, deadline, level))
                  for i, layout in enumerate(layouts)]
     for p in processes:
         p.start()
@@ -377,8 +373,9 @@ def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: fl
 
 
 def worker_main(index: int, cfg: Config, paths: Paths, layout: Layout, parent_id: str, deadline: float,
-                launcher_pid: int, level: int) -> None:
-    """One `--workers` process: its own storage and MLflow connections, the shared study and parent run."""
+                level: int) -> None:
+    """One `--workers` process: its own storage and MLflow connections, the shared study and parent run.
+    It dies with the launching process, as the trial's ranks do."""
     die_with_parent()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[w{index}] %(message)s"))
@@ -398,7 +395,7 @@ def worker_main(index: int, cfg: Config, paths: Paths, layout: Layout, parent_id
     cache = DataCache(paths.cache)
     cache.put(cfg, first)
     try:
-        outcome = work(study, storage, cfg, tracker, parent_id, cache, split, layout, deadline, launcher_pid)
+        outcome = work(study, storage, cfg, tracker, parent_id, cache, split, layout, deadline)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     if outcome.stopped_reason:
