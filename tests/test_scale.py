@@ -3,6 +3,7 @@ several machines sharing a PostgreSQL study and an MLflow server."""
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -211,6 +212,37 @@ def test_two_workers_share_one_study(home, cli):
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.info.status for c in children} == {"FINISHED"}
     assert children_of(os.getpid()) == []
+
+
+def test_sigint_to_the_launcher_stops_every_worker(home):
+    # SIGINT to the launching process alone (not a terminal's Ctrl-C, which reaches all): it passes it on
+    args = ["search", "--trials", "20", "--workers", "2", "--pruner", "none", *FAST,
+            "--set", "space.epochs.high=30", "--set", "space.epochs.low=30"]
+    search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{home}/studies/unet-opt.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and search.poll() is None:
+        try:
+            study = optuna.load_study(study_name="default", storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            if len(trials) >= 2 and any(t.state.name == "RUNNING" for t in trials):  # both workers are up
+                break
+        except Exception:  # the storage or the study is not there yet
+            pass
+        time.sleep(0.5)
+    search.send_signal(signal.SIGINT)
+    out = search.communicate(timeout=120)[0]
+    assert search.returncode == 130, out
+    trials = optuna.load_study(study_name="default", storage=storage).trials
+    assert "interrupted" in out and len(trials) < 20
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    failed = [t for t in trials if t.state.name == "FAIL"]  # the trials that were running, one per worker
+    assert 1 <= len(failed) <= 2 and {t.user_attrs["fail_reason"] for t in failed} == {"interrupted"}
+    _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    assert sorted(c.data.tags["optuna.trial"] for c in children if c.info.status == "KILLED") == \
+        sorted(str(t.number) for t in failed)
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
 
 
 # ---------------------------------------------------------------------------------------------
