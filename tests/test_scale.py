@@ -217,7 +217,8 @@ def test_two_workers_share_one_study(home, cli):
 def test_sigint_to_the_launcher_stops_every_worker(home):
     # SIGINT to the launching process alone (not a terminal's Ctrl-C, which reaches all): it passes it on
     args = ["search", "--trials", "20", "--workers", "2", "--pruner", "none", *FAST,
-            "--set", "space.epochs.high=30", "--set", "space.epochs.low=30"]
+            "--set", "space.epochs.high=100", "--set", "space.epochs.low=100",
+            "--set", "train.patience=1000"]  # trials of ~10 s, not stopped early: SIGINT finds both running
     search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{home}/studies/unet-opt.db"
