@@ -156,3 +156,24 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     assert not (home / "studies").exists() and not (home / "mlruns").exists()
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{elsewhere}/studies/unet-opt.db")
     assert len(study.trials) == 1
+
+
+
+def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
+    cfg = Config().replace({"search.pruner": "halving"})
+    study = optuna.create_study(direction="maximize", pruner=search_lib.make_pruner(cfg))
+
+    def pruned_at(curve):  # replays a trial's best-so-far values; the epoch it is pruned after, or None
+        trial = study.ask()
+        for epoch, value in enumerate(curve, 1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, curve[-1])
+        return None
+
+    assert pruned_at([0.5, 0.5, 0.6, 0.6]) is None  # the first trial has no one to lose to
+    assert pruned_at([0.4]) == 1  # with fewer than 3 peers, only the best goes on
+    assert pruned_at([0.55, 0.55, 0.55]) == 3  # the best of {0.5, 0.4, 0.55} after epoch 1, not of {0.6, 0.55}
+    assert pruned_at([0.9, 0.1, 0.9, 0.9]) is None  # a poor epoch 2 is not judged

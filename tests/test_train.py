@@ -37,6 +37,13 @@ def test_callback_can_stop_training(tiny):
     assert result.epochs_run == 2 and result.stop_reason == "callback"
 
 
+def test_a_stop_asked_after_the_last_epoch_leaves_the_fit_complete(tiny):
+    # pruning a trial after its last epoch would save no work and throw its result away
+    data, split = tiny
+    result = fit(MODEL, TrainConfig(batch_size=4, epochs=2), data, split, on_epoch=lambda e, m: e == 2)
+    assert result.epochs_run == 2 and result.stop_reason == "max_epochs"
+
+
 def test_early_stopping_after_patience_epochs_without_progress(tiny):
     data, split = tiny
     # lr = 1e-9 cannot improve the metric after the first epoch

@@ -179,7 +179,8 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in plain.state_dict().items()}
         else:
             since_best += 1
-        if group.agree(on_epoch(epoch, metrics) if on_epoch is not None else False):
+        stop = group.agree(on_epoch(epoch, metrics) if on_epoch is not None else False)
+        if stop and epoch < cfg.epochs:  # after the last epoch a stop saves nothing: the trial completes
             result.stop_reason = "callback"
             break
         if since_best >= cfg.patience and epoch < cfg.epochs:  # on the last epoch it is simply the end
