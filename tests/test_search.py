@@ -158,7 +158,6 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     assert len(study.trials) == 1
 
 
-
 def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
     cfg = Config().replace({"search.pruner": "halving"})
     study = optuna.create_study(direction="maximize", pruner=search_lib.make_pruner(cfg))
