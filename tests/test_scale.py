@@ -1,6 +1,7 @@
 """Scale-out: one trial over several processes (DDP over gloo), several workers on one study, and
 several machines sharing a PostgreSQL study and an MLflow server."""
 
+import multiprocessing
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
 from conftest import FAST
 from mlflow.tracking import MlflowClient
@@ -22,7 +24,8 @@ from unet_opt.config import DataConfig
 from unet_opt.data import batches, load_data
 from unet_opt.distributed import Layout, check_divisible
 from unet_opt.errors import UserError
-from unet_opt.search import is_surplus
+from unet_opt.search import is_surplus, open_storage
+from unet_opt.tracking import Tracker
 
 # one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
 EXACT = [*FAST, "--set", "space.epochs.low=3", "--set", "space.epochs.high=3", "--set", "data.augment=crop",
@@ -96,6 +99,71 @@ def test_two_workers_asking_at_once_start_only_the_trials_still_needed():
     study._storage.set_trial_state_values(second._trial_id, optuna.trial.TrialState.WAITING)
     study.tell(running, state=optuna.trial.TrialState.FAIL)  # a trial fails: room for one more
     assert study.ask().number == second.number  # the queued trial is the one taken, no number is skipped
+
+
+def open_at_once(open_store, barrier, results) -> None:
+    barrier.wait()
+    try:
+        open_store()
+        results.put("ok")
+    except Exception as e:
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def open_together(open_store, processes: int = 3) -> list[str]:
+    """`open_store()` in several processes at the same moment: `--workers`, a second terminal or
+    `unet-opt status` all open the stores, and on new databases each one creates the tables."""
+    context = multiprocessing.get_context("fork")  # opening a store needs no torch: fork is safe and fast
+    barrier, results = context.Barrier(processes), context.Queue()
+    started = [context.Process(target=open_at_once, args=(open_store, barrier, results)) for _ in range(processes)]
+    for p in started:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in started]
+    for p in started:
+        p.join(30)
+    return outcomes
+
+
+def test_processes_opening_one_new_study_database_at_once_all_open_it(tmp_path):
+    for round_ in range(4):  # the slower ones used to fail with "table studies already exists"
+        assert open_together(lambda: open_storage(f"sqlite:///{tmp_path}/{round_}.db")) == ["ok"] * 3
+
+
+def test_processes_opening_one_new_mlflow_database_at_once_all_open_it_and_leave_it_sound(tmp_path):
+    for round_ in range(3):  # racing migrations used to fail and could leave the database unusable for good
+        uri, artifacts = f"sqlite:///{tmp_path}/{round_}/mlflow.db", tmp_path / str(round_) / "artifacts"
+        assert open_together(lambda: Tracker(uri, "default", artifacts)) == ["ok"] * 3
+        tracker = Tracker(uri, "default", artifacts)
+        run = tracker.client.create_run(tracker.experiment_id)
+        tracker.client.log_metric(run.info.run_id, "val_dice", 0.5, step=1)
+
+
+def failing_once(error: Exception):
+    calls = []
+
+    def storage(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise error
+        return "storage"
+
+    return storage, calls
+
+
+def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_are_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    url = f"sqlite:///{tmp_path}/s.db"
+    raced = sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+    storage, calls = failing_once(raced)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    assert open_storage(url) == "storage" and len(calls) == 2
+
+    unreadable = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+    storage, calls = failing_once(unreadable)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    with pytest.raises(UserError, match="unable to open database file.*check --storage"):
+        open_storage(url)
+    assert len(calls) == 1  # a real error is reported at once, not retried
 
 
 def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):

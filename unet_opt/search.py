@@ -69,13 +69,20 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
             try:
                 return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
                                                   grace_period=GRACE_SECONDS, **kwargs)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                if attempt == 2:
+            except sqlalchemy.exc.DatabaseError as e:
+                if attempt == 2 or not creating_tables_at_once(e):
                     raise
-                time.sleep(2)  # another machine was creating the same tables in a new database just now
+                time.sleep(2)  # another process was creating the same tables in a new database just now
     except Exception as e:  # unreachable server, bad URL, missing driver
         raise UserError(f"cannot open the study storage {redact_url(url)} ({type(e).__name__}: "
                         f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None
+
+
+def creating_tables_at_once(error: sqlalchemy.exc.DatabaseError) -> bool:
+    """Two processes opening one new database both create its tables; the slower one fails like this.
+    PostgreSQL: a duplicate table or type (ProgrammingError, IntegrityError); SQLite: "already exists"."""
+    return (isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError))
+            or "already exists" in str(error))
 
 
 def make_sampler(cfg: Config, worker: int = 0) -> optuna.samplers.BaseSampler:

@@ -6,6 +6,8 @@ trial's run can never be confused with the parent's.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import time
@@ -39,20 +41,39 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
     return f"mlflow ui --backend-store-uri {tracking_uri} --host {host} --port {port}"
 
 
+@contextlib.contextmanager
+def one_opener_at_a_time(folder: Path | None):
+    """Held while a local MLflow database is opened. MLflow creates and migrates a new database without
+    a lock, and two processes doing it at once can leave it unusable for good ("table
+    _alembic_tmp_experiments already exists"): two searches started together in a new folder."""
+    if folder is None:  # a tracking server creates its database once, itself
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)  # a lock on the folder leaves no lock file behind
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
 class Tracker:
     """The MLflow side of one study."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path):
         """`artifact_root` holds a local store's artifacts; a tracking server keeps its own."""
+        folder = None
         if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+            folder.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        try:
-            exp = self.client.get_experiment_by_name(experiment)
-        except Exception as e:  # server down, bad URI, unreadable database
-            raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} ({type(e).__name__}); "
-                            f"start the server or fix --tracking-uri") from None
+        with one_opener_at_a_time(folder):
+            try:
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                exp = self.client.get_experiment_by_name(experiment)
+            except Exception as e:  # server down, bad URI, unreadable database
+                raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} "
+                                f"({type(e).__name__}); start the server or fix --tracking-uri") from None
         if exp is None:
             local = tracking_uri.startswith("sqlite:")
             location = (artifact_root / experiment).as_uri() if local else None
