@@ -29,6 +29,7 @@ BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
     (["search", "--device", "cpu", "--gpus", "2"], {}, "--gpus 2 needs CUDA GPUs"),
     (["search", "--device", "cpu", "--procs", "3"], {}, "train.batch_size = 4 cannot be split evenly over 3"),
     (["search", "--workers", "0"], {}, "Invalid value for '--workers'"),
+    (["search", "--tracking-uri", "foo://x"], {}, "cannot reach the MLflow tracking store foo://x"),
     (["serch"], {}, "No such command 'serch'"),
     (["report"], {}, "no study storage"),
     (["report", "--study", "nope"], {}, "no study storage"),
