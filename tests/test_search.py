@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import FAST
 from unet_opt import search as search_lib
-from unet_opt.config import Config
+from unet_opt.config import Config, load_config
 
 TRIAL_ARTIFACTS = {"config.toml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
                    "per_class.csv", "predictions.png"}
@@ -156,6 +156,26 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     assert not (home / "studies").exists() and not (home / "mlruns").exists()
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{elsewhere}/studies/unet-opt.db")
     assert len(study.trials) == 1
+
+
+def test_default_hyperband_judges_trials_first_after_epoch_1_or_3_never_9():
+    # 2 brackets, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
+    cfg = load_config("default")
+    assert cfg.search.pruner == "hyperband" and search_lib.max_epochs(cfg) == 20
+    # Hyperband picks a trial's bracket from a hash of the study name: a fixed name keeps the test exact
+    study = optuna.create_study(study_name="default", direction="maximize", pruner=search_lib.make_pruner(cfg))
+    pruned_after = []
+    for n in range(40):  # every trial worse than all before it: each is pruned at its bracket's first rung
+        trial = study.ask()
+        for epoch in range(1, 21):
+            trial.report(1.0 - n / 100, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                pruned_after.append(epoch)
+                break
+        else:
+            study.tell(trial, 1.0 - n / 100)
+    assert set(pruned_after) == {1, 3} and len(pruned_after) >= 35
 
 
 def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
