@@ -19,6 +19,7 @@ BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
      "multiples of 2**depth = 8 (got 30); use a multiple of 8, e.g. 32"),
     (["search", "--set", "train.nope=1"], {}, "unknown key 'train.nope'"),
     (["search", "--set", "train.lr=-1"], {}, "train.lr = -1.0 must be positive"),
+    (["search", "--set", "search.brackets=0"], {}, "search.brackets = 0 is too small; use at least 1"),
     (["search", "--set", "space.lr.type=normal"], {}, "type = 'normal'"),
     (["search", "--sampler", "grid"], {}, "'grid' is not one of"),
     (["search", "--pruner", "sometimes"], {}, "'sometimes' is not one of"),

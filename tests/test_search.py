@@ -158,10 +158,12 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     assert len(study.trials) == 1
 
 
-def test_default_hyperband_judges_trials_first_after_epoch_1_or_3_never_9():
-    # 2 brackets, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
-    cfg = load_config("default")
-    assert cfg.search.pruner == "hyperband" and search_lib.max_epochs(cfg) == 20
+@pytest.mark.parametrize("brackets, first_judged", [(None, {1, 3}), (3, {1, 3, 9}), (1, {1})])
+def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(brackets, first_judged):
+    cfg = load_config("default", {"search.brackets": brackets} if brackets else None)
+    # the default is 2, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
+    assert cfg.search.pruner == "hyperband" and cfg.search.brackets == (brackets or 2)
+    assert search_lib.max_epochs(cfg) == 20
     # Hyperband picks a trial's bracket from a hash of the study name: a fixed name keeps the test exact
     study = optuna.create_study(study_name="default", direction="maximize", pruner=search_lib.make_pruner(cfg))
     pruned_after = []
@@ -175,7 +177,7 @@ def test_default_hyperband_judges_trials_first_after_epoch_1_or_3_never_9():
                 break
         else:
             study.tell(trial, 1.0 - n / 100)
-    assert set(pruned_after) == {1, 3} and len(pruned_after) >= 35
+    assert set(pruned_after) == first_judged and len(pruned_after) >= 40 - 2 * len(first_judged)
 
 
 def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():

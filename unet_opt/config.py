@@ -100,6 +100,8 @@ class SearchConfig:
     """Optuna sampler."""
     pruner: str = field(default="hyperband", metadata={"choices": ("hyperband", "median", "halving", "none")})
     """Optuna pruner."""
+    brackets: int = 2
+    """Hyperband brackets: 2 judge a trial first after epoch 1 or 3; a third after 9, a fourth after 27..."""
     seed: int = 0
     """Sampler seed."""
     startup_trials: int = 8
@@ -419,7 +421,8 @@ def validate(cfg: Config, where: str) -> None:
 
     for dotted, low in [("data.num_classes", 2), ("data.synthetic_images", 12), ("model.base_channels", 1),
                         ("model.depth", 1), ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1),
-                        ("data.image_size", 8), ("train.batch_size", 4), ("search.startup_trials", 0)]:
+                        ("data.image_size", 8), ("train.batch_size", 4), ("search.startup_trials", 0),
+                        ("search.brackets", 1)]:
         bad = [v for v in values_of(dotted) if v < low]
         if bad:
             fail(f"{dotted} = {bad[0]} is too small; use at least {low}")

@@ -101,11 +101,12 @@ def max_epochs(cfg: Config) -> int:
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     name = cfg.search.pruner
     if name == "hyperband":
-        # max_resource 8 makes 2 brackets (Optuna makes floor(log3(max / min)) + 1): one judges trials first
-        # after epoch 1, the other after epoch 3. A third bracket, judging first after epoch 9, lets most of
-        # its trials run 9 epochs or more; measured on 3 seeds it spent more epochs and found no better
-        # trial (README, Measured). Rungs go on past 8 (epoch 9, ...) for trials that run longer.
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=min(max_epochs(cfg), 8), reduction_factor=3)
+        # Optuna makes floor(log3(max_resource)) + 1 brackets, so 3**b - 1 is the largest max_resource
+        # that makes b; fewer when the space's epochs end sooner. The default 2 (README, Measured): a third
+        # bracket, first judging after epoch 9, spent more epochs on 3 seeds and found no better trial.
+        # Every bracket judges again after epochs 9, 27, ... for trials that run that long.
+        max_resource = min(max_epochs(cfg), 3 ** cfg.search.brackets - 1)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource, reduction_factor=3)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if name == "halving":
