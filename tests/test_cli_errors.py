@@ -47,6 +47,7 @@ BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
     (["retrain", "--best", "--epochs", "0"], {}, "Invalid value for '--epochs'"),
     (["retrain", "--best"], {}, "no study storage"),
     (["evaluate", "missing.pt"], {}, "model file missing.pt does not exist"),
+    (["evaluate", "models:/x@champion"], {}, "mlruns/mlflow.db to find 'models:/x@champion' in"),
     (["evaluate", "models:/x@champion", "--split", "holdout"], {}, "'holdout' is not one of"),
     (["predict", "models:/x@champion", "photo.jpg"], {}, "image photo.jpg does not exist"),
     (["predict", "models:/x@champion"], {}, "Missing argument 'IMAGES...'"),

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from unet_opt.config import Config, find_space, load_config, parse_set, redact_url, to_toml
+from unet_opt.config import Config, find_space, load_config, parse_set, redact_url, sqlite_file, to_toml
 from unet_opt.errors import UserError
 
 
@@ -91,6 +91,12 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     again = load_config(str(path))
     # every field and the space survive the trip
     assert again.flat() == cfg.flat() and again.space == cfg.space
+
+
+def test_sqlite_file_is_the_database_of_a_sqlite_url_only():
+    assert sqlite_file("sqlite:////home/me/studies/unet-opt.db") == Path("/home/me/studies/unet-opt.db")
+    assert sqlite_file("sqlite:///mlruns/mlflow.db") == Path("mlruns/mlflow.db")
+    assert sqlite_file("postgresql://me@db/optuna") is None and sqlite_file("http://tracker:5000") is None
 
 
 def test_redact_url_hides_only_the_password():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from unet_opt.config import Paths, load_config, redact_url
+from unet_opt.config import Paths, load_config, redact_url, sqlite_file
 from unet_opt.errors import UserError
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
@@ -165,8 +165,9 @@ def ui(paths: Paths, host, port, tracking_uri) -> int:
     uri = paths.tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         raise UserError(f"the tracking store is a server already; open {redact_url(uri)} in a browser")
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"no MLflow runs at {uri.removeprefix('sqlite:///')}; run `unet-opt search` in this "
+    database = sqlite_file(uri)
+    if database and not database.is_file():
+        raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this "
                         f"folder first (or pass --home)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
                "--workers", "1"]  # one worker: a personal UI, and it starts in seconds, not a minute

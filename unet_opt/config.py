@@ -216,6 +216,11 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.split(':')[0]}:***@{host}"))
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` storage or tracking URL; None for a server or other store."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding and loading space files
 

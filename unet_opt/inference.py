@@ -10,10 +10,12 @@ import torch
 
 from unet_opt import plots
 from unet_opt.checkpoint import ARTIFACT, Checkpoint, load_checkpoint
+from unet_opt.config import sqlite_file
 from unet_opt.data import frame_size, load_data, split_indices
 from unet_opt.data.images import read_rgb, resize_mask, resize_rgb, write_png
 from unet_opt.errors import UserError
 from unet_opt.train import predict_classes, score
+
 
 def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
     """A checkpoint path, `models:/name@alias`, `runs:/RUN_ID` or a run id."""
@@ -21,8 +23,9 @@ def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
         return load_checkpoint(Path(ref))
     if not ref.startswith(("models:/", "runs:/")) and (Path(ref).suffix or "/" in ref):
         raise UserError(f"model file {ref} does not exist; pass a checkpoint file, models:/NAME@ALIAS or a run id")
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"no MLflow store at {tracking_uri.removeprefix('sqlite:///')} to find '{ref}' in; run "
+    database = sqlite_file(tracking_uri)
+    if database and not database.is_file():
+        raise UserError(f"no MLflow store at {database} to find '{ref}' in; run "
                         f"`unet-opt retrain --best` here first, or pass --home / --tracking-uri")
     from unet_opt.tracking import download, run_id_of  # MLflow only when a URI must be resolved
 

@@ -29,7 +29,7 @@ import torch
 from optuna.trial import TrialState
 
 from unet_opt.artifacts import write_trial_artifacts
-from unet_opt.config import Config, Param, Paths, redact_url, to_toml
+from unet_opt.config import Config, Param, Paths, redact_url, sqlite_file, to_toml
 from unet_opt.data import SegmentationData, load_data, make_split, split_indices
 from unet_opt.distributed import Layout, check_divisible, die_with_parent, launch, plan
 from unet_opt.errors import UserError
@@ -57,8 +57,8 @@ MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED",
 
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats (SQLite, PostgreSQL, MySQL). `must_exist`: never create a database."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    path = sqlite_file(url)
+    if path:
         if must_exist and not path.is_file():
             raise UserError(f"no study storage at {path}; run `unet-opt search` in this folder first "
                             f"(or pass --home / --storage)")

@@ -24,7 +24,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from unet_opt.config import redact_url  # noqa: E402
+from unet_opt.config import redact_url, sqlite_file  # noqa: E402
 from unet_opt.errors import UserError  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path):
         """`artifact_root` holds a local store's artifacts; a tracking server keeps its own."""
-        folder = None
-        if tracking_uri.startswith("sqlite:///"):
-            folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        database = sqlite_file(tracking_uri)
+        folder = database.parent if database else None
+        if folder:
             folder.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri
         with one_opener_at_a_time(folder):
