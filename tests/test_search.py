@@ -158,16 +158,12 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     assert len(study.trials) == 1
 
 
-@pytest.mark.parametrize("brackets, first_judged", [(None, {1, 3}), (3, {1, 3, 9}), (1, {1})])
-def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(brackets, first_judged):
-    cfg = load_config("default", {"search.brackets": brackets} if brackets else None)
-    # the default is 2, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
-    assert cfg.search.pruner == "hyperband" and cfg.search.brackets == (brackets or 2)
-    assert search_lib.max_epochs(cfg) == 20
+def epochs_pruned_after(pruner: optuna.pruners.BasePruner) -> list[int]:
+    """40 trials of 20 epochs, every one worse than all before it: each is pruned at its bracket's first rung."""
     # Hyperband picks a trial's bracket from a hash of the study name: a fixed name keeps the test exact
-    study = optuna.create_study(study_name="default", direction="maximize", pruner=search_lib.make_pruner(cfg))
+    study = optuna.create_study(study_name="default", direction="maximize", pruner=pruner)
     pruned_after = []
-    for n in range(40):  # every trial worse than all before it: each is pruned at its bracket's first rung
+    for n in range(40):
         trial = study.ask()
         for epoch in range(1, 21):
             trial.report(1.0 - n / 100, epoch)
@@ -177,7 +173,24 @@ def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(bracket
                 break
         else:
             study.tell(trial, 1.0 - n / 100)
+    return pruned_after
+
+
+@pytest.mark.parametrize("brackets, first_judged", [(None, {1, 3}), (3, {1, 3, 9}), (1, {1})])
+def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(brackets, first_judged):
+    cfg = load_config("default", {"search.brackets": brackets} if brackets else None)
+    # the default is 2, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
+    assert cfg.search.pruner == "hyperband" and cfg.search.brackets == (brackets or 2)
+    assert search_lib.max_epochs(cfg) == 20
+    pruned_after = epochs_pruned_after(search_lib.make_pruner(cfg))
     assert set(pruned_after) == first_judged and len(pruned_after) >= 40 - 2 * len(first_judged)
+
+
+def test_three_brackets_prune_as_the_old_default_did():
+    # README: `--set search.brackets=3` is the default before, which had max_resource = the space's 20 epochs
+    cfg = load_config("default", {"search.brackets": 3})
+    old = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=20, reduction_factor=3)
+    assert epochs_pruned_after(search_lib.make_pruner(cfg)) == epochs_pruned_after(old)
 
 
 def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
