@@ -187,10 +187,57 @@ def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(bracket
 
 
 def test_three_brackets_prune_as_the_old_default_did():
-    # README: `--set search.brackets=3` is the default before, which had max_resource = the space's 20 epochs
+    # README: `--set search.brackets=3` makes the brackets of the default before (max_resource = 20 epochs)
     cfg = load_config("default", {"search.brackets": 3})
     old = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=20, reduction_factor=3)
-    assert epochs_pruned_after(search_lib.make_pruner(cfg)) == epochs_pruned_after(old)
+    pruner = search_lib.make_pruner(cfg)
+    assert epochs_pruned_after(pruner.hyperband) == epochs_pruned_after(old) and pruner.study_epoch == 9
+
+
+def epochs_run(pruner: optuna.pruners.BasePruner, curves: list[list[float]], direction: str = "maximize") -> list[int]:
+    """Replays one trial per curve through `pruner`; the epochs each trial ran."""
+    study = optuna.create_study(study_name="default", direction=direction, pruner=pruner)
+    ran = []
+    for curve in curves:
+        trial = study.ask()
+        for epoch, value in enumerate(curve, 1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, curve[-1])
+        ran.append(epoch)
+    return ran
+
+
+@pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
+def test_hyperband_prunes_a_bracket_s_first_trial_in_the_study_s_bottom_quarter_at_epoch_3(direction, sign):
+    good = [sign * v for v in (0.2, 0.4, 0.5, 0.55, 0.6, 0.6)]
+    poor = [sign * v for v in (0.05, 0.08, 0.1, 0.2, 0.3, 0.35)]
+    cfg = load_config("default")
+    pruner = search_lib.make_pruner(cfg)
+    # Optuna's Hyperband alone lets trial 1, the first of its bracket, run to the end however poor it is
+    alone = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=8, reduction_factor=3)
+    assert epochs_run(alone, [good, poor], direction) == [6, 6]
+    assert epochs_run(pruner, [good, poor], direction) == [6, 3]  # below trial 0, the only other, at epoch 3
+    assert epochs_run(search_lib.make_pruner(cfg), [poor, good], direction) == [6, 6]  # above it: runs on
+
+
+@pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
+def test_the_study_wide_check_prunes_the_bottom_quarter_at_epoch_3_only(direction, sign):
+    pruner = search_lib.make_pruner(load_config("default"))
+
+    def judged(value, epoch=3):
+        study = optuna.create_study(direction=direction)
+        for v in (0.5, 0.4, 0.3, 0.2, 0.1):  # the others after epoch 3: their bottom quarter is below 0.2
+            study.add_trial(optuna.trial.create_trial(value=sign * v, intermediate_values={1: sign * v, 3: sign * v}))
+        trial = study.ask()
+        trial.report(sign * value, epoch)
+        return pruner.in_bottom_quarter(study, study.trials[-1])
+
+    assert judged(0.19) and not judged(0.21)  # 0.21 is below the median, 0.3, and goes on
+    assert not judged(0.0, epoch=2)  # judged by the whole study only at epoch 3
 
 
 def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():

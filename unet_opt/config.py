@@ -101,7 +101,8 @@ class SearchConfig:
     pruner: str = field(default="hyperband", metadata={"choices": ("hyperband", "median", "halving", "none")})
     """Optuna pruner."""
     brackets: int = 2
-    """Hyperband brackets: 2 judge a trial first after epoch 1 or 3; a third after 9, a fourth after 27..."""
+    """Hyperband brackets: 2 judge a trial first after epoch 1 or 3; a third after 9, a fourth after 27...
+    The last bracket's first epoch (3 with 2) is also where every trial is judged against the whole study."""
     seed: int = 0
     """Sampler seed."""
     startup_trials: int = 8
