@@ -158,22 +158,28 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     assert len(study.trials) == 1
 
 
-def epochs_pruned_after(pruner: optuna.pruners.BasePruner) -> list[int]:
-    """40 trials of 20 epochs, every one worse than all before it: each is pruned at its bracket's first rung."""
-    # Hyperband picks a trial's bracket from a hash of the study name: a fixed name keeps the test exact
-    study = optuna.create_study(study_name="default", direction="maximize", pruner=pruner)
-    pruned_after = []
-    for n in range(40):
+def epochs_run(pruner: optuna.pruners.BasePruner, curves: list[list[float]], direction: str = "maximize") -> list[int]:
+    """Replays one trial per curve through `pruner`; the epochs each trial ran."""
+    # Hyperband picks a trial's bracket from a hash of the study name: a fixed name keeps the tests exact
+    study = optuna.create_study(study_name="default", direction=direction, pruner=pruner)
+    ran = []
+    for curve in curves:
         trial = study.ask()
-        for epoch in range(1, 21):
-            trial.report(1.0 - n / 100, epoch)
+        for epoch, value in enumerate(curve, 1):
+            trial.report(value, epoch)
             if trial.should_prune():
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                pruned_after.append(epoch)
                 break
         else:
-            study.tell(trial, 1.0 - n / 100)
-    return pruned_after
+            study.tell(trial, curve[-1])
+        ran.append(epoch)
+    return ran
+
+
+def epochs_pruned_after(pruner: optuna.pruners.BasePruner) -> list[int]:
+    """40 trials of 20 epochs, every one worse than all before it: each is pruned at its bracket's first rung."""
+    # no rung is at epoch 20, so a trial that ran 20 epochs completed
+    return [epochs for epochs in epochs_run(pruner, [[1.0 - n / 100] * 20 for n in range(40)]) if epochs < 20]
 
 
 @pytest.mark.parametrize("brackets, first_judged", [(None, {1, 3}), (3, {1, 3, 9}), (1, {1})])
@@ -192,23 +198,6 @@ def test_three_brackets_prune_as_the_old_default_did():
     old = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=20, reduction_factor=3)
     pruner = search_lib.make_pruner(cfg)
     assert epochs_pruned_after(pruner.hyperband) == epochs_pruned_after(old) and pruner.study_epoch == 9
-
-
-def epochs_run(pruner: optuna.pruners.BasePruner, curves: list[list[float]], direction: str = "maximize") -> list[int]:
-    """Replays one trial per curve through `pruner`; the epochs each trial ran."""
-    study = optuna.create_study(study_name="default", direction=direction, pruner=pruner)
-    ran = []
-    for curve in curves:
-        trial = study.ask()
-        for epoch, value in enumerate(curve, 1):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                break
-        else:
-            study.tell(trial, curve[-1])
-        ran.append(epoch)
-    return ran
 
 
 @pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
