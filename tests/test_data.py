@@ -97,6 +97,20 @@ def test_augmentation_moves_image_and_mask_together():
     assert torch.equal(again[1], y)  # seeded: the same generator gives the same batch
 
 
+def test_augmented_batches_depend_on_their_generator_only_and_leave_the_global_rng_alone():
+    data = load_data(DataConfig(image_size=32, synthetic_images=12), depth=3)
+
+    def epoch(global_seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        out = [x for x, _ in batches(data, list(range(12)), 4, shuffle=True, augment="crop",
+                                     generator=torch.Generator().manual_seed(0))]
+        assert torch.equal(torch.get_rng_state(), before)  # a training loop's own draws stay as they were
+        return out
+
+    assert all(torch.equal(a, b) for a, b in zip(epoch(1), epoch(2)))
+
+
 def test_flip_augmentation_keeps_pixels_exact():
     n = 16
     # every mask value derives from the image's red channel: flips must keep that pairing exactly
