@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -24,7 +25,8 @@ from unet_opt.config import DataConfig
 from unet_opt.data import batches, load_data
 from unet_opt.distributed import Layout, check_divisible
 from unet_opt.errors import UserError
-from unet_opt.search import is_surplus, open_storage
+import unet_opt.search
+from unet_opt.search import is_surplus, open_storage, stop_workers
 from unet_opt.tracking import Tracker
 
 # one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
@@ -282,6 +284,25 @@ def test_two_workers_share_one_study(home, cli):
     assert children_of(os.getpid()) == []
 
 
+def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker(monkeypatch):
+    clock = [0.0]
+
+    class Stubborn:  # a worker that ignores SIGINT: every join waits out its whole timeout
+        pid = 0
+
+        def join(self, timeout=None):
+            clock[0] += timeout
+
+        def is_alive(self):
+            return True
+
+    signals = []
+    monkeypatch.setattr(unet_opt.search, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(unet_opt.search, "os", SimpleNamespace(kill=lambda pid, sig: signals.append(sig)))
+    stop_workers([Stubborn() for _ in range(3)], grace=5.0, after_nudge=60.0)
+    assert clock[0] == 65.0 and signals == [signal.SIGINT] * 3  # then the caller kills them
+
+
 def test_sigint_to_the_launcher_stops_every_worker(home):
     # SIGINT to the launching process alone (not a terminal's Ctrl-C, which reaches all): it passes it on
     args = ["search", "--trials", "20", "--workers", "2", "--pruner", "none", *FAST,
@@ -301,7 +322,11 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
             pass
         time.sleep(0.5)
     search.send_signal(signal.SIGINT)
-    out = search.communicate(timeout=120)[0]
+    try:  # the launcher gives its workers 5 + 60 s before killing them, then records the study
+        out = search.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        search.kill()
+        pytest.fail("the search was still running 180 s after SIGINT:\n" + search.communicate()[0][-4000:])
     assert search.returncode == 130, out
     trials = optuna.load_study(study_name="default", storage=storage).trials
     assert "interrupted" in out and len(trials) < 20

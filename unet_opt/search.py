@@ -412,16 +412,19 @@ def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str
     return outcome
 
 
-def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: float = 5.0) -> None:
-    """Give interrupted workers time to record their trials as interrupted; nudge those still going."""
+def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: float = 5.0,
+                 after_nudge: float = 60.0) -> None:
+    """Give interrupted workers time to record their trials as interrupted; nudge those still going.
+    The caller kills any still alive `grace + after_nudge` seconds from now, however many there are."""
     end = time.monotonic() + grace
     for p in processes:
         p.join(max(0.0, end - time.monotonic()))
     for p in processes:
         if p.is_alive():
             os.kill(p.pid, signal.SIGINT)
+    end = time.monotonic() + after_nudge
     for p in processes:
-        p.join(60)
+        p.join(max(0.0, end - time.monotonic()))
 
 
 def worker_main(index: int, cfg: Config, paths: Paths, layout: Layout, parent_id: str, deadline: float,
