@@ -415,7 +415,7 @@ def run_workers(cfg: Config, paths: Paths, layouts: list[Layout], parent_id: str
 def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: float = 5.0,
                  after_nudge: float = 60.0) -> None:
     """Give interrupted workers time to record their trials as interrupted; nudge those still going.
-    The caller kills any still alive `grace + after_nudge` seconds from now, however many there are."""
+    At most `grace + after_nudge` seconds in all, however many there are; the caller kills the rest."""
     end = time.monotonic() + grace
     for p in processes:
         p.join(max(0.0, end - time.monotonic()))
