@@ -105,7 +105,7 @@ class StudyHyperband(optuna.pruners.BasePruner):
 
     Hyperband judges a trial only against trials of its own bracket, so the first trials of a bracket
     have no one to lose to and run on: on the embedded data trial 1 ran 11-15 epochs at a Dice of
-    0.2-0.44 on every sampler seed measured, far behind trial 0 after 3 epochs. At epoch
+    0.2-0.44 on sampler seeds 0-3, far behind trial 0 after 3 epochs. At epoch
     3**(brackets - 1), which every bracket has judged its trials by, a trial is also pruned when its
     value is in the bottom quarter of every other trial's at that epoch (README, Measured: below the
     median instead pruned a slow climber that would have led the sampler to the best trial).
