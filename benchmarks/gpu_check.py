@@ -20,31 +20,31 @@ import torch
 
 from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.data import make_split, split_indices
-from unet_opt.distributed import Layout, launch, plan
-from unet_opt.train import fit_trial
+from unet_opt.distributed import Placement, launch, plan
+from unet_opt.train import fit_on_ranks
 
 
-def measure(layout: Layout, args: argparse.Namespace) -> tuple[float, float, int]:
+def measure(placement: Placement, args: argparse.Namespace) -> tuple[float, float, int]:
     """(median images/s of epochs 2.., seconds for the whole trial incl. process start, global batch)."""
-    batch = args.batch_per_gpu * layout.procs
-    images = args.images_per_gpu * layout.procs
+    batch = args.batch_per_gpu * placement.procs
+    images = args.images_per_gpu * placement.procs
     cfg = Config(
         data=DataConfig(dataset="synthetic", synthetic_images=images, image_size=args.image_size,
                         augment="flip", val_fraction=0.05, test_fraction=0.05),
         model=ModelConfig(base_channels=args.base_channels, depth=args.depth),
         train=TrainConfig(lr=1e-3, batch_size=batch, epochs=args.epochs, patience=args.epochs,
-                          device=layout.device, amp=True, channels_last=True))
+                          device=placement.device, amp=True, channels_last=True))
     names = [f"{i:05d}" for i in range(images)]
     split = split_indices(make_split(names, 0.05, 0.05, 0), names)
     speeds: list[float] = []
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
         speeds.append(metrics["images_per_second"])
         print(f"    epoch {epoch}: {metrics['images_per_second']:8.1f} images/s  ({metrics['epoch_seconds']:.1f} s)")
         return False
 
     start = time.perf_counter()
-    launch(layout, fit_trial, (cfg, split, "val_dice", True, "", None), on_epoch)
+    launch(placement, fit_on_ranks, (cfg, split, None, None), on_epoch)
     return statistics.median(speeds[1:] or speeds), time.perf_counter() - start, batch
 
 
@@ -65,12 +65,12 @@ def main() -> None:
         names = {torch.cuda.get_device_name(i) for i in full.gpu_ids}
         print(f"{full.procs} x {', '.join(names)}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
               f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
-    one = Layout(full.device, 1, full.gpu_ids[:1])
+    one = Placement(full.device, 1, full.gpu_ids[:1])
     rows = []
-    for layout in ([one, full] if full.procs > 1 else [one]):
-        print(f"  {layout.describe()}:")
-        speed, seconds, batch = measure(layout, args)
-        rows.append((layout.procs, batch, speed, seconds))
+    for placement in ([one, full] if full.procs > 1 else [one]):
+        print(f"  {placement.describe()}:")
+        speed, seconds, batch = measure(placement, args)
+        rows.append((placement.procs, batch, speed, seconds))
     base = rows[0][2]
     print(f"\nUNet base {args.base_channels} depth {args.depth}, height {args.image_size}, "
           f"{args.batch_per_gpu} images per {'GPU' if full.device == 'cuda' else 'process'} per step, "

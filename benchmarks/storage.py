@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 
-from unet_opt.search import open_storage
+from unet_opt.study.storage import open_storage
 
 
 def make_storage(kind: str, folder: Path):

@@ -24,7 +24,8 @@ from statistics import median
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from unet_opt.config import DataConfig, ModelConfig, TrainConfig
+from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.distributed import Group
 from unet_opt.data import load_data
 from unet_opt.model import build_model
 from unet_opt.train import autocast, fit, segmentation_loss
@@ -116,13 +117,14 @@ def main() -> None:
     ours: list[float] = []
     bare: list[float] = []
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
         if epoch > 1:
             ours.append(metrics["images_per_second"])
             bare.append(bare_loop(model, optimizer, x, y, steps, device, cfg))
         return False
 
-    fit(model_cfg, cfg, data, split, augment=args.augment, on_epoch=on_epoch)
+    config = Config(data=DataConfig(augment=args.augment), model=model_cfg, train=cfg)
+    fit(config, data, split, on_epoch=on_epoch, group=Group(device))
     ratios = [b / a for a, b in zip(bare, ours)]
 
     flops = train_flops_per_image(build_model(model_cfg, data.num_classes), (2, 3, h, w), data.num_classes)

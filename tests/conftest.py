@@ -3,17 +3,19 @@ from pathlib import Path
 
 import pytest
 
+from unet_opt import runtime
 from unet_opt.cli import main
 
 # Tiny trials: one image size, few epochs, few images. A trial takes a second or two on a CPU.
-FAST = ["--set", "space.image_size.choices=[32]", "--set", "space.epochs.low=2", "--set", "space.epochs.high=3",
-        "--set", "data.synthetic_images=24", "--set", "model.base_channels=8"]
+FAST_SETS = ["space.image_size.choices=[32]", "space.epochs.low=2", "space.epochs.high=3",
+             "data.synthetic_images=24", "model.base_channels=8"]
+FAST = [arg for item in FAST_SETS for arg in ("--set", item)]
 
 
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An empty project folder as the working directory, with no MLflow/unet-opt settings leaking in."""
-    for var in ("MLFLOW_TRACKING_URI", "UNET_OPT_HOME"):
+    for var in ("MLFLOW_TRACKING_URI", "UNET_OPT_HOME", "UNET_OPT_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -32,9 +34,24 @@ def cli(capsys):
     return run
 
 
+def run_search(home: Path, trials: int, *sets: str, fit=None, **placement):
+    """`unet-opt search --trials N --set ...` as a library call, with a stand-in `fit` injected (the CLI
+    has no way to pass one). Returns the summary."""
+    from unet_opt.distributed import plan
+    from unet_opt.paths import Paths
+    from unet_opt.space_file import load_config
+    from unet_opt.study.search import run_search as run
+    from unet_opt.train import fit_on_ranks
+
+    runtime.setup()  # as the CLI does: log to this test's stderr
+    cfg = load_config("default", {"search.trials": trials}, [*FAST_SETS, *sets])
+    return run(cfg, Paths.resolve(home), plan("cpu", None, placement.get("procs")), fit=fit or fit_on_ranks)
+
+
 def written_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    runtime.setup()  # as the CLI entry does, before any test module imports MLflow

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from unet_opt.config import DataConfig, ModelConfig, TrainConfig
+from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.data import load_data, make_split, split_indices
 from unet_opt.train import fit
 
@@ -17,6 +17,7 @@ def test_python_dash_m_runs_the_cli():
 def test_compiled_model_trains(tmp_path):
     data = load_data(DataConfig(image_size=32, synthetic_images=16), depth=2)
     split = split_indices(make_split(data.names, 0.2, 0.2, 0), data.names)
-    result = fit(ModelConfig(base_channels=4, depth=2), TrainConfig(batch_size=4, epochs=1, compile=True), data, split)
+    cfg = Config(model=ModelConfig(base_channels=4, depth=2), train=TrainConfig(batch_size=4, epochs=1, compile=True))
+    result = fit(cfg, data, split)
     # torch.compile gives the same kind of result as eager mode
     assert result.epochs_run == 1 and 0 <= result.best_metrics["val_dice"] <= 1

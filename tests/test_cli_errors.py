@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import written_files
 
 BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"

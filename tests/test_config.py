@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from unet_opt.config import Config, find_space, load_config, parse_set, redact_url, sqlite_file, to_toml
+from unet_opt.config import Config, to_toml
+from unet_opt.paths import redact_url, sqlite_file
+from unet_opt.space_file import find_space, load_config, parse_set
 from unet_opt.errors import UserError
 
 

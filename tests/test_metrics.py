@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
-from unet_opt.metrics import ConfusionMatrix, per_class, scores
+from unet_opt.metrics import ConfusionMatrix, per_class, scores_from_matrix
 
 IGNORE = 255
 
@@ -28,7 +28,7 @@ def test_scores_match_sklearn_with_ignore_and_absent_classes(seed):
 
     keep = target.ravel() != IGNORE
     y, p = target.ravel()[keep], pred.ravel()[keep]
-    s = scores(matrix)
+    s = scores_from_matrix(matrix)
     labels = sorted(set(y) | set(p))  # the classes present in truth or prediction
     # dice is macro F1 over the present classes, exactly as sklearn computes it
     assert s["dice"] == pytest.approx(f1_score(y, p, average="macro"))
@@ -49,7 +49,7 @@ def test_ignored_pixels_are_not_counted():
     pred = torch.tensor([[0, 1, 1, 0]])
     matrix = confusion(pred, target, 2, IGNORE)
     # only the two labelled pixels count
-    assert matrix.sum() == 2 and scores(matrix)["dice"] == 1.0
+    assert matrix.sum() == 2 and scores_from_matrix(matrix)["dice"] == 1.0
 
 
 def test_binary_dice_is_the_foreground_dice():
@@ -57,10 +57,10 @@ def test_binary_dice_is_the_foreground_dice():
     pred = np.array([0, 0, 1, 1, 1, 0, 0, 0])
     matrix = confusion(torch.as_tensor(pred), torch.as_tensor(target), 2)
     # binary: dice is the positive class's F1; f1_macro still averages both classes
-    assert scores(matrix, binary=True)["dice"] == pytest.approx(f1_score(target, pred))
-    assert scores(matrix, binary=True)["f1_macro"] == pytest.approx(f1_score(target, pred, average="macro"))
+    assert scores_from_matrix(matrix, binary=True)["dice"] == pytest.approx(f1_score(target, pred))
+    assert scores_from_matrix(matrix, binary=True)["f1_macro"] == pytest.approx(f1_score(target, pred, average="macro"))
 
 
 def test_empty_matrix_scores_zero():
-    assert scores(np.zeros((3, 3))) == {"dice": 0.0, "f1_macro": 0.0, "f1_weighted": 0.0, "miou": 0.0,
+    assert scores_from_matrix(np.zeros((3, 3))) == {"dice": 0.0, "f1_macro": 0.0, "f1_weighted": 0.0, "miou": 0.0,
                                         "pixel_accuracy": 0.0}

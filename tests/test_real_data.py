@@ -5,12 +5,13 @@ import sys
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import written_files
 from datasets import TABLE, make_dataset, nearest
+from mlflow.tracking import MlflowClient
+
 from unet_opt.config import DataConfig
-from unet_opt.data import IGNORE, cache as cache_module, load_data
+from unet_opt.data import IGNORE, load_data
+from unet_opt.data import cache as cache_module
 
 LAYOUTS = [("kaggle", False), ("tu-graz", True), ("generic", False), ("generic", True)]
 

@@ -1,16 +1,19 @@
 """From the best trial to a registered model: retrain, evaluate, predict."""
 
+from functools import partial
+
+import fits
 import mlflow
 import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
+from conftest import FAST, run_search, written_files
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import FAST, written_files
 from unet_opt.checkpoint import load_checkpoint, save_checkpoint
-from unet_opt.config import load_config
+from unet_opt.space_file import load_config
 from unet_opt.data import ClassTable
 from unet_opt.model import build_model
 
@@ -102,12 +105,8 @@ def test_binary_prediction_is_zero_or_one_at_full_size(home, cli):
 def test_bad_input_to_model_commands(home, cli, monkeypatch, setup, args, message):
     if setup == "search":
         assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0
-    if setup == "failed":
-        import unet_opt.search as search_lib
-
-        monkeypatch.setattr(search_lib, "fit_trial", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
-        monkeypatch.setattr(search_lib, "MAX_FAILURES_IN_A_ROW", 1)
-        cli("search", "--trials", "1", *FAST)
+    if setup == "failed":  # every trial fails: the search stops after 5 in a row
+        run_search(home, 1, fit=partial(fits.always_fail, RuntimeError("boom")))
     (home / "broken.jpg").write_text("not an image")
     (home / "not-a-checkpoint.txt").write_text("hello")
     before = written_files(home)
@@ -122,7 +121,7 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
                          "--set", "data.synthetic_images=24", "--set", "model.base_channels=8")
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("default")
+    exp = client.get_experiment_by_name("default-baseline")  # never the study's experiment
     (run,) = client.search_runs([exp.experiment_id])
     # one run, tagged as a baseline, with the fixed params, per-epoch metrics and the trial artifacts
     assert run.data.tags["unet_opt.role"] == "train" and run.data.params["train.epochs"] == "2"

@@ -2,29 +2,22 @@
 
 import subprocess
 import sys
+from functools import partial
+from pathlib import Path
 
+import fits
 import optuna
 import pytest
 import torch
+from conftest import FAST, run_search, written_files
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST, written_files
-from unet_opt import search as search_lib
 from unet_opt.checkpoint import FORMAT, load_checkpoint
 from unet_opt.errors import UserError
 
-KILL_POINTS = {
-    # where the first trial's process dies with SIGKILL
-    "before the first epoch": "s.fit_trial = lambda *a, **k: die()",
-    "mid-epoch": "calls = []\n"
-                 "real_loss = t.segmentation_loss\n"
-                 "def loss(*a, **k):\n"
-                 "    calls.append(1)\n"
-                 "    if len(calls) == 3: die()\n"
-                 "    return real_loss(*a, **k)\n"
-                 "t.segmentation_loss = loss",
-    "while logging artifacts": "s.write_trial_artifacts = lambda *a, **k: die()",
-}
+# where the first trial's process dies with SIGKILL: a stand-in fit from tests/fits.py
+KILL_POINTS = {"before the first epoch": "die", "after the first epoch": "die_after_first_epoch",
+               "while logging artifacts": "die_while_logging_artifacts"}
 
 
 def load(home):
@@ -34,9 +27,9 @@ def load(home):
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_then_the_same_command_recovers(home, cli, point):
     args = ["search", "--trials", "2", "--pruner", "none", *FAST]
-    script = ("import os, signal\nimport unet_opt.search as s, unet_opt.train as t\n"
-              "def die(): os.kill(os.getpid(), signal.SIGKILL)\n"
-              f"{KILL_POINTS[point]}\nfrom unet_opt.cli import main\nmain({args!r})\n")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import fits\nfrom conftest import run_search\nfrom pathlib import Path\n"
+              f"run_search(Path('.'), 2, 'search.pruner=\"none\"', fit=fits.{KILL_POINTS[point]})\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
     assert [t.state.name for t in load(home).trials] == ["RUNNING"]  # the dead trial, as the kill left it
@@ -69,19 +62,11 @@ def test_diverging_trials_are_recorded_as_nan_loss(home, cli):
     assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).data.tags["optuna.state_reason"] == "nan_loss"
 
 
-def test_out_of_memory_fails_the_trial_with_its_batch_size(home, cli, monkeypatch):
-    real_fit, calls, freed = search_lib.fit_trial, [], []
-
-    def oom_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(search_lib, "fit_trial", oom_once)
+def test_out_of_memory_fails_the_trial_with_its_batch_size(home, monkeypatch):
+    freed = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
-    code, _, err = cli("search", "--trials", "1", *FAST)
-    assert code == 0, err
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    run_search(home, 1, fit=partial(fits.fail_on_call, [], 1, oom))
     first, second = load(home).trials
     assert first.state.name == "FAIL" and second.state.name in ("COMPLETE", "PRUNED")
     assert first.user_attrs["fail_reason"] == f"out_of_memory at batch_size={first.params['train.batch_size']}"
@@ -103,7 +88,7 @@ def test_ui_binds_localhost_unless_told(home, cli, monkeypatch):
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
     commands = []
-    monkeypatch.setattr("unet_opt.cli.subprocess.call", lambda cmd, env: commands.append(cmd) or 0)
+    monkeypatch.setattr("unet_opt.tracking.subprocess.call", lambda cmd, env: commands.append(cmd) or 0)
     assert cli("ui")[0] == 0 and cli("ui", "--host", "0.0.0.0", "--port", "8080")[0] == 0
     assert commands[0][commands[0].index("--host") + 1] == "127.0.0.1"
     assert commands[1][commands[1].index("--host") + 1] == "0.0.0.0" and "8080" in commands[1]

@@ -11,27 +11,29 @@ import sys
 import time
 import urllib.request
 import uuid
+from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
+import fits
 import optuna
 import pytest
 import sqlalchemy
 import torch
-from conftest import FAST
+from conftest import FAST, run_search
 from mlflow.tracking import MlflowClient
 
 from unet_opt.config import DataConfig
 from unet_opt.data import batches, load_data
-from unet_opt.distributed import Layout, check_divisible
+from unet_opt.distributed import Placement, check_divisible
 from unet_opt.errors import UserError
-import unet_opt.search
-from unet_opt.search import is_surplus, open_storage, stop_workers
+from unet_opt.study.objective import is_surplus
+from unet_opt.study.storage import open_storage
+from unet_opt.study.workers import stop_workers
 from unet_opt.tracking import Tracker
 
 # one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
-EXACT = [*FAST, "--set", "space.epochs.low=3", "--set", "space.epochs.high=3", "--set", "data.augment=crop",
-         "--pruner", "none", "--device", "cpu"]
+EXACT_SETS = ["space.epochs.low=3", "space.epochs.high=3", 'data.augment="crop"', 'search.pruner="none"']
+EXACT = [*FAST, *(arg for item in EXACT_SETS for arg in ("--set", item)), "--device", "cpu"]
 
 
 def child_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
@@ -81,7 +83,7 @@ def test_shards_of_a_global_batch_are_what_one_process_sees():
 
 
 def test_gpu_groups_for_workers_and_batch_splits():
-    four = Layout("cuda", 4, (0, 1, 2, 3))
+    four = Placement("cuda", 4, (0, 1, 2, 3))
     assert [w.gpu_ids for w in four.split(2)] == [(0, 1), (2, 3)] and four.split(2)[0].procs == 2
     with pytest.raises(UserError, match="--workers 3 cannot share 4 GPU"):
         four.split(3)
@@ -201,27 +203,10 @@ def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):
                 assert b == pytest.approx(a, abs=0.01), key
 
 
-def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, cli, monkeypatch, tmp_path_factory):
-    # the ranks are fresh interpreters: a sitecustomize on their path makes rank 1 raise mid-epoch, once
-    hook = tmp_path_factory.mktemp("hook")
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "import unet_opt.train as t\n"
-        "real, calls = t.segmentation_loss, []\n"
-        "def loss(*a, **k):\n"
-        "    mark = os.environ['UNET_OPT_TEST_MARK']\n"
-        "    if os.environ.get('RANK') == '1' and not os.path.exists(mark):\n"
-        "        calls.append(1)\n"
-        "        if len(calls) == 2:\n"
-        "            open(mark, 'w').close()\n"
-        "            raise RuntimeError('rank 1 broke mid-epoch')\n"
-        "    return real(*a, **k)\n"
-        "t.segmentation_loss = loss\n")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("UNET_OPT_TEST_MARK", str(hook / "fired"))
-    code, _, err = cli("search", "--trials", "2", "--procs", "2", *EXACT)
-    assert code == 0, err
-    assert (hook / "fired").exists()
+def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, tmp_path_factory):
+    mark = tmp_path_factory.mktemp("mark") / "fired"  # rank 1 of the first trial raises, once
+    run_search(home, 2, *EXACT_SETS, fit=partial(fits.fail_rank_once, str(mark)), procs=2)
+    assert mark.exists()
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
     states = [t.state.name for t in study.trials]
     assert states == ["FAIL", "COMPLETE", "COMPLETE"]  # the search went on and replaced the failed trial
@@ -234,23 +219,14 @@ def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, cli, mon
 
 def test_killing_the_search_kills_its_ranks(home, cli, tmp_path_factory):
     # each rank notes its pid once it trains; the search process is then killed with SIGKILL
-    hook = tmp_path_factory.mktemp("hook")
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "import unet_opt.train as t\n"
-        "real = t.segmentation_loss\n"
-        "def loss(*a, **k):\n"
-        "    if 'RANK' in os.environ:\n"
-        "        open(os.path.join(os.environ['UNET_OPT_TEST_PIDS'], str(os.getpid())), 'w').close()\n"
-        "    return real(*a, **k)\n"
-        "t.segmentation_loss = loss\n")
-    pids = hook / "pids"
-    pids.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
-           "UNET_OPT_TEST_PIDS": str(pids)}
-    args = ["search", "--trials", "1", "--procs", "2", *EXACT]
-    search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, env=env,
+    pids = tmp_path_factory.mktemp("pids")
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from functools import partial\nfrom pathlib import Path\nimport fits\nfrom conftest import run_search\n"
+              f"run_search(Path('.'), 1, *{EXACT_SETS!r}, fit=partial(fits.note_pid_and_train, {str(pids)!r}), "
+              "procs=2)\n")
+    search = subprocess.Popen([sys.executable, "-c", script], cwd=home,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["search", "--trials", "1", "--procs", "2", *EXACT]
     deadline = time.monotonic() + 120
     while len(list(pids.iterdir())) < 2 and time.monotonic() < deadline and search.poll() is None:
         time.sleep(0.1)
@@ -284,7 +260,7 @@ def test_two_workers_share_one_study(home, cli):
     assert children_of(os.getpid()) == []
 
 
-def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker(monkeypatch):
+def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker():
     clock = [0.0]
 
     class Stubborn:  # a worker that ignores SIGINT: every join waits out its whole timeout
@@ -297,9 +273,8 @@ def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker(monk
             return True
 
     signals = []
-    monkeypatch.setattr(unet_opt.search, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(unet_opt.search, "os", SimpleNamespace(kill=lambda pid, sig: signals.append(sig)))
-    stop_workers([Stubborn() for _ in range(3)], grace=5.0, after_nudge=60.0)
+    stop_workers([Stubborn() for _ in range(3)], grace=5.0, after_nudge=60.0, clock=lambda: clock[0],
+                 send_signal=lambda pid, sig: signals.append(sig))
     assert clock[0] == 65.0 and signals == [signal.SIGINT] * 3  # then the caller kills them
 
 

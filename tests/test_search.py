@@ -4,11 +4,15 @@ import json
 
 import optuna
 import pytest
+from functools import partial
+
+import fits
+from conftest import FAST, run_search
 from mlflow.tracking import MlflowClient
 
-from conftest import FAST
-from unet_opt import search as search_lib
-from unet_opt.config import Config, load_config
+from unet_opt.config import Config
+from unet_opt.space_file import load_config
+from unet_opt.study.pruning import StudyHyperband, make_pruner, max_epochs
 
 TRIAL_ARTIFACTS = {"config.toml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
                    "per_class.csv", "predictions.png"}
@@ -85,18 +89,9 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
     assert code == 0 and "default" in out
 
 
-def test_a_failing_trial_does_not_stop_the_search(home, cli, monkeypatch):
-    real_fit, calls = search_lib.fit_trial, []
-
-    def flaky_fit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("disk on fire")
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(search_lib, "fit_trial", flaky_fit)
-    code, _, err = cli("search", "--trials", "2", *FAST)
-    assert code == 0, err
+def test_a_failing_trial_does_not_stop_the_search(home):
+    summary = run_search(home, 2, fit=partial(fits.fail_on_call, [], 2, RuntimeError("disk on fire")))
+    assert not summary.failed_out and not summary.interrupted
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
     states = [t.state.name for t in study.trials]
     # the failure is recorded with its reason, and a third trial replaces it
@@ -108,26 +103,16 @@ def test_a_failing_trial_does_not_stop_the_search(home, cli, monkeypatch):
     assert run.info.status == "FAILED" and run.data.tags["optuna.state_reason"] == "RuntimeError: disk on fire"
 
 
-def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli, monkeypatch):
-    real_fit, calls = search_lib.fit_trial, []
-
-    def interrupted_fit(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(search_lib, "fit_trial", interrupted_fit)
-    code, out, _ = cli("search", "--trials", "3", *FAST)
-    # exit 130, the summary is printed, the trial is FAIL/KILLED as interrupted
-    assert code == 130 and "interrupted" in out
+def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli):
+    summary = run_search(home, 3, fit=partial(fits.fail_on_call, [], 2, KeyboardInterrupt()))
+    # the search stops, the trial is FAIL/KILLED as interrupted
+    assert summary.interrupted
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
     assert [t.state.name for t in study.trials][1] == "FAIL"
     assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
     _, _, parents, children = mlflow_runs(home)
     assert {c.info.status for c in children if c.data.tags["optuna.trial"] == "1"} == {"KILLED"}
 
-    monkeypatch.setattr(search_lib, "fit_trial", real_fit)
     code, _, _ = cli("search", "--trials", "3", *FAST)
     assert code == 0
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
@@ -187,8 +172,8 @@ def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(bracket
     cfg = load_config("default", {"search.brackets": brackets} if brackets else None)
     # the default is 2, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
     assert cfg.search.pruner == "hyperband" and cfg.search.brackets == (brackets or 2)
-    assert search_lib.max_epochs(cfg) == 20
-    pruned_after = epochs_pruned_after(search_lib.make_pruner(cfg))
+    assert max_epochs(cfg) == 20
+    pruned_after = epochs_pruned_after(make_pruner(cfg))
     assert set(pruned_after) == first_judged and len(pruned_after) >= 40 - 2 * len(first_judged)
 
 
@@ -196,7 +181,7 @@ def test_three_brackets_prune_as_the_old_default_did():
     # README: `--set search.brackets=3` makes the brackets of the default before (max_resource = 20 epochs)
     cfg = load_config("default", {"search.brackets": 3})
     old = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=20, reduction_factor=3)
-    pruner = search_lib.make_pruner(cfg)
+    pruner = make_pruner(cfg)
     assert epochs_pruned_after(pruner.hyperband) == epochs_pruned_after(old) and pruner.study_epoch == 9
 
 
@@ -205,17 +190,17 @@ def test_hyperband_prunes_a_bracket_s_first_trial_in_the_study_s_bottom_quarter_
     good = [sign * v for v in (0.2, 0.4, 0.5, 0.55, 0.6, 0.6)]
     poor = [sign * v for v in (0.05, 0.08, 0.1, 0.2, 0.3, 0.35)]
     cfg = load_config("default")
-    pruner = search_lib.make_pruner(cfg)
+    pruner = make_pruner(cfg)
     # Optuna's Hyperband alone lets trial 1, the first of its bracket, run to the end however poor it is
     alone = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=8, reduction_factor=3)
     assert epochs_run(alone, [good, poor], direction) == [6, 6]
     assert epochs_run(pruner, [good, poor], direction) == [6, 3]  # below trial 0, the only other, at epoch 3
-    assert epochs_run(search_lib.make_pruner(cfg), [poor, good], direction) == [6, 6]  # above it: runs on
+    assert epochs_run(make_pruner(cfg), [poor, good], direction) == [6, 6]  # above it: runs on
 
 
 @pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
 def test_the_study_wide_check_prunes_the_bottom_quarter_at_epoch_3_only(direction, sign):
-    pruner = search_lib.make_pruner(load_config("default"))
+    pruner = make_pruner(load_config("default"))
 
     def judged(value, epoch=3):
         study = optuna.create_study(direction=direction)
@@ -231,7 +216,7 @@ def test_the_study_wide_check_prunes_the_bottom_quarter_at_epoch_3_only(directio
 
 def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
     cfg = Config().replace({"search.pruner": "halving"})
-    study = optuna.create_study(direction="maximize", pruner=search_lib.make_pruner(cfg))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
 
     def pruned_at(curve):  # replays a trial's best-so-far values; the epoch it is pruned after, or None
         trial = study.ask()

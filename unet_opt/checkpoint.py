@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from unet_opt.config import Config, config_from_text, to_toml
+from unet_opt.config import Config, to_toml
 from unet_opt.data import ClassTable
 from unet_opt.errors import UserError
 from unet_opt.model import UNet, build_model
+from unet_opt.space_file import config_from_text
 
 FORMAT = "unet-opt-checkpoint/1"
 ARTIFACT = "checkpoint/model.pt"  # where a run keeps its checkpoint, for `evaluate RUN` and models:/ URIs

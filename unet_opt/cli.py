@@ -1,44 +1,73 @@
 """`unet-opt`: parse, build the config, call one library function, print.
 
 Every user mistake ends as one line `error: ...` on stderr with exit code 2; Ctrl-C exits 130.
+Heavy modules (torch, Optuna, MLflow) are imported inside the commands that need them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from unet_opt.config import Paths, load_config, redact_url, sqlite_file
+from unet_opt import runtime
 from unet_opt.errors import UserError
+from unet_opt.paths import Paths
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("unet_opt")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+@dataclass(frozen=True)
+class Session:
+    """What the group's options give every command."""
+
+    paths: Paths
+    verbose: bool
+
+
+# Options shared by several commands: one declaration each.
+storage_option = click.option("--storage", envvar="UNET_OPT_STORAGE", show_envvar=True,
+                              help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+                               help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+sets_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                           help="Override any field, e.g. --set train.patience=3 (repeatable).")
+
+
+def placement_options(command):
+    """--device, --gpus and --procs: where one run trains (a trial, a retrain, a baseline)."""
+    for option in reversed([
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Where to train (default: auto, a GPU when there is one)."),
+        click.option("--gpus", metavar="all|N", help="GPUs one run trains on, one DDP process each (default: all)."),
+        click.option("--procs", type=click.IntRange(min=1),
+                     help="With --device cpu: processes one run trains on (DDP over gloo; default 1)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def placement_of(device: str | None, gpus: str | None, procs: int | None):
+    if gpus is not None and gpus != "all" and not (gpus.isdigit() and int(gpus) >= 1):
+        raise UserError(f"--gpus {gpus!r} is not 'all' or a number of GPUs; e.g. --gpus all or --gpus 2")
+    from unet_opt.distributed import plan
+
+    return plan(device or "auto", gpus, procs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME",
+@click.option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
               help="Folder holding studies/ and mlruns/ (default: the current directory).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     """Tune and track UNet segmentation models with Optuna and MLflow."""
-    setup_logging(verbose)
-    ctx.obj = Paths.resolve(home)
+    runtime.setup(verbose)
+    ctx.obj = Session(Paths.resolve(home), verbose)
 
 
 @cli.command()
@@ -48,37 +77,31 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
               help="Search-space TOML file, or a built-in name: default, drone, binary.")
 @click.option("--data", help="'synthetic' (embedded) or a data folder.")
 @click.option("--study", help="Study / experiment name (default: the space file's name).")
-@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@storage_option
+@tracking_option
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler (default tpe).")
 @click.option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]),
               help="Optuna pruner (default hyperband).")
 @click.option("--seed", type=int, help="Sampler seed (default 0).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where trials train (default auto).")
-@click.option("--gpus", metavar="all|N",
-              help="GPUs one trial trains on, one DDP process each (default: all visible GPUs).")
-@click.option("--procs", type=click.IntRange(min=1),
-              help="With --device cpu: processes one trial trains on (DDP over gloo; default 1).")
+@placement_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any field, e.g. --set train.patience=3 (repeatable).")
+@sets_option
 @click.pass_obj
-def search(paths: Paths, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
+def search(session: Session, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
            device, gpus, procs, workers, sets) -> int:
     """Run (or continue) a study until it has --trials finished trials."""
-    if gpus is not None and gpus != "all" and not (gpus.isdigit() and int(gpus) >= 1):
-        raise UserError(f"--gpus {gpus!r} is not 'all' or a number of GPUs; e.g. --gpus all or --gpus 2")
+    from unet_opt.space_file import load_config
+
     flags = {"search.trials": trials, "search.timeout": timeout, "data.dataset": data, "search.study": study,
              "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
              "search.pruner": pruner, "search.seed": seed, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
-    from unet_opt import search as search_lib  # heavy imports only once the input is known to be good
-    from unet_opt.distributed import plan
+    placement = placement_of(cfg.train.device, gpus, procs)
+    from unet_opt.study.search import run_search  # heavy imports only once the input is known to be good
 
-    layout = plan(cfg.train.device, gpus, procs)
     started = time.monotonic()
-    summary = search_lib.run(cfg, paths, layout, workers)
+    summary = run_search(cfg, session.paths, placement, workers, session.verbose)
     print_summary(summary, time.monotonic() - started)
     if summary.interrupted:
         return EXIT_INTERRUPTED
@@ -111,14 +134,14 @@ def print_summary(s, seconds: float) -> None:
 
 @cli.command()
 @click.option("--study", help="Study name (default: the only study in the storage).")
-@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_obj
-def report(paths: Paths, study, storage, as_json) -> int:
+def report(session: Session, study, storage, as_json) -> int:
     """The best trial and a table of every trial of a study."""
-    from unet_opt import search as search_lib
+    from unet_opt.study.summary import study_report
 
-    rep = search_lib.report(paths.storage_url(storage), study)
+    rep = study_report(session.paths.storage_url(storage), study)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return 0
@@ -129,7 +152,7 @@ def report(paths: Paths, study, storage, as_json) -> int:
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
     names = sorted({k for t in rep["trials"] for k in t["params"]})
-    header = ["#", "state", metric, "ran", *[n.split(".")[-1] for n in names], "reason"]
+    header = ["#", "state", metric, "epochs", *names, "reason"]
     rows = [[str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
              "" if t["epochs_run"] is None else str(t["epochs_run"]),
              *[fmt(t["params"].get(n, "")) for n in names], t["reason"] or ""] for t in rep["trials"]]
@@ -138,13 +161,13 @@ def report(paths: Paths, study, storage, as_json) -> int:
 
 
 @cli.command()
-@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
+@storage_option
 @click.pass_obj
-def studies(paths: Paths, storage) -> int:
+def studies(session: Session, storage) -> int:
     """Every study in the storage, with trial counts by state and the best value."""
-    from unet_opt import search as search_lib
+    from unet_opt.study.summary import list_studies
 
-    rows = search_lib.list_studies(paths.storage_url(storage))
+    rows = list_studies(session.paths.storage_url(storage))
     if not rows:
         click.echo("no studies yet; run `unet-opt search`")
         return 0
@@ -157,44 +180,38 @@ def studies(paths: Paths, storage) -> int:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it.")
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@tracking_option
 @click.pass_obj
-def ui(paths: Paths, host, port, tracking_uri) -> int:
+def ui(session: Session, host, port, tracking_uri) -> int:
     """The MLflow UI over this folder's mlruns/."""
+    from unet_opt.tracking import serve_ui
 
-    uri = paths.tracking_uri(tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        raise UserError(f"the tracking store is a server already; open {redact_url(uri)} in a browser")
-    database = sqlite_file(uri)
-    if database and not database.is_file():
-        raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this "
-                        f"folder first (or pass --home)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-               "--workers", "1"]  # one worker: a personal UI, and it starts in seconds, not a minute
     click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C stops it)")
-    return subprocess.call(command, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    return serve_ui(session.paths.tracking_uri(tracking_uri), host, port)
 
 
 @cli.command()
 @click.option("--space", default="default", show_default=True,
               help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
 @click.option("--data", help="'synthetic' (embedded) or a data folder.")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train (default auto).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any field, e.g. --set train.lr=0.003 (repeatable).")
+@tracking_option
+@placement_options
+@sets_option
 @click.pass_obj
-def train(paths: Paths, space, data, tracking_uri, device, sets) -> int:
+def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets) -> int:
     """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split."""
+    from unet_opt.space_file import load_config
+
     flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
-    from unet_opt.baseline import train_once
+    placement = placement_of(cfg.train.device, gpus, procs)
+    from unet_opt.retrain import train_baseline
 
     shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size", "train.epochs"))
-    click.echo(f"training once with {shown}")
-    r = train_once(cfg, paths)
-    click.echo(f"\nstopped: {r.stop_reason} after {r.epochs_run} epochs; best epoch {r.best_epoch}")
-    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.val, **r.test}.items()
+    click.echo(f"training once with {shown} on {placement.describe()}")
+    r = train_baseline(cfg, session.paths, placement)
+    click.echo(f"\nstopped: {r.fit.stop_reason} after {r.fit.epochs_run} epochs; best epoch {r.fit.best_epoch}")
+    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.fit.best_metrics, **r.test}.items()
                                       if k.startswith(("val_", "test_")) and k != "val_loss"])
     click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
     if r.checkpoint:
@@ -205,20 +222,22 @@ def train(paths: Paths, space, data, tracking_uri, device, sets) -> int:
 @cli.command()
 @click.option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
 @click.option("--study", help="Study name (default: the only study in the storage).")
-@click.option("--storage", help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@storage_option
+@tracking_option
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the trial's best epoch).")
 @click.option("--name", "model_name", help="Registered model name (default: unet-opt-<study>).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train (default: as searched).")
+@placement_options
 @click.pass_obj
-def retrain(paths: Paths, best, study, storage, tracking_uri, epochs, model_name, device) -> int:
+def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, device, gpus, procs) -> int:
     """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
-    from unet_opt.retrain import retrain as retrain_best
+    placement = placement_of(device, gpus, procs)
+    from unet_opt.retrain import retrain_best
 
-    uri = paths.tracking_uri(tracking_uri)
-    r = retrain_best(paths, paths.storage_url(storage), uri, study, epochs, model_name, device)
-    click.echo(f"\nretrained trial #{r.trial} of '{r.study}' for {r.epochs} epochs")
-    print_table(["test metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
+    paths = session.paths
+    r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
+                     epochs, model_name)
+    click.echo(f"\nretrained trial #{r.trial} of '{r.experiment}' for {r.fit.epochs_run} epochs")
+    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")
     click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version})")
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
@@ -229,32 +248,22 @@ def retrain(paths: Paths, best, study, storage, tracking_uri, epochs, model_name
 @click.argument("model")
 @click.option("--data", "dataset", help="Data to evaluate on (default: the model's own data set).")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
               help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@tracking_option
 @click.pass_obj
-def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
+def evaluate(session: Session, model, dataset, split, out, tracking_uri) -> int:
     """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
-    from unet_opt import plots
-    from unet_opt.artifacts import write_confusion_csv, write_per_class_csv
-    from unet_opt.inference import evaluate_model, resolve_model
-    from unet_opt.metrics import per_class
+    from unet_opt.inference import evaluate_checkpoint, resolve_model
 
-    ck = resolve_model(model, paths.tracking_uri(tracking_uri))
-    metrics, matrix, names = evaluate_model(ck, paths.cache, split, dataset)
-    print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in metrics.items()])
-    pc = per_class(matrix)
+    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri))
+    ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset)
+    print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
     click.echo("")
     print_table(["class", "dice", "iou", "precision", "recall", "pixels"],
-                [[n, f"{pc['dice'][i]:.4f}", f"{pc['iou'][i]:.4f}", f"{pc['precision'][i]:.4f}",
-                  f"{pc['recall'][i]:.4f}", str(int(pc["support"][i]))] for i, n in enumerate(names) if pc["present"][i]])
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    plots.confusion_matrix(matrix, names, folder / "confusion_matrix.png", f"{split} split")
-    write_confusion_csv(matrix, names, folder / "confusion_matrix.csv")
-    write_per_class_csv(matrix, names, folder / "per_class.csv")
-    click.echo(f"\nwritten: {folder / 'confusion_matrix.png'}, {folder / 'confusion_matrix.csv'}, "
-               f"{folder / 'per_class.csv'}")
+                [[str(r["class"]), *(f"{r[k]:.4f}" for k in ("dice", "iou", "precision", "recall")), str(r["pixels"])]
+                 for r in ev.per_class])
+    click.echo("\nwritten: " + ", ".join(str(p) for p in ev.written))
     return 0
 
 
@@ -262,16 +271,16 @@ def evaluate(paths: Paths, model, dataset, split, out, tracking_uri) -> int:
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True)
-@click.option("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+@tracking_option
 @click.pass_obj
-def predict(paths: Paths, model, images, out, tracking_uri) -> int:
+def predict(session: Session, model, images, out, tracking_uri) -> int:
     """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
     from unet_opt.data.images import read_rgb
     from unet_opt.inference import predict_image, resolve_model
 
     for image in images:  # every image is checked before anything is written
         read_rgb(image)
-    ck = resolve_model(model, paths.tracking_uri(tracking_uri))
+    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri))
     for image in images:
         written = predict_image(ck, image, out)
         click.echo(f"{image}: " + ", ".join(str(p) for p in written))
@@ -315,13 +324,15 @@ def data_check(path: Path, num_classes: int) -> int:
 @click.option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
               help="Height to decode for (repeatable: one cache per size).")
 @click.option("--space", default="default", show_default=True, help="Space file whose [data]/[model] apply.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any field (repeatable).")
+@sets_option
 @click.pass_obj
-def data_prepare(paths: Paths, path: Path, sizes, space, sets) -> int:
+def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
     """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar."""
     from unet_opt.data import load_data
     from unet_opt.data.layouts import find_source
+    from unet_opt.space_file import load_config
 
+    paths = session.paths
     for size in sizes:
         cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size}, sets)
         pairs = len(find_source(path, cfg.data.num_classes).pairs)

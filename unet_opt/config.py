@@ -1,24 +1,15 @@
-"""Configuration: one dataclass per section, search-space files (TOML), `--set` overrides, validation.
+"""Configuration: one frozen dataclass per section, the resolved `Config`, and its TOML form.
 
-Precedence: command-line flags and `--set` > the space file > the dataclass defaults. A field that
-`--set` fixes is taken out of the search space, so `--set train.epochs=3` really means 3 epochs.
-Every mistake raises `UserError` naming the key, the file and what was expected.
+Space files, `--set` and validation live in `space_file`; this module only holds the values.
 """
 
 import dataclasses
 import json
 import math
-import os
-import re
-import sys
-import sysconfig
-import tomllib
-import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
-from unet_opt.errors import UserError
+from unet_opt.paths import redact_url
 
 METRICS = ("val_dice", "val_f1_macro", "val_f1_weighted", "val_miou", "val_pixel_accuracy", "val_loss")
 
@@ -111,8 +102,26 @@ class SearchConfig:
     """Validation metric a trial is scored by (its best epoch's value)."""
 
     @property
+    def goal(self) -> "Goal":
+        """The metric and its direction: derived here only."""
+        return Goal(self.metric, maximize=self.metric != "val_loss")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What a run is scored by: `metric`, better when higher (`maximize`) or lower."""
+
+    metric: str = "val_dice"
+    maximize: bool = True
+
+    @property
     def direction(self) -> str:
-        return "minimize" if self.metric == "val_loss" else "maximize"
+        return "maximize" if self.maximize else "minimize"
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if math.isnan(value):
+            return False
+        return best is None or (value > best if self.maximize else value < best)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}
@@ -168,302 +177,14 @@ class Config:
         return {f"{name}.{f.name}": getattr(getattr(self, name), f.name)
                 for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
+    def for_trial(self, params: dict[str, Any], number: int) -> "Config":
+        """The config trial `number` trains with: the sampled `params`, and a seed of its own. Built here
+        only, so that a retrain trains exactly what the trial trained."""
+        return self.replace({**params, "train.seed": self.train.seed + number})
+
     def params(self) -> dict[str, Any]:
         """What MLflow logs as a run's params: `flat()` with any password in a URL masked."""
         return {k: redact_url(v) if isinstance(v, str) else v for k, v in self.flat().items()}
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where a project folder keeps its studies, runs and caches (`--home`, default: the cwd)."""
-
-    home: Path
-
-    @classmethod
-    def resolve(cls, home: str | os.PathLike | None) -> "Paths":
-        return cls(Path(home or os.environ.get("UNET_OPT_HOME") or ".").resolve())
-
-    @property
-    def studies(self) -> Path:
-        return self.home / "studies"
-
-    @property
-    def mlruns(self) -> Path:
-        return self.home / "mlruns"
-
-    @property
-    def cache(self) -> Path:
-        return self.studies / "cache"
-
-    @property
-    def artifacts(self) -> Path:
-        return self.mlruns / "artifacts"
-
-    def storage_url(self, given: str | None = None) -> str:
-        """`--storage` when given, else this folder's SQLite file."""
-        return given or f"sqlite:///{self.studies / 'unet-opt.db'}"
-
-    def tracking_uri(self, given: str | None = None) -> str:
-        """`--tracking-uri` when given, else MLFLOW_TRACKING_URI, else this folder's MLflow database."""
-        return given or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlruns / 'mlflow.db'}"
-
-
-def redact_url(url: str) -> str:
-    """`postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`: passwords never reach logs or MLflow."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.password:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.split(':')[0]}:***@{host}"))
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a `sqlite:///PATH` storage or tracking URL; None for a server or other store."""
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding and loading space files
-
-
-def builtin_space_dirs() -> list[Path]:
-    """`search/` beside the package (editable install) and where a wheel installs it."""
-    return [Path(__file__).resolve().parent.parent / "search",
-            Path(sysconfig.get_path("data")) / "share" / "unet-opt" / "search",
-            Path(sys.prefix) / "share" / "unet-opt" / "search"]
-
-
-def find_space(name: str) -> Path:
-    """A path to a TOML file, or a built-in name (`default`, `drone`, `binary`)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    if path.suffix == "" and path.name == name:
-        for folder in [Path.cwd() / "search", *builtin_space_dirs()]:
-            if (folder / f"{name}.toml").is_file():
-                return folder / f"{name}.toml"
-    if path.exists():
-        raise UserError(f"space file '{name}' is not a file; pass a TOML file such as search/default.toml")
-    raise UserError(f"space file '{name}' not found; pass a path to a TOML file or one of: default, drone, binary")
-
-
-def load_config(space: str = "default", overrides: dict[str, Any] | None = None,
-                sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- space file <- command-line `overrides` ({"search.trials": 30}) and `--set` strings."""
-    path = find_space(space)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read ({e}); pass a readable UTF-8 TOML file") from None
-    return config_from_text(text, str(path), overrides, sets)
-
-
-def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = None,
-                     sets: list[str] | tuple[str, ...] = ()) -> Config:
-    """The same rules for TOML text from anywhere: a space file, a checkpoint, an MLflow artifact."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{where}: not valid TOML ({e}); fix the file's syntax") from None
-
-    unknown = sorted(set(raw) - {*SECTIONS, "space"})
-    if unknown:
-        raise UserError(f"{where}: unknown section [{unknown[0]}]; expected one of "
-                        f"[data], [model], [train], [search], [space.NAME]")
-    values: dict[str, Any] = {}
-    for section in SECTIONS:
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise UserError(f"{where}: '{section}' must be a table ([{section}])")
-        for key, value in table.items():
-            values[f"{section}.{key}"] = check_field(f"{section}.{key}", value, where)
-    space_table = raw.get("space", {})
-    if not isinstance(space_table, dict):
-        raise UserError(f"{where}: 'space' must hold tables like [space.lr]")
-    space = {}
-    for name, spec in space_table.items():
-        param = parse_param(name, spec, where)
-        space[param.name] = param
-
-    for dotted, value in (overrides or {}).items():
-        values[dotted] = check_field(dotted, value, "the command line")
-        space.pop(dotted, None)
-    for item in sets:
-        dotted, value = parse_set(item)
-        if dotted.startswith("space."):
-            space = set_space_key(space, dotted, value)
-            continue
-        values[dotted] = check_field(dotted, value, f"--set {item}")
-        space.pop(dotted, None)
-
-    cfg = Config(space=space, source=where).replace(values)
-    validate(cfg, where)
-    return cfg
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """`section.key=value`; the value is read as TOML (`3`, `1e-3`, `true`, `["car"]`), else a string."""
-    dotted, sep, text = item.partition("=")
-    dotted = dotted.strip()
-    if not sep or not dotted:
-        raise UserError(f"--set '{item}' is not of the form section.key=value, e.g. --set train.patience=3")
-    try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text.strip()
-    return dotted, value
-
-
-def resolve_name(name: str, where: str) -> str:
-    """`lr` -> `train.lr`; `model.depth` stays; anything else is an error naming the known fields."""
-    if name in SHORT_NAMES:
-        return SHORT_NAMES[name]
-    section, _, key = name.partition(".")
-    if section in SECTIONS and key in {f.name for f in dataclasses.fields(SECTIONS[section])}:
-        return name
-    raise UserError(f"{where}: unknown key '{name}'; expected one of {', '.join(known_keys())}")
-
-
-def known_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
-
-
-def check_field(dotted: str, value: Any, where: str) -> Any:
-    """Check `value` against the field's declared type and choices; return it converted."""
-    dotted = resolve_name(dotted, where)
-    section, key = dotted.split(".")
-    cls = SECTIONS[section]
-    expected = get_type_hints(cls)[key]
-    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[key]
-    ok = (
-        (expected is bool and isinstance(value, bool))
-        or (expected is int and isinstance(value, int) and not isinstance(value, bool))
-        or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (expected is str and isinstance(value, str))
-        or (expected == list[str] and isinstance(value, list) and all(isinstance(v, str) for v in value))
-    )
-    if not ok:
-        name = getattr(expected, "__name__", str(expected))
-        raise UserError(f"{where}: {dotted} = {value!r} should be {name}; e.g. {dotted} = "
-                        f"{toml_value(getattr(cls(), key))}")
-    if expected is float:
-        value = float(value)
-    if expected == list[str]:
-        value = list(value)
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        raise UserError(f"{where}: {dotted} = {value!r} is not one of {', '.join(map(repr, choices))}")
-    return value
-
-
-def parse_param(name: str, spec: Any, where: str) -> Param:
-    dotted = resolve_name(name, f"{where} [space.{name}]")
-    label = f"{where} [space.{name}]"
-    if not isinstance(spec, dict):
-        raise UserError(f"{label}: must be a table with type = \"float\" | \"int\" | \"categorical\"")
-    allowed = {"type", "low", "high", "step", "log", "choices"}
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise UserError(f"{label}: unknown key '{extra[0]}'; expected {', '.join(sorted(allowed))}")
-    kind = spec.get("type")
-    if kind not in PARAM_TYPES:
-        raise UserError(f"{label}: type = {kind!r}; expected \"float\", \"int\" or \"categorical\"")
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise UserError(f"{label}: categorical needs a non-empty list, e.g. choices = [32, 64]")
-        for c in choices:
-            check_field(dotted, c, label)
-        return Param(dotted, kind, choices=tuple(choices))
-    low, high = spec.get("low"), spec.get("high")
-    number = (int,) if kind == "int" else (int, float)
-    for key, v in (("low", low), ("high", high)):
-        if not isinstance(v, number) or isinstance(v, bool):
-            raise UserError(f"{label}: {key} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
-    if low > high:
-        raise UserError(f"{label}: low = {low} is above high = {high}; swap them")
-    log, step = spec.get("log", False), spec.get("step")
-    if not isinstance(log, bool):
-        raise UserError(f"{label}: log must be true or false")
-    if log and low <= 0:
-        raise UserError(f"{label}: log = true needs low > 0, got {low}")
-    if step is not None and (not isinstance(step, number) or isinstance(step, bool) or step <= 0):
-        raise UserError(f"{label}: step must be a positive {'integer' if kind == 'int' else 'number'}")
-    if log and step is not None:
-        raise UserError(f"{label}: log and step cannot be combined; drop one")
-    check_field(dotted, low, label)
-    return Param(dotted, kind, low=low, high=high, step=step, log=log)
-
-
-def set_space_key(space: dict[str, Param], dotted: str, value: Any) -> dict[str, Param]:
-    """`--set space.lr.high=0.05` edits one key of a searched parameter."""
-    parts = dotted.split(".")
-    where = f"--set {dotted}={value}"
-    if len(parts) < 3:
-        raise UserError(f"{where}: expected space.NAME.KEY=value, e.g. --set space.lr.high=0.05")
-    name, key = ".".join(parts[1:-1]), parts[-1]
-    target = resolve_name(name, where)
-    if target not in space:
-        raise UserError(f"{where}: '{name}' is not searched in this space; searched: {', '.join(space) or 'nothing'}")
-    spec = {k: v for k, v in dataclasses.asdict(space[target]).items() if k != "name" and v not in (None, ())}
-    if "choices" in spec:
-        spec["choices"] = list(spec["choices"])
-    spec[key] = value
-    return {**space, target: parse_param(target, spec, where)}
-
-
-def validate(cfg: Config, where: str) -> None:
-    """Rules that involve values, several fields or the space."""
-    d = cfg.data
-
-    def fail(message: str) -> None:
-        raise UserError(f"{where}: {message}")
-
-    def values_of(dotted: str) -> list:
-        p = cfg.space.get(dotted)
-        if p is None:
-            return [cfg.get(dotted)]
-        return p.values() or [p.low, p.high]
-
-    for dotted, low in [("data.num_classes", 2), ("data.synthetic_images", 12), ("model.base_channels", 1),
-                        ("model.depth", 1), ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1),
-                        ("data.image_size", 8), ("train.batch_size", 4), ("search.startup_trials", 0),
-                        ("search.brackets", 1)]:
-        bad = [v for v in values_of(dotted) if v < low]
-        if bad:
-            fail(f"{dotted} = {bad[0]} is too small; use at least {low}")
-    if max(values_of("model.depth")) > 6:
-        fail("model.depth above 6 is not supported; use 1 to 6")
-    for dotted in ("train.lr", "train.weight_decay", "search.timeout"):
-        bad = [v for v in values_of(dotted) if v < 0 or (dotted == "train.lr" and v == 0)]
-        if bad:
-            fail(f"{dotted} = {bad[0]} must be {'positive' if dotted == 'train.lr' else 'zero or more'}")
-    for dotted in ("data.val_fraction", "data.test_fraction"):
-        v = cfg.get(dotted)
-        if not 0 < v < 0.5:
-            fail(f"{dotted} = {v} must be between 0 and 0.5, e.g. 0.15")
-
-    for dotted, multiple, example in (("train.batch_size", 4, 8),
-                                      ("data.image_size", 2 ** max(values_of("model.depth")), 64)):
-        p = cfg.space.get(dotted)
-        searched_int = p is not None and p.type == "int"
-        bad = [v for v in values_of(dotted) if v % multiple]
-        if searched_int and (p.step or 1) % multiple:
-            bad.insert(0, f"step = {p.step or 1}")
-        if bad:
-            rule = "multiples of 4" if dotted == "train.batch_size" else f"multiples of 2**depth = {multiple}"
-            near = bad[0] if isinstance(bad[0], int) else example
-            fix = (f"low, high and step that are multiples of {multiple}, e.g. low = {multiple}, "
-                   f"high = {4 * multiple}, step = {multiple}") if searched_int else \
-                f"a multiple of {multiple}, e.g. {max(multiple, round(near / multiple) * multiple)}"
-            fail(f"{dotted} values must be {rule} (got {bad[0]}); use {fix}")
-    if cfg.search.study and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", cfg.search.study):
-        fail(f"study name {cfg.search.study!r} may hold only letters, digits, '.', '_' and '-'; e.g. drone-256")
-    if d.binary and d.foreground:
-        fail("data.binary = \"mean\" and data.foreground both pick a foreground; set only one")
-    if d.ignore_index >= d.num_classes:
-        fail(f"data.ignore_index = {d.ignore_index} is not a class below num_classes = {d.num_classes}; "
-             f"use -1 for none")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import torch.multiprocessing as torch_mp
 from torch import nn
 from torch.multiprocessing.spawn import ProcessException
 
+from unet_opt import runtime
 from unet_opt.errors import UserError
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
@@ -36,13 +37,19 @@ class RankFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Where one trial trains: `procs` processes on `device`; on CUDA rank r uses GPU `gpu_ids[r]`."""
+class Placement:
+    """Where one run (a trial, a retrain) trains: `procs` processes on `device`; on CUDA rank r uses GPU
+    `gpu_ids[r]`."""
 
     device: str = "cpu"  # "cpu" or "cuda"
     procs: int = 1
     gpu_ids: tuple[int, ...] = ()
     threads: int = 0  # CPU threads per process; 0: torch's default
+
+    @property
+    def main_device(self) -> torch.device:
+        """Rank 0's device, where the launching process scores a trained model."""
+        return torch.device("cuda", self.gpu_ids[0]) if self.device == "cuda" else torch.device("cpu")
 
     @property
     def backend(self) -> str:
@@ -53,8 +60,8 @@ class Layout:
             return f"{self.procs} GPU{'s' if self.procs > 1 else ''} ({','.join(map(str, self.gpu_ids))})"
         return f"{self.procs} CPU process{'es' if self.procs > 1 else ''}"
 
-    def split(self, workers: int) -> list["Layout"]:
-        """One layout per worker of `--workers K`: disjoint GPU groups, or a share of the CPU cores."""
+    def split(self, workers: int) -> list[Placement]:
+        """One placement per worker of `--workers K`: disjoint GPU groups, or a share of the CPU cores."""
         if self.device == "cuda":
             if len(self.gpu_ids) % workers:
                 raise UserError(f"--workers {workers} cannot share {len(self.gpu_ids)} GPU(s) evenly; use a "
@@ -65,8 +72,8 @@ class Layout:
         return [replace(self, threads=threads) for _ in range(workers)]
 
 
-def plan(device: str, gpus: str | None, procs: int | None) -> Layout:
-    """`--device auto|cpu|cuda`, `--gpus all|N`, `--procs N` -> a Layout, or a UserError naming the fix."""
+def plan(device: str, gpus: str | None, procs: int | None) -> Placement:
+    """`--device auto|cpu|cuda`, `--gpus all|N`, `--procs N` -> a Placement, or a UserError naming the fix."""
     cuda = torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if cuda else "cpu"
@@ -79,12 +86,12 @@ def plan(device: str, gpus: str | None, procs: int | None) -> Layout:
         n = visible if gpus in (None, "all") else int(gpus)
         if n > visible:
             raise UserError(f"--gpus {n} but {visible} GPU(s) are visible; use --gpus {visible} or --gpus all")
-        return Layout("cuda", n, tuple(range(n)))
+        return Placement("cuda", n, tuple(range(n)))
     if gpus not in (None, "all"):
         raise UserError(f"--gpus {gpus} needs CUDA GPUs but this run trains on the CPU; "
                         f"use --procs {gpus} for CPU processes")
     n = procs or 1
-    return Layout("cpu", n, threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else 0)
+    return Placement("cpu", n, threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else 0)
 
 
 def check_divisible(batch_sizes: list[int], procs: int) -> None:
@@ -197,27 +204,27 @@ def cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 # Launching a trial's processes
 
-OnEpoch = Callable[[int, dict[str, float]], bool]
+OnEpoch = Callable[[int, dict[str, float], float], bool]  # (epoch, metrics, best so far) -> stop?
 Target = Callable[..., Any]  # target(group, on_epoch, *args) -> result, importable by name
 
 
-def launch(layout: Layout, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
-    """Run `target(group, on_epoch, *args)` on every rank of `layout` and return rank 0's result.
+def launch(placement: Placement, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
+    """Run `target(group, on_epoch, *args)` on every rank of `placement` and return rank 0's result.
 
     One process: here, directly. Several: spawned processes; `on_epoch` still runs here, fed by rank 0.
     """
-    if layout.procs == 1:
+    if placement.procs == 1:
         device = torch.device("cpu")
-        if layout.device == "cuda":
-            device = torch.device("cuda", layout.gpu_ids[0] if layout.gpu_ids else 0)
+        if placement.device == "cuda":
+            device = torch.device("cuda", placement.gpu_ids[0] if placement.gpu_ids else 0)
             torch.cuda.set_device(device)  # a worker's kernels and caches go to its own GPU
         return target(Group(device), on_epoch, *args)
 
     parent_end, child_end = torch_mp.get_context("spawn").Pipe()
     with tempfile.TemporaryDirectory(prefix="unet-opt-ranks-") as rendezvous:
         context = torch_mp.start_processes(
-            _rank_main, args=(layout, f"file://{rendezvous}/store", target, args, child_end, on_epoch is not None),
-            nprocs=layout.procs, join=False, start_method="spawn")
+            _rank_main, args=(placement, f"file://{rendezvous}/store", target, args, child_end, on_epoch is not None),
+            nprocs=placement.procs, join=False, start_method="spawn")
         child_end.close()
         try:
             return _supervise(context, parent_end, on_epoch)
@@ -280,24 +287,25 @@ def die_with_parent() -> None:
         pass
 
 
-def _rank_main(rank: int, layout: Layout, rendezvous: str, target: Target, args: tuple, conn: Any,
+def _rank_main(rank: int, placement: Placement, rendezvous: str, target: Target, args: tuple, conn: Any,
                relay: bool) -> None:
     """One rank: join the group, run the target, send rank 0's result home, leave the group."""
     die_with_parent()
+    runtime.setup(prefix=f"[rank {rank}] ")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it ends the ranks
-    if layout.threads:
-        torch.set_num_threads(layout.threads)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(layout.procs), LOCAL_RANK=str(rank))
-    if layout.device == "cuda":
-        device = torch.device("cuda", layout.gpu_ids[rank])
+    if placement.threads:
+        torch.set_num_threads(placement.threads)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
+    if placement.device == "cuda":
+        device = torch.device("cuda", placement.gpu_ids[rank])
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(layout.backend, init_method=rendezvous, rank=rank, world_size=layout.procs,
+    dist.init_process_group(placement.backend, init_method=rendezvous, rank=rank, world_size=placement.procs,
                             timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
     try:
         on_epoch = _relay(conn) if rank == 0 and relay else None
-        value = target(Group(device, rank, layout.procs), on_epoch, *args)
+        value = target(Group(device, rank, placement.procs), on_epoch, *args)
         if rank == 0:
             conn.send_bytes(pickle.dumps(("result", value)))
     finally:
@@ -306,8 +314,8 @@ def _rank_main(rank: int, layout: Layout, rendezvous: str, target: Target, args:
 
 
 def _relay(conn: Any) -> OnEpoch:
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-        conn.send_bytes(pickle.dumps(("epoch", epoch, metrics)))
+    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
+        conn.send_bytes(pickle.dumps(("epoch", epoch, metrics, best)))
         return pickle.loads(conn.recv_bytes())
 
     return on_epoch

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from unet_opt import plots
+from unet_opt.artifacts import write_confusion_csv, write_per_class_csv
 from unet_opt.checkpoint import ARTIFACT, Checkpoint, load_checkpoint
-from unet_opt.config import sqlite_file
 from unet_opt.data import frame_size, load_data, split_indices
 from unet_opt.data.images import read_rgb, resize_mask, resize_rgb, write_png
 from unet_opt.errors import UserError
-from unet_opt.train import predict_classes, score
+from unet_opt.metrics import per_class
+from unet_opt.paths import sqlite_file
+from unet_opt.train import predict_classes, split_metrics
 
 
 def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
@@ -34,17 +37,33 @@ def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
         return load_checkpoint(download(run_id, ARTIFACT, tracking_uri, Path(tmp)))
 
 
-def evaluate_model(ck: Checkpoint, cache_dir: Path, split: str = "test",
-                   dataset: str | None = None) -> tuple[dict, np.ndarray, list]:
-    """(metrics, confusion matrix, class names) of the model on one split of its data (or another folder)."""
+@dataclass
+class Evaluation:
+    """A model's scores on one split: overall metrics, one row per class present, the files written."""
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, float | str]]
+    written: list[Path]
+
+
+def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str = "test",
+                        dataset: str | None = None) -> Evaluation:
+    """Score the model on one split of its data (or of another folder) and write the confusion matrix
+    (PNG and CSV) and the per-class table into `out`."""
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
     data = load_data(cfg.data, cfg.model.depth, cache_dir)
-    if split == "all":
-        indices = list(range(len(data.names)))
-    else:
-        indices = split_indices(ck.split, data.names)[split]
-    metrics, matrix = score(ck.model, data, indices, cfg.train, prefix="")
-    return {"images": len(indices), **metrics}, matrix, list(data.classes.names)
+    indices = list(range(len(data.names))) if split == "all" else split_indices(ck.split, data.names)[split]
+    metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix="")
+    names = list(data.classes.names)
+    pc = per_class(matrix)
+    rows = [{"class": n, "dice": pc["dice"][i], "iou": pc["iou"][i], "precision": pc["precision"][i],
+             "recall": pc["recall"][i], "pixels": int(pc["support"][i])} for i, n in enumerate(names) if pc["present"][i]]
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "confusion_matrix.png", out / "confusion_matrix.csv", out / "per_class.csv"]
+    plots.confusion_matrix(matrix, names, written[0], f"{split} split")
+    write_confusion_csv(matrix, names, written[1])
+    write_per_class_csv(matrix, names, written[2])
+    return Evaluation({"images": len(indices), **metrics}, rows, written)
 
 
 @torch.inference_mode()

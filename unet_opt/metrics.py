@@ -49,7 +49,7 @@ def per_class(matrix: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def scores(matrix: np.ndarray, binary: bool = False) -> dict[str, float]:
+def scores_from_matrix(matrix: np.ndarray, binary: bool = False) -> dict[str, float]:
     """dice, f1_macro, f1_weighted, miou and pixel_accuracy.
 
     Multiclass: `dice` is the macro mean over present classes (so it equals `f1_macro`, as sklearn's

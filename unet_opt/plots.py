@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no screen needed, and never a GUI backend in a worker process
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt  # the backend is Agg: runtime.setup sets MPLBACKEND before this import
+import numpy as np
 
 
 def confusion_matrix(matrix: np.ndarray, names: list[str], path: Path, title: str = "") -> None:

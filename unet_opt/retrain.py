@@ -1,96 +1,104 @@
-"""Best trial -> retrain on train+val -> test on the held-out split -> log, register, checkpoint."""
+"""`unet-opt retrain --best` and `unet-opt train`: one run each, through the same path as a trial.
+
+retrain: the study's best trial config, trained on train+val for the trial's best epoch count, tested
+on the held-out split, checkpointed and registered as `unet-opt-<study>@champion`.
+train: one run with fixed params (a baseline) in an experiment of its own, validated every epoch
+(early stopping applies), tested on the test split and checkpointed.
+"""
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
-from unet_opt import plots
-from unet_opt.artifacts import write_model_report
-from unet_opt.checkpoint import save_checkpoint, stage_checkpoint
-from unet_opt.config import Paths, config_from_text, redact_url, to_toml
-from unet_opt.data import batches, load_data, split_indices
+from unet_opt import runs
+from unet_opt.config import Config
+from unet_opt.data import load_data, make_split, split_indices
+from unet_opt.distributed import Placement, check_divisible
 from unet_opt.errors import UserError
-from unet_opt.search import load_existing
+from unet_opt.paths import Paths
+from unet_opt.space_file import config_from_text
+from unet_opt.study.storage import load_existing
 from unet_opt.tracking import Tracker
-from unet_opt.train import fit, score
+from unet_opt.train import FitResult, fit_on_ranks
 
 log = logging.getLogger(__name__)
 
+BASELINE_SUFFIX = "-baseline"  # `train` runs never mix into a study's experiment
+
 
 @dataclass
-class RetrainResult:
-    study: str
-    trial: int
-    epochs: int
-    test: dict[str, float]
+class RunSummary:
+    """What the CLI prints about a retrain or a baseline run."""
+
+    experiment: str
     run_id: str
-    model_name: str
-    version: str
-    checkpoint: Path
+    fit: FitResult
+    test: dict[str, float]
+    checkpoint: Path | None
+    model_name: str = ""
+    version: str = ""
+    trial: int | None = None  # the retrained trial
 
 
-def retrain(paths: Paths, storage_url: str, tracking_uri: str, study_name: str | None, epochs: int | None = None,
-            model_name: str | None = None, device: str | None = None) -> RetrainResult:
-    study = load_existing(storage_url, study_name)
+def best_trial_config(study: optuna.Study, epochs: int | None) -> tuple[Config, optuna.trial.FrozenTrial]:
+    """The best trial's config, exactly as the trial trained it, for `epochs` (default: its best epoch)."""
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise UserError(f"study '{study.study_name}' has no complete trial yet; run `unet-opt search` until one "
                         f"completes (pruned and failed trials are not retrained)")
-    best = study.best_trial
     if "config_toml" not in study.user_attrs:
         raise UserError(f"study '{study.study_name}' holds no stored config (made by an older unet-opt); "
                         f"run a new search with --study NEW_NAME")
+    best = study.best_trial
     base = config_from_text(study.user_attrs["config_toml"], f"study '{study.study_name}' (stored config)")
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     n_epochs = epochs or best.user_attrs.get("best_epoch") or base.train.epochs
-    cfg = base.replace({**best.params, "train.seed": base.train.seed + best.number, "train.epochs": n_epochs,
-                        **({"train.device": device} if device else {})})
+    return base.for_trial(best.params, best.number).replace({"train.epochs": n_epochs}), best
+
+
+def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: str | None,
+                 placement: Placement, epochs: int | None = None, model_name: str | None = None,
+                 fit: runs.Fit = fit_on_ranks) -> RunSummary:
+    study = load_existing(storage_url, study_name)
+    cfg, best = best_trial_config(study, epochs)
+    check_divisible([cfg.train.batch_size], placement.procs)
     name = model_name or f"unet-opt-{study.study_name}"
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
-    split = split_indices(study.user_attrs["split"], data.names)
+    split_names = study.user_attrs["split"]
     tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
-    run_id = tracker.start_run(
-        f"retrain-trial-{best.number:04d}",
-        cfg.params(),
-        {"unet_opt.role": "retrain", "optuna.study": study.study_name, "source_trial": best.number,
-         "seed": cfg.train.seed})
-    log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epochs, testing on %d images",
-             best.number, study.study_name, len(split["train"]) + len(split["val"]), n_epochs, len(split["test"]))
-
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-        tracker.log_metrics(run_id, metrics, step=epoch)
-        log.info("  epoch %d/%d  loss %.3f  (%.1f s)", epoch, n_epochs, metrics["train_loss"], metrics["epoch_seconds"])
-        return False
-
-    try:
-        result = fit(cfg.model, cfg.train, data, {"train": split["train"] + split["val"], "val": []},
-                     augment=cfg.data.augment, on_epoch=on_epoch)
+    run_id = tracker.start_run(f"retrain-trial-{best.number:04d}", cfg.params(),
+                               {"unet_opt.role": "retrain", "optuna.study": study.study_name,
+                                "source_trial": best.number, "seed": cfg.train.seed,
+                                "devices": placement.describe()})
+    spec = runs.RunSpec(cfg, split_indices(split_names, data.names), split_names, train_on_val=True, test=True,
+                        checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name)
+    log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epochs on %s, testing on %d images",
+             best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs, placement.describe(),
+             len(spec.split["test"]))
+    with tracker.closing(run_id):
+        result = runs.train(spec, placement, data, paths.cache, runs.logging_callback(tracker, run_id, cfg), fit)
         if result.model is None:
             raise UserError(f"the retrain diverged ({result.stop_reason}) in its first epoch; retrain with "
                             f"another --epochs or pick another trial's settings")
-        test, matrix = score(result.model, data, split["test"], cfg.train)
-        tracker.log_metrics(run_id, test, step=result.epochs_run)
-        checkpoint = paths.studies / "checkpoints" / f"{name}-{run_id[:8]}.pt"
-        save_checkpoint(checkpoint, result.model, cfg, data.classes, data.binary, study.user_attrs["split"])
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "config.toml").write_text(to_toml(cfg, redact_url), encoding="utf-8")
-            plots.learning_curves(result.history, folder / "learning_curves.png")
-            write_model_report(folder, matrix, data, result.model, split["test"], prefix="test_")
-            stage_checkpoint(checkpoint, folder)
-            tracker.log_files(run_id, folder)
-        example = next(batches(data, split["test"][:2], 2))[0].numpy()  # (2, 3, H, W) float32 in [-1, 1]
-        version = tracker.log_model(run_id, result.model, example, name)
-        tracker.set_tags(run_id, {"registered_model": f"{name}/{version}"})
-        tracker.end(run_id, "FINISHED")
-    except KeyboardInterrupt:
-        tracker.end(run_id, "KILLED")
-        raise
-    except BaseException:
-        tracker.end(run_id, "FAILED")
-        raise
-    return RetrainResult(study.study_name, best.number, n_epochs, test, run_id, name, version, checkpoint)
+        record = runs.record(spec, result, data, tracker, run_id, placement.main_device)
+    return RunSummary(study.study_name, run_id, result, record.test, record.checkpoint, name, record.version,
+                      best.number)
+
+
+def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fit = fit_on_ranks) -> RunSummary:
+    check_divisible([cfg.train.batch_size], placement.procs)
+    data = load_data(cfg.data, cfg.model.depth, paths.cache)
+    split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+    experiment = (cfg.search.study or Path(cfg.source).stem) + BASELINE_SUFFIX
+    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), experiment, paths.artifacts)
+    run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,
+                                                       "devices": placement.describe()})
+    spec = runs.RunSpec(cfg, split_indices(split_names, data.names), split_names, test=True,
+                        checkpoint=paths.checkpoints / f"{experiment}-train-{run_id[:8]}.pt")
+    with tracker.closing(run_id):
+        result = runs.train(spec, placement, data, paths.cache, runs.logging_callback(tracker, run_id, cfg), fit)
+        record = runs.record(spec, result, data, tracker, run_id, placement.main_device)
+    return RunSummary(experiment, run_id, result, record.test, record.checkpoint)

@@ -10,35 +10,46 @@ import contextlib
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in our output
-# a tracking server that is down should be reported in seconds, not after minutes of back-off
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
 
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from unet_opt.config import redact_url, sqlite_file  # noqa: E402
-from unet_opt.errors import UserError  # noqa: E402
+from unet_opt.errors import UserError
+from unet_opt.paths import redact_url, sqlite_file
 
 log = logging.getLogger(__name__)
-
-for _name in ("mlflow", "alembic"):  # database creation is chatty at INFO; set after mlflow configured them
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
-def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The `mlflow ui` command over a local store, with one worker: a personal UI that starts in seconds."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+
+
+def how_to_open(tracking_uri: str) -> str:
+    """What the summary tells a user to run (or open) to see the runs."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {redact_url(tracking_uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host {host} --port {port}"
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def serve_ui(tracking_uri: str, host: str, port: int) -> int:
+    """Run the MLflow UI over a local store until it is stopped; returns its exit code."""
+    if tracking_uri.startswith(("http://", "https://")):
+        raise UserError(f"the tracking store is a server already; open {redact_url(tracking_uri)} in a browser")
+    database = sqlite_file(tracking_uri)
+    if database and not database.is_file():
+        raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this folder first (or pass --home)")
+    return subprocess.call(ui_command(tracking_uri, host, port), env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
 
 
 @contextlib.contextmanager
@@ -145,7 +156,6 @@ class Tracker:
         self.client.set_registered_model_alias(registered_name, alias, version)
         return str(version)
 
-
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
@@ -159,6 +169,19 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         """status: FINISHED, FAILED or KILLED."""
         self.client.set_terminated(run_id, status=status)
+
+    @contextlib.contextmanager
+    def closing(self, run_id: str) -> Iterator[str]:
+        """Ends the run as its block ends: FINISHED, KILLED on Ctrl-C, FAILED on any other error."""
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.end(run_id, status)
 
     def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> None:
         """Close a run a dead process left RUNNING (it may also have been deleted by the user)."""

@@ -1,7 +1,8 @@
-"""`fit()` and `evaluate()`: one readable epoch loop.
+"""`fit()`: one readable epoch loop, and `loss_and_matrix()` / `split_metrics()` to score a model.
 
-The loop knows nothing of Optuna or MLflow: after each epoch it hands the epoch's metrics to the
-`on_epoch` callback it was given, which may log them, report them, and ask to stop (prune).
+The loop knows nothing of Optuna or MLflow: after each epoch it hands the epoch's metrics and the run's
+best value so far to the `on_epoch` callback it was given, which may log them, report them, and ask
+to stop (prune).
 """
 
 from __future__ import annotations
@@ -19,16 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_opt.config import Config, ModelConfig, TrainConfig
+from unet_opt.config import Config, TrainConfig
 from unet_opt.data import IGNORE, SegmentationData, batches, load_data
 from unet_opt.distributed import Group
-from unet_opt.errors import UserError
-from unet_opt.metrics import ConfusionMatrix, scores
+from unet_opt.metrics import ConfusionMatrix, scores_from_matrix
 from unet_opt.model import UNet, build_model
 
 log = logging.getLogger(__name__)
 
-OnEpoch = Callable[[int, dict[str, float]], bool]  # (epoch, metrics) -> True to stop now
+OnEpoch = Callable[[int, dict[str, float], float], bool]  # (epoch, metrics, best so far) -> True to stop
 
 
 @dataclass
@@ -43,14 +43,6 @@ class FitResult:
     @property
     def epochs_run(self) -> int:
         return len(self.history)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -81,8 +73,8 @@ def place(data: SegmentationData, device: torch.device) -> SegmentationData:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: SegmentationData, indices: list[int], batch_size: int,
-             cfg: TrainConfig | None = None, group: Group | None = None) -> tuple[float, np.ndarray]:
+def loss_and_matrix(model: nn.Module, data: SegmentationData, indices: list[int], batch_size: int,
+                    cfg: TrainConfig | None = None, group: Group | None = None) -> tuple[float, np.ndarray]:
     """(mean loss per image, confusion matrix) over `indices`, in eval mode.
 
     In a process group each rank scores its shard with `batch_size / world` per step; the loss sums and
@@ -104,24 +96,26 @@ def evaluate(model: nn.Module, data: SegmentationData, indices: list[int], batch
     return loss_sum.item() / max(1, len(indices)), matrix.matrix()
 
 
-def score(model: nn.Module, data: SegmentationData, indices: list[int], cfg: TrainConfig,
-          prefix: str = "test_") -> tuple[dict[str, float], np.ndarray]:
-    """({prefix}loss and every score of `metrics.scores`, confusion matrix) of a model on `indices`."""
-    loss, matrix = evaluate(model, data, indices, cfg.batch_size, cfg)
-    return {f"{prefix}loss": loss, **{f"{prefix}{k}": v for k, v in scores(matrix, data.binary).items()}}, matrix
+def split_metrics(model: nn.Module, data: SegmentationData, indices: list[int], cfg: TrainConfig,
+                  prefix: str = "test_") -> tuple[dict[str, float], np.ndarray]:
+    """({prefix}loss and every score of `scores_from_matrix`, confusion matrix) of a model on `indices`."""
+    loss, matrix = loss_and_matrix(model, data, indices, cfg.batch_size, cfg)
+    scores = scores_from_matrix(matrix, data.binary)
+    return {f"{prefix}loss": loss, **{f"{prefix}{k}": v for k, v in scores.items()}}, matrix
 
 
-def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split: dict[str, list[int]], *,
-        metric: str = "val_dice", maximize: bool = True, augment: str = "none",
+def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
         on_epoch: OnEpoch | None = None, group: Group | None = None) -> FitResult:
-    """Train on split["train"], score on split["val"] every epoch; keep the best epoch's weights.
+    """Train on split["train"], score on split["val"] every epoch by `config.search.goal`; keep the best
+    epoch's weights.
 
     With an empty split["val"] (a retrain on train+val) every epoch counts as the best: the last is kept.
     In a process group (`group`), each rank trains on its slice of every global batch under DDP, the
     metrics are summed over the ranks, `on_epoch` is called on rank 0 only and its answer is shared,
     so every rank stops together; only rank 0 keeps the best weights.
     """
-    group = group or Group(resolve_device(cfg.device))
+    model_cfg, cfg, goal = config.model, config.train, config.search.goal
+    group = group or Group(torch.device("cpu"))
     device = group.device
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: same on every device
@@ -136,13 +130,14 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
     step_model = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = FitResult()
-    best, since_best, best_state = -math.inf if maximize else math.inf, 0, None
+    best: float | None = None
+    since_best, best_state = 0, None
 
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum, seen = torch.zeros((), device=device), 0
-        for x, y in batches(data, split["train"], cfg.batch_size, shuffle=True, augment=augment,
+        for x, y in batches(data, split["train"], cfg.batch_size, shuffle=True, augment=config.data.augment,
                             generator=generator, drop_last=True, shard=(group.rank, group.world)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when on the GPU
             with autocast(device, cfg):
@@ -164,22 +159,23 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
 
         metrics, matrix = {"train_loss": train_loss}, None
         if split["val"]:
-            val_loss, matrix = evaluate(plain, data, split["val"], cfg.batch_size, cfg, group)
+            val_loss, matrix = loss_and_matrix(plain, data, split["val"], cfg.batch_size, cfg, group)
             metrics["val_loss"] = val_loss
-            metrics.update({f"val_{k}": v for k, v in scores(matrix, data.binary).items()})
+            metrics.update({f"val_{k}": v for k, v in scores_from_matrix(matrix, data.binary).items()})
         metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_seconds=time.perf_counter() - start,
                        images_per_second=seen / train_seconds if train_seconds > 0 else 0.0)
         result.history.append(metrics)
 
-        value = metrics.get(metric, 0.0)
-        if not split["val"] or ((value > best) if maximize else (value < best)):  # no val: keep the last epoch
+        value = metrics.get(goal.metric, 0.0)
+        if not split["val"] or goal.improves(value, best):  # no val: keep the last epoch
             best, since_best = value, 0
             result.best_epoch, result.best_metrics, result.confusion = epoch, metrics, matrix
             if group.is_main:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in plain.state_dict().items()}
         else:
             since_best += 1
-        stop = group.agree(on_epoch(epoch, metrics) if on_epoch is not None else False)
+        # the callback gets the run's best so far, which is what a trial is scored (and pruned) by
+        stop = group.agree(on_epoch(epoch, metrics, best) if on_epoch is not None else False)
         if stop and epoch < cfg.epochs:  # after the last epoch a stop saves nothing: the trial completes
             result.stop_reason = "callback"
             break
@@ -193,10 +189,10 @@ def fit(model_cfg: ModelConfig, cfg: TrainConfig, data: SegmentationData, split:
     return result
 
 
-def fit_trial(group: Group, on_epoch: OnEpoch | None, cfg: Config, split: dict[str, list[int]], metric: str,
-              maximize: bool, cache_dir: str, data: SegmentationData | None = None) -> FitResult:
-    """`fit` for one trial config: what `distributed.launch` runs on every rank (which loads its own data)."""
+def fit_on_ranks(group: Group, on_epoch: OnEpoch | None, cfg: Config, split: dict[str, list[int]],
+                 cache_dir: Path | None, data: SegmentationData | None = None) -> FitResult:
+    """`fit` as `distributed.launch` runs it on every rank; a rank process loads its own data (from the
+    decode-once cache) when it is not handed the launching process's."""
     if data is None:
-        data = load_data(cfg.data, cfg.model.depth, Path(cache_dir) if cache_dir else None)
-    return fit(cfg.model, cfg.train, data, split, metric=metric, maximize=maximize, augment=cfg.data.augment,
-               on_epoch=on_epoch, group=group)
+        data = load_data(cfg.data, cfg.model.depth, cache_dir)
+    return fit(cfg, data, split, on_epoch=on_epoch, group=group)

@@ -14,8 +14,8 @@ from torchvision.transforms import v2
 from unet_opt.config import DataConfig
 from unet_opt.data import synthetic
 from unet_opt.data.cache import Progress, prepare, read_sizes
-from unet_opt.data.layouts import find_source, problems_error
 from unet_opt.data.classes import ClassTable
+from unet_opt.data.layouts import find_source, problems_error
 from unet_opt.data.splits import make_split, split_indices
 from unet_opt.errors import UserError
 
@@ -36,10 +36,10 @@ class SegmentationData:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def to(self, device: torch.device) -> "SegmentationData":
+    def to(self, device: torch.device) -> SegmentationData:
         return SegmentationData(self.images.to(device), self.masks.to(device), self.names, self.classes, self.binary)
 
-    def pinned(self) -> "SegmentationData":
+    def pinned(self) -> SegmentationData:
         """In page-locked memory, so batches copy to the GPU asynchronously."""
         return SegmentationData(self.images.pin_memory(), self.masks.pin_memory(), self.names, self.classes,
                                 self.binary)

@@ -32,7 +32,7 @@ class ClassTable:
         return len(self.names)
 
     @classmethod
-    def drone(cls) -> "ClassTable":
+    def drone(cls) -> ClassTable:
         return cls(tuple(n for n, _ in DRONE_CLASSES), tuple(c for _, c in DRONE_CLASSES))
 
     def index(self, name: str) -> int:

@@ -18,7 +18,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
 @dataclass(frozen=True)
-class Layout:
+class FolderLayout:
     name: str
     images: str  # folder of photos, relative to the root
     masks: str  # folder of masks
@@ -27,10 +27,10 @@ class Layout:
 
 
 LAYOUTS = (
-    Layout("kaggle", "original_images", "label_images_semantic", ("class_dict_seg.csv", "class_dict.csv"), False),
-    Layout("tu-graz", "training_set/images", "training_set/gt/semantic/label_images",
+    FolderLayout("kaggle", "original_images", "label_images_semantic", ("class_dict_seg.csv", "class_dict.csv"), False),
+    FolderLayout("tu-graz", "training_set/images", "training_set/gt/semantic/label_images",
            ("class_dict.csv", "training_set/gt/semantic/class_dict.csv", "class_dict_seg.csv"), True),
-    Layout("generic", "images", "masks", ("classes.csv", "class_dict.csv", "class_dict_seg.csv"), None),
+    FolderLayout("generic", "images", "masks", ("classes.csv", "class_dict.csv", "class_dict_seg.csv"), None),
 )
 
 
@@ -48,7 +48,7 @@ def _files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
 
 
-def _detect(path: Path) -> tuple[Path, Layout] | None:
+def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
     """The layout at `path`, or in the one folder below it that has one (up to 3 levels down)."""
     for depth in range(4):
         found = [(root, layout) for root in ([path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth))))

@@ -1,0 +1,65 @@
+"""Stand-ins for `train.fit_on_ranks` that tests inject (`run_search(..., fit=...)`). Module-level, so
+that spawned rank processes can import them by name; bind their first arguments with functools.partial."""
+
+import os
+import signal
+from dataclasses import fields
+from pathlib import Path
+
+from unet_opt.train import FitResult, fit_on_ranks
+
+
+def fail_on_call(calls: list, failing: int, error: BaseException, *args):
+    """The `failing`-th call (1-based, counted in `calls`) raises `error`; the others train."""
+    calls.append(1)
+    if len(calls) == failing:
+        raise error
+    return fit_on_ranks(*args)
+
+
+def always_fail(error: BaseException, *args):
+    raise error
+
+
+def fail_rank_once(mark: str, group, on_epoch, *args):
+    """Rank 1 of a group raises mid-trial, once (the mark file says it did); every other fit trains."""
+    if group.rank == 1 and not os.path.exists(mark):
+        Path(mark).touch()
+        raise RuntimeError("rank 1 broke mid-epoch")
+    return fit_on_ranks(group, on_epoch, *args)
+
+
+def note_pid_and_train(folder: str, group, on_epoch, *args):
+    """Each rank writes its pid into `folder` before training, so a test can find the rank processes."""
+    if group.world > 1:
+        Path(folder, str(os.getpid())).touch()
+    return fit_on_ranks(group, on_epoch, *args)
+
+
+def die(*args):
+    """The process dies with SIGKILL where training would start."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_after_first_epoch(group, on_epoch, *args):
+    def on_epoch_then_die(epoch, metrics, best):
+        on_epoch(epoch, metrics, best)
+        die()
+
+    return fit_on_ranks(group, on_epoch_then_die, *args)
+
+
+class FitThatDiesWhenDrawn(FitResult):
+    """A finished fit whose history, read when the trial's curves are drawn, kills the process: the kill
+    lands while the trial's artifacts are being written."""
+
+    history = property(lambda self: die())
+
+    def __init__(self, result: FitResult):
+        for f in fields(FitResult):
+            if f.name != "history":
+                setattr(self, f.name, getattr(result, f.name))
+
+
+def die_while_logging_artifacts(*args):
+    return FitThatDiesWhenDrawn(fit_on_ranks(*args))

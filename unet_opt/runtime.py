@@ -1,0 +1,38 @@
+"""One runtime setup, called by the CLI entry, each `--workers` process and each rank process.
+
+Nothing in the package changes the environment, logging or warnings when it is imported: this does it,
+before MLflow, Optuna or matplotlib are imported, so their settings come from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+ENVIRONMENT = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no progress bars mixed into our output
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # database creation is chatty at INFO (mlflow and alembic)
+    # a tracking server that is down should be reported in seconds, not after minutes of back-off
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MPLBACKEND": "Agg",  # figures are files: no screen needed, never a GUI backend in a worker
+}
+
+
+def setup(verbose: bool = False, prefix: str = "") -> None:
+    """Environment defaults, the `unet_opt` log handler (messages on stderr, `prefix` before each) and
+    warnings filters. Idempotent: a second call replaces the handler rather than adding one."""
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+    root = logging.getLogger("unet_opt")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    # heartbeats are used with ask/tell (our own Heartbeat thread), which Optuna warns about every trial
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    warnings.filterwarnings("ignore", message=".*experimental")  # Optuna's ExperimentalWarning (heartbeats)

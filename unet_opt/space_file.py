@@ -1,0 +1,310 @@
+"""Space files (TOML), `--set` overrides and validation: text in, a checked `Config` out.
+
+Precedence: command-line flags and `--set` > the space file > the dataclass defaults. A field that
+`--set` fixes is taken out of the search space, so `--set train.epochs=3` really means 3 epochs.
+Every mistake raises `UserError` naming the key, the file and what was expected.
+"""
+
+import dataclasses
+import re
+import sys
+import sysconfig
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from unet_opt.config import PARAM_TYPES, SECTIONS, SHORT_NAMES, Config, Param, toml_value
+from unet_opt.errors import UserError
+
+
+def builtin_space_dirs() -> list[Path]:
+    """`search/` beside the package (editable install) and where a wheel installs it."""
+    return [Path(__file__).resolve().parent.parent / "search",
+            Path(sysconfig.get_path("data")) / "share" / "unet-opt" / "search",
+            Path(sys.prefix) / "share" / "unet-opt" / "search"]
+
+
+def find_space(name: str) -> Path:
+    """A path to a TOML file, or a built-in name (`default`, `drone`, `binary`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.suffix == "" and path.name == name:
+        for folder in [Path.cwd() / "search", *builtin_space_dirs()]:
+            if (folder / f"{name}.toml").is_file():
+                return folder / f"{name}.toml"
+    if path.exists():
+        raise UserError(f"space file '{name}' is not a file; pass a TOML file such as search/default.toml")
+    raise UserError(f"space file '{name}' not found; pass a path to a TOML file or one of: default, drone, binary")
+
+
+def load_config(space: str = "default", overrides: dict[str, Any] | None = None,
+                sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- space file <- command-line `overrides` ({"search.trials": 30}) and `--set` strings."""
+    path = find_space(space)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read ({e}); pass a readable UTF-8 TOML file") from None
+    return config_from_text(text, str(path), overrides, sets)
+
+
+def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = None,
+                     sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """The same rules for TOML text from anywhere: a space file, a checkpoint, an MLflow artifact."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{where}: not valid TOML ({e}); fix the file's syntax") from None
+
+    unknown = sorted(set(raw) - {*SECTIONS, "space"})
+    if unknown:
+        raise UserError(f"{where}: unknown section [{unknown[0]}]; expected one of "
+                        f"[data], [model], [train], [search], [space.NAME]")
+    values: dict[str, Any] = {}
+    for section in SECTIONS:
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: '{section}' must be a table ([{section}])")
+        for key, value in table.items():
+            values[f"{section}.{key}"] = check_field(f"{section}.{key}", value, where)
+    space_table = raw.get("space", {})
+    if not isinstance(space_table, dict):
+        raise UserError(f"{where}: 'space' must hold tables like [space.lr]")
+    space = {}
+    for name, spec in space_table.items():
+        param = parse_param(name, spec, where)
+        space[param.name] = param
+
+    for dotted, value in (overrides or {}).items():
+        values[dotted] = check_field(dotted, value, "the command line")
+        space.pop(dotted, None)
+    for item in sets:
+        dotted, value = parse_set(item)
+        if dotted.startswith("space."):
+            space = set_space_key(space, dotted, value)
+            continue
+        values[dotted] = check_field(dotted, value, f"--set {item}")
+        space.pop(dotted, None)
+
+    cfg = Config(space=space, source=where).replace(values)
+    validate(cfg, where)
+    return cfg
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """`section.key=value`; the value is read as TOML (`3`, `1e-3`, `true`, `["car"]`), else a string."""
+    dotted, sep, text = item.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted:
+        raise UserError(f"--set '{item}' is not of the form section.key=value, e.g. --set train.patience=3")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return dotted, value
+
+
+def resolve_name(name: str, where: str) -> str:
+    """`lr` -> `train.lr`; `model.depth` stays; anything else is an error naming the known fields."""
+    if name in SHORT_NAMES:
+        return SHORT_NAMES[name]
+    section, _, key = name.partition(".")
+    if section in SECTIONS and key in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        return name
+    raise UserError(f"{where}: unknown key '{name}'; expected one of {', '.join(known_keys())}")
+
+
+def known_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def check_field(dotted: str, value: Any, where: str) -> Any:
+    """Check `value` against the field's declared type and choices; return it converted."""
+    dotted = resolve_name(dotted, where)
+    section, key = dotted.split(".")
+    cls = SECTIONS[section]
+    expected = get_type_hints(cls)[key]
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[key]
+    ok = (
+        (expected is bool and isinstance(value, bool))
+        or (expected is int and isinstance(value, int) and not isinstance(value, bool))
+        or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (expected is str and isinstance(value, str))
+        or (expected == list[str] and isinstance(value, list) and all(isinstance(v, str) for v in value))
+    )
+    if not ok:
+        name = getattr(expected, "__name__", str(expected))
+        raise UserError(f"{where}: {dotted} = {value!r} should be {name}; e.g. {dotted} = "
+                        f"{toml_value(getattr(cls(), key))}")
+    if expected is float:
+        value = float(value)
+    if expected == list[str]:
+        value = list(value)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"{where}: {dotted} = {value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def parse_param(name: str, spec: Any, where: str) -> Param:
+    dotted = resolve_name(name, f"{where} [space.{name}]")
+    label = f"{where} [space.{name}]"
+    if not isinstance(spec, dict):
+        raise UserError(f"{label}: must be a table with type = \"float\" | \"int\" | \"categorical\"")
+    allowed = {"type", "low", "high", "step", "log", "choices"}
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise UserError(f"{label}: unknown key '{extra[0]}'; expected {', '.join(sorted(allowed))}")
+    kind = spec.get("type")
+    if kind not in PARAM_TYPES:
+        raise UserError(f"{label}: type = {kind!r}; expected \"float\", \"int\" or \"categorical\"")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{label}: categorical needs a non-empty list, e.g. choices = [32, 64]")
+        for c in choices:
+            check_field(dotted, c, label)
+        return Param(dotted, kind, choices=tuple(choices))
+    low, high = spec.get("low"), spec.get("high")
+    number = (int,) if kind == "int" else (int, float)
+    for key, v in (("low", low), ("high", high)):
+        if not isinstance(v, number) or isinstance(v, bool):
+            raise UserError(f"{label}: {key} must be {'an integer' if kind == 'int' else 'a number'}, got {v!r}")
+    if low > high:
+        raise UserError(f"{label}: low = {low} is above high = {high}; swap them")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise UserError(f"{label}: log must be true or false")
+    if log and low <= 0:
+        raise UserError(f"{label}: log = true needs low > 0, got {low}")
+    if step is not None and (not isinstance(step, number) or isinstance(step, bool) or step <= 0):
+        raise UserError(f"{label}: step must be a positive {'integer' if kind == 'int' else 'number'}")
+    if log and step is not None:
+        raise UserError(f"{label}: log and step cannot be combined; drop one")
+    check_field(dotted, low, label)
+    return Param(dotted, kind, low=low, high=high, step=step, log=log)
+
+
+def set_space_key(space: dict[str, Param], dotted: str, value: Any) -> dict[str, Param]:
+    """`--set space.lr.high=0.05` edits one key of a searched parameter."""
+    parts = dotted.split(".")
+    where = f"--set {dotted}={value}"
+    if len(parts) < 3:
+        raise UserError(f"{where}: expected space.NAME.KEY=value, e.g. --set space.lr.high=0.05")
+    name, key = ".".join(parts[1:-1]), parts[-1]
+    target = resolve_name(name, where)
+    if target not in space:
+        raise UserError(f"{where}: '{name}' is not searched in this space; searched: {', '.join(space) or 'nothing'}")
+    spec = {k: v for k, v in dataclasses.asdict(space[target]).items() if k != "name" and v not in (None, ())}
+    if "choices" in spec:
+        spec["choices"] = list(spec["choices"])
+    spec[key] = value
+    return {**space, target: parse_param(target, spec, where)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: rules that involve values, several fields or the space. Each rule returns the problem
+# (and its fix) or None; `validate` reports the first problem as "<where>: <problem>".
+
+
+def values_of(cfg: Config, dotted: str) -> list:
+    """Every value a field may take: its fixed value, or the searched range's values (or its ends)."""
+    p = cfg.space.get(dotted)
+    if p is None:
+        return [cfg.get(dotted)]
+    return p.values() or [p.low, p.high]
+
+
+def at_least(dotted: str, low: int) -> Callable[[Config], str | None]:
+    def rule(cfg: Config) -> str | None:
+        bad = [v for v in values_of(cfg, dotted) if v < low]
+        return f"{dotted} = {bad[0]} is too small; use at least {low}" if bad else None
+    return rule
+
+
+def non_negative(dotted: str, positive: bool = False) -> Callable[[Config], str | None]:
+    def rule(cfg: Config) -> str | None:
+        bad = [v for v in values_of(cfg, dotted) if v < 0 or (positive and v == 0)]
+        return f"{dotted} = {bad[0]} must be {'positive' if positive else 'zero or more'}" if bad else None
+    return rule
+
+
+def fraction(dotted: str) -> Callable[[Config], str | None]:
+    def rule(cfg: Config) -> str | None:
+        v = cfg.get(dotted)
+        return None if 0 < v < 0.5 else f"{dotted} = {v} must be between 0 and 0.5, e.g. 0.15"
+    return rule
+
+
+def multiple_of(dotted: str, multiple_for: Callable[[Config], int], rule_text: Callable[[int], str],
+                example: int) -> Callable[[Config], str | None]:
+    """Every value (and a searched int's step) a multiple; the fix names the nearest legal value."""
+    def rule(cfg: Config) -> str | None:
+        multiple = multiple_for(cfg)
+        p = cfg.space.get(dotted)
+        searched_int = p is not None and p.type == "int"
+        bad: list = [v for v in values_of(cfg, dotted) if v % multiple]
+        if searched_int and (p.step or 1) % multiple:
+            bad.insert(0, f"step = {p.step or 1}")
+        if not bad:
+            return None
+        near = bad[0] if isinstance(bad[0], int) else example
+        fix = (f"low, high and step that are multiples of {multiple}, e.g. low = {multiple}, "
+               f"high = {4 * multiple}, step = {multiple}") if searched_int else \
+            f"a multiple of {multiple}, e.g. {max(multiple, round(near / multiple) * multiple)}"
+        return f"{dotted} values must be {rule_text(multiple)} (got {bad[0]}); use {fix}"
+    return rule
+
+
+def depth_supported(cfg: Config) -> str | None:
+    return "model.depth above 6 is not supported; use 1 to 6" if max(values_of(cfg, "model.depth")) > 6 else None
+
+
+def study_name_is_safe(cfg: Config) -> str | None:
+    name = cfg.search.study
+    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        return f"study name {name!r} may hold only letters, digits, '.', '_' and '-'; e.g. drone-256"
+    return None
+
+
+def one_foreground_rule(cfg: Config) -> str | None:
+    if cfg.data.binary and cfg.data.foreground:
+        return "data.binary = \"mean\" and data.foreground both pick a foreground; set only one"
+    return None
+
+
+def ignore_index_is_a_class(cfg: Config) -> str | None:
+    d = cfg.data
+    if d.ignore_index >= d.num_classes:
+        return f"data.ignore_index = {d.ignore_index} is not a class below num_classes = {d.num_classes}; use -1 for none"
+    return None
+
+
+RULES: list[Callable[[Config], str | None]] = [
+    *(at_least(dotted, low) for dotted, low in [
+        ("data.num_classes", 2), ("data.synthetic_images", 12), ("model.base_channels", 1), ("model.depth", 1),
+        ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1), ("data.image_size", 8),
+        ("train.batch_size", 4), ("search.startup_trials", 0), ("search.brackets", 1)]),
+    depth_supported,
+    non_negative("train.lr", positive=True),
+    non_negative("train.weight_decay"),
+    non_negative("search.timeout"),
+    fraction("data.val_fraction"),
+    fraction("data.test_fraction"),
+    multiple_of("train.batch_size", lambda cfg: 4, lambda m: "multiples of 4", 8),
+    multiple_of("data.image_size", lambda cfg: 2 ** max(values_of(cfg, "model.depth")),
+                lambda m: f"multiples of 2**depth = {m}", 64),
+    study_name_is_safe,
+    one_foreground_rule,
+    ignore_index_is_a_class,
+]
+
+
+def validate(cfg: Config, where: str) -> None:
+    """The first broken rule, as one UserError naming `where`."""
+    for rule in RULES:
+        problem = rule(cfg)
+        if problem:
+            raise UserError(f"{where}: {problem}")

@@ -1,0 +1,83 @@
+"""One worker's loop: ask, train, tell, until the study has enough trials; and the clean-up of trials
+that dead workers (killed processes, lost machines) left RUNNING."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from unet_opt.study.context import SearchContext
+from unet_opt.study.objective import run_trial
+from unet_opt.study.storage import DEAD_WORKER, count_finished, count_running
+from unet_opt.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES_IN_A_ROW = 5
+
+
+@dataclass
+class Outcome:
+    """How one worker's loop ended."""
+
+    failed_out: bool = False
+    stopped_reason: str = ""
+
+
+def work(ctx: SearchContext) -> Outcome:
+    """Ask, train, tell, until finished plus running trials (of every worker and machine) reach the target.
+    Trials that fail do not count, so the last worker standing replaces them."""
+    outcome, failures, target = Outcome(), 0, ctx.cfg.search.trials
+    while True:
+        close_stale_trials(ctx.study, ctx.storage, ctx.tracker)
+        finished, running = count_finished(ctx.study), count_running(ctx.study)
+        if finished + running >= target:
+            return outcome
+        if time.time() > ctx.deadline:
+            outcome.stopped_reason = f"timeout of {ctx.cfg.search.timeout:g} s reached"
+            return outcome
+        state = run_trial(ctx, finished + running + 1)
+        if state is None:  # one too many: the check above ends the loop, or asks again if a trial failed
+            continue
+        failures = failures + 1 if state == TrialState.FAIL else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            outcome.failed_out = True
+            outcome.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
+            return outcome
+
+
+def is_dead_here(worker: str | None) -> bool:
+    """A worker of this machine whose process is gone (another machine's is judged by heartbeat)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker) -> None:
+    """Trials of dead workers end FAIL here and in MLflow: at once for a dead process on this machine,
+    after the grace period without a heartbeat for any other."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        if is_dead_here(t.user_attrs.get("worker")):
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", DEAD_WORKER)  # before: finished trials are frozen
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    optuna.storages.fail_stale_trials(study)  # the heartbeat rule; Optuna records no reason for these
+    for t in running:
+        if storage.get_trial(t._trial_id).state == TrialState.FAIL:
+            if "mlflow_run_id" in t.user_attrs:
+                tracker.end_if_running(t.user_attrs["mlflow_run_id"], "FAILED",
+                                       {"optuna.state": "FAIL", "optuna.state_reason": DEAD_WORKER})
+            log.warning("trial #%d was left running by a dead worker; marked FAIL", t.number)

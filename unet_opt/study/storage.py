@@ -1,0 +1,142 @@
+"""The study storage: opening it, creating or joining a study, loading one that must already exist."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import TrialState
+
+from unet_opt.config import Config, to_toml
+from unet_opt.data.splits import make_split
+from unet_opt.errors import UserError
+from unet_opt.paths import redact_url, sqlite_file
+from unet_opt.study.pruning import make_pruner, make_sampler
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
+GRACE_SECONDS = 30
+SETUP_WAIT_SECONDS = 30  # how long a second machine waits for the first to finish setting up a new study
+DEAD_WORKER = "worker died (killed or crashed)"
+
+
+def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
+    """RDB storage with heartbeats (SQLite, PostgreSQL, MySQL). `must_exist`: never create a database."""
+    path = sqlite_file(url)
+    if path:
+        if must_exist and not path.is_file():
+            raise UserError(f"no study storage at {path}; run `unet-opt search` in this folder first "
+                            f"(or pass --home / --storage)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    try:
+        for attempt in (1, 2):
+            try:
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=GRACE_SECONDS, **kwargs)
+            except sqlalchemy.exc.DatabaseError as e:
+                if attempt == 2 or not creating_tables_at_once(e):
+                    raise
+                time.sleep(2)  # another process was creating the same tables in a new database just now
+    except Exception as e:  # unreachable server, bad URL, missing driver
+        raise UserError(f"cannot open the study storage {redact_url(url)} ({type(e).__name__}: "
+                        f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None
+
+
+def creating_tables_at_once(error: sqlalchemy.exc.DatabaseError) -> bool:
+    """Two processes opening one new database both create its tables; the slower one fails like this.
+    PostgreSQL: a duplicate table or type (ProgrammingError, IntegrityError); SQLite: "already exists"."""
+    return (isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError))
+            or "already exists" in str(error))
+
+
+def study_name(cfg: Config) -> str:
+    return cfg.search.study or Path(cfg.source).stem
+
+
+def comparable(cfg: Config) -> dict[str, Any]:
+    """What must stay the same for trials of one study to be comparable (not trials, storage, device...)."""
+    keep = {k: v for k, v in cfg.flat().items()
+            if k.split(".")[0] in ("data", "model", "train") and k != "train.device"}
+    keep["search.metric"] = cfg.search.metric
+    keep["space"] = {name: asdict(p) | {"choices": list(p.choices)} for name, p in cfg.space.items()}
+    return keep
+
+
+def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
+    changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+    if changed:
+        raise UserError(f"study '{name}' was made with a different configuration (changed: {', '.join(changed[:4])}); "
+                        f"run it with its original settings or start a new study with --study NEW_NAME")
+
+
+def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name: str, names: list[str],
+                         open_parent: Any) -> optuna.Study:
+    """The study `name`: created here (config, split, parent run stored at once), or joined.
+
+    Creating a study is atomic in the storage, so when the same command starts on several machines
+    at once exactly one of them sets the study up and the others wait for it: one split, one parent run.
+    `open_parent()` creates the MLflow parent run and returns its id.
+    """
+    direction = optuna.study.StudyDirection[cfg.search.goal.direction.upper()]
+    try:
+        storage.create_new_study([direction], name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg), pruner=make_pruner(cfg))
+    if study.direction != direction:
+        raise UserError(f"study '{name}' {study.direction.name.lower()}s its metric but search.metric = "
+                        f"{cfg.search.metric} is to {cfg.search.goal.direction}; use another --study name")
+    if not created:
+        waited = time.monotonic()
+        while "mlflow_parent_run_id" not in study.user_attrs and not study.get_trials(deepcopy=False) \
+                and time.monotonic() - waited < SETUP_WAIT_SECONDS:
+            time.sleep(0.5)  # another machine is setting it up right now
+        if "config" in study.user_attrs:
+            check_same_study(study.user_attrs["config"], comparable(cfg), name)
+    attrs = study.user_attrs  # what is missing (a new study, or its creator died setting it up) is set here
+    if "config" not in attrs:
+        study.set_user_attr("config", comparable(cfg))
+        study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
+    if "split" not in attrs:
+        study.set_user_attr("split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
+                                                cfg.data.split_seed))
+    if "mlflow_parent_run_id" not in attrs:
+        study.set_user_attr("mlflow_parent_run_id", open_parent())
+    return study
+
+
+def load_existing(storage_url: str, name: str | None) -> optuna.Study:
+    """A study that must already exist: by name, or the only one in the storage."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, must_exist=True)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name is None:
+        if len(names) != 1:
+            raise UserError("no study in the storage yet; run `unet-opt search` first" if not names else
+                            f"the storage holds {len(names)} studies ({', '.join(names)}); pick one with --study NAME")
+        name = names[0]
+    if name not in names:
+        raise UserError(f"no study named '{name}' in {redact_url(storage_url)}; "
+                        f"known: {', '.join(names) or 'none'} (see `unet-opt studies`)")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def count_running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def best_value(study: optuna.Study) -> float | None:
+    try:
+        return study.best_value
+    except ValueError:  # no complete trial yet
+        return None

@@ -1,0 +1,129 @@
+"""What a study holds: the search's summary, `report`, `studies`, and the parent run's files."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from unet_opt.config import Config, to_toml
+from unet_opt.paths import redact_url
+from unet_opt.study.storage import DEAD_WORKER, best_value, load_existing, open_storage
+
+if TYPE_CHECKING:  # MLflow is imported only by the commands that log
+    from unet_opt.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    study: str
+    target: int
+    counts: dict[str, int]
+    best: dict[str, Any] | None
+    ran: int = 0
+    already_done: bool = False
+    interrupted: bool = False
+    failed_out: bool = False  # stopped after MAX_FAILURES_IN_A_ROW failures
+    stopped_reason: str = ""
+    tracking_uri: str = ""
+    parent_run_id: str = ""
+    metric: str = "val_dice"
+    ui: str = ""
+
+
+def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            "reason": t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason")
+            or (DEAD_WORKER if t.state == TrialState.FAIL else ""),
+            "best_epoch": t.user_attrs.get("best_epoch"), "epochs_run": t.user_attrs.get("epochs_run")}
+
+
+def fill_summary(summary: Summary, study: optuna.Study) -> Summary:
+    trials = study.get_trials(deepcopy=False)
+    summary.counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        summary.best = trial_record(study.best_trial)
+    return summary
+
+
+def study_report(storage_url: str, name: str | None) -> dict[str, Any]:
+    """The JSON `unet-opt report --json` prints."""
+    study = load_existing(storage_url, name)
+    trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    best = None
+    if any(t["state"] == "COMPLETE" for t in trials):
+        b = trial_record(study.best_trial)
+        best = {k: b[k] for k in ("number", "value", "params", "mlflow_run_id")}
+    return {"study": study.study_name, "direction": study.direction.name.lower(),
+            "metric": study.user_attrs.get("config", {}).get("search.metric", ""),
+            "best": best, "trials": trials}
+
+
+def list_studies(storage_url: str) -> list[dict[str, Any]]:
+    storage = open_storage(storage_url, must_exist=True)
+    rows = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        counts = {st.name: sum(t.state == st for t in trials) for st in TrialState if st != TrialState.WAITING}
+        rows.append({"study": s.study_name, "trials": len(trials), **counts, "best": best_value(study),
+                     "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else ""})
+    return rows
+
+
+def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
+    """On the parent run: the Optuna plots in one self-contained HTML, the trials table, the space."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            write_trials_csv(study, folder / "trials.csv")
+            (folder / "space.toml").write_text(to_toml(cfg, redact_url), encoding="utf-8")
+            write_study_plots(study, folder / "study_plots.html")
+            tracker.log_files(parent_id, folder)
+    except Exception as e:  # the study itself is safe in the storage; only its summary files are missing
+        log.warning("could not log the study's plots and tables (%s)", e)
+
+
+def write_trials_csv(study: optuna.Study, path: Path) -> None:
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", "value", *names, "best_epoch", "epochs_run", "reason", "mlflow_run_id",
+                    "seconds"])
+        for t in trials:
+            r = trial_record(t)
+            seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else ""
+            w.writerow([t.number, t.state.name, "" if t.value is None else t.value,
+                        *[t.params.get(n, "") for n in names], r["best_epoch"], r["epochs_run"], r["reason"],
+                        r["mlflow_run_id"], seconds])
+
+
+def write_study_plots(study: optuna.Study, path: Path) -> None:
+    """Optimisation history, parameter importances, parallel coordinates and intermediate values."""
+    from optuna import visualization as vis
+
+    parts, first = [], True
+    for title, plot in (("optimization history", vis.plot_optimization_history),
+                        ("parameter importances", vis.plot_param_importances),
+                        ("parallel coordinates", vis.plot_parallel_coordinate),
+                        ("intermediate values", vis.plot_intermediate_values)):
+        try:
+            figure = plot(study)
+        except Exception as e:  # e.g. importances need two complete trials
+            parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")
+            continue
+        parts.append(f"<h2>{title}</h2>" + figure.to_html(full_html=False, include_plotlyjs=first))
+        first = False  # one copy of plotly.js serves every figure: the file works offline
+    path.write_text(f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
+                    f"<h1>study {study.study_name}</h1>{''.join(parts)}</body></html>", encoding="utf-8")

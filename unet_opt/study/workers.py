@@ -1,0 +1,113 @@
+"""`--workers K`: K processes on this machine run the worker loop on one study and one parent run."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import optuna
+import torch
+
+from unet_opt import runtime
+from unet_opt.config import Config
+from unet_opt.data import load_data
+from unet_opt.distributed import Placement, die_with_parent
+from unet_opt.paths import Paths
+from unet_opt.runs import Fit
+from unet_opt.study.context import SearchContext
+from unet_opt.study.loop import MAX_FAILURES_IN_A_ROW, Outcome, work
+from unet_opt.study.pruning import make_pruner, make_sampler
+from unet_opt.study.storage import open_storage, study_name
+from unet_opt.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What a worker process is started with (it opens its own storage and MLflow connections)."""
+
+    cfg: Config
+    paths: Paths
+    parent_id: str
+    deadline: float
+    verbose: bool
+    fit: Fit
+
+
+def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -> Outcome:
+    """Start one worker process per placement and wait for them; their worker ids are added to `ids`."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    processes = [context.Process(target=worker_main, name=f"worker-{i}", args=(i, plan, placement))
+                 for i, placement in enumerate(placements)]
+    for p in processes:
+        p.start()
+        ids.append(f"{socket.gethostname()}:{p.pid}")
+    try:
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:
+        # a terminal's Ctrl-C reached the workers too; a signal sent to this process alone is passed on
+        stop_workers(processes)
+        raise
+    finally:
+        for p in processes:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    outcome = Outcome()
+    codes = [p.exitcode for p in processes]
+    outcome.failed_out = any(code == 1 for code in codes)
+    if outcome.failed_out:
+        outcome.stopped_reason = f"a worker stopped after {MAX_FAILURES_IN_A_ROW} trials in a row failed"
+    elif any(code not in (0, 1) for code in codes):
+        outcome.stopped_reason = f"worker exit codes {codes}"
+    elif time.time() > plan.deadline:
+        outcome.stopped_reason = f"timeout of {plan.cfg.search.timeout:g} s reached"
+    return outcome
+
+
+def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: float = 5.0,
+                 after_nudge: float = 60.0, clock=time.monotonic, send_signal=os.kill) -> None:
+    """Give interrupted workers time to record their trials as interrupted; nudge those still going.
+    At most `grace + after_nudge` seconds in all, however many there are; the caller kills the rest."""
+    end = clock() + grace
+    for p in processes:
+        p.join(max(0.0, end - clock()))
+    for p in processes:
+        if p.is_alive():
+            send_signal(p.pid, signal.SIGINT)
+    end = clock() + after_nudge
+    for p in processes:
+        p.join(max(0.0, end - clock()))
+
+
+def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
+    """One worker process: its own storage and MLflow connections, the shared study and parent run, a
+    sampler seeded for this worker. It dies with the launching process, as the trial's ranks do."""
+    die_with_parent()
+    runtime.setup(plan.verbose, prefix=f"[w{index}] ")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if placement.device == "cpu" and placement.procs == 1 and placement.threads:
+        torch.set_num_threads(placement.threads)
+    cfg, paths = plan.cfg, plan.paths
+    name = study_name(cfg)
+    storage = open_storage(paths.storage_url(cfg.search.storage))
+    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, index),
+                              pruner=make_pruner(cfg))
+    first = load_data(cfg.data, cfg.model.depth, paths.cache)
+    ctx = SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
+                              first, plan.fit)
+    try:
+        outcome = work(ctx)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if outcome.stopped_reason:
+        log.info("stopped: %s", outcome.stopped_reason)
+    raise SystemExit(1 if outcome.failed_out else 0)
