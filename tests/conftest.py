@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def cli(capsys):
     """Run `unet-opt ARGS` in this process: returns (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # what ran before (a library call's log lines) is not this command's output
         with pytest.raises(SystemExit) as exit_info:
             main(list(args))
         out, err = capsys.readouterr()
@@ -46,6 +48,23 @@ def run_search(home: Path, trials: int, *sets: str, fit=None, **placement):
     runtime.setup()  # as the CLI does: log to this test's stderr
     cfg = load_config("default", {"search.trials": trials}, [*FAST_SETS, *sets])
     return run(cfg, Paths.resolve(home), plan("cpu", None, placement.get("procs")), fit=fit or fit_on_ranks)
+
+
+@pytest.fixture(scope="session")
+def searched_folder(tmp_path_factory) -> Path:
+    """A project folder after `unet-opt search --trials 1 --pruner none` on tiny data, made once per session."""
+    folder = tmp_path_factory.mktemp("searched")
+    run_search(folder, 1, 'search.pruner="none"')
+    return folder
+
+
+@pytest.fixture
+def searched_home(home, searched_folder) -> Path:
+    """`home` holding a copy of the searched folder's stores (its artifacts stay where they were made, so
+    tests that write runs need a search of their own)."""
+    for name in ("studies", "mlruns"):
+        shutil.copytree(searched_folder / name, home / name)
+    return home
 
 
 def written_files(folder: Path) -> list[str]:

@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from unet_opt.config import Config, to_toml
+from unet_opt.errors import UserError
 from unet_opt.paths import redact_url, sqlite_file
 from unet_opt.space_file import find_space, load_config, parse_set
-from unet_opt.errors import UserError
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -59,7 +59,8 @@ def test_set_values_are_read_as_toml():
     ("[train\nlr = 0.1\n", [], r"not valid TOML"),
     ("[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n", [], r"multiples of 4.*step = 4"),
     ("[space.batch_size]\ntype = 'categorical'\nchoices = [4, 6]\n", [], r"multiples of 4 \(got 6\)"),
-    ("[space.image_size]\ntype = 'categorical'\nchoices = [32, 36]\n", [], r"multiples of 2\*\*depth = 8 \(got 36\); use a multiple of 8, e.g. 32"),
+    ("[space.image_size]\ntype = 'categorical'\nchoices = [32, 36]\n", [],
+     r"multiples of 2\*\*depth = 8 \(got 36\); use a multiple of 8, e.g. 32"),
     ("[space.lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.01\n", [], r"low = 0.1 is above high"),
     ("[space.lr]\ntype = 'float'\nlow = 0\nhigh = 0.01\nlog = true\n", [], r"log = true needs low > 0"),
     ("[space.lr]\ntype = 'gaussian'\n", [], r"type = 'gaussian'"),

@@ -54,6 +54,7 @@ def test_cache_is_decoded_once_and_keyed_by_content(tmp_path, monkeypatch):
     assert ((changed.masks == IGNORE) == (nearest(truth["001"], 32, 48) == 0)).numpy()[1].all()
 
 
+@pytest.mark.slow
 def test_two_processes_filling_one_cache_at_once(tmp_path):
     make_dataset(tmp_path / "data", "tu-graz", count=12)
     code = ("import sys; from unet_opt.config import DataConfig; from unet_opt.data import load_data; "
@@ -120,6 +121,7 @@ def test_bad_data_is_named_before_training(home, cli, kind):
     assert written_files(home) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["kaggle", "tu-graz"])
 def test_search_on_a_real_layout_logs_its_class_names(home, cli, layout):
     make_dataset(home / "data", layout, count=12)

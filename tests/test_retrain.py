@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from unet_opt.checkpoint import load_checkpoint, save_checkpoint
-from unet_opt.space_file import load_config
 from unet_opt.data import ClassTable
 from unet_opt.model import build_model
+from unet_opt.space_file import load_config
 
 
 def retrain_runs(home):
@@ -102,9 +102,9 @@ def test_binary_prediction_is_zero_or_one_at_full_size(home, cli):
     ("search", ["predict", "models:/unet-opt-default@champion", "broken.jpg"], "broken.jpg cannot be read"),
     ("search", ["predict", "models:/unet-opt-default@champion", "absent.jpg"], "absent.jpg does not exist"),
 ])
-def test_bad_input_to_model_commands(home, cli, monkeypatch, setup, args, message):
+def test_bad_input_to_model_commands(home, cli, request, setup, args, message):
     if setup == "search":
-        assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0
+        request.getfixturevalue("searched_home")
     if setup == "failed":  # every trial fails: the search stops after 5 in a row
         run_search(home, 1, fit=partial(fits.always_fail, RuntimeError("boom")))
     (home / "broken.jpg").write_text("not an image")
@@ -116,6 +116,7 @@ def test_bad_input_to_model_commands(home, cli, monkeypatch, setup, args, messag
     assert written_files(home) == before
 
 
+@pytest.mark.slow
 def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
     code, out, err = cli("train", "--set", "train.epochs=2", "--set", "data.image_size=32",
                          "--set", "data.synthetic_images=24", "--set", "model.base_channels=8")

@@ -24,6 +24,7 @@ def load(home):
     return optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_then_the_same_command_recovers(home, cli, point):
     args = ["search", "--trials", "2", "--pruner", "none", *FAST]
@@ -104,6 +105,7 @@ def test_checkpoints_load_weights_only(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
+@pytest.mark.slow
 def test_same_seed_same_params_and_values(home, monkeypatch, cli):
     results = []
     for folder in ("a", "b"):
@@ -119,6 +121,7 @@ def test_same_seed_same_params_and_values(home, monkeypatch, cli):
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_real_sigint_records_the_trial_and_exits_130(home):
     import os
     import signal
@@ -140,6 +143,7 @@ def test_real_sigint_records_the_trial_and_exits_130(home):
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_tracking_store_dropping_mid_trial_is_recorded(home, cli, monkeypatch):
     from unet_opt.tracking import Tracker
 

@@ -128,11 +128,13 @@ def open_together(open_store, processes: int = 3) -> list[str]:
     return outcomes
 
 
+@pytest.mark.slow
 def test_processes_opening_one_new_study_database_at_once_all_open_it(tmp_path):
     for round_ in range(4):  # the slower ones used to fail with "table studies already exists"
         assert open_together(lambda: open_storage(f"sqlite:///{tmp_path}/{round_}.db")) == ["ok"] * 3
 
 
+@pytest.mark.slow
 def test_processes_opening_one_new_mlflow_database_at_once_all_open_it_and_leave_it_sound(tmp_path):
     for round_ in range(3):  # racing migrations used to fail and could leave the database unusable for good
         uri, artifacts = f"sqlite:///{tmp_path}/{round_}/mlflow.db", tmp_path / str(round_) / "artifacts"
@@ -170,6 +172,7 @@ def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_ar
     assert len(calls) == 1  # a real error is reported at once, not retried
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):
     """The same trial (same sampled params, seed, data and global batch) on 1 and on 2 processes.
 
@@ -203,6 +206,7 @@ def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):
                 assert b == pytest.approx(a, abs=0.01), key
 
 
+@pytest.mark.slow
 def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, tmp_path_factory):
     mark = tmp_path_factory.mktemp("mark") / "fired"  # rank 1 of the first trial raises, once
     run_search(home, 2, *EXACT_SETS, fit=partial(fits.fail_rank_once, str(mark)), procs=2)
@@ -217,6 +221,7 @@ def test_a_rank_that_raises_fails_the_trial_and_leaves_no_process(home, tmp_path
     assert children_of(os.getpid()) == []  # no rank outlived its trial
 
 
+@pytest.mark.slow
 def test_killing_the_search_kills_its_ranks(home, cli, tmp_path_factory):
     # each rank notes its pid once it trains; the search process is then killed with SIGKILL
     pids = tmp_path_factory.mktemp("pids")
@@ -244,6 +249,7 @@ def test_killing_the_search_kills_its_ranks(home, cli, tmp_path_factory):
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(home, cli):
     code, out, err = cli("search", "--trials", "6", "--workers", "2", *FAST)
     assert code == 0, err
@@ -278,6 +284,7 @@ def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker():
     assert clock[0] == 65.0 and signals == [signal.SIGINT] * 3  # then the caller kills them
 
 
+@pytest.mark.slow
 def test_sigint_to_the_launcher_stops_every_worker(home):
     # SIGINT to the launching process alone (not a terminal's Ctrl-C, which reaches all): it passes it on
     args = ["search", "--trials", "20", "--workers", "2", "--pruner", "none", *FAST,
@@ -363,6 +370,7 @@ def mlflow_server(tmp_path_factory):
     server.wait(30)
 
 
+@pytest.mark.slow
 def test_two_machines_share_a_postgres_study_and_an_mlflow_server(postgres_url, mlflow_server, tmp_path):
     # two "machines": separate project folders (caches), one study in PostgreSQL, one tracking server
     args = ["search", "--trials", "6", "--study", "shared", "--storage", postgres_url,
@@ -390,3 +398,25 @@ def test_two_machines_share_a_postgres_study_and_an_mlflow_server(postgres_url, 
     artifacts = MlflowClient(mlflow_server).list_artifacts(children[0].info.run_id)
     assert "learning_curves.png" in {a.path for a in artifacts}  # files went through the server
     assert not list((tmp_path / "a").glob("mlruns/*"))  # nothing tracked locally
+
+
+@pytest.mark.slow
+def test_retrain_on_two_gloo_processes_matches_one_process(home, cli):
+    """`retrain --best --procs 2` trains the same model as one process: the same global batches, so the
+    per-epoch losses and the test scores agree up to the order of floating-point sums (as for a trial)."""
+    assert cli("search", "--trials", "1", *EXACT)[0] == 0
+    assert cli("retrain", "--best", "--device", "cpu", "--name", "one")[0] == 0
+    code, out, err = cli("retrain", "--best", "--device", "cpu", "--procs", "2", "--name", "two")
+    assert code == 0, err
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    runs = {r.data.tags["registered_model"].split("/")[0]: r for r in client.search_runs(
+        [client.get_experiment_by_name("default").experiment_id], "tags.`unet_opt.role` = 'retrain'")}
+    assert runs["two"].data.tags["devices"] == "2 CPU processes" and runs["one"].data.tags["devices"] == "1 CPU process"
+    one, two = (history(client, runs[n].info.run_id, "train_loss") for n in ("one", "two"))
+    assert [s for s, _ in two] == [s for s, _ in one] and len(one) >= 1  # every epoch logged once
+    for (_, a), (_, b) in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-3)
+    for key in ("test_loss", "test_dice", "test_miou", "test_pixel_accuracy"):
+        a, b = runs["one"].data.metrics[key], runs["two"].data.metrics[key]
+        assert b == pytest.approx(a, rel=1e-3) if key == "test_loss" else b == pytest.approx(a, abs=0.01), key
+    assert children_of(os.getpid()) == []  # no rank outlived the retrain

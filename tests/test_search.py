@@ -1,18 +1,17 @@
 """A real search in a temporary folder: the Optuna study and the MLflow runs, field by field."""
 
 import json
-
-import optuna
-import pytest
 from functools import partial
 
 import fits
+import optuna
+import pytest
 from conftest import FAST, run_search
 from mlflow.tracking import MlflowClient
 
 from unet_opt.config import Config
 from unet_opt.space_file import load_config
-from unet_opt.study.pruning import StudyHyperband, make_pruner, max_epochs
+from unet_opt.study.pruning import make_pruner, max_epochs
 
 TRIAL_ARTIFACTS = {"config.toml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
                    "per_class.csv", "predictions.png"}
@@ -123,12 +122,14 @@ def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli):
     assert len(parents) == 1 and not [c for c in children if c.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert cli("search", "--trials", "1", *FAST)[0] == 0
     code, _, err = cli("search", "--trials", "2", *FAST, "--set", "train.patience=9")
     assert code == 2 and "changed: train.patience" in err and "--study NEW_NAME" in err
 
 
+@pytest.mark.slow
 def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     elsewhere = home / "project"
     code, out, err = cli("--home", str(elsewhere), "search", "--trials", "5", "--timeout", "1", "--pruner", "none",

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from unet_opt import runtime
+from unet_opt.console import fmt, print_summary, print_table
 from unet_opt.errors import UserError
 from unet_opt.paths import Paths
 
@@ -106,30 +107,6 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return 1 if summary.failed_out else 0
-
-
-def print_summary(s, seconds: float) -> None:
-    finished = s.counts.get("COMPLETE", 0) + s.counts.get("PRUNED", 0)
-    click.echo("")
-    if s.already_done:
-        click.echo(f"study '{s.study}' already has {finished} finished trials (asked for {s.target}); nothing to do. "
-                   f"Ask for more with --trials N.")
-    elif s.interrupted:
-        click.echo(f"interrupted: study '{s.study}' has {finished}/{s.target} finished trials; "
-                   f"run the same command again to continue.")
-    else:
-        click.echo(f"study '{s.study}': {finished}/{s.target} finished trials, {s.ran} run now in {seconds:.0f} s"
-                   + (f" ({s.stopped_reason})" if s.stopped_reason else ""))
-    click.echo("trials by state: " + ", ".join(f"{k.lower()} {v}" for k, v in s.counts.items() if v))
-    if s.best:
-        click.echo(f"best trial: #{s.best['number']}  {s.metric} = {s.best['value']:.4f}  "
-                   f"(best epoch {s.best['best_epoch']}, MLflow run {s.best['mlflow_run_id']})")
-        width = max(len(k) for k in s.best["params"]) if s.best["params"] else 0
-        for key, value in s.best["params"].items():
-            click.echo(f"  {key:<{width}}  {value:.4g}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
-    else:
-        click.echo("no complete trial yet")
-    click.echo(f"MLflow UI: {s.ui}   (or: unet-opt ui)")
 
 
 @cli.command()
@@ -341,16 +318,6 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
         h, w = data_set.images.shape[-2:]
         click.echo(f"{len(data_set.names)} images cached at {h}x{w} under {paths.cache}")
     return 0
-
-
-def fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,7 +47,8 @@ def read_class_csv(path: Path) -> ClassTable:
         raise UserError(f"class table {path} cannot be read ({type(e).__name__}); fix or remove it") from None
     header = [h.strip().lower() for h in rows[0]] if rows else []
     if not {"name", "r", "g", "b"} <= set(header):
-        raise UserError(f"class table {path}: the header must name the columns name, r, g, b (got {rows[0] if rows else 'nothing'})")
+        got = rows[0] if rows else "nothing"
+        raise UserError(f"class table {path}: the header must name the columns name, r, g, b (got {got})")
     col = {k: header.index(k) for k in ("name", "r", "g", "b")}
     names, colors = [], []
     for line, row in enumerate(rows[1:], start=2):

@@ -51,8 +51,9 @@ def _files(folder: Path) -> dict[str, Path]:
 def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
     """The layout at `path`, or in the one folder below it that has one (up to 3 levels down)."""
     for depth in range(4):
-        found = [(root, layout) for root in ([path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth))))
-                 if root.is_dir() for layout in LAYOUTS if (root / layout.images).is_dir() and (root / layout.masks).is_dir()]
+        roots = [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
+        found = [(root, layout) for root in roots if root.is_dir()
+                 for layout in LAYOUTS if (root / layout.images).is_dir() and (root / layout.masks).is_dir()]
         if found:
             return found[0]
     return None
