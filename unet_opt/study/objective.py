@@ -110,9 +110,11 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
     trial.set_user_attr("mlflow_run_id", run_id)
     spec = runs.RunSpec(cfg, ctx.split, ctx.split_names)
 
-    def report_and_ask(epoch: int, metrics: dict[str, float], best: float) -> bool:
+    def report_and_ask(epoch: int, metrics: dict[str, float], best: float | None) -> bool:
         # the pruner sees the trial's best so far, which is what the trial will be scored by:
         # one noisy epoch then cannot get a trial pruned that had already done well
+        if best is None:  # no finite value yet: nothing to judge the trial by
+            return False
         trial.report(best, epoch)
         return trial.should_prune()
 
