@@ -259,11 +259,27 @@ def test_two_workers_share_one_study(home, cli):
     assert len(finished) == 6 and len({t.number for t in study.trials}) == len(study.trials)
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "FAIL")]
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params)  # the two workers never drew the same trial
     parents, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
     assert len(parents) == 1 and len(children) == 6
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.info.status for c in children} == {"FINISHED"}
     assert children_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+def test_two_commands_at_once_on_one_study_draw_different_trials(home):
+    # the README's many-machines recipe on one machine: the same command twice, started together
+    args = [sys.executable, "-m", "unet_opt", "search", "--trials", "4", "--pruner", "none", *FAST]
+    commands = [subprocess.Popen(args, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    outputs = [c.communicate(timeout=300)[0] for c in commands]
+    assert [c.returncode for c in commands] == [0, 0], outputs
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(finished) >= 4 and len(set(params)) == len(params), params
 
 
 def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker():

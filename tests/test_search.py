@@ -73,11 +73,12 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
     # the same command again: nothing to do
     code, out, _ = cli("search", "--trials", "3", "--seed", "1", *FAST)
     assert code == 0 and "already has 3 finished trials" in out
-    # one more trial: same study, same parent run
+    # one more trial: same study, same parent run, and new params (not trial 0's again)
     code, _, _ = cli("search", "--trials", "4", "--seed", "1", *FAST)
     assert code == 0
     _, _, parents, children = mlflow_runs(home)
     assert len(parents) == 1 and len(children) == 4
+    assert_no_param_set_repeats(load(home))
 
     code, out, _ = cli("report", "--json")
     report = json.loads(out)
@@ -86,6 +87,28 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
     assert set(report["best"]) == {"number", "value", "params", "mlflow_run_id"}
     code, out, _ = cli("studies")
     assert code == 0 and "default" in out
+
+
+def load(home) -> optuna.Study:
+    return optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+
+
+def assert_no_param_set_repeats(study: optuna.Study) -> None:
+    sets = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(set(sets)) == len(sets), sets
+
+
+def test_an_extended_search_draws_new_params_and_a_new_one_draws_the_same(home, cli, tmp_path):
+    # --trials 2, then --trials 4 in the same folder; and --trials 4 at once in another
+    assert cli("search", "--trials", "2", "--pruner", "none", *FAST)[0] == 0
+    assert cli("search", "--trials", "4", "--pruner", "none", *FAST)[0] == 0
+    extended = load(home)
+    assert_no_param_set_repeats(extended)  # each process seeds trial N from the study seed and N
+    other = tmp_path / "other"
+    other.mkdir()
+    assert cli("--home", str(other), "search", "--trials", "4", "--pruner", "none", *FAST)[0] == 0
+    # a search run again from scratch draws the same trials: reproducible as before
+    assert [t.params for t in load(other).trials] == [t.params for t in extended.trials]
 
 
 def test_a_failing_trial_does_not_stop_the_search(home):
@@ -120,6 +143,7 @@ def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli):
     assert len(finished) == 3 and [t.number for t in study.trials] == [0, 1, 2, 3]
     _, _, parents, children = mlflow_runs(home)
     assert len(parents) == 1 and not [c for c in children if c.info.status == "RUNNING"]
+    assert_no_param_set_repeats(study)  # the resumed process drew new params
 
 
 @pytest.mark.slow
@@ -195,8 +219,15 @@ def test_hyperband_prunes_a_bracket_s_first_trial_in_the_study_s_bottom_quarter_
     # Optuna's Hyperband alone lets trial 1, the first of its bracket, run to the end however poor it is
     alone = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=8, reduction_factor=3)
     assert epochs_run(alone, [good, poor], direction) == [6, 6]
-    assert epochs_run(pruner, [good, poor], direction) == [6, 3]  # below trial 0, the only other, at epoch 3
-    assert epochs_run(make_pruner(cfg), [poor, good], direction) == [6, 6]  # above it: runs on
+    # below trial 0, the only other, at epoch 3: one peer is no judgement, so it runs on
+    assert epochs_run(pruner, [good, poor], direction) == [6, 6]
+    # the study-wide rule alone (its bracket never prunes here): below four others at epoch 3, pruned
+    # there, and the reason names the rule and the peers
+    study_rule = make_pruner(cfg)
+    study_rule.hyperband = optuna.pruners.NopPruner()
+    assert epochs_run(study_rule, [good] * 4 + [poor], direction) == [6, 6, 6, 6, 3]
+    assert study_rule.reason == "bottom quarter of 4 trials"
+    assert epochs_run(study_rule, [good] * 3 + [poor], direction) == [6, 6, 6, 6]  # three peers: runs on
 
 
 @pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
@@ -211,7 +242,7 @@ def test_the_study_wide_check_prunes_the_bottom_quarter_at_epoch_3_only(directio
         trial.report(sign * value, epoch)
         return pruner.in_bottom_quarter(study, study.trials[-1])
 
-    assert judged(0.19) and not judged(0.21)  # 0.21 is below the median, 0.3, and goes on
+    assert judged(0.19) == 5 and not judged(0.21)  # 0.21 is below the median, 0.3, and goes on
     assert not judged(0.0, epoch=2)  # judged by the whole study only at epoch 3
 
 

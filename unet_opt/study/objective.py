@@ -19,6 +19,7 @@ from unet_opt import runs
 from unet_opt.config import Param
 from unet_opt.paths import redact_url
 from unet_opt.study.context import SearchContext
+from unet_opt.study.pruning import prune_reason
 from unet_opt.study.storage import FINISHED, HEARTBEAT_SECONDS, best_value
 from unet_opt.train import FitResult
 
@@ -126,7 +127,8 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         if result.stop_reason == "nan_loss":
             state, reason = TrialState.PRUNED, "nan_loss"
         elif result.stop_reason == "callback":
-            state, reason = TrialState.PRUNED, f"pruned after epoch {result.epochs_run}"
+            rule = prune_reason(ctx.study.pruner)
+            state, reason = TrialState.PRUNED, f"pruned after epoch {result.epochs_run}: {rule}"
         else:
             state, value, reason = TrialState.COMPLETE, result.best_metrics[metric], result.stop_reason
     except KeyboardInterrupt:

@@ -3,19 +3,63 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from unet_opt.config import Config
 
+MIN_STUDY_PEERS = 4  # the study-wide bottom-quarter rule judges a trial only against this many others or more
 
-def make_sampler(cfg: Config, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """Worker k of `--workers K` seeds its sampler with seed + k: the same seed would draw the same trials."""
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Draws trial N with a sampler seeded from the study's seed and N.
+
+    A sampler seeded once per process restarts its random stream in every process, so a resumed or
+    extended search, a second worker and another machine would all draw the trials already drawn. Trial
+    numbers are unique in a study, so this draws new points in every process, and a search run again
+    from scratch draws the same ones.
+    """
+
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int):
+        self.make, self.seed = make, seed
+        self.inner = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # called by Optuna before anything of trial N is sampled
+        seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+        self.inner = self.make(seed)
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: list[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
+def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
     s = cfg.search
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed + worker)
-    return optuna.samplers.TPESampler(seed=s.seed + worker, n_startup_trials=s.startup_trials)
+        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), s.seed)
+    return TrialSeededSampler(lambda seed: optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials),
+                              s.seed)
 
 
 def max_epochs(cfg: Config) -> int:
@@ -42,26 +86,35 @@ class StudyHyperband(optuna.pruners.BasePruner):
         self.hyperband = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource,
                                                         reduction_factor=3)
         self.study_epoch = 1  # 3**(brackets - 1): where the last bracket first judges
+        self.reason = ""  # the rule that pruned the trial asked last
         while self.study_epoch * 3 <= max_resource:
             self.study_epoch *= 3
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         # Hyperband first, always: it records the trial's rung results, which later trials are judged on
-        return self.hyperband.prune(study, trial) or self.in_bottom_quarter(study, trial)
+        if self.hyperband.prune(study, trial):
+            self.reason = "bracket rung"
+            return True
+        peers = self.in_bottom_quarter(study, trial)
+        if peers:
+            self.reason = f"bottom quarter of {peers} trials"
+        return bool(peers)
 
-    def in_bottom_quarter(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    def in_bottom_quarter(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
+        """How many other trials `trial` is in the bottom quarter of at the study-wide epoch (0: it is not,
+        or fewer than MIN_STUDY_PEERS others reached that epoch: a quarter of one or two is no judgement)."""
         epoch = trial.last_step
         if epoch != self.study_epoch:
-            return False
+            return 0
         others = [t.intermediate_values[epoch] for t in study.get_trials(deepcopy=False)
                   if t.number != trial.number and epoch in t.intermediate_values]
         others = [v for v in others if math.isfinite(v)]
-        if not others:
-            return False
+        if len(others) < MIN_STUDY_PEERS:
+            return 0
         value = trial.intermediate_values[epoch]
         if study.direction == optuna.study.StudyDirection.MAXIMIZE:
-            return value < float(np.percentile(others, 25))
-        return value > float(np.percentile(others, 75))
+            return len(others) if value < float(np.percentile(others, 25)) else 0
+        return len(others) if value > float(np.percentile(others, 75)) else 0
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
@@ -75,3 +128,12 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+def prune_reason(pruner: optuna.pruners.BasePruner) -> str:
+    """The rule by which `pruner` pruned the trial it was asked about last."""
+    if isinstance(pruner, StudyHyperband):
+        return pruner.reason
+    if isinstance(pruner, optuna.pruners.MedianPruner):
+        return "below the median"
+    return "halving rung"

@@ -99,7 +99,7 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
     name = study_name(cfg)
     storage = open_storage(paths.storage_url(cfg.search.storage))
     tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, index),
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg),
                               pruner=make_pruner(cfg))
     first = load_data(cfg.data, cfg.model.depth, paths.cache)
     ctx = SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
