@@ -16,10 +16,10 @@ import click
 
 from unet_opt import runtime
 from unet_opt.console import fmt, print_summary, print_table
-from unet_opt.errors import UserError
+from unet_opt.errors import Terminated, UserError
 from unet_opt.paths import Paths
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ def placement_of(device: str | None, gpus: str | None, procs: int | None):
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     """Tune and track UNet segmentation models with Optuna and MLflow."""
     runtime.setup(verbose)
+    if home:  # a folder asked for by name is made; its studies/ and mlruns/ only when something is stored
+        Path(home).mkdir(parents=True, exist_ok=True)
     ctx.obj = Session(Paths.resolve(home), verbose)
 
 
@@ -105,7 +107,7 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
     summary = run_search(cfg, session.paths, placement, workers, session.verbose)
     print_summary(summary, time.monotonic() - started)
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if summary.terminated else EXIT_INTERRUPTED
     return 1 if summary.failed_out else 0
 
 
@@ -322,6 +324,7 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every user mistake into one `error:` line and exit code 2."""
+    runtime.handle_sigterm()
     try:
         code = cli.main(args=argv, prog_name="unet-opt", standalone_mode=False)
     except click.exceptions.Exit as e:  # --help
@@ -336,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         click.echo(f"error: {' '.join(str(e).split())}", err=True)
         code = EXIT_USAGE
+    except Terminated:
+        click.echo("terminated", err=True)
+        code = EXIT_TERMINATED
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted", err=True)
         code = EXIT_INTERRUPTED

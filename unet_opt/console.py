@@ -24,7 +24,8 @@ def print_summary(s, seconds: float) -> None:
         click.echo(f"study '{s.study}' already has {finished} finished trials (asked for {s.target}); nothing to do. "
                    f"Ask for more with --trials N.")
     elif s.interrupted:
-        click.echo(f"interrupted: study '{s.study}' has {finished}/{s.target} finished trials; "
+        how = "terminated" if s.terminated else "interrupted"
+        click.echo(f"{how}: study '{s.study}' has {finished}/{s.target} finished trials; "
                    f"run the same command again to continue.")
     else:
         click.echo(f"study '{s.study}': {finished}/{s.target} finished trials, {s.ran} run now in {seconds:.0f} s"

@@ -10,7 +10,6 @@ With one process everything runs in the caller's process, with no process group 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -28,6 +27,7 @@ from torch.multiprocessing.spawn import ProcessException
 
 from unet_opt import runtime
 from unet_opt.errors import UserError
+from unet_opt.processes import die_with_parent
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 
@@ -277,14 +277,6 @@ def _first_failure(context: Any, error: Exception) -> str:
         last = [line for line in trace.strip().splitlines() if line.strip()][-1]
         return f"rank {rank} failed: {last.strip()}"
     return f"rank {getattr(error, 'error_index', '?')} {str(error).strip()}"  # killed by a signal or os._exit
-
-
-def die_with_parent() -> None:
-    """Ask Linux to kill this process when the process that started it dies (SIGKILL included)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the launcher's cleanup is all there is
-        pass
 
 
 def _rank_main(rank: int, placement: Placement, rendezvous: str, target: Target, args: tuple, conn: Any,

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input from the user: the message names the problem and the fix."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by Slurm, Kubernetes, systemd, `kill`): handled as Ctrl-C, and the exit code is 143."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from unet_opt.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,32 @@ def redact_url(url: str) -> str:
 def sqlite_file(url: str) -> Path | None:
     """The database file of a `sqlite:///PATH` storage or tracking URL; None for a server or other store."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
+    """Make the file `final` with `build(path)` at a temporary name beside it, then link it into place:
+    a kill at any moment leaves either no `final` or a whole one. If another process put one there
+    meanwhile, that one is kept. Partial files of killed processes are removed first."""
+    for stale in final.parent.glob(f"{final.name}.partial-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            stale.unlink(missing_ok=True)
+    partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
+    partial.unlink(missing_ok=True)
+    try:
+        build(partial)
+        os.link(partial, final)  # fails if `final` exists: never replaces another process's store
+    except FileExistsError:
+        pass
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def make_folder(folder: Path, flag: str) -> None:
+    """The folder a store's file lives in: made when its parent exists (`studies/` in a project folder),
+    else an error: a mistyped path must not leave a tree of new folders behind."""
+    if folder.is_dir():
+        return
+    if not folder.parent.is_dir():
+        raise UserError(f"folder {folder.parent} does not exist; create it first or fix {flag}")
+    folder.mkdir(exist_ok=True)

@@ -69,6 +69,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = study.user_attrs["split"]
     tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
+    tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever
     run_id = tracker.start_run(f"retrain-trial-{best.number:04d}", cfg.params(),
                                {"unet_opt.role": "retrain", "optuna.study": study.study_name,
                                 "source_trial": best.number, "seed": cfg.train.seed,
@@ -94,6 +95,7 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fi
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     experiment = (cfg.search.study or Path(cfg.source).stem) + BASELINE_SUFFIX
     tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), experiment, paths.artifacts)
+    tracker.fail_runs_of_dead_processes()
     run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,
                                                        "devices": placement.describe()})
     spec = runs.RunSpec(cfg, split_indices(split_names, data.names), split_names, test=True,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -36,3 +37,15 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
     # heartbeats are used with ask/tell (our own Heartbeat thread), which Optuna warns about every trial
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     warnings.filterwarnings("ignore", message=".*experimental")  # Optuna's ExperimentalWarning (heartbeats)
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    from unet_opt.errors import Terminated
+
+    raise Terminated()
+
+
+def handle_sigterm() -> None:
+    """SIGTERM (Slurm, Kubernetes, systemd, `kill`) stops this process as Ctrl-C does: the trial in
+    progress is recorded as interrupted and its run KILLED, instead of the process vanishing mid-write."""
+    signal.signal(signal.SIGTERM, raise_terminated)

@@ -22,7 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from unet_opt.errors import UserError
-from unet_opt.paths import redact_url, sqlite_file
+from unet_opt.paths import create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.processes import is_dead_here, worker_id
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,20 @@ class Tracker:
         database = sqlite_file(tracking_uri)
         folder = database.parent if database else None
         if folder:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder(folder, "--tracking-uri")
         self.uri = tracking_uri
         with one_opener_at_a_time(folder):
             try:
+                if database and not database.exists():  # MLflow's migrations are not atomic: build aside
+                    create_atomically(database, lambda path: MlflowClient(f"sqlite:///{path}").search_experiments())
                 self.client = MlflowClient(tracking_uri=tracking_uri)
                 exp = self.client.get_experiment_by_name(experiment)
             except Exception as e:  # server down, bad URI, unreadable database
+                if database:
+                    raise UserError(f"the MLflow store {database} is damaged or unreadable ({type(e).__name__}: "
+                                    f"{redact_url(str(e)).splitlines()[0][:150]}); move it away (e.g. "
+                                    f"mv {database.parent} {database.parent}.damaged) and run again, or restore "
+                                    f"it from a backup") from None
                 raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} "
                                 f"({type(e).__name__}); start the server or fix --tracking-uri") from None
         if exp is None:
@@ -115,6 +123,9 @@ class Tracker:
         return run.info.run_id
 
     def start_run(self, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
+        """A run tagged with the process that owns it (`worker`: host:pid), so that a later command can
+        tell a run whose process died from one still going."""
+        tags = {"worker": worker_id(), **tags}
         run = self.client.create_run(self.experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), PARAM_BATCH):
@@ -182,6 +193,19 @@ class Tracker:
             raise
         finally:
             self.end(run_id, status)
+
+    def running_runs(self) -> list[mlflow.entities.Run]:
+        return self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=10000)
+
+    def fail_runs_of_dead_processes(self, roles: tuple[str, ...] = ("retrain", "train")) -> None:
+        """A retrain or train run left RUNNING by a process of this machine that is gone (killed) ends FAILED."""
+        for run in self.running_runs():
+            tags = run.data.tags
+            if tags.get("unet_opt.role") in roles and is_dead_here(tags.get("worker")):
+                self.set_tags(run.info.run_id, {"unet_opt.end_reason": "its process died (killed or crashed)"})
+                self.end(run.info.run_id, "FAILED")
+                log.warning("MLflow run %s (%s) was left running by a dead process; marked FAILED",
+                            run.info.run_id, run.info.run_name)
 
     def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> None:
         """Close a run a dead process left RUNNING (it may also have been deleted by the user)."""

@@ -4,14 +4,13 @@ that dead workers (killed processes, lost machines) left RUNNING."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
+from unet_opt.processes import is_dead_here
 from unet_opt.study.context import SearchContext
 from unet_opt.study.objective import run_trial
 from unet_opt.study.storage import DEAD_WORKER, count_finished, count_running
@@ -50,20 +49,6 @@ def work(ctx: SearchContext) -> Outcome:
             outcome.failed_out = True
             outcome.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
             return outcome
-
-
-def is_dead_here(worker: str | None) -> bool:
-    """A worker of this machine whose process is gone (another machine's is judged by heartbeat)."""
-    host, _, pid = (worker or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
 
 
 def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker) -> None:

@@ -6,8 +6,6 @@ never stops the search, Ctrl-C records it as interrupted and is raised on.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from typing import Any
 
@@ -18,15 +16,14 @@ from optuna.trial import TrialState
 from unet_opt import runs
 from unet_opt.config import Param
 from unet_opt.paths import redact_url
+from unet_opt.processes import worker_id
 from unet_opt.study.context import SearchContext
 from unet_opt.study.pruning import prune_reason
+from unet_opt.study.reconcile import MLFLOW_STATUS
 from unet_opt.study.storage import FINISHED, HEARTBEAT_SECONDS, best_value
 from unet_opt.train import FitResult
 
 log = logging.getLogger(__name__)
-
-MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
-
 
 def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
     """The space file's params -> `suggest_*` calls -> {"train.lr": 0.003, ...}."""
@@ -39,10 +36,6 @@ def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
         else:
             values[name] = trial.suggest_categorical(name, list(p.choices))
     return values
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Heartbeat:

@@ -15,11 +15,13 @@ import optuna
 from unet_opt.config import Config
 from unet_opt.data import load_data
 from unet_opt.distributed import Placement, check_divisible, plan
+from unet_opt.errors import Terminated
 from unet_opt.paths import Paths, redact_url
+from unet_opt.processes import worker_id
 from unet_opt.runs import Fit
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import close_stale_trials, work
-from unet_opt.study.objective import worker_id
+from unet_opt.study.reconcile import close_runs_of_ended_trials, finish_parent
 from unet_opt.study.storage import count_finished, join_or_create_study, open_storage, study_name
 from unet_opt.study.summary import Summary, fill_summary, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
@@ -57,11 +59,14 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         storage = open_storage(paths.storage_url(cfg.search.storage))
 
     study = join_or_create_study(storage, cfg, name, first_data.names, lambda: tracker.open_parent(None, name))
-    close_stale_trials(study, storage, tracker)
+    close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
+    close_runs_of_ended_trials(study, tracker)
+    tracker.fail_runs_of_dead_processes()
     summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                       metric=cfg.search.goal.metric, ui=how_to_open(redact_url(tracking_uri)))
     if count_finished(study) >= cfg.search.trials:
         summary.already_done = True
+        finish_parent(study, tracker, study.user_attrs["mlflow_parent_run_id"], cfg)
         return fill_summary(summary, study)
 
     parent_id = tracker.open_parent(study.user_attrs.get("mlflow_parent_run_id"), name)
@@ -82,8 +87,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         else:
             outcome = run_workers(WorkerPlan(cfg, paths, parent_id, deadline, verbose, fit), placements, ours)
         summary.failed_out, summary.stopped_reason = outcome.failed_out, outcome.stopped_reason
-    except KeyboardInterrupt:
-        summary.interrupted = True
+    except KeyboardInterrupt as e:
+        summary.interrupted, summary.terminated = True, isinstance(e, Terminated)
     finally:
         summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
                           for t in study.get_trials(deepcopy=False))  # not other machines' trials

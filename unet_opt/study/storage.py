@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from unet_opt.config import Config, to_toml
 from unet_opt.data.splits import make_split
 from unet_opt.errors import UserError
-from unet_opt.paths import redact_url, sqlite_file
+from unet_opt.paths import create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.study.pruning import make_pruner, make_sampler
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -27,12 +27,19 @@ DEAD_WORKER = "worker died (killed or crashed)"
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats (SQLite, PostgreSQL, MySQL). `must_exist`: never create a database."""
     path = sqlite_file(url)
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     if path:
         if must_exist and not path.is_file():
             raise UserError(f"no study storage at {path}; run `unet-opt search` in this folder first "
                             f"(or pass --home / --storage)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+        make_folder(path.parent, "--storage")
+        if not path.exists():  # creating the tables is not atomic: a new database is built aside
+            try:
+                create_atomically(path, lambda partial: optuna.storages.RDBStorage(
+                    f"sqlite:///{partial}", **kwargs).engine.dispose())
+            except sqlalchemy.exc.SQLAlchemyError as e:
+                raise UserError(f"cannot create the study storage {path} ({type(e).__name__}); check --storage "
+                                f"and that the folder is writable") from None
     try:
         for attempt in (1, 2):
             try:
@@ -42,9 +49,12 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
                 if attempt == 2 or not creating_tables_at_once(e):
                     raise
                 time.sleep(2)  # another process was creating the same tables in a new database just now
-    except Exception as e:  # unreachable server, bad URL, missing driver
-        raise UserError(f"cannot open the study storage {redact_url(url)} ({type(e).__name__}: "
-                        f"{redact_url(str(e)).splitlines()[0][:200]}); check --storage") from None
+    except Exception as e:  # unreachable server, bad URL, missing driver, a damaged file
+        detail = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:200]}"
+        if path:
+            raise UserError(f"the study storage {path} is damaged or unreadable ({detail}); move it away (e.g. "
+                            f"mv {path} {path}.damaged) and run again, or restore it from a backup") from None
+        raise UserError(f"cannot open the study storage {redact_url(url)} ({detail}); check --storage") from None
 
 
 def creating_tables_at_once(error: sqlalchemy.exc.DatabaseError) -> bool:

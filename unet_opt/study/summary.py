@@ -31,6 +31,7 @@ class Summary:
     ran: int = 0
     already_done: bool = False
     interrupted: bool = False
+    terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
     failed_out: bool = False  # stopped after MAX_FAILURES_IN_A_ROW failures
     stopped_reason: str = ""
     tracking_uri: str = ""
@@ -81,8 +82,18 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
     return rows
 
 
+STUDY_FILES = ("study_plots.html", "trials.csv", "space.toml")
+FILES_TAG = "unet_opt.files_cover"  # the trials the parent's files were written for, e.g. "30 trials, 30 ended"
+
+
+def files_cover(study: optuna.Study) -> str:
+    trials = study.get_trials(deepcopy=False)
+    return f"{len(trials)} trials, {sum(t.state.is_finished() for t in trials)} ended"
+
+
 def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
-    """On the parent run: the Optuna plots in one self-contained HTML, the trials table, the space."""
+    """On the parent run: the Optuna plots in one self-contained HTML, the trials table, the space; then
+    a tag saying which trials they cover, so that a later command can tell stale or missing files."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -90,6 +101,7 @@ def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, c
             (folder / "space.toml").write_text(to_toml(cfg, redact_url), encoding="utf-8")
             write_study_plots(study, folder / "study_plots.html")
             tracker.log_files(parent_id, folder)
+        tracker.set_tags(parent_id, {FILES_TAG: files_cover(study)})
     except Exception as e:  # the study itself is safe in the storage; only its summary files are missing
         log.warning("could not log the study's plots and tables (%s)", e)
 

@@ -16,8 +16,9 @@ import torch
 from unet_opt import runtime
 from unet_opt.config import Config
 from unet_opt.data import load_data
-from unet_opt.distributed import Placement, die_with_parent
+from unet_opt.distributed import Placement
 from unet_opt.paths import Paths
+from unet_opt.processes import die_with_parent
 from unet_opt.runs import Fit
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import MAX_FAILURES_IN_A_ROW, Outcome, work
@@ -92,6 +93,7 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
     sampler seeded for this worker. It dies with the launching process, as the trial's ranks do."""
     die_with_parent()
     runtime.setup(plan.verbose, prefix=f"[w{index}] ")
+    runtime.handle_sigterm()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if placement.device == "cpu" and placement.procs == 1 and placement.threads:
         torch.set_num_threads(placement.threads)

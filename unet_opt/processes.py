@@ -1,0 +1,34 @@
+"""This machine's processes: the id a worker records, whether it is still alive, dying with a parent."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead_here(worker: str | None) -> bool:
+    """A worker of this machine whose process is gone (another machine's is judged by heartbeat)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when the process that started it dies (SIGKILL included)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's cleanup is all there is
+        pass

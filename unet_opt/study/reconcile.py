@@ -1,0 +1,59 @@
+"""The two stores made to agree whenever a command opens a study: each trial's MLflow run follows the
+trial's Optuna state, and the parent run's end-of-search files cover the study as it is.
+
+A process killed between Optuna's `tell` and MLflow's end of run, or during the end-of-search logging,
+leaves MLflow behind Optuna; Optuna decides, MLflow is brought in line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from optuna.trial import TrialState
+
+from unet_opt.config import Config
+from unet_opt.study.summary import FILES_TAG, STUDY_FILES, files_cover, log_study_artifacts
+from unet_opt.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
+
+
+def mlflow_status(trial: optuna.trial.FrozenTrial) -> str:
+    """FINISHED for a complete or pruned trial, KILLED for an interrupted one, FAILED otherwise."""
+    if trial.user_attrs.get("fail_reason") == "interrupted":
+        return "KILLED"
+    return MLFLOW_STATUS.get(trial.state, "FAILED")
+
+
+def close_runs_of_ended_trials(study: optuna.Study, tracker: Tracker) -> None:
+    """Trial runs still RUNNING in MLflow whose trial has ended in Optuna end as the trial did."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for run in tracker.running_runs():
+        tags = run.data.tags
+        if tags.get("optuna.study") != study.study_name or not tags.get("optuna.trial", "").isdigit():
+            continue
+        trial = trials.get(int(tags["optuna.trial"]))
+        if trial is None or not trial.state.is_finished():
+            continue
+        reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
+        tracker.set_tags(run.info.run_id, {"optuna.state": trial.state.name, "optuna.state_reason": reason})
+        tracker.end(run.info.run_id, mlflow_status(trial))
+        log.warning("trial #%d's MLflow run was left RUNNING after the trial ended %s; closed", trial.number,
+                    trial.state.name)
+
+
+def finish_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
+    """A study with no trial running: the parent's files are written again when missing or stale, and a
+    parent left RUNNING (its search was killed while logging them) ends FINISHED."""
+    if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return  # another process is searching right now: its own end writes the files
+    run = tracker.client.get_run(parent_id)
+    present = {a.path for a in tracker.client.list_artifacts(parent_id)}
+    if run.data.tags.get(FILES_TAG) != files_cover(study) or not set(STUDY_FILES) <= present:
+        log.info("writing the study's plots and tables again (they were missing or stale)")
+        log_study_artifacts(study, tracker, parent_id, cfg)
+    if run.info.status == "RUNNING":
+        tracker.end(parent_id, "FINISHED")
