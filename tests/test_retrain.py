@@ -57,7 +57,9 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     # the standalone checkpoint loads with weights_only=True and gives the same scores
     ckpt = next((home / "studies" / "checkpoints").glob("*.pt"))
     assert load_checkpoint(ckpt).cfg.train.epochs == int(run.data.params["train.epochs"])
-    code, out, _ = cli("evaluate", str(ckpt))
+    code, _, err = cli("evaluate", str(ckpt))  # evaluation/ holds the files of the first evaluate
+    assert code == 2 and "confusion_matrix.png exists already; pass --overwrite" in err
+    code, out, _ = cli("evaluate", str(ckpt), "--overwrite")
     assert code == 0 and f"{test_dice:.4g}"[:5] in out
 
     # masks at each input's own size, for a 3:2 photo and a square one
@@ -72,6 +74,14 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     palette = np.array(ClassTable.drone().colors, np.uint8)
     # every pixel's colour is its class's colour in the table
     assert np.array_equal(colour, palette[mask])
+    # outputs never collide or silently replace a file
+    (home / "b").mkdir()
+    Image.fromarray(np.full((77, 77, 3), 10, np.uint8)).save(home / "b" / "wide.png")
+    code, _, err = cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "b/wide.png", "--out", "q")
+    assert code == 2 and "two inputs would both write q/wide_mask.png" in err and not (home / "q").exists()
+    code, _, err = cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", "p")
+    assert code == 2 and "p/wide_mask.png exists already" in err
+    assert cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", "p", "--overwrite")[0] == 0
 
     # the same seed retrains to the same test Dice
     assert cli("retrain", "--best", "--name", "again")[0] == 0

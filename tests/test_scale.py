@@ -158,7 +158,7 @@ def failing_once(error: Exception):
 
 def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_are_not(tmp_path, monkeypatch):
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
-    url = f"sqlite:///{tmp_path}/s.db"
+    url = "postgresql://optuna@127.0.0.1:9/optuna"  # a new SQLite file is built aside, alone: servers race
     raced = sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
     storage, calls = failing_once(raced)
     monkeypatch.setattr(optuna.storages, "RDBStorage", storage)

@@ -18,6 +18,7 @@ from unet_opt import runtime
 from unet_opt.console import fmt, print_summary, print_table
 from unet_opt.errors import Terminated, UserError
 from unet_opt.paths import Paths
+from unet_opt.space_file import check_name, load_config
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
@@ -35,6 +36,7 @@ storage_option = click.option("--storage", envvar="UNET_OPT_STORAGE", show_envva
                               help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
 tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
                                help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace output files that exist already.")
 sets_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                            help="Override any field, e.g. --set train.patience=3 (repeatable).")
 
@@ -53,8 +55,6 @@ def placement_options(command):
 
 
 def placement_of(device: str | None, gpus: str | None, procs: int | None):
-    if gpus is not None and gpus != "all" and not (gpus.isdigit() and int(gpus) >= 1):
-        raise UserError(f"--gpus {gpus!r} is not 'all' or a number of GPUs; e.g. --gpus all or --gpus 2")
     from unet_opt.distributed import plan
 
     return plan(device or "auto", gpus, procs)
@@ -94,8 +94,6 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 def search(session: Session, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
            device, gpus, procs, workers, sets) -> int:
     """Run (or continue) a study until it has --trials finished trials."""
-    from unet_opt.space_file import load_config
-
     flags = {"search.trials": trials, "search.timeout": timeout, "data.dataset": data, "search.study": study,
              "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
              "search.pruner": pruner, "search.seed": seed, "train.device": device}
@@ -179,8 +177,6 @@ def ui(session: Session, host, port, tracking_uri) -> int:
 @click.pass_obj
 def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets) -> int:
     """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split."""
-    from unet_opt.space_file import load_config
-
     flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
     placement = placement_of(cfg.train.device, gpus, procs)
@@ -209,6 +205,8 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 @click.pass_obj
 def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, device, gpus, procs) -> int:
     """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
+    if model_name is not None:
+        check_name(model_name, "--name")
     placement = placement_of(device, gpus, procs)
     from unet_opt.retrain import retrain_best
 
@@ -229,12 +227,14 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
               help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
+@overwrite_option
 @tracking_option
 @click.pass_obj
-def evaluate(session: Session, model, dataset, split, out, tracking_uri) -> int:
+def evaluate(session: Session, model, dataset, split, out, overwrite, tracking_uri) -> int:
     """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
-    from unet_opt.inference import evaluate_checkpoint, resolve_model
+    from unet_opt.inference import EVALUATION_FILES, check_outputs, evaluate_checkpoint, resolve_model
 
+    check_outputs([out / name for name in EVALUATION_FILES], overwrite)
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri))
     ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset)
     print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
@@ -250,15 +250,17 @@ def evaluate(session: Session, model, dataset, split, out, tracking_uri) -> int:
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True)
+@overwrite_option
 @tracking_option
 @click.pass_obj
-def predict(session: Session, model, images, out, tracking_uri) -> int:
+def predict(session: Session, model, images, out, overwrite, tracking_uri) -> int:
     """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
     from unet_opt.data.images import read_rgb
-    from unet_opt.inference import predict_image, resolve_model
+    from unet_opt.inference import check_outputs, predict_image, prediction_files, resolve_model
 
-    for image in images:  # every image is checked before anything is written
+    for image in images:  # every image and every output is checked before anything is written
         read_rgb(image)
+    check_outputs([path for image in images for path in prediction_files(image, out)], overwrite)
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri))
     for image in images:
         written = predict_image(ck, image, out)
@@ -309,8 +311,6 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
     """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar."""
     from unet_opt.data import load_data
     from unet_opt.data.layouts import find_source
-    from unet_opt.space_file import load_config
-
     paths = session.paths
     for size in sizes:
         cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size}, sets)
@@ -339,10 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         click.echo(f"error: {' '.join(str(e).split())}", err=True)
         code = EXIT_USAGE
-    except Terminated:
-        click.echo("terminated", err=True)
-        code = EXIT_TERMINATED
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("interrupted", err=True)
-        code = EXIT_INTERRUPTED
+    except (KeyboardInterrupt, click.exceptions.Abort) as e:  # click turns an interrupt into Abort
+        terminated = isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
+        click.echo("terminated" if terminated else "interrupted", err=True)
+        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     sys.exit(code or 0)

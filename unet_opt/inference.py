@@ -46,10 +46,13 @@ class Evaluation:
     written: list[Path]
 
 
+EVALUATION_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
+
+
 def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str = "test",
                         dataset: str | None = None) -> Evaluation:
     """Score the model on one split of its data (or of another folder) and write the confusion matrix
-    (PNG and CSV) and the per-class table into `out`."""
+    (PNG and CSV) and the per-class table into `out` (checked with `check_outputs` beforehand)."""
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
     data = load_data(cfg.data, cfg.model.depth, cache_dir)
     indices = list(range(len(data.names))) if split == "all" else split_indices(ck.split, data.names)[split]
@@ -59,11 +62,27 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     rows = [{"class": n, "dice": pc["dice"][i], "iou": pc["iou"][i], "precision": pc["precision"][i],
              "recall": pc["recall"][i], "pixels": int(pc["support"][i])} for i, n in enumerate(names) if pc["present"][i]]
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "confusion_matrix.png", out / "confusion_matrix.csv", out / "per_class.csv"]
+    written = [out / name for name in EVALUATION_FILES]
     plots.confusion_matrix(matrix, names, written[0], f"{split} split")
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
     return Evaluation({"images": len(indices), **metrics}, rows, written)
+
+
+def prediction_files(image: Path, out_dir: Path) -> list[Path]:
+    return [out_dir / f"{image.stem}_{kind}.png" for kind in ("mask", "color", "overlay")]
+
+
+def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Outputs never collide and never silently replace a file: checked before anything is written."""
+    seen: set[Path] = set()
+    for path in paths:
+        if path in seen:
+            raise UserError(f"two inputs would both write {path} (same file name); predict them in separate "
+                            f"runs with different --out folders, or rename one")
+        seen.add(path)
+        if path.exists() and not overwrite:
+            raise UserError(f"{path} exists already; pass --overwrite to replace it, or another --out folder")
 
 
 @torch.inference_mode()
@@ -77,8 +96,7 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     mask = resize_mask(classes, h, w)
     colour = plots.colorize(mask, list(ck.classes.colors))
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_color.png",
-               out_dir / f"{path.stem}_overlay.png"]
+    written = prediction_files(path, out_dir)
     write_png(written[0], mask)
     write_png(written[1], colour)
     write_png(written[2], (0.5 * image + 0.5 * colour).astype(np.uint8))

@@ -16,7 +16,7 @@ import optuna
 
 from unet_opt import runs
 from unet_opt.config import Config
-from unet_opt.data import load_data, make_split, split_indices
+from unet_opt.data import check_splittable, load_data, make_split, split_indices
 from unet_opt.distributed import Placement, check_divisible
 from unet_opt.errors import UserError
 from unet_opt.paths import Paths
@@ -91,6 +91,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
 
 def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fit = fit_on_ranks) -> RunSummary:
     check_divisible([cfg.train.batch_size], placement.procs)
+    check_splittable(cfg.data)
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     experiment = (cfg.search.study or Path(cfg.source).stem) + BASELINE_SUFFIX

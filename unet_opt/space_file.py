@@ -6,6 +6,7 @@ Every mistake raises `UserError` naming the key, the file and what was expected.
 """
 
 import dataclasses
+import math
 import re
 import sys
 import sysconfig
@@ -16,6 +17,13 @@ from typing import Any, get_type_hints
 
 from unet_opt.config import PARAM_TYPES, SECTIONS, SHORT_NAMES, Config, Param, toml_value
 from unet_opt.errors import UserError
+
+# Fields that define the data, the split or where things run: trials that differed in them would not be
+# comparable (or not possible), so they take one value per study.
+NOT_SEARCHABLE = {"data.dataset", "data.num_classes", "data.ignore_index", "data.binary", "data.foreground",
+                  "data.val_fraction", "data.test_fraction", "data.split_seed", "data.synthetic_images",
+                  "train.device"}
+SEED_LIMIT = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
 
 
 def builtin_space_dirs() -> list[Path]:
@@ -89,7 +97,7 @@ def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = N
         space.pop(dotted, None)
 
     cfg = Config(space=space, source=where).replace(values)
-    validate(cfg, where)
+    validate(cfg, f"{where} with the command line's values" if overrides or sets else where)
     return cfg
 
 
@@ -140,6 +148,9 @@ def check_field(dotted: str, value: Any, where: str) -> Any:
                         f"{toml_value(getattr(cls(), key))}")
     if expected is float:
         value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{where}: {dotted} = {value} must be a finite number; e.g. {dotted} = "
+                            f"{toml_value(getattr(cls(), key))}")
     if expected == list[str]:
         value = list(value)
     choices = meta.get("choices")
@@ -151,6 +162,9 @@ def check_field(dotted: str, value: Any, where: str) -> Any:
 def parse_param(name: str, spec: Any, where: str) -> Param:
     dotted = resolve_name(name, f"{where} [space.{name}]")
     label = f"{where} [space.{name}]"
+    if dotted in NOT_SEARCHABLE or dotted.startswith("search."):
+        raise UserError(f"{label}: {dotted} cannot be searched (it defines the data, the split or the search "
+                        f"itself); set it with a fixed value, e.g. --set {dotted}=...")
     if not isinstance(spec, dict):
         raise UserError(f"{label}: must be a table with type = \"float\" | \"int\" | \"categorical\"")
     allowed = {"type", "low", "high", "step", "log", "choices"}
@@ -183,7 +197,15 @@ def parse_param(name: str, spec: Any, where: str) -> Param:
         raise UserError(f"{label}: step must be a positive {'integer' if kind == 'int' else 'number'}")
     if log and step is not None:
         raise UserError(f"{label}: log and step cannot be combined; drop one")
+    if step is not None and step > high - low and high > low:
+        raise UserError(f"{label}: step = {step} is wider than the range {low}..{high}; use a smaller step")
+    field_type = get_type_hints(SECTIONS[dotted.split(".")[0]])[dotted.split(".")[1]]
+    if kind == "float" and field_type is int:
+        raise UserError(f"{label}: {dotted} is a whole number; use type = \"int\" (or \"categorical\")")
+    if field_type not in (int, float):
+        raise UserError(f"{label}: {dotted} is not a number; use type = \"categorical\" with choices")
     check_field(dotted, low, label)
+    check_field(dotted, high, label)
     return Param(dotted, kind, low=low, high=high, step=step, log=log)
 
 
@@ -258,15 +280,32 @@ def multiple_of(dotted: str, multiple_for: Callable[[Config], int], rule_text: C
     return rule
 
 
+def at_most(dotted: str, high: int) -> Callable[[Config], str | None]:
+    def rule(cfg: Config) -> str | None:
+        bad = [v for v in values_of(cfg, dotted) if v > high]
+        return f"{dotted} = {bad[0]} is too large; use at most {high}" if bad else None
+    return rule
+
+
 def depth_supported(cfg: Config) -> str | None:
     return "model.depth above 6 is not supported; use 1 to 6" if max(values_of(cfg, "model.depth")) > 6 else None
 
 
-def study_name_is_safe(cfg: Config) -> str | None:
-    name = cfg.search.study
-    if name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
-        return f"study name {name!r} may hold only letters, digits, '.', '_' and '-'; e.g. drone-256"
+def name_problem(name: str, what: str) -> str | None:
+    """Study and model names become file and experiment names: no path separators, no '..'."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name) or ".." in name:
+        return f"{what} {name!r} may hold only letters, digits, '.', '_' and '-'; e.g. drone-256"
     return None
+
+
+def check_name(name: str, flag: str) -> None:
+    problem = name_problem(name, f"{flag} name")
+    if problem:
+        raise UserError(problem)
+
+
+def study_name_is_safe(cfg: Config) -> str | None:
+    return name_problem(cfg.search.study, "study name") if cfg.search.study else None
 
 
 def one_foreground_rule(cfg: Config) -> str | None:
@@ -287,6 +326,12 @@ RULES: list[Callable[[Config], str | None]] = [
         ("data.num_classes", 2), ("data.synthetic_images", 12), ("model.base_channels", 1), ("model.depth", 1),
         ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1), ("data.image_size", 8),
         ("train.batch_size", 4), ("search.startup_trials", 0), ("search.brackets", 1)]),
+    *(at_most(dotted, high) for dotted, high in [
+        ("data.image_size", 4096), ("data.synthetic_images", 100_000), ("data.num_classes", 255),
+        ("model.base_channels", 1024), ("train.epochs", 10_000), ("train.batch_size", 4096),
+        ("search.trials", 100_000), ("search.startup_trials", 100_000), ("search.brackets", 8),
+        ("train.seed", SEED_LIMIT - 100_000), ("search.seed", SEED_LIMIT), ("data.split_seed", SEED_LIMIT)]),
+    *(non_negative(dotted) for dotted in ("train.seed", "search.seed", "data.split_seed")),
     depth_supported,
     non_negative("train.lr", positive=True),
     non_negative("train.weight_decay"),

@@ -16,7 +16,7 @@ from unet_opt.data import synthetic
 from unet_opt.data.cache import Progress, prepare, read_sizes
 from unet_opt.data.classes import ClassTable
 from unet_opt.data.layouts import find_source, problems_error
-from unet_opt.data.splits import make_split, split_indices
+from unet_opt.data.splits import make_split, split_indices, split_sizes
 from unet_opt.errors import UserError
 
 __all__ = ["SegmentationData", "load_data", "frame_size", "batches", "make_split", "split_indices", "ClassTable"]
@@ -55,6 +55,15 @@ def frame_size(cfg: DataConfig, depth: int, aspect: float = synthetic.ASPECT) ->
         return cfg.image_size, cfg.image_size
     multiple = 2**depth
     return cfg.image_size, max(multiple, round(cfg.image_size * aspect / multiple) * multiple)
+
+
+def check_splittable(cfg: DataConfig) -> None:
+    """Enough images for train, val and test, counted from file names: checked before anything is decoded."""
+    if cfg.dataset == "synthetic":
+        count = cfg.synthetic_images
+    else:
+        count = len(find_source(Path(cfg.dataset).expanduser(), cfg.num_classes).pairs)
+    split_sizes(count, cfg.val_fraction, cfg.test_fraction)
 
 
 def load_data(cfg: DataConfig, depth: int, cache_dir: Path | None = None,

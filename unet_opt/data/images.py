@@ -12,6 +12,8 @@ from unet_opt.errors import UserError
 
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8; an unreadable file is a UserError naming it."""
+    if path.exists() and not path.is_file():  # a folder, a FIFO or a device would hang or fail late
+        raise UserError(f"image {path} is not a regular file; pass a JPEG or PNG file")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))

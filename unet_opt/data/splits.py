@@ -7,14 +7,20 @@ from sklearn.model_selection import train_test_split
 from unet_opt.errors import UserError
 
 
+def split_sizes(count: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(val, test) image counts of a split of `count` images; too few for two training images is an error."""
+    n_test = max(1, round(count * test_fraction))
+    n_val = max(1, round(count * val_fraction))
+    if count - n_test - n_val < 2:
+        raise UserError(f"{count} images are too few to split into train/val/test "
+                        f"({val_fraction:g} val, {test_fraction:g} test); add images or lower the fractions")
+    return n_val, n_test
+
+
 def make_split(names: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
     """Test first (it must never depend on the val fraction), then val out of the rest."""
     names = sorted(names)
-    n_test = max(1, round(len(names) * test_fraction))
-    n_val = max(1, round(len(names) * val_fraction))
-    if len(names) - n_test - n_val < 2:
-        raise UserError(f"{len(names)} images are too few to split into train/val/test "
-                        f"({val_fraction:g} val, {test_fraction:g} test); add images or lower the fractions")
+    n_val, n_test = split_sizes(len(names), val_fraction, test_fraction)
     rest, test = train_test_split(names, test_size=n_test, random_state=seed)
     train, val = train_test_split(rest, test_size=n_val, random_state=seed)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}

@@ -13,7 +13,7 @@ import time
 import optuna
 
 from unet_opt.config import Config
-from unet_opt.data import load_data
+from unet_opt.data import check_splittable, load_data
 from unet_opt.distributed import Placement, check_divisible, plan
 from unet_opt.errors import Terminated
 from unet_opt.paths import Paths, redact_url
@@ -49,6 +49,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     placement = placement or plan(cfg.train.device, None, None)  # `--device cuda` without a GPU fails here
     placements = placement.split(workers) if workers > 1 else [placement]
     check_divisible(batch_sizes(cfg), placements[0].procs)
+    check_splittable(cfg.data)  # before the cache is filled
     first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
