@@ -102,9 +102,17 @@ def test_sqlite_file_is_the_database_of_a_sqlite_url_only():
     assert sqlite_file("postgresql://me@db/optuna") is None and sqlite_file("http://tracker:5000") is None
 
 
-def test_redact_url_hides_only_the_password():
-    assert redact_url("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
-    assert redact_url("sqlite:///studies/unet-opt.db") == "sqlite:///studies/unet-opt.db"
+@pytest.mark.parametrize("text, shown", [
+    ("postgresql://me:s3cret@db:5432/optuna", "postgresql://me:***@db:5432/optuna"),
+    ("sqlite:///studies/unet-opt.db", "sqlite:///studies/unet-opt.db"),
+    ("http://u:pa#ss/w?rd@host:5000", "http://u:***@host:5000"),  # '#', '/' and '?' in the password
+    ("postgresql://me@db/optuna?password=s3cret&sslmode=require", "postgresql://me@db/optuna?password=***&sslmode=require"),
+    ("https://host/api?token=abc123", "https://host/api?token=***"),
+    ("(psycopg.OperationalError) connection to postgresql://me:s3cret@10.0.0.1/x failed: timeout",
+     "(psycopg.OperationalError) connection to postgresql://me:***@10.0.0.1/x failed: timeout"),
+])
+def test_redact_url_hides_passwords_in_urls_and_in_any_text(text, shown):
+    assert redact_url(text) == shown
 
 
 def test_logged_params_never_hold_a_password():

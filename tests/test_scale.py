@@ -386,6 +386,12 @@ def mlflow_server(tmp_path_factory):
     server.wait(30)
 
 
+@pytest.fixture
+def mlflow_server_folder(mlflow_server, tmp_path_factory) -> Path:
+    """The folder behind `mlflow_server`: its database and its artifacts."""
+    return next(p for p in tmp_path_factory.getbasetemp().glob("mlflow-server*") if (p / "mlflow.db").exists())
+
+
 @pytest.mark.slow
 def test_two_machines_share_a_postgres_study_and_an_mlflow_server(postgres_url, mlflow_server, tmp_path):
     # two "machines": separate project folders (caches), one study in PostgreSQL, one tracking server
@@ -436,3 +442,21 @@ def test_retrain_on_two_gloo_processes_matches_one_process(home, cli):
         a, b = runs["one"].data.metrics[key], runs["two"].data.metrics[key]
         assert b == pytest.approx(a, rel=1e-3) if key == "test_loss" else b == pytest.approx(a, abs=0.01), key
     assert children_of(os.getpid()) == []  # no rank outlived the retrain
+
+
+@pytest.mark.slow
+def test_a_password_in_the_tracking_uri_never_leaves_the_process(mlflow_server, mlflow_server_folder, tmp_path):
+    secret = "Pl4ntedS3cret"
+    tracking = mlflow_server.replace("http://", f"http://someone:{secret}@")  # the server ignores it
+    outputs = []
+    for args in (["search", "--trials", "2", "--tracking-uri", tracking, *FAST], ["report"], ["studies"],
+                 ["search", "--trials", "2", "--tracking-uri", tracking, *FAST]):
+        run = subprocess.run([sys.executable, "-m", "unet_opt", *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        outputs.append(run.stdout + run.stderr)
+    assert "someone:***@" in outputs[0]  # the URL is shown, its password is not
+    assert secret not in "".join(outputs)
+    # nor in any file: the study storage, the server's database and every artifact the runs logged
+    files = [p for folder in (tmp_path, mlflow_server_folder) for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 10 and not [p for p in files if secret.encode() in p.read_bytes()]

@@ -1,6 +1,7 @@
 """A real search in a temporary folder: the Optuna study and the MLflow runs, field by field."""
 
 import json
+import shutil
 from functools import partial
 
 import fits
@@ -264,3 +265,15 @@ def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
     assert pruned_at([0.4]) == 1  # with fewer than 3 peers, only the best goes on
     assert pruned_at([0.55, 0.55, 0.55]) == 3  # the best of {0.5, 0.4, 0.55} after epoch 1, not of {0.6, 0.55}
     assert pruned_at([0.9, 0.1, 0.9, 0.9]) is None  # a poor epoch 2 is not judged
+
+
+@pytest.mark.parametrize("lost, message", [
+    ("studies", "already holds the runs of a study 'default'"),  # an emptied study storage
+    ("mlruns", "records its runs under MLflow parent run"),  # a deleted MLflow store
+])
+def test_two_stores_that_do_not_belong_together_are_refused(searched_home, cli, lost, message):
+    shutil.rmtree(searched_home / lost)
+    code, _, err = cli("search", "--trials", "2", *FAST)
+    # one line naming both stores and the way out; no second parent, no trial-0000 again
+    assert code == 2 and message in err and "--study NEW_NAME" in err and len(err.strip().splitlines()) == 1, err
+    assert "unet-opt.db" in err and "mlflow.db" in err

@@ -17,7 +17,7 @@ import click
 from unet_opt import runtime
 from unet_opt.console import fmt, print_summary, print_table
 from unet_opt.errors import Terminated, UserError
-from unet_opt.paths import Paths
+from unet_opt.paths import Paths, redact_url
 from unet_opt.space_file import check_name, load_config
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
@@ -331,13 +331,13 @@ def main(argv: list[str] | None = None) -> None:
         code = e.exit_code
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "unet-opt"
-        click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
+        click.echo(f"error: {redact_url(e.format_message())} (see '{where} --help')", err=True)
         code = EXIT_USAGE
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
+        click.echo(f"error: {redact_url(e.format_message())}", err=True)
         code = EXIT_USAGE
     except UserError as e:
-        click.echo(f"error: {' '.join(str(e).split())}", err=True)
+        click.echo(f"error: {redact_url(' '.join(str(e).split()))}", err=True)
         code = EXIT_USAGE
     except (KeyboardInterrupt, click.exceptions.Abort) as e:  # click turns an interrupt into Abort
         terminated = isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)

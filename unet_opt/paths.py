@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import urllib.parse
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +50,17 @@ class Paths:
         return given or f"sqlite:///{self.mlruns / 'mlflow.db'}"
 
 
-def redact_url(url: str) -> str:
-    """`postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`: passwords never reach logs or MLflow."""
-    parts = urllib.parse.urlsplit(url)
-    if not parts.password:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo.split(':')[0]}:***@{host}"))
+# user:password@ in any URL (a password may hold '#', '/' or '?'), and password-like query parameters
+USERINFO_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^@\s]+@")
+SECRET_PARAMETER = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|access_token|api_key|apikey|"
+                              r"auth|key)=)[^&;#\s]*", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """Any URL's password in `text` (a URL, an exception message, a log line) replaced by ***:
+    `postgresql://me:secret@db/x?sslpassword=y` -> `postgresql://me:***@db/x?sslpassword=***`.
+    The one redaction for everything that leaves the process: logs, errors, fail reasons, params, tags, files."""
+    return SECRET_PARAMETER.sub(r"\1***", USERINFO_PASSWORD.sub(r"\1:***@", text))
 
 
 def sqlite_file(url: str) -> Path | None:

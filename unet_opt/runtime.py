@@ -19,8 +19,17 @@ ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at: http://user:password@..." lines
     "MPLBACKEND": "Agg",  # figures are files: no screen needed, never a GUI backend in a worker
 }
+
+
+def redact_passwords(record: logging.LogRecord) -> bool:
+    """A log filter: the message, its arguments filled in, with every URL's password replaced by ***."""
+    from unet_opt.paths import redact_url
+
+    record.msg, record.args = redact_url(record.getMessage()), None
+    return True
 
 
 def setup(verbose: bool = False, prefix: str = "") -> None:
@@ -30,6 +39,7 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
         os.environ.setdefault(key, value)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
+    handler.addFilter(redact_passwords)
     root = logging.getLogger("unet_opt")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -194,6 +194,20 @@ class Tracker:
         finally:
             self.end(run_id, status)
 
+    def has_run(self, run_id: str) -> bool:
+        """Whether the store holds the run (deleted ones included: `open_parent` replaces those)."""
+        try:
+            self.client.get_run(run_id)
+            return True
+        except mlflow.exceptions.MlflowException:
+            return False
+
+    def parent_runs(self, study: str) -> list[str]:
+        """The ids of the parent runs of studies named `study` in this experiment."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`unet_opt.role` = 'study' and "
+                                       f"tags.`optuna.study` = '{study}'", max_results=10)
+        return [r.info.run_id for r in runs]
+
     def running_runs(self) -> list[mlflow.entities.Run]:
         return self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=10000)
 

@@ -13,6 +13,8 @@ import optuna
 from optuna.trial import TrialState
 
 from unet_opt.config import Config
+from unet_opt.errors import UserError
+from unet_opt.paths import redact_url
 from unet_opt.study.summary import FILES_TAG, STUDY_FILES, files_cover, log_study_artifacts
 from unet_opt.tracking import Tracker
 
@@ -57,3 +59,28 @@ def finish_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Co
         log_study_artifacts(study, tracker, parent_id, cfg)
     if run.info.status == "RUNNING":
         tracker.end(parent_id, "FINISHED")
+
+
+def stored_parent(storage: optuna.storages.BaseStorage, name: str) -> str | None:
+    """The MLflow parent run the study `name` records; None when there is no such study (or no parent yet)."""
+    for study in storage.get_all_studies():
+        if study.study_name == name:
+            return study.user_attrs.get("mlflow_parent_run_id")
+    return None
+
+
+def check_stores_agree(storage: optuna.storages.BaseStorage, storage_url: str, tracker: Tracker, name: str) -> None:
+    """The study records its parent run, the parent its study: refuse a pair of stores that do not belong
+    together (an emptied study storage next to old runs, or a study whose runs are gone)."""
+    parent = stored_parent(storage, name)
+    where = f"the study storage {redact_url(storage_url)} and the MLflow store {redact_url(tracker.uri)}"
+    if parent is not None and not tracker.has_run(parent):
+        raise UserError(f"study '{name}' records its runs under MLflow parent run {parent}, which is not in {where}; "
+                        f"restore the MLflow store (or pass the --tracking-uri the study ran with), or start a new "
+                        f"study with --study NEW_NAME")
+    if parent is None and not any(s.study_name == name for s in storage.get_all_studies()):
+        others = tracker.parent_runs(name)
+        if others:
+            raise UserError(f"the MLflow experiment '{name}' already holds the runs of a study '{name}' (parent run "
+                            f"{others[0]}) that is not in {where}; restore the study storage (or pass the --storage "
+                            f"it ran with), or start a new study with --study NEW_NAME")

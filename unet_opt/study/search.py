@@ -21,7 +21,7 @@ from unet_opt.processes import worker_id
 from unet_opt.runs import Fit
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import close_stale_trials, work
-from unet_opt.study.reconcile import close_runs_of_ended_trials, finish_parent
+from unet_opt.study.reconcile import check_stores_agree, close_runs_of_ended_trials, finish_parent
 from unet_opt.study.storage import count_finished, join_or_create_study, open_storage, study_name
 from unet_opt.study.summary import Summary, fill_summary, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
@@ -59,6 +59,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         tracker = Tracker(tracking_uri, name, paths.artifacts)
         storage = open_storage(paths.storage_url(cfg.search.storage))
 
+    check_stores_agree(storage, paths.storage_url(cfg.search.storage), tracker, name)
     study = join_or_create_study(storage, cfg, name, first_data.names, lambda: tracker.open_parent(None, name))
     close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
     close_runs_of_ended_trials(study, tracker)
