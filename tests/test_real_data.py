@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import written_files
 from datasets import TABLE, make_dataset, nearest
 from mlflow.tracking import MlflowClient
@@ -149,3 +150,38 @@ def test_data_check_and_prepare(home, cli):
     (home / "data/training_set/images/000.jpg").unlink()
     code, out, err = cli("data", "check", "data", "--num-classes", "5")
     assert code == 2 and "problem: " in out and "000.png has no image" in out and err.startswith("error: 1 problem")
+
+
+@pytest.mark.parametrize("damage", ["zeroed images", "truncated images", "flipped mask bytes"])
+def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
+    make_dataset(tmp_path / "data", "kaggle")
+    cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), image_size=32)
+    first = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
+    expected = first.images.clone(), first.masks.clone()  # `first` maps the files about to be damaged
+    del first
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    images, masks = folder / "images.npy", folder / "masks.npy"
+    if damage == "zeroed images":
+        data = bytearray(images.read_bytes())
+        data[200:] = bytes(len(data) - 200)  # the header stays, the pixels go black
+        images.write_bytes(bytes(data))
+    elif damage == "truncated images":
+        images.write_bytes(images.read_bytes()[:1000])
+    else:
+        data = bytearray(masks.read_bytes())
+        data[-50:] = b"\xee" * 50  # mask values no class has
+        masks.write_bytes(bytes(data))
+    cache_module.VERIFIED.clear()  # as in a new process, which checks each entry once
+    again = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
+    # the entry was rebuilt from the files, with one warning naming it
+    assert torch.equal(again.images, expected[0]) and torch.equal(again.masks, expected[1])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "is damaged; decoding the images again" in warnings[0]
+
+
+def test_data_check_decodes_every_image_fully(home, cli):
+    make_dataset(home / "data", "kaggle")
+    photo = home / "data" / "original_images" / "002.jpg"
+    photo.write_bytes(photo.read_bytes()[: len(photo.read_bytes()) // 2])  # the header is intact
+    code, out, err = cli("data", "check", "data")
+    assert code == 2 and "002.jpg cannot be decoded" in out + err

@@ -4,13 +4,16 @@ under `studies/cache/<key>/`, then memory-mapped; later epochs, trials and runs 
 The key is a hash of the files' content (a digest per file, remembered by path, size and mtime so
 unchanged files are not re-read), the frame size and the class table. A cache is filled in a
 temporary folder and renamed into place, so two processes filling it at once cannot corrupt it:
-the second rename finds the folder there and its own copy is dropped.
+the second rename finds the folder there and its own copy is dropped. Its `done` file holds a
+checksum of the arrays, checked once per process when the entry is opened: a damaged entry (zeroed,
+truncated, flipped bytes) is rebuilt with one warning instead of training on wrong pixels.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -21,7 +24,10 @@ from PIL import Image, UnidentifiedImageError
 
 from unet_opt.data.layouts import Source, problems_error
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[int], None]  # called with the number of pairs just done
+VERIFIED: set[Path] = set()  # entries whose checksum this process has checked
 
 
 def _header_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
@@ -118,12 +124,31 @@ def prepare(source: Source, height: int, width: int, cache_root: Path,
     paths = [p for _, i, m in source.pairs for p in (i, m)]
     digests, index = _file_digests(paths, cache_root / "digests.json")
     folder = cache_root / cache_key(source, digests, height, width)
+    if (folder / "done").is_file() and folder not in VERIFIED and not entry_is_sound(folder):
+        log.warning("the decoded-image cache %s is damaged; decoding the images again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "done").is_file():
         _fill(source, height, width, folder, progress)
         _write_json(cache_root / "digests.json", index)
     elif progress:
         progress(len(source.pairs))
+    VERIFIED.add(folder)
     return (np.load(folder / "images.npy", mmap_mode="c"), np.load(folder / "masks.npy", mmap_mode="c"), folder)
+
+
+def checksums(images: np.ndarray, masks: np.ndarray) -> dict[str, str]:
+    return {name: hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).hexdigest()
+            for name, a in (("images", images), ("masks", masks))}
+
+
+def entry_is_sound(folder: Path) -> bool:
+    """The arrays load and match the checksums written when the entry was made."""
+    try:
+        expected = json.loads((folder / "done").read_text())
+        arrays = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+        return isinstance(expected, dict) and checksums(*arrays) == expected
+    except (OSError, ValueError):  # missing, truncated or unreadable
+        return False
 
 
 def _fill(source: Source, height: int, width: int, folder: Path, progress: Progress | None) -> None:
@@ -154,8 +179,8 @@ def _fill(source: Source, height: int, width: int, folder: Path, progress: Progr
             raise problems_error(source.root, problems)
         images.flush()
         masks.flush()
+        (tmp / "done").write_text(json.dumps(checksums(images, masks)))
         del images, masks
-        (tmp / "done").write_text("")
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same cache first: keep theirs

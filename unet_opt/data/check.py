@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from unet_opt.data.cache import decode_mask, read_sizes
+from unet_opt.data.cache import decode_image, decode_mask, read_sizes
 from unet_opt.data.classes import ClassTable
 from unet_opt.data.layouts import scan
 
@@ -39,7 +39,11 @@ def check(path: Path, num_classes: int, progress=None) -> Report:
     sizes, header_problems = read_sizes(source)
     report.sizes, report.problems = Counter(sizes), problems + header_problems
     counts = np.zeros(len(source.classes), np.int64)
-    for _, _, mask in source.pairs:
+    for _, image, mask in source.pairs:
+        try:  # decoded fully, as the cache will: a truncated file has a sound header
+            decode_image(image, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2)
+        except (UnidentifiedImageError, OSError) as e:
+            report.problems.append(f"{image} cannot be decoded ({type(e).__name__}); replace or remove it")
         try:
             decoded, problem = decode_mask(mask, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2, source)
         except (UnidentifiedImageError, OSError) as e:
