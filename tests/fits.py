@@ -49,17 +49,25 @@ def die_after_first_epoch(group, on_epoch, *args):
     return fit_on_ranks(group, on_epoch_then_die, *args)
 
 
-class FitThatDiesWhenDrawn(FitResult):
-    """A finished fit whose history, read when the trial's curves are drawn, kills the process: the kill
-    lands while the trial's artifacts are being written."""
+class FitThatActsWhenDrawn(FitResult):
+    """A finished fit whose history, read when the trial's curves are drawn, calls `action`: a kill or a
+    Ctrl-C that lands while the trial's artifacts are being written."""
 
-    history = property(lambda self: die())
+    history = property(lambda self: self.action())
 
-    def __init__(self, result: FitResult):
+    def __init__(self, result: FitResult, action):
         for f in fields(FitResult):
             if f.name != "history":
                 setattr(self, f.name, getattr(result, f.name))
+        self.action = action
 
 
 def die_while_logging_artifacts(*args):
-    return FitThatDiesWhenDrawn(fit_on_ranks(*args))
+    return FitThatActsWhenDrawn(fit_on_ranks(*args), die)
+
+
+def interrupt_while_logging_artifacts(*args):
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    return FitThatActsWhenDrawn(fit_on_ranks(*args), ctrl_c)

@@ -1,10 +1,16 @@
 """Bad input to any command: one `error:` line, exit code 2, no traceback, nothing written."""
 
+import os
+
 import pytest
 import torch
 from conftest import written_files
 
 BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
+FLOAT_SIZE = "[space.image_size]\ntype = 'float'\nlow = 32.0\nhigh = 64.0\n"
+SEARCHED_CLASSES = "[space.\"data.num_classes\"]\ntype = 'int'\nlow = 2\nhigh = 24\n"
+SEARCHED_DATA = "[space.\"data.dataset\"]\ntype = 'categorical'\nchoices = ['synthetic', 'd']\n"
+WIDE_STEP = "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.01\nstep = 0.5\n"
 
 
 @pytest.mark.parametrize("args, files, message", [
@@ -52,11 +58,56 @@ BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
     (["predict", "models:/x@champion"], {}, "Missing argument 'IMAGES...'"),
     (["data", "check", "nowhere"], {}, "data folder nowhere does not exist"),
     (["data", "prepare", "nowhere", "--image-size", "32"], {}, "data folder nowhere does not exist"),
+    # non-finite numbers, negative or huge seeds, absurd sizes
+    (["search", "--set", "train.lr=nan"], {}, "train.lr = nan must be a finite number"),
+    (["search", "--set", "train.weight_decay=inf"], {}, "train.weight_decay = inf must be a finite number"),
+    (["search", "--timeout", "nan"], {}, "search.timeout = nan must be a finite number"),
+    (["search", "--timeout", "inf"], {}, "search.timeout = inf must be a finite number"),
+    (["search", "--seed", "-1"], {}, "search.seed = -1 must be zero or more"),
+    (["search", "--seed", "99999999999"], {}, "search.seed = 99999999999 is too large"),
+    (["search", "--set", "data.split_seed=-1"], {}, "data.split_seed = -1 must be zero or more"),
+    (["search", "--set", "train.seed=1e23"], {}, "train.seed = 1e+23 should be int"),
+    (["search", "--set", "data.image_size=1048576"], {}, "data.image_size = 1048576 is too large; use at most 4096"),
+    (["search", "--set", "data.synthetic_images=99999999999"], {}, "data.synthetic_images = 99999999999 is too large"),
+    (["search", "--set", "train.epochs=1000000"], {}, "train.epochs = 1000000 is too large"),
+    (["search", "--set", "model.base_channels=0"], {}, "model.base_channels = 0 is too small"),
+    (["search", "--set", "model.depth=9"], {}, "model.depth above 6 is not supported"),
+    (["search", "--trials", "1000000"], {}, "search.trials = 1000000 is too large"),
+    # spaces that do not fit their fields, and fields that must not be searched
+    (["search", "--space", "s.toml"], {"s.toml": FLOAT_SIZE}, "data.image_size is a whole number; use type = \"int\""),
+    (["search", "--space", "s.toml"], {"s.toml": SEARCHED_CLASSES}, "data.num_classes cannot be searched"),
+    (["search", "--space", "s.toml"], {"s.toml": SEARCHED_DATA}, "data.dataset cannot be searched"),
+    (["search", "--space", "s.toml"], {"s.toml": WIDE_STEP}, "step = 0.5 is wider than the range 0.001..0.01"),
+    (["search", "--set", "data.val_fraction=0.9"], {}, "data.val_fraction = 0.9 must be between 0 and 0.5"),
+    (["search", "--set", "data.test_fraction=0"], {}, "data.test_fraction = 0.0 must be between 0 and 0.5"),
+    (["search", "--set", "data.synthetic_images=12", "--set", "data.val_fraction=0.49",
+      "--set", "data.test_fraction=0.49"], {}, "12 images are too few to split"),
+    # folders that were not asked for, unsafe names
+    (["search", "--storage", "sqlite:////nonexistent/dir/x.db"], {}, "folder /nonexistent/dir does not exist"),
+    (["search", "--tracking-uri", "sqlite:////nonexistent/dir/m.db"], {}, "folder /nonexistent/dir does not exist"),
+    (["search", "--study", "../../x"], {}, "may hold only letters"),
+    (["retrain", "--best", "--name", "../../x"], {}, "--name name '../../x' may hold only letters"),
+    (["retrain", "--best", "--name", "a/b"], {}, "--name name 'a/b' may hold only letters"),
+    # where a run trains
+    (["retrain", "--best", "--procs", "0"], {}, "Invalid value for '--procs'"),
+    (["retrain", "--best", "--device", "cpu", "--gpus", "2"], {}, "--gpus 2 needs CUDA GPUs"),
+    (["train", "--device", "cpu", "--procs", "3"], {}, "cannot be split evenly over 3 processes; use a process or GPU"),
+    (["train", "--gpus", "x"], {}, "--gpus 'x' is not 'all' or a number of GPUs"),
+    # model commands
+    (["predict", "models:/x@champion", "fifo"], {"fifo|": ""}, "image fifo is not a regular file"),
+    (["predict", "models:/x@champion", "folder"], {"folder/": ""}, "image folder is not a regular file"),
+    (["evaluate", "crafted.pt"], {"crafted.pt": "not a checkpoint"}, "crafted.pt is not a unet-opt checkpoint"),
+    (["data", "check", "d", "--num-classes", "1"], {}, "Invalid value for '--num-classes'"),
+    (["data", "prepare", "d"], {}, "Missing option '--image-size'"),
+    (["studies", "--storage", "sqlite:////nonexistent/x.db"], {}, "no study storage at /nonexistent/x.db"),
+    (["search", "--set", "space.lr.low=abc"], {}, "low must be a number"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
     for name, text in files.items():
         if name.endswith("/"):
             (home / name).mkdir(parents=True)
+        elif name.endswith("|"):
+            os.mkfifo(home / name[:-1])  # reading it would block for ever
         else:
             (home / name).write_text(text)
     before = written_files(home)

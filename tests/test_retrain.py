@@ -111,6 +111,8 @@ def test_binary_prediction_is_zero_or_one_at_full_size(home, cli):
     ("search", ["evaluate", "not-a-checkpoint.txt"], "is not a unet-opt checkpoint"),
     ("search", ["predict", "models:/unet-opt-default@champion", "broken.jpg"], "broken.jpg cannot be read"),
     ("search", ["predict", "models:/unet-opt-default@champion", "absent.jpg"], "absent.jpg does not exist"),
+    ("search", ["retrain", "--best", "--device", "cpu", "--procs", "5"],
+     "cannot be split evenly over 5 processes; use a process or GPU count that divides it"),
 ])
 def test_bad_input_to_model_commands(home, cli, request, setup, args, message):
     if setup == "search":

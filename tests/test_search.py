@@ -147,6 +147,16 @@ def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli):
     assert_no_param_set_repeats(study)  # the resumed process drew new params
 
 
+def test_ctrl_c_while_a_trial_s_files_are_written_records_it_as_interrupted(home):
+    summary = run_search(home, 2, fit=fits.interrupt_while_logging_artifacts)
+    assert summary.interrupted
+    (trial,) = load(home).trials
+    # not left RUNNING: interrupted in Optuna, KILLED in MLflow
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+    run = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db").get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.state_reason"] == "interrupted"
+
+
 @pytest.mark.slow
 def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert cli("search", "--trials", "1", *FAST)[0] == 0

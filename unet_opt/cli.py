@@ -182,8 +182,6 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
     placement = placement_of(cfg.train.device, gpus, procs)
     from unet_opt.retrain import train_baseline
 
-    shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size", "train.epochs"))
-    click.echo(f"training once with {shown} on {placement.describe()}")
     r = train_baseline(cfg, session.paths, placement)
     click.echo(f"\nstopped: {r.fit.stop_reason} after {r.fit.epochs_run} epochs; best epoch {r.fit.best_epoch}")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.fit.best_metrics, **r.test}.items()
@@ -329,6 +327,9 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="unet-opt", standalone_mode=False)
     except click.exceptions.Exit as e:  # --help
         code = e.exit_code
+    except click.exceptions.NoArgsIsHelpError as e:  # `unet-opt` alone: the help, not an error
+        click.echo(e.ctx.get_help())
+        code = 0
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "unet-opt"
         click.echo(f"error: {redact_url(e.format_message())} (see '{where} --help')", err=True)

@@ -96,12 +96,15 @@ def plan(device: str, gpus: str | None, procs: int | None) -> Placement:
     return Placement("cpu", n, threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else 0)
 
 
-def check_divisible(batch_sizes: list[int], procs: int) -> None:
-    """The global batch is split evenly over the processes: refuse a space that cannot be."""
+def check_divisible(batch_sizes: list[int], procs: int, searched: bool = True) -> None:
+    """The global batch is split evenly over the processes: refuse a space (or a fixed batch) that cannot be."""
     bad = [b for b in batch_sizes if b % procs]
     if bad:
-        raise UserError(f"train.batch_size = {bad[0]} cannot be split evenly over {procs} processes; use batch "
-                        f"sizes that are multiples of {procs} (low and step) or another process count")
+        counts = [n for n in range(1, bad[0] + 1) if all(b % n == 0 for b in batch_sizes)]
+        fix = (f"use batch sizes that are multiples of {procs} (low and step) or another process count"
+               if searched else f"use a process or GPU count that divides it (--procs N / --gpus N: "
+               f"{', '.join(map(str, counts[-3:]))})")
+        raise UserError(f"train.batch_size = {bad[0]} cannot be split evenly over {procs} processes; {fix}")
 
 
 # ---------------------------------------------------------------------------------------------

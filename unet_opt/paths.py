@@ -87,11 +87,15 @@ def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
         partial.unlink(missing_ok=True)
 
 
+def check_store_folder(url: str, flag: str) -> None:
+    """A local store's folder can be made: it exists, or its parent does (`studies/` in a project folder).
+    A mistyped path must not leave a tree of new folders behind."""
+    path = sqlite_file(url)
+    if path and not path.parent.is_dir() and not path.parent.parent.is_dir():
+        raise UserError(f"folder {path.parent} does not exist; create it first or fix {flag}")
+
+
 def make_folder(folder: Path, flag: str) -> None:
-    """The folder a store's file lives in: made when its parent exists (`studies/` in a project folder),
-    else an error: a mistyped path must not leave a tree of new folders behind."""
-    if folder.is_dir():
-        return
-    if not folder.parent.is_dir():
-        raise UserError(f"folder {folder.parent} does not exist; create it first or fix {flag}")
+    """The folder a store's file lives in, made after `check_store_folder`'s rule."""
+    check_store_folder(f"sqlite:///{folder / 'store'}", flag)
     folder.mkdir(exist_ok=True)

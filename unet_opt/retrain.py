@@ -64,7 +64,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                  fit: runs.Fit = fit_on_ranks) -> RunSummary:
     study = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, epochs)
-    check_divisible([cfg.train.batch_size], placement.procs)
+    check_divisible([cfg.train.batch_size], placement.procs, searched=False)
     name = model_name or f"unet-opt-{study.study_name}"
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = study.user_attrs["split"]
@@ -90,7 +90,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
 
 
 def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fit = fit_on_ranks) -> RunSummary:
-    check_divisible([cfg.train.batch_size], placement.procs)
+    check_divisible([cfg.train.batch_size], placement.procs, searched=False)
     check_splittable(cfg.data)
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
@@ -101,6 +101,8 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fi
                                                        "devices": placement.describe()})
     spec = runs.RunSpec(cfg, split_indices(split_names, data.names), split_names, test=True,
                         checkpoint=paths.checkpoints / f"{experiment}-train-{run_id[:8]}.pt")
+    shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size", "train.epochs"))
+    log.info("training once with %s on %s", shown, placement.describe())
     with tracker.closing(run_id):
         result = runs.train(spec, placement, data, paths.cache, runs.logging_callback(tracker, run_id, cfg), fit)
         record = runs.record(spec, result, data, tracker, run_id, placement.main_device)

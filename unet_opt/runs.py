@@ -102,7 +102,8 @@ def record(spec: RunSpec, result: FitResult, data: SegmentationData, tracker: Tr
         example = next(batches(data.to(torch.device("cpu")), spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
         outcome.version = tracker.log_model(run_id, result.model.cpu(), example, spec.register_as)
         tracker.set_tags(run_id, {"registered_model": f"{spec.register_as}/{outcome.version}"})
-    tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
-                              "epochs_run": result.epochs_run,
-                              "early_stopped": str(result.stop_reason == "early_stopping").lower()})
+    if result.epochs_run:  # a run that failed before its first epoch has no stop to describe
+        tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
+                                  "epochs_run": result.epochs_run,
+                                  "early_stopped": str(result.stop_reason == "early_stopping").lower()})
     return outcome

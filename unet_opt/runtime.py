@@ -20,8 +20,8 @@ ENVIRONMENT = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at: http://user:password@..." lines
-    "MPLBACKEND": "Agg",  # figures are files: no screen needed, never a GUI backend in a worker
 }
+FORCED = {"MPLBACKEND": "Agg"}  # figures are files, even where a notebook terminal set an inline backend
 
 
 def redact_passwords(record: logging.LogRecord) -> bool:
@@ -37,6 +37,7 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
     warnings filters. Idempotent: a second call replaces the handler rather than adding one."""
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    os.environ.update(FORCED)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
     handler.addFilter(redact_passwords)

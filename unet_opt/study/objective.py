@@ -82,6 +82,14 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
     with Heartbeat(storage, trial._trial_id):  # and by its missing heartbeat from any other
         try:
             return train_and_record(ctx, trial, position)
+        except KeyboardInterrupt:  # before or after the training, while its run opens or its files are written
+            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                trial.set_user_attr("fail_reason", "interrupted")
+                study.tell(trial, state=TrialState.FAIL)
+                if "mlflow_run_id" in trial.user_attrs:
+                    ctx.tracker.end_if_running(trial.user_attrs["mlflow_run_id"], "KILLED",
+                                               {"optuna.state": "FAIL", "optuna.state_reason": "interrupted"})
+            raise
         except Exception as e:  # the tracking store failed around the training: still record the trial
             reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
             if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:

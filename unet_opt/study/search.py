@@ -16,7 +16,7 @@ from unet_opt.config import Config
 from unet_opt.data import check_splittable, load_data
 from unet_opt.distributed import Placement, check_divisible, plan
 from unet_opt.errors import Terminated
-from unet_opt.paths import Paths, redact_url
+from unet_opt.paths import Paths, check_store_folder, redact_url
 from unet_opt.processes import worker_id
 from unet_opt.runs import Fit
 from unet_opt.study.context import SearchContext
@@ -52,6 +52,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     check_splittable(cfg.data)  # before the cache is filled
     first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
+    check_store_folder(paths.storage_url(cfg.search.storage), "--storage")  # both, before either is made
+    check_store_folder(tracking_uri, "--tracking-uri")
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
         storage = open_storage(paths.storage_url(cfg.search.storage))
         tracker = Tracker(tracking_uri, name, paths.artifacts)

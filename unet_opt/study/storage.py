@@ -12,7 +12,6 @@ import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from unet_opt.config import Config, to_toml
-from unet_opt.data.splits import make_split
 from unet_opt.errors import UserError
 from unet_opt.paths import create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.study.pruning import make_pruner, make_sampler
@@ -114,6 +113,8 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         study.set_user_attr("config", comparable(cfg))
         study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
     if "split" not in attrs:
+        from unet_opt.data.splits import make_split  # here: `report` and `studies` need no torch
+
         study.set_user_attr("split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
                                                 cfg.data.split_seed))
     if "mlflow_parent_run_id" not in attrs:

@@ -126,6 +126,7 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
     from optuna import visualization as vis
 
     parts, first = [], True
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page itself
     for title, plot in (("optimization history", vis.plot_optimization_history),
                         ("parameter importances", vis.plot_param_importances),
                         ("parallel coordinates", vis.plot_parallel_coordinate),
