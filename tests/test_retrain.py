@@ -1,6 +1,9 @@
 """From the best trial to a registered model: retrain, evaluate, predict."""
 
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import fits
 import mlflow
@@ -144,3 +147,24 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
     code, out, _ = cli("evaluate", run.info.run_id)
     shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("dice ")))
     assert code == 0 and round(shown, 4) == round(run.data.metrics["test_dice"], 4)
+
+
+@pytest.mark.slow
+def test_a_killed_retrain_s_run_ends_failed_when_the_next_command_opens_the_experiment(searched_home, cli):
+    # a retrain whose process is SIGKILLed after its first epoch leaves its run RUNNING...
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import fits\nfrom pathlib import Path\nfrom unet_opt.distributed import plan\n"
+              "from unet_opt.paths import Paths\nfrom unet_opt.retrain import retrain_best\n"
+              "paths = Paths.resolve('.')\n"
+              "retrain_best(paths, paths.storage_url(), paths.tracking_uri(), None, plan('cpu', None, None), "
+              "epochs=3, fit=fits.die_after_first_epoch)\n")
+    killed = subprocess.run([sys.executable, "-c", script], cwd=searched_home, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    _, runs = retrain_runs(searched_home)
+    assert [r.info.status for r in runs] == ["RUNNING"]
+    # ...which the next retrain, finding its process gone, ends FAILED
+    assert cli("retrain", "--best", "--name", "again")[0] == 0
+    _, runs = retrain_runs(searched_home)
+    assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
+    assert runs[0].data.tags["unet_opt.end_reason"] == "its process died (killed or crashed)"

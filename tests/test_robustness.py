@@ -1,7 +1,11 @@
 """Fault injection: kills, divergence, out-of-memory, unreachable stores, hostile files; reproducibility."""
 
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +17,11 @@ from conftest import FAST, run_search, written_files
 from mlflow.tracking import MlflowClient
 
 from unet_opt.checkpoint import FORMAT, load_checkpoint
+from unet_opt.config import to_toml
+from unet_opt.data import ClassTable
 from unet_opt.errors import UserError
+from unet_opt.model import build_model
+from unet_opt.space_file import load_config
 
 # where the first trial's process dies with SIGKILL: a stand-in fit from tests/fits.py
 KILL_POINTS = {"before the first epoch": "die", "after the first epoch": "die_after_first_epoch",
@@ -85,14 +93,59 @@ def test_unreachable_store_is_one_line_without_the_password(home, cli, flag, url
     assert written_files(home) == []  # checked before any training, nothing written
 
 
-def test_ui_binds_localhost_unless_told(home, cli, monkeypatch):
+def test_ui_binds_localhost_unless_told(home, cli):
+    from unet_opt.cli import ui
+    from unet_opt.tracking import serve_ui
+
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
+    assert next(p for p in ui.params if p.name == "host").default == "127.0.0.1"
     commands = []
-    monkeypatch.setattr("unet_opt.tracking.subprocess.call", lambda cmd, env: commands.append(cmd) or 0)
-    assert cli("ui")[0] == 0 and cli("ui", "--host", "0.0.0.0", "--port", "8080")[0] == 0
-    assert commands[0][commands[0].index("--host") + 1] == "127.0.0.1"
-    assert commands[1][commands[1].index("--host") + 1] == "0.0.0.0" and "8080" in commands[1]
+
+    class Server:
+        def wait(self):
+            return 0
+
+    def start(command, env, start_new_session):
+        commands.append(command)
+        return Server()
+
+    assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", "0.0.0.0", 8765, start=start) == 0
+    assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and "8765" in commands[0]
+
+
+def test_ui_on_a_busy_port_is_an_error(home, cli):
+    (home / "mlruns").mkdir()
+    (home / "mlruns" / "mlflow.db").write_bytes(b"")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = cli("ui", "--port", str(busy.getsockname()[1]))
+    assert code == 2 and "is in use (another `unet-opt ui`?); pass another --port" in err
+
+
+@pytest.mark.slow
+def test_sigterm_to_ui_stops_the_mlflow_server(searched_home):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ui = subprocess.Popen([sys.executable, "-m", "unet_opt", "ui", "--port", str(port)], cwd=searched_home,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        ui.kill()
+        pytest.fail("the UI did not start")
+    ui.send_signal(signal.SIGTERM)
+    assert ui.wait(60) == 143
+    time.sleep(1)
+    with pytest.raises(OSError):  # nothing answers any more: the server and its workers are gone
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
 
 
 class Payload:
@@ -103,6 +156,28 @@ def test_checkpoints_load_weights_only(tmp_path):
     torch.save({"format": FORMAT, "state_dict": {}, "payload": Payload()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="is not a unet-opt checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize("damage", ["empty state_dict", "missing keys", "missing config", "wrong shapes"])
+def test_crafted_checkpoints_are_one_error_line(home, cli, damage):
+    cfg = load_config("default")
+    model = build_model(cfg.model, 24)
+    raw = {"format": FORMAT, "state_dict": model.state_dict(), "config_toml": to_toml(cfg),
+           "class_names": list(ClassTable.drone().names), "class_colors": [list(c) for c in ClassTable.drone().colors],
+           "binary": False, "split": {"train": [], "val": [], "test": []}}
+    if damage == "empty state_dict":
+        raw["state_dict"] = {}
+    elif damage == "missing keys":
+        raw["state_dict"] = dict(list(raw["state_dict"].items())[:3])
+    elif damage == "missing config":
+        del raw["config_toml"]
+    else:
+        raw["class_names"] = raw["class_names"][:5]  # 5 output channels in the weights' place of 24
+        raw["class_colors"] = raw["class_colors"][:5]
+    torch.save(raw, home / "crafted.pt")
+    code, out, err = cli("evaluate", "crafted.pt")
+    assert code == 2 and err.startswith("error: crafted.pt is a damaged unet-opt checkpoint") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

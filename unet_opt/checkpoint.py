@@ -52,8 +52,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
                         f"`unet-opt retrain` or a models:/ URI") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path} is not a unet-opt checkpoint; pass a file written by `unet-opt retrain`")
-    cfg = config_from_text(raw["config_toml"], f"{path} (config)")
-    classes = ClassTable(tuple(raw["class_names"]), tuple(tuple(c) for c in raw["class_colors"]))
-    model = build_model(cfg.model, 1 if raw["binary"] else len(classes))
-    model.load_state_dict(raw["state_dict"])
-    return Checkpoint(model.eval(), cfg, classes, raw["binary"], raw["split"])
+    try:
+        cfg = config_from_text(raw["config_toml"], f"{path} (config)")
+        classes = ClassTable(tuple(raw["class_names"]), tuple(tuple(c) for c in raw["class_colors"]))
+        model = build_model(cfg.model, 1 if raw["binary"] else len(classes))
+        model.load_state_dict(raw["state_dict"])  # strict: every weight present, with its shape
+        return Checkpoint(model.eval(), cfg, classes, raw["binary"], raw["split"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a damaged or hand-made file
+        raise UserError(f"{path} is a damaged unet-opt checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        f"pass a file written by `unet-opt retrain`, or its models:/ URI") from None

@@ -21,6 +21,7 @@ from unet_opt.distributed import Placement, check_divisible
 from unet_opt.errors import UserError
 from unet_opt.paths import Paths
 from unet_opt.space_file import config_from_text
+from unet_opt.study.reconcile import close_runs_of_ended_trials
 from unet_opt.study.storage import load_existing
 from unet_opt.tracking import Tracker
 from unet_opt.train import FitResult, fit_on_ranks
@@ -70,6 +71,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
     split_names = study.user_attrs["split"]
     tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
     tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever
+    close_runs_of_ended_trials(study, tracker)
     run_id = tracker.start_run(f"retrain-trial-{best.number:04d}", cfg.params(),
                                {"unet_opt.role": "retrain", "optuna.study": study.study_name,
                                 "source_trial": best.number, "seed": cfg.train.seed,

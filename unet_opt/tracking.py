@@ -10,6 +10,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,14 +45,42 @@ def how_to_open(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def serve_ui(tracking_uri: str, host: str, port: int) -> int:
-    """Run the MLflow UI over a local store until it is stopped; returns its exit code."""
+def serve_ui(tracking_uri: str, host: str, port: int, start=subprocess.Popen) -> int:
+    """Run the MLflow UI over a local store until it stops, or until Ctrl-C or SIGTERM stop it (and with
+    it every process it started); returns its exit code. `start` is how the server process is started."""
     if tracking_uri.startswith(("http://", "https://")):
         raise UserError(f"the tracking store is a server already; open {redact_url(tracking_uri)} in a browser")
     database = sqlite_file(tracking_uri)
     if database and not database.is_file():
         raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this folder first (or pass --home)")
-    return subprocess.call(ui_command(tracking_uri, host, port), env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    with socket.socket() as probe:  # the server would fail on a busy port only after a while, and exit 0
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another --port") from None
+    server = start(ui_command(tracking_uri, host, port), env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+                   start_new_session=True)  # its own process group: stopped as one below
+    try:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
+        stop_group(server)
+        raise
+
+
+def stop_group(server: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the server's process group; after `grace` seconds, SIGKILL to whatever is left of it."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # workers that outlived the server
+    except ProcessLookupError:
+        pass
+    server.wait()
 
 
 @contextlib.contextmanager
