@@ -71,7 +71,7 @@ WIDE_STEP = "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.01\nstep = 0.5\n"
     (["search", "--set", "data.synthetic_images=99999999999"], {}, "data.synthetic_images = 99999999999 is too large"),
     (["search", "--set", "train.epochs=1000000"], {}, "train.epochs = 1000000 is too large"),
     (["search", "--set", "model.base_channels=0"], {}, "model.base_channels = 0 is too small"),
-    (["search", "--set", "model.depth=9"], {}, "model.depth above 6 is not supported"),
+    (["search", "--set", "model.depth=9"], {}, "model.depth = 9 is too large; use at most 6"),
     (["search", "--trials", "1000000"], {}, "search.trials = 1000000 is too large"),
     # spaces that do not fit their fields, and fields that must not be searched
     (["search", "--space", "s.toml"], {"s.toml": FLOAT_SIZE}, "data.image_size is a whole number; use type = \"int\""),

@@ -287,10 +287,6 @@ def at_most(dotted: str, high: int) -> Callable[[Config], str | None]:
     return rule
 
 
-def depth_supported(cfg: Config) -> str | None:
-    return "model.depth above 6 is not supported; use 1 to 6" if max(values_of(cfg, "model.depth")) > 6 else None
-
-
 def name_problem(name: str, what: str) -> str | None:
     """Study and model names become file and experiment names: no path separators, no '..'."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name) or ".." in name:
@@ -309,16 +305,14 @@ def study_name_is_safe(cfg: Config) -> str | None:
 
 
 def one_foreground_rule(cfg: Config) -> str | None:
-    if cfg.data.binary and cfg.data.foreground:
-        return "data.binary = \"mean\" and data.foreground both pick a foreground; set only one"
-    return None
+    both = cfg.data.binary and cfg.data.foreground
+    return "data.binary = \"mean\" and data.foreground both pick a foreground; set only one" if both else None
 
 
 def ignore_index_is_a_class(cfg: Config) -> str | None:
     d = cfg.data
-    if d.ignore_index >= d.num_classes:
-        return f"data.ignore_index = {d.ignore_index} is not a class below num_classes = {d.num_classes}; use -1 for none"
-    return None
+    return None if d.ignore_index < d.num_classes else \
+        f"data.ignore_index = {d.ignore_index} is not a class below num_classes = {d.num_classes}; use -1 for none"
 
 
 RULES: list[Callable[[Config], str | None]] = [
@@ -327,12 +321,11 @@ RULES: list[Callable[[Config], str | None]] = [
         ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1), ("data.image_size", 8),
         ("train.batch_size", 4), ("search.startup_trials", 0), ("search.brackets", 1)]),
     *(at_most(dotted, high) for dotted, high in [
-        ("data.image_size", 4096), ("data.synthetic_images", 100_000), ("data.num_classes", 255),
+        ("model.depth", 6), ("data.image_size", 4096), ("data.synthetic_images", 100_000), ("data.num_classes", 255),
         ("model.base_channels", 1024), ("train.epochs", 10_000), ("train.batch_size", 4096),
         ("search.trials", 100_000), ("search.startup_trials", 100_000), ("search.brackets", 8),
         ("train.seed", SEED_LIMIT - 100_000), ("search.seed", SEED_LIMIT), ("data.split_seed", SEED_LIMIT)]),
     *(non_negative(dotted) for dotted in ("train.seed", "search.seed", "data.split_seed")),
-    depth_supported,
     non_negative("train.lr", positive=True),
     non_negative("train.weight_decay"),
     non_negative("search.timeout"),
