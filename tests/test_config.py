@@ -4,7 +4,7 @@ import pytest
 
 from unet_opt.config import Config, to_toml
 from unet_opt.errors import UserError
-from unet_opt.paths import redact_url, sqlite_file
+from unet_opt.paths import create_atomically, redact_url, sqlite_file
 from unet_opt.space_file import find_space, load_config, parse_set
 
 
@@ -124,3 +124,22 @@ def test_logged_params_never_hold_a_password():
     assert params["search.storage"] == "postgresql://optuna:***@db:5432/optuna"
     assert "s3cret" not in str(params) and "hunter2" not in str(params)
     assert "s3cret" not in to_toml(cfg, redact_url)  # nor in the config.toml artifact
+
+
+def test_a_store_file_is_created_whole_or_not_at_all(tmp_path):
+    # a killed process's partial files (and SQLite's journal beside them) are cleared first
+    (tmp_path / "x.db.partial-999999").write_text("half")
+    (tmp_path / "x.db.partial-999999-journal").write_text("half")
+    create_atomically(tmp_path / "x.db", lambda path: path.write_text("whole"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"] and (tmp_path / "x.db").read_text() == "whole"
+    # a store already there is never replaced
+    create_atomically(tmp_path / "x.db", lambda path: path.write_text("other"))
+    assert (tmp_path / "x.db").read_text() == "whole"
+
+    def interrupted(path):
+        path.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a build that is stopped leaves nothing under either name
+        create_atomically(tmp_path / "y.db", interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]

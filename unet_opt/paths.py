@@ -72,9 +72,9 @@ def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
     """Make the file `final` with `build(path)` at a temporary name beside it, then link it into place:
     a kill at any moment leaves either no `final` or a whole one. If another process put one there
     meanwhile, that one is kept. Partial files of killed processes are removed first."""
-    for stale in final.parent.glob(f"{final.name}.partial-*"):
-        pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+    for stale in final.parent.glob(f"{final.name}.partial-*"):  # SQLite's -journal files included
+        pid = re.match(r"\d+", stale.name.removeprefix(f"{final.name}.partial-"))
+        if pid and not os.path.exists(f"/proc/{pid.group()}"):
             stale.unlink(missing_ok=True)
     partial = final.with_name(f"{final.name}.partial-{os.getpid()}")
     partial.unlink(missing_ok=True)
