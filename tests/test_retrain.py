@@ -7,6 +7,7 @@ from pathlib import Path
 
 import fits
 import mlflow
+import mlflow.pyfunc
 import mlflow.pytorch
 import numpy as np
 import pytest
@@ -48,6 +49,9 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     logits = model(torch.rand(2, 3, 32, 48) * 2 - 1)
     # the MLflow model predicts one logit per drone class
     assert logits.shape == (2, 24, 32, 48)
+    # and, through pyfunc and its signature, at any size that is a multiple of 2**depth
+    pyfunc = mlflow.pyfunc.load_model("models:/unet-opt-default@champion")
+    assert pyfunc.predict(np.zeros((1, 3, 128, 192), np.float32)).shape == (1, 24, 128, 192)
 
     # evaluate reproduces the test Dice the retrain logged, to 4 decimals
     test_dice = run.data.metrics["test_dice"]

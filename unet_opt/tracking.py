@@ -170,9 +170,13 @@ class Tracker:
 
     def log_model(self, run_id: str, model: Any, input_example: Any, registered_name: str,
                   alias: str = "champion") -> str:
-        """Log the PyTorch model (signature from the example) and register it; returns the version."""
+        """Log the PyTorch model and register it; returns the version. The signature leaves the batch, the
+        height and the width free: any multiple of 2**depth is a valid input size."""
         import mlflow.pytorch
+        import numpy as np
         import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
 
         import unet_opt
 
@@ -184,8 +188,12 @@ class Tracker:
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         try:
             with mlflow.start_run(run_id=run_id):
+                free = (-1, input_example.shape[1], -1, -1)  # (B, 3, H, W) in, (B, classes, H, W) out
+                signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), free)]),
+                                           Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]))
                 info = mlflow.pytorch.log_model(
-                    model, name="model", input_example=input_example, serialization_format="pickle",
+                    model, name="model", input_example=input_example, signature=signature,
+                    serialization_format="pickle",
                     code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
             version = mlflow.register_model(info.model_uri, registered_name).version
