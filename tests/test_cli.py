@@ -13,6 +13,11 @@ def test_python_dash_m_runs_the_cli():
     assert proc.returncode == 0 and "search" in proc.stdout and "retrain" in proc.stdout
 
 
+def test_version(cli):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.strip() == "unet-opt, version 0.1.0"
+
+
 def test_the_command_alone_prints_its_help_not_an_error(cli):
     code, out, err = cli()
     assert code == 0 and "search" in out and "retrain" in out and "error" not in err

@@ -57,7 +57,7 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     test_dice = run.data.metrics["test_dice"]
     code, out, _ = cli("evaluate", "models:/unet-opt-default@champion", "--split", "test")
     assert code == 0
-    shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("dice ")))
+    shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("test_dice ")))
     assert round(shown, 4) == round(test_dice, 4)
     assert (home / "evaluation" / "confusion_matrix.png").is_file()
 
@@ -149,7 +149,7 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
     assert {"config.toml", "learning_curves.png", "confusion_matrix.png", "predictions.png", "per_class.csv",
             "test_confusion_matrix.png", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     code, out, _ = cli("evaluate", run.info.run_id)
-    shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("dice ")))
+    shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("test_dice ")))
     assert code == 0 and round(shown, 4) == round(run.data.metrics["test_dice"], 4)
 
 

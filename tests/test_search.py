@@ -48,7 +48,9 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
     for t in trials:
         run = by_number[t.number]
         assert run.info.run_id == t.user_attrs["mlflow_run_id"]
-        assert run.info.run_name == f"trial-{t.number:04d}" and run.info.status == "FINISHED"
+        # pruned trials are told apart by name, failed ones by status too
+        suffix = "" if t.state.name == "COMPLETE" else f" ({t.state.name.lower()})"
+        assert run.info.run_name == f"trial-{t.number:04d}{suffix}" and run.info.status == "FINISHED"
         assert run.data.tags["optuna.study"] == "default" and run.data.tags["optuna.state"] == t.state.name
         # every resolved config field is a param, with the sampled values
         assert set(run.data.params) == set(Config().flat())
@@ -57,9 +59,14 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
         # one point per epoch, step = epoch
         history = client.get_metric_history(run.info.run_id, "val_dice")
         assert [m.step for m in history] == list(range(1, t.user_attrs["epochs_run"] + 1))
-        for key in ("train_loss", "val_loss", "val_f1_macro", "val_miou", "val_pixel_accuracy", "lr",
+        for key in ("train_loss", "val_loss", "val_f1_macro", "val_miou", "val_pixel_accuracy",
                     "epoch_seconds", "images_per_second"):
             assert len(client.get_metric_history(run.info.run_id, key)) == len(history)
+        assert len(client.get_metric_history(run.info.run_id, "lr")) == 1  # logged when it changes: once
+        # the trial's value and best epoch are columns of the runs table, equal to Optuna's
+        best_epoch = max(history, key=lambda m: m.value).step
+        assert run.data.metrics["best_val_dice"] == pytest.approx(max(m.value for m in history))
+        assert run.data.metrics["best_epoch"] == best_epoch == t.user_attrs["best_epoch"]
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert max(m.value for m in history) == pytest.approx(t.value)
             assert run.data.tags["early_stopped"] in ("true", "false")
@@ -69,6 +76,15 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
                                                                             "space.toml"}
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert client.get_metric_history(parent.info.run_id, "best_value")
+    # the parent tells the search's story: its params, the best trial kept current, a Markdown note
+    best = study.best_trial
+    tags, params = client.get_run(parent.info.run_id).data.tags, client.get_run(parent.info.run_id).data.params
+    assert {"space", "data", "sampler", "pruner", "brackets", "metric", "seed"} <= set(params)
+    assert tags["best_trial"] == str(best.number) and tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert float(tags["best_value"]) == pytest.approx(best.value) and tags["trials_target"] == "3"
+    note = tags["mlflow.note.content"]
+    assert f"[#{best.number}](#/experiments/" in note and "unet-opt retrain --best" in note and "| `train.lr` |" in note
+    assert study.metric_names == ["val_dice"]
     assert "best trial: #" in out and f"mlflow ui --backend-store-uri sqlite:///{home}/mlruns/mlflow.db" in out
 
     # the same command again: nothing to do

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from unet_opt import runtime
+from unet_opt import __version__, runtime
 from unet_opt.console import fmt, print_summary, print_table
 from unet_opt.errors import Terminated, UserError
 from unet_opt.paths import Paths, redact_url
@@ -61,6 +61,7 @@ def placement_of(device: str | None, gpus: str | None, procs: int | None):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="unet-opt")
 @click.option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
               help="Folder holding studies/ and mlruns/ (default: the current directory).")
 @click.option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")

@@ -56,7 +56,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
     data = load_data(cfg.data, cfg.model.depth, cache_dir)
     indices = list(range(len(data.names))) if split == "all" else split_indices(ck.split, data.names)[split]
-    metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix="")
+    metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
     names = list(data.classes.names)
     pc = per_class(matrix)
     rows = [{"class": n, "dice": pc["dice"][i], "iou": pc["iou"][i], "precision": pc["precision"][i],

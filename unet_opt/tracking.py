@@ -138,8 +138,9 @@ class Tracker:
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
 
-    def open_parent(self, run_id: str | None, study: str) -> str:
-        """Reopen the study's parent run, or create it when there is none (or it was deleted)."""
+    def open_parent(self, run_id: str | None, study: str, params: dict[str, Any] | None = None) -> str:
+        """Reopen the study's parent run, or create it (with the search's `params`) when there is none
+        (or it was deleted)."""
         if run_id:
             try:
                 run = self.client.get_run(run_id)
@@ -150,6 +151,8 @@ class Tracker:
                 pass
         run = self.client.create_run(self.experiment_id, run_name=study,
                                      tags={"optuna.study": study, "unet_opt.role": "study"})
+        if params:
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
     def start_run(self, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:

@@ -131,7 +131,7 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = FitResult()
     best: float | None = None
-    since_best, best_state = 0, None
+    since_best, best_state, last_lr = 0, None, None
 
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
@@ -162,7 +162,10 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
             val_loss, matrix = loss_and_matrix(plain, data, split["val"], cfg.batch_size, cfg, group)
             metrics["val_loss"] = val_loss
             metrics.update({f"val_{k}": v for k, v in scores_from_matrix(matrix, data.binary).items()})
-        metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_seconds=time.perf_counter() - start,
+        lr = optimizer.param_groups[0]["lr"]
+        if lr != last_lr:  # in the metrics (and so logged) when it changes only
+            metrics["lr"] = last_lr = lr
+        metrics.update(epoch_seconds=time.perf_counter() - start,
                        images_per_second=seen / train_seconds if train_seconds > 0 else 0.0)
         result.history.append(metrics)
 

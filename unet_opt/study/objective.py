@@ -21,6 +21,7 @@ from unet_opt.study.context import SearchContext
 from unet_opt.study.pruning import prune_reason
 from unet_opt.study.reconcile import MLFLOW_STATUS
 from unet_opt.study.storage import FINISHED, HEARTBEAT_SECONDS, best_value
+from unet_opt.study.summary import describe_parent
 from unet_opt.train import FitResult
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
     best = best_value(ctx.study)
     if best is not None:
         ctx.tracker.log_metrics(ctx.parent_id, {"best_value": best}, step=trial.number)
+    describe_parent(ctx.study, ctx.tracker, ctx.parent_id, cfg)
     log.info("trial #%d %s%s  [%s]%s", trial.number, state.name,
              f" {metric} {value:.4f} (best epoch {result.best_epoch})" if value is not None else "", reason,
              f"  study best {best:.4f}" if best is not None else "")
@@ -164,5 +166,12 @@ def finish_trial(ctx: SearchContext, trial: optuna.Trial, run_id: str, state: Tr
                    ("best_epoch", result.best_epoch), ("epochs_run", result.epochs_run)):
         trial.set_user_attr(key, v)
     ctx.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    metric = ctx.cfg.search.goal.metric
+    if state != TrialState.FAIL and result.best_epoch:  # the trial's value as a column, as Optuna has it
+        ctx.tracker.log_metrics(run_id, {f"best_{metric}": result.best_metrics[metric],
+                                         "best_epoch": result.best_epoch}, step=result.best_epoch)
     ctx.tracker.set_tags(run_id, {"optuna.state": state.name, "optuna.state_reason": reason})
+    if state != TrialState.COMPLETE:  # told apart from complete trials in the runs table as it opens
+        shown = "interrupted" if reason == "interrupted" else state.name.lower()
+        ctx.tracker.client.update_run(run_id, name=f"trial-{trial.number:04d} ({shown})")
     ctx.tracker.end(run_id, mlflow_status or MLFLOW_STATUS[state])

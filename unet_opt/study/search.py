@@ -62,7 +62,11 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         storage = open_storage(paths.storage_url(cfg.search.storage))
 
     check_stores_agree(storage, paths.storage_url(cfg.search.storage), tracker, name)
-    study = join_or_create_study(storage, cfg, name, first_data.names, lambda: tracker.open_parent(None, name))
+    search_params = {"space": cfg.source, "data": cfg.data.dataset, "sampler": cfg.search.sampler,
+                     "pruner": cfg.search.pruner, "brackets": cfg.search.brackets, "metric": cfg.search.metric,
+                     "seed": cfg.search.seed, "startup_trials": cfg.search.startup_trials}
+    study = join_or_create_study(storage, cfg, name, first_data.names,
+                                 lambda: tracker.open_parent(None, name, search_params))
     close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
     close_runs_of_ended_trials(study, tracker)
     tracker.fail_runs_of_dead_processes()
@@ -73,7 +77,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         finish_parent(study, tracker, study.user_attrs["mlflow_parent_run_id"], cfg)
         return fill_summary(summary, study)
 
-    parent_id = tracker.open_parent(study.user_attrs.get("mlflow_parent_run_id"), name)
+    parent_id = tracker.open_parent(study.user_attrs.get("mlflow_parent_run_id"), name, search_params)
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     summary.parent_run_id = parent_id
     deadline = time.time() + cfg.search.timeout if cfg.search.timeout else float("inf")

@@ -110,6 +110,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
             check_same_study(study.user_attrs["config"], comparable(cfg), name)
     attrs = study.user_attrs  # what is missing (a new study, or its creator died setting it up) is set here
     if "config" not in attrs:
+        study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
         study.set_user_attr("config", comparable(cfg))
         study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
     if "split" not in attrs:

@@ -106,6 +106,30 @@ def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, c
         log.warning("could not log the study's plots and tables (%s)", e)
 
 
+def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
+    """The parent run's tags `best_trial`, `best_run_id`, `best_value` and its Markdown description (the
+    run's note in the MLflow UI): the best trial with a link to its run, its params, the counts by
+    state, and how to retrain it."""
+    trials = study.get_trials(deepcopy=False)
+    counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}"
+                       for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    metric = cfg.search.goal.metric
+    lines = [f"**Study `{study.study_name}`**: {counts} (of {cfg.search.trials} finished trials asked for), "
+             f"scored by `{metric}` ({cfg.search.goal.direction})."]
+    tags: dict[str, Any] = {}
+    if best_value(study) is not None:
+        best = study.best_trial
+        run_id = best.user_attrs.get("mlflow_run_id", "")
+        tags = {"best_trial": best.number, "best_run_id": run_id, "best_value": f"{best.value:.6g}"}
+        link = f"#/experiments/{tracker.experiment_id}/runs/{run_id}"
+        lines += ["", f"**Best trial: [#{best.number}]({link})**, `{metric}` = {best.value:.4f} at epoch "
+                      f"{best.user_attrs.get('best_epoch')}.", "", "| param | value |", "| --- | --- |"]
+        lines += [f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in best.params.items()]
+        lines += ["", f"Retrain it on train+val, test it and register it: `unet-opt retrain --best --study "
+                      f"{study.study_name}`"]
+    tracker.set_tags(parent_id, {**tags, "trials_target": cfg.search.trials, "mlflow.note.content": "\n".join(lines)})
+
+
 def write_trials_csv(study: optuna.Study, path: Path) -> None:
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
@@ -127,6 +151,9 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
 
     parts, first = [], True
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page itself
+    notes = {"intermediate values": "<p>Each trial's best value so far after each epoch: what the pruner judges "
+                                    "and what the trial is scored by (the per-epoch values are in each trial's "
+                                    "run).</p>"}
     for title, plot in (("optimization history", vis.plot_optimization_history),
                         ("parameter importances", vis.plot_param_importances),
                         ("parallel coordinates", vis.plot_parallel_coordinate),
@@ -136,7 +163,7 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
         except Exception as e:  # e.g. importances need two complete trials
             parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")
             continue
-        parts.append(f"<h2>{title}</h2>" + figure.to_html(full_html=False, include_plotlyjs=first))
+        parts.append(f"<h2>{title}</h2>{notes.get(title, '')}" + figure.to_html(full_html=False, include_plotlyjs=first))
         first = False  # one copy of plotly.js serves every figure: the file works offline
     path.write_text(f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
                     f"<h1>study {study.study_name}</h1>{''.join(parts)}</body></html>", encoding="utf-8")
