@@ -239,3 +239,13 @@ def test_tracking_store_dropping_mid_trial_is_recorded(home, cli, monkeypatch):
     assert next(t for t in trials if t.state.name == "FAIL").user_attrs["fail_reason"] == \
         "ConnectionError: tracking server went away"
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+@pytest.mark.parametrize("store", ["studies/unet-opt.db", "mlruns/mlflow.db"])
+def test_a_damaged_store_is_named_with_the_way_out(home, cli, store):
+    (home / store).parent.mkdir()
+    (home / store).write_bytes(b"this is not a database" * 100)
+    code, _, err = cli("search", "--trials", "1", *FAST)
+    # not "start the server": the file, that it is damaged, and what to do
+    assert code == 2 and f"{home / store} is damaged or unreadable" in err and "move it away" in err, err
+    assert "server" not in err and len(err.strip().splitlines()) == 1
