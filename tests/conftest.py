@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,12 @@ def searched_home(home, searched_folder) -> Path:
     for name in ("studies", "mlruns"):
         shutil.copytree(searched_folder / name, home / name)
     return home
+
+
+def interruptible() -> None:
+    """`preexec_fn` for a child that a test sends SIGINT: a shell's background job (`cmd &`, as CI may run
+    the suite) ignores SIGINT, and a Python child would inherit that and never see Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def written_files(folder: Path) -> list[str]:

@@ -9,7 +9,7 @@ import time
 
 import optuna
 import pytest
-from conftest import FAST
+from conftest import FAST, interruptible
 from mlflow.tracking import MlflowClient
 
 ARGS = [sys.executable, "-m", "unet_opt", "search", "--trials", "2", *FAST]
@@ -49,17 +49,23 @@ def check_both_stores(folder, output: str) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_a_search_killed_at_any_moment_continues_with_the_same_command(tmp_path, sig):
     whole = whole_run_seconds(tmp_path / "timing")
+    codes = []
     for point in range(1, POINTS + 1):
         folder = tmp_path / f"kill-{point}"
         folder.mkdir()
-        search = subprocess.Popen(ARGS, cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        search = subprocess.Popen(ARGS, cwd=folder, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  preexec_fn=interruptible)
         time.sleep(whole * point / (POINTS + 1))
         search.send_signal(sig)
         first = search.communicate(timeout=300)[0]
-        if sig == signal.SIGTERM and search.returncode not in (0, 143):
-            pytest.fail(f"SIGTERM at point {point} gave exit code {search.returncode}:\n{first[-3000:]}")
+        codes.append(search.returncode)
         again = subprocess.run(ARGS, cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
         output = f"point {point} of {POINTS} ({whole * point / (POINTS + 1):.1f} s), first run:\n{first[-2000:]}\n" \
                  f"second run:\n{again.stdout[-2000:]}{again.stderr[-2000:]}"
         assert again.returncode == 0, output
         check_both_stores(folder, output)
+    # SIGTERM and SIGINT stop a search as Ctrl-C does (143, 130); before the handlers are installed (the
+    # interpreter's first tenth of a second) or after the work is done, the signal's own ending is fine
+    stopped = {signal.SIGTERM: 143, signal.SIGINT: 130}.get(sig)
+    if stopped:
+        assert set(codes) <= {0, stopped, -sig} and codes.count(stopped) >= POINTS // 2, codes

@@ -13,7 +13,7 @@ import fits
 import optuna
 import pytest
 import torch
-from conftest import FAST, run_search, written_files
+from conftest import FAST, interruptible, run_search, written_files
 from mlflow.tracking import MlflowClient
 
 from unet_opt.checkpoint import FORMAT, load_checkpoint
@@ -205,7 +205,7 @@ def test_real_sigint_records_the_trial_and_exits_130(home):
     proc = subprocess.Popen([sys.executable, "-m", "unet_opt", "search", "--trials", "3", "--pruner", "none", *FAST,
                              "--set", "space.epochs.high=30", "--set", "space.epochs.low=20"],
                             cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "epoch 1/" not in proc.stderr.readline():
         pass

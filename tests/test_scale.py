@@ -19,7 +19,7 @@ import optuna
 import pytest
 import sqlalchemy
 import torch
-from conftest import FAST, run_search
+from conftest import FAST, interruptible, run_search
 from mlflow.tracking import MlflowClient
 
 from unet_opt.config import DataConfig
@@ -306,7 +306,7 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
     args = ["search", "--trials", "20", "--workers", "2", "--pruner", "none", *FAST,
             "--set", "space.epochs.high=100", "--set", "space.epochs.low=100",
             "--set", "train.patience=1000"]  # trials of ~10 s, not stopped early: SIGINT finds both running
-    search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home,
+    search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, preexec_fn=interruptible,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{home}/studies/unet-opt.db"
     deadline = time.monotonic() + 180
