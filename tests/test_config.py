@@ -1,7 +1,9 @@
+import logging
 from pathlib import Path
 
 import pytest
 
+from unet_opt import runtime
 from unet_opt.config import Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.paths import create_atomically, redact_url, sqlite_file
@@ -143,3 +145,14 @@ def test_a_store_file_is_created_whole_or_not_at_all(tmp_path):
     with pytest.raises(KeyboardInterrupt):  # a build that is stopped leaves nothing under either name
         create_atomically(tmp_path / "y.db", interrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+def test_log_lines_and_tracebacks_never_show_a_password(capsys):
+    runtime.setup(verbose=True)  # the handler writes to this test's stderr
+    log = logging.getLogger("unet_opt.test")
+    try:
+        raise ConnectionError("cannot reach postgresql://me:s3cret@db/optuna")
+    except ConnectionError:
+        log.debug("trial failed at %s", "http://me:s3cret@host:5000", exc_info=True)
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "http://me:***@host:5000" in err and "postgresql://me:***@db" in err

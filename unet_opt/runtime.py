@@ -12,6 +12,8 @@ import signal
 import sys
 import warnings
 
+from unet_opt.paths import redact_url
+
 ENVIRONMENT = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no progress bars mixed into our output
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # database creation is chatty at INFO (mlflow and alembic)
@@ -25,10 +27,11 @@ FORCED = {"MPLBACKEND": "Agg"}  # figures are files, even where a notebook termi
 
 
 def redact_passwords(record: logging.LogRecord) -> bool:
-    """A log filter: the message, its arguments filled in, with every URL's password replaced by ***."""
-    from unet_opt.paths import redact_url
-
+    """A log filter: the message (its arguments filled in) and any traceback, with every URL's password
+    replaced by ***."""
     record.msg, record.args = redact_url(record.getMessage()), None
+    if record.exc_info:
+        record.exc_text = redact_url(logging.Formatter().formatException(record.exc_info))
     return True
 
 
