@@ -110,8 +110,11 @@ def test_ui_binds_localhost_unless_told(home, cli):
         commands.append(command)
         return Server()
 
-    assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", "0.0.0.0", 8765, start=start) == 0
-    assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and "8765" in commands[0]
+    with socket.socket() as probe:  # a port that is free now
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", "0.0.0.0", port, start=start) == 0
+    assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and str(port) in commands[0]
 
 
 def test_ui_on_a_busy_port_is_an_error(home, cli):
