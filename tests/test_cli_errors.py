@@ -100,6 +100,8 @@ WIDE_STEP = "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.01\nstep = 0.5\n"
     (["data", "check", "d", "--num-classes", "1"], {}, "Invalid value for '--num-classes'"),
     (["data", "prepare", "d"], {}, "Missing option '--image-size'"),
     (["studies", "--storage", "sqlite:////nonexistent/x.db"], {}, "no study storage at /nonexistent/x.db"),
+    (["--home", "/nonexistent/project", "search"], {}, "folder /nonexistent does not exist; create it first or fix --home"),
+    (["report", "--storage", "sqlite:///other.db"], {"other.db": ""}, "no study in the storage yet"),
     (["search", "--set", "space.lr.low=abc"], {}, "low must be a number"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):

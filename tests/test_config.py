@@ -110,6 +110,8 @@ def test_sqlite_file_is_the_database_of_a_sqlite_url_only():
     ("http://u:pa#ss/w?rd@host:5000", "http://u:***@host:5000"),  # '#', '/' and '?' in the password
     ("postgresql://me@db/optuna?password=s3cret&sslmode=require", "postgresql://me@db/optuna?password=***&sslmode=require"),
     ("https://host/api?token=abc123", "https://host/api?token=***"),
+    ("postgresql://bob:S3c@r3t@127.0.0.1:9/x", "postgresql://bob:***@127.0.0.1:9/x"),  # an '@' in the password
+    ("postgresql://bob@db/x?sslmode=require&sslpassword=Zq9", "postgresql://bob@db/x?sslmode=require&sslpassword=***"),
     ("(psycopg.OperationalError) connection to postgresql://me:s3cret@10.0.0.1/x failed: timeout",
      "(psycopg.OperationalError) connection to postgresql://me:***@10.0.0.1/x failed: timeout"),
 ])

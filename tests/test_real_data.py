@@ -152,7 +152,7 @@ def test_data_check_and_prepare(home, cli):
     assert code == 2 and "problem: " in out and "000.png has no image" in out and err.startswith("error: 1 problem")
 
 
-@pytest.mark.parametrize("damage", ["zeroed images", "truncated images", "flipped mask bytes"])
+@pytest.mark.parametrize("damage", ["zeroed images", "truncated images", "flipped mask bytes", "emptied masks"])
 def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
     make_dataset(tmp_path / "data", "kaggle")
     cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), image_size=32)
@@ -167,6 +167,8 @@ def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, caplog, dam
         images.write_bytes(bytes(data))
     elif damage == "truncated images":
         images.write_bytes(images.read_bytes()[:1000])
+    elif damage == "emptied masks":
+        masks.write_bytes(b"")
     else:
         data = bytearray(masks.read_bytes())
         data[-50:] = b"\xee" * 50  # mask values no class has

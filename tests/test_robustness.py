@@ -252,3 +252,13 @@ def test_a_damaged_store_is_named_with_the_way_out(home, cli, store):
     # not "start the server": the file, that it is damaged, and what to do
     assert code == 2 and f"{home / store} is damaged or unreadable" in err and "move it away" in err, err
     assert "server" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_store_of_the_other_kind_is_refused_and_left_as_it_was(searched_home, cli):
+    mlflow_db, study_db = searched_home / "mlruns" / "mlflow.db", searched_home / "studies" / "unet-opt.db"
+    before = mlflow_db.read_bytes(), study_db.read_bytes()
+    code, _, err = cli("report", "--storage", f"sqlite:///{mlflow_db}")
+    assert code == 2 and "is not an Optuna study storage" in err and "--storage" in err, err
+    code, _, err = cli("search", "--tracking-uri", f"sqlite:///{study_db}", *FAST)
+    assert code == 2 and "is not an MLflow store" in err and "--tracking-uri" in err, err
+    assert (mlflow_db.read_bytes(), study_db.read_bytes()) == before  # no tables added to either

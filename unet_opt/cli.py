@@ -69,8 +69,10 @@ def placement_of(device: str | None, gpus: str | None, procs: int | None):
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     """Tune and track UNet segmentation models with Optuna and MLflow."""
     runtime.setup(verbose)
-    if home:  # a folder asked for by name is made; its studies/ and mlruns/ only when something is stored
-        Path(home).mkdir(parents=True, exist_ok=True)
+    if home and not Path(home).is_dir():  # a new folder asked for by name is made, inside one that exists
+        if not Path(home).parent.is_dir():
+            raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix --home")
+        Path(home).mkdir()
     ctx.obj = Session(Paths.resolve(home), verbose)
 
 
@@ -198,7 +200,7 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 @click.option("--study", help="Study name (default: the only study in the storage).")
 @storage_option
 @tracking_option
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs (default: the trial's best epoch).")
+@click.option("--epochs", type=click.IntRange(min=1, max=10_000), help="Epochs (default: the trial's best epoch).")
 @click.option("--name", "model_name", help="Registered model name (default: unet-opt-<study>).")
 @placement_options
 @click.pass_obj

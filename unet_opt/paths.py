@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable
@@ -51,9 +52,10 @@ class Paths:
 
 
 # user:password@ in any URL (a password may hold '#', '/' or '?'), and password-like query parameters
-USERINFO_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^@\s]+@")
-SECRET_PARAMETER = re.compile(r"([?&;](?:password|passwd|pwd|pass|secret|token|access_token|api_key|apikey|"
-                              r"auth|key)=)[^&;#\s]*", re.IGNORECASE)
+# (an '@' inside a password is taken as part of it while another '@' follows before the path)
+USERINFO_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):(?:[^\s@]|@(?=[^\s@/]*@))+@")
+SECRET_PARAMETER = re.compile(r"([?&;](?:[a-z_]*(?:password|passwd|pwd|secret|token|apikey|api_key)[a-z_]*|"
+                              r"pass|auth|key)=)[^&;#\s]*", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
@@ -65,7 +67,7 @@ def redact_url(text: str) -> str:
 
 def sqlite_file(url: str) -> Path | None:
     """The database file of a `sqlite:///PATH` storage or tracking URL; None for a server or other store."""
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    return Path(url.removeprefix("sqlite:///").split("?")[0]) if url.startswith("sqlite:///") else None
 
 
 def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
@@ -99,3 +101,22 @@ def make_folder(folder: Path, flag: str) -> None:
     """The folder a store's file lives in, made after `check_store_folder`'s rule."""
     check_store_folder(f"sqlite:///{folder / 'store'}", flag)
     folder.mkdir(exist_ok=True)
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of an existing SQLite file (read-only); empty for an empty file."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def check_is_store_of(path: Path, table: str, what: str, flag: str) -> None:
+    """Refuse an existing SQLite file that is another tool's database (it would get our tables added)."""
+    try:
+        tables = sqlite_tables(path)
+    except Exception:  # not a database at all: reported as damaged where it is opened
+        return
+    if tables and table not in tables:
+        raise UserError(f"{path} is not {what} (it holds other tables, e.g. {sorted(tables)[0]}); pass the "
+                        f"right file with {flag}")

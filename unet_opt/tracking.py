@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from unet_opt.errors import UserError
-from unet_opt.paths import create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.processes import is_dead_here, worker_id
 
 log = logging.getLogger(__name__)
@@ -111,16 +111,20 @@ class Tracker:
         self.uri = tracking_uri
         with one_opener_at_a_time(folder):
             try:
+                if database and database.exists():
+                    check_is_store_of(database, "experiments", "an MLflow store", "--tracking-uri")
                 if database and not database.exists():  # MLflow's migrations are not atomic: build aside
                     create_atomically(database, lambda path: MlflowClient(f"sqlite:///{path}").search_experiments())
                 self.client = MlflowClient(tracking_uri=tracking_uri)
                 exp = self.client.get_experiment_by_name(experiment)
+            except UserError:
+                raise
             except Exception as e:  # server down, bad URI, unreadable database
                 if database:
                     raise UserError(f"the MLflow store {database} is damaged or unreadable ({type(e).__name__}: "
-                                    f"{redact_url(str(e)).splitlines()[0][:150]}); move it away (e.g. "
-                                    f"mv {database.parent} {database.parent}.damaged) and run again, or restore "
-                                    f"it from a backup") from None
+                                    f"{redact_url(str(e)).splitlines()[0][:150]}); restore it from a backup, or move "
+                                    f"it away (mv {database.parent} {database.parent}.damaged) and start again with "
+                                    f"a new --study name") from None
                 raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} "
                                 f"({type(e).__name__}); start the server or fix --tracking-uri") from None
         if exp is None:

@@ -147,7 +147,7 @@ def entry_is_sound(folder: Path) -> bool:
         expected = json.loads((folder / "done").read_text())
         arrays = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
         return isinstance(expected, dict) and checksums(*arrays) == expected
-    except (OSError, ValueError):  # missing, truncated or unreadable
+    except (OSError, ValueError, EOFError):  # missing, empty, truncated or unreadable
         return False
 
 

@@ -19,7 +19,7 @@ def read_rgb(path: Path) -> np.ndarray:
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise UserError(f"image {path} cannot be read ({type(e).__name__}); pass a JPEG or PNG file") from None
 
 

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from unet_opt.config import Config, to_toml
 from unet_opt.errors import UserError
-from unet_opt.paths import create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.study.pruning import make_pruner, make_sampler
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -32,7 +32,9 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
             raise UserError(f"no study storage at {path}; run `unet-opt search` in this folder first "
                             f"(or pass --home / --storage)")
         make_folder(path.parent, "--storage")
-        if not path.exists():  # creating the tables is not atomic: a new database is built aside
+        if path.exists():
+            check_is_store_of(path, "studies", "an Optuna study storage", "--storage")
+        else:  # creating the tables is not atomic: a new database is built aside
             try:
                 create_atomically(path, lambda partial: optuna.storages.RDBStorage(
                     f"sqlite:///{partial}", **kwargs).engine.dispose())
@@ -51,8 +53,9 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
     except Exception as e:  # unreachable server, bad URL, missing driver, a damaged file
         detail = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:200]}"
         if path:
-            raise UserError(f"the study storage {path} is damaged or unreadable ({detail}); move it away (e.g. "
-                            f"mv {path} {path}.damaged) and run again, or restore it from a backup") from None
+            raise UserError(f"the study storage {path} is damaged or unreadable ({detail}); restore it from a "
+                            f"backup, or move it away (mv {path} {path}.damaged) and start again with a new "
+                            f"--study name (its MLflow runs stay where they are)") from None
         raise UserError(f"cannot open the study storage {redact_url(url)} ({detail}); check --storage") from None
 
 
