@@ -13,6 +13,13 @@ def test_python_dash_m_runs_the_cli():
     assert proc.returncode == 0 and "search" in proc.stdout and "retrain" in proc.stdout
 
 
+def test_report_and_studies_import_no_torch():
+    # `report` and `studies` only read the study storage: they must start fast
+    code = "import sys, unet_opt.cli, unet_opt.study.summary; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["False", "False"], proc.stdout + proc.stderr
+
+
 def test_version(cli):
     code, out, _ = cli("--version")
     assert code == 0 and out.strip() == "unet-opt, version 0.1.0"

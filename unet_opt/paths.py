@@ -93,13 +93,18 @@ def check_store_folder(url: str, flag: str) -> None:
     """A local store's folder can be made: it exists, or its parent does (`studies/` in a project folder).
     A mistyped path must not leave a tree of new folders behind."""
     path = sqlite_file(url)
-    if path and not path.parent.is_dir() and not path.parent.parent.is_dir():
-        raise UserError(f"folder {path.parent} does not exist; create it first or fix {flag}")
+    if path:
+        check_folder_can_be_made(path.parent, flag)
+
+
+def check_folder_can_be_made(folder: Path, flag: str) -> None:
+    if not folder.is_dir() and not folder.parent.is_dir():
+        raise UserError(f"folder {folder} does not exist; create it first or fix {flag}")
 
 
 def make_folder(folder: Path, flag: str) -> None:
     """The folder a store's file lives in, made after `check_store_folder`'s rule."""
-    check_store_folder(f"sqlite:///{folder / 'store'}", flag)
+    check_folder_can_be_made(folder, flag)
     folder.mkdir(exist_ok=True)
 
 

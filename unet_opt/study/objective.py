@@ -109,7 +109,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
     run_id = ctx.tracker.start_trial(
         ctx.parent_id, ctx.study.study_name, trial.number, params=cfg.params(),
         tags={"seed": cfg.train.seed, "sampler_seed": cfg.search.seed, "processes": ctx.placement.procs,
-              "devices": ctx.placement.describe(), "worker": worker_id()})
+              "devices": ctx.placement.describe()})  # `worker` is tagged by start_run
     trial.set_user_attr("mlflow_run_id", run_id)
     spec = runs.RunSpec(cfg, ctx.split, ctx.split_names)
 
