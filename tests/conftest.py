@@ -61,8 +61,8 @@ def searched_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def searched_home(home, searched_folder) -> Path:
-    """`home` holding a copy of the searched folder's stores (its artifacts stay where they were made, so
-    tests that write runs need a search of their own)."""
+    """`home` holding a copy of the searched folder's stores: a copied project folder, which the first
+    command that opens its MLflow store points at its own artifacts."""
     for name in ("studies", "mlruns"):
         shutil.copytree(searched_folder / name, home / name)
     return home

@@ -30,6 +30,44 @@ def test_the_command_alone_prints_its_help_not_an_error(cli):
     assert code == 0 and "search" in out and "retrain" in out and "error" not in err
 
 
+COMMANDS = [("search",), ("report",), ("studies",), ("ui",), ("train",), ("retrain",), ("evaluate",), ("predict",),
+            ("data", "check"), ("data", "prepare")]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_option_shows_its_default_one_way_and_v_follows_the_command(cli, command):
+    import click
+
+    from unet_opt.cli import cli as group
+
+    ctx = click.Context(group)
+    found = group
+    for name in command:
+        found = found.get_command(ctx, name)
+    for option in found.params:
+        if isinstance(option, click.Option) and not (option.is_flag or option.required or option.multiple):
+            assert option.show_default, f"{' '.join(command)} {option.opts[0]} shows no default"
+    assert any("-v" in p.opts for p in found.params)
+    assert "default: " in " ".join(cli(*command, "--help")[1].split())
+
+
+def test_v_after_the_command_turns_on_debug_messages(home, cli):
+    import logging
+
+    assert cli("studies", "-v")[0] == 2  # no storage here yet: the error path is enough
+    assert logging.getLogger("unet_opt").level == logging.DEBUG
+    cli("studies")  # a run without -v does not keep it
+    assert logging.getLogger("unet_opt").level == logging.INFO
+
+
+def test_storage_and_tracking_uri_come_from_the_environment_and_help_says_so(home, cli, monkeypatch):
+    monkeypatch.setenv("UNET_OPT_STORAGE", f"sqlite:///{home}/elsewhere.db")
+    code, _, err = cli("report")
+    assert code == 2 and f"{home}/elsewhere.db" in err  # the storage named in the environment was looked at
+    help_text = " ".join(cli("retrain", "--help")[1].split())
+    assert "env var: UNET_OPT_STORAGE" in help_text and "env var: MLFLOW_TRACKING_URI" in help_text
+
+
 @pytest.mark.slow
 def test_compiled_model_trains(tmp_path):
     data = load_data(DataConfig(image_size=32, synthetic_images=16), depth=2)

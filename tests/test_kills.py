@@ -32,7 +32,7 @@ def check_both_stores(folder, output: str) -> None:
     assert states.count("COMPLETE") + states.count("PRUNED") == 2 and "RUNNING" not in states, output
     assert len({t.number for t in trials}) == len(trials)
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
-    experiment = client.get_experiment_by_name("default")
+    experiment = client.get_experiment_by_name("unet-opt-default")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
     assert len(parents) == 1, output  # one parent run throughout

@@ -131,7 +131,7 @@ def test_search_on_a_real_layout_logs_its_class_names(home, cli, layout):
                          "--set", "model.base_channels=4", "--set", "train.epochs=2")
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("drone")
+    exp = client.get_experiment_by_name("unet-opt-drone")
     run = client.search_runs([exp.experiment_id], "tags.`optuna.trial` = '0'")[0]
     path = client.download_artifacts(run.info.run_id, "per_class.csv", str(home))
     rows = [line.split(",")[0] for line in open(path).read().splitlines()[1:]]

@@ -24,7 +24,7 @@ from unet_opt.space_file import load_config
 
 def retrain_runs(home):
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("default")
+    exp = client.get_experiment_by_name("unet-opt-default")
     runs = client.search_runs([exp.experiment_id], "tags.`unet_opt.role` = 'retrain'", order_by=["start_time"])
     return client, runs
 
@@ -141,7 +141,7 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
                          "--set", "data.synthetic_images=24", "--set", "model.base_channels=8")
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("default-baseline")  # never the study's experiment
+    exp = client.get_experiment_by_name("unet-opt-default-baseline")  # never the study's experiment
     (run,) = client.search_runs([exp.experiment_id])
     # one run, tagged as a baseline, with the fixed params, per-epoch metrics and the trial artifacts
     assert run.data.tags["unet_opt.role"] == "train" and run.data.params["train.epochs"] == "2"

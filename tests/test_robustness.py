@@ -50,7 +50,7 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert trials[0].user_attrs["fail_reason"] == "worker died (killed or crashed)"
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("default")
+    exp = client.get_experiment_by_name("unet-opt-default")
     runs = client.search_runs([exp.experiment_id])
     # in MLflow too: the dead trial's run FAILED, nothing RUNNING, one parent run throughout
     dead = client.get_run(trials[0].user_attrs["mlflow_run_id"])
@@ -113,7 +113,7 @@ def test_ui_binds_localhost_unless_told(home, cli):
     with socket.socket() as probe:  # a port that is free now
         probe.bind(("0.0.0.0", 0))
         port = probe.getsockname()[1]
-    assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", "0.0.0.0", port, start=start) == 0
+    assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", port, start=start) == 0
     assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and str(port) in commands[0]
 
 

@@ -38,7 +38,7 @@ EXACT = [*FAST, *(arg for item in EXACT_SETS for arg in ("--set", item)), "--dev
 
 def child_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
+    exp = client.get_experiment_by_name(f"unet-opt-{experiment}")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
     return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -432,7 +432,7 @@ def test_retrain_on_two_gloo_processes_matches_one_process(home, cli):
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
     runs = {r.data.tags["registered_model"].split("/")[0]: r for r in client.search_runs(
-        [client.get_experiment_by_name("default").experiment_id], "tags.`unet_opt.role` = 'retrain'")}
+        [client.get_experiment_by_name("unet-opt-default").experiment_id], "tags.`unet_opt.role` = 'retrain'")}
     assert runs["two"].data.tags["devices"] == "2 CPU processes" and runs["one"].data.tags["devices"] == "1 CPU process"
     one, two = (history(client, runs[n].info.run_id, "train_loss") for n in ("one", "two"))
     assert [s for s, _ in two] == [s for s, _ in one] and len(one) >= 1  # every epoch logged once

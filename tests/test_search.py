@@ -2,7 +2,10 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import fits
 import optuna
@@ -13,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from unet_opt.config import Config
 from unet_opt.space_file import load_config
 from unet_opt.study.pruning import make_pruner, max_epochs
+from unet_opt.study.storage import study_setup
 
 TRIAL_ARTIFACTS = {"config.toml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
                    "per_class.csv", "predictions.png"}
@@ -36,12 +40,17 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
     assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
     assert all(t.params["train.batch_size"] % 4 == 0 for t in trials)
-    split = study.user_attrs["split"]
+    split = study_setup(study._storage, "default")["split"]
     assert not set(split["train"]) & set(split["val"]) and not set(split["val"]) & set(split["test"])
+    # the split and config stay out of what Optuna's own tools print
+    assert set(study.user_attrs) == {"mlflow_parent_run_id"}
+    listing = subprocess.run([Path(sys.executable).with_name("optuna"), "studies", "--storage",
+                              f"sqlite:///{home}/studies/unet-opt.db"], capture_output=True, text=True, check=True)
+    assert "default" in listing.stdout and split["val"][0] not in listing.stdout
 
     client, experiments, parents, children = mlflow_runs(home)
     # one experiment named after the study, one parent run, one child per trial under it
-    assert [e.name for e in experiments] == ["default"]
+    assert [e.name for e in experiments] == ["unet-opt-default"]
     assert len(parents) == 1 and len(children) == 3
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     by_number = {int(c.data.tags["optuna.trial"]): c for c in children}

@@ -44,19 +44,20 @@ def predict_indices(model: torch.nn.Module, data: SegmentationData, indices: lis
 
 
 def write_model_report(folder: Path, matrix: np.ndarray, data: SegmentationData, model: torch.nn.Module,
-                       indices: list[int], prefix: str = "") -> list[Path]:
-    """Confusion matrix (PNG + CSV), per-class table and prediction overlays for `indices`."""
+                       indices: list[int], prefix: str = "", epoch: int | None = None) -> list[Path]:
+    """Confusion matrix (PNG + CSV), per-class table and prediction overlays for `indices`: the split that
+    `prefix` names ("test_"; none for val), scored with the weights of `epoch` (in the matrix's title)."""
     names = list(data.classes.names)
     paths = [folder / f"{prefix}confusion_matrix.png", folder / f"{prefix}confusion_matrix.csv",
              folder / f"{prefix}per_class.csv", folder / f"{prefix}predictions.png"]
-    plots.confusion_matrix(matrix, names, paths[0])
+    plots.confusion_matrix(matrix, names, paths[0], plots.matrix_title(prefix.rstrip("_") or "val", epoch))
     write_confusion_csv(matrix, names, paths[1])
     write_per_class_csv(matrix, names, paths[2])
     shown = indices[:OVERLAY_IMAGES]
     data_cpu = data.to(torch.device("cpu"))
     preds = predict_indices(model.cpu(), data_cpu, shown)
     images = data_cpu.images[shown].permute(0, 2, 3, 1).numpy()
-    plots.prediction_overlays(images, data_cpu.masks[shown].numpy(), preds, list(data.classes.colors), paths[3])
+    plots.prediction_overlays(images, data_cpu.masks[shown].numpy(), preds, list(data.classes.colors), names, paths[3])
     return paths
 
 
@@ -66,8 +67,8 @@ def write_trial_artifacts(folder: Path, result: FitResult, data: SegmentationDat
     (folder / "config.toml").write_text(config_toml, encoding="utf-8")
     written = [folder / "config.toml"]
     if result.history:
-        plots.learning_curves(result.history, folder / "learning_curves.png", metric)
+        plots.learning_curves(result.history, folder / "learning_curves.png", metric, result.best_epoch)
         written.append(folder / "learning_curves.png")
     if result.model is not None and result.confusion is not None:
-        written += write_model_report(folder, result.confusion, data, result.model, val_indices)
+        written += write_model_report(folder, result.confusion, data, result.model, val_indices, epoch=result.best_epoch)
     return written

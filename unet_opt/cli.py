@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -17,53 +16,28 @@ import click
 from unet_opt import __version__, runtime
 from unet_opt.console import fmt, print_summary, print_table
 from unet_opt.errors import Terminated, UserError
+from unet_opt.options import (
+    Session,
+    data_option,
+    overwrite_option,
+    placement_of,
+    placement_options,
+    sets_option,
+    space_option,
+    storage_option,
+    tracking_option,
+    verbose_option,
+)
 from unet_opt.paths import Paths, redact_url
 from unet_opt.space_file import check_name, load_config
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 
-@dataclass(frozen=True)
-class Session:
-    """What the group's options give every command."""
-
-    paths: Paths
-    verbose: bool
-
-
-# Options shared by several commands: one declaration each.
-storage_option = click.option("--storage", envvar="UNET_OPT_STORAGE", show_envvar=True,
-                              help="Optuna storage URL (default: sqlite:///studies/unet-opt.db).")
-tracking_option = click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-                               help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db).")
-overwrite_option = click.option("--overwrite", is_flag=True, help="Replace output files that exist already.")
-sets_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                           help="Override any field, e.g. --set train.patience=3 (repeatable).")
-
-
-def placement_options(command):
-    """--device, --gpus and --procs: where one run trains (a trial, a retrain, a baseline)."""
-    for option in reversed([
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-                     help="Where to train (default: auto, a GPU when there is one)."),
-        click.option("--gpus", metavar="all|N", help="GPUs one run trains on, one DDP process each (default: all)."),
-        click.option("--procs", type=click.IntRange(min=1),
-                     help="With --device cpu: processes one run trains on (DDP over gloo; default 1)."),
-    ]):
-        command = option(command)
-    return command
-
-
-def placement_of(device: str | None, gpus: str | None, procs: int | None):
-    from unet_opt.distributed import plan
-
-    return plan(device or "auto", gpus, procs)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="unet-opt")
 @click.option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
-              help="Folder holding studies/ and mlruns/ (default: the current directory).")
+              show_default="the current directory", help="Folder holding studies/ and mlruns/.")
 @click.option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
@@ -77,23 +51,25 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should have (default 30).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Start no new trial after S seconds.")
-@click.option("--space", default="default", show_default=True,
-              help="Search-space TOML file, or a built-in name: default, drone, binary.")
-@click.option("--data", help="'synthetic' (embedded) or a data folder.")
-@click.option("--study", help="Study / experiment name (default: the space file's name).")
+@click.option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), show_default="none",
+              help="Start no new trial after S seconds.")
+@space_option
+@data_option
+@click.option("--study", show_default="the space file's name",
+              help="Study name; its MLflow experiment is unet-opt-<study>.")
 @storage_option
 @tracking_option
-@click.option("--sampler", type=click.Choice(["tpe", "random"]), help="Optuna sampler (default tpe).")
-@click.option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]),
-              help="Optuna pruner (default hyperband).")
-@click.option("--seed", type=int, help="Sampler seed (default 0).")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
+@click.option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]), show_default="hyperband",
+              help="Optuna pruner.")
+@click.option("--seed", type=int, show_default="0", help="Sampler seed.")
 @placement_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
 @sets_option
 @click.pass_obj
+@verbose_option
 def search(session: Session, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
            device, gpus, procs, workers, sets) -> int:
     """Run (or continue) a study until it has --trials finished trials."""
@@ -113,10 +89,11 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
 
 
 @cli.command()
-@click.option("--study", help="Study name (default: the only study in the storage).")
+@click.option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_obj
+@verbose_option
 def report(session: Session, study, storage, as_json) -> int:
     """The best trial and a table of every trial of a study."""
     from unet_opt.study.summary import study_report
@@ -143,6 +120,7 @@ def report(session: Session, study, storage, as_json) -> int:
 @cli.command()
 @storage_option
 @click.pass_obj
+@verbose_option
 def studies(session: Session, storage) -> int:
     """Every study in the storage, with trial counts by state and the best value."""
     from unet_opt.study.summary import list_studies
@@ -162,22 +140,24 @@ def studies(session: Session, storage) -> int:
 @click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
 @tracking_option
 @click.pass_obj
+@verbose_option
 def ui(session: Session, host, port, tracking_uri) -> int:
     """The MLflow UI over this folder's mlruns/."""
     from unet_opt.tracking import serve_ui
 
     click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C stops it)")
-    return serve_ui(session.paths.tracking_uri(tracking_uri), host, port)
+    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port)
 
 
 @cli.command()
 @click.option("--space", default="default", show_default=True,
               help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
-@click.option("--data", help="'synthetic' (embedded) or a data folder.")
+@data_option
 @tracking_option
 @placement_options
 @sets_option
 @click.pass_obj
+@verbose_option
 def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets) -> int:
     """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split."""
     flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
@@ -197,13 +177,15 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 
 @cli.command()
 @click.option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
-@click.option("--study", help="Study name (default: the only study in the storage).")
+@click.option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
 @tracking_option
-@click.option("--epochs", type=click.IntRange(min=1, max=10_000), help="Epochs (default: the trial's best epoch).")
-@click.option("--name", "model_name", help="Registered model name (default: unet-opt-<study>).")
+@click.option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
+              help="Epochs to train.")
+@click.option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
 @placement_options
 @click.pass_obj
+@verbose_option
 def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, device, gpus, procs) -> int:
     """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
     if model_name is not None:
@@ -214,7 +196,7 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     paths = session.paths
     r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
                      epochs, model_name)
-    click.echo(f"\nretrained trial #{r.trial} of '{r.experiment}' for {r.fit.epochs_run} epochs")
+    click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {r.fit.epochs_run} epochs")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")
     click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version})")
@@ -224,19 +206,20 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 
 @cli.command()
 @click.argument("model")
-@click.option("--data", "dataset", help="Data to evaluate on (default: the model's own data set).")
+@click.option("--data", "dataset", show_default="the model's own data set", help="Data to evaluate on.")
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
               help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
 @overwrite_option
 @tracking_option
 @click.pass_obj
+@verbose_option
 def evaluate(session: Session, model, dataset, split, out, overwrite, tracking_uri) -> int:
     """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
     from unet_opt.inference import EVALUATION_FILES, check_outputs, evaluate_checkpoint, resolve_model
 
     check_outputs([out / name for name in EVALUATION_FILES], overwrite)
-    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri))
+    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
     ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset)
     print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
     click.echo("")
@@ -254,6 +237,7 @@ def evaluate(session: Session, model, dataset, split, out, overwrite, tracking_u
 @overwrite_option
 @tracking_option
 @click.pass_obj
+@verbose_option
 def predict(session: Session, model, images, out, overwrite, tracking_uri) -> int:
     """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
     from unet_opt.data.images import read_rgb
@@ -262,7 +246,7 @@ def predict(session: Session, model, images, out, overwrite, tracking_uri) -> in
     for image in images:  # every image and every output is checked before anything is written
         read_rgb(image)
     check_outputs([path for image in images for path in prediction_files(image, out)], overwrite)
-    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri))
+    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
     for image in images:
         written = predict_image(ck, image, out)
         click.echo(f"{image}: " + ", ".join(str(p) for p in written))
@@ -278,6 +262,7 @@ def data() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
               help="Classes in the masks when the folder has no class table.")
+@verbose_option
 def data_check(path: Path, num_classes: int) -> int:
     """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
     from unet_opt.data.check import check
@@ -305,19 +290,22 @@ def data_check(path: Path, num_classes: int) -> int:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
               help="Height to decode for (repeatable: one cache per size).")
-@click.option("--space", default="default", show_default=True, help="Space file whose [data]/[model] apply.")
+@click.option("--space", default="default", show_default=True, help="Space file whose [data] and [model] apply.")
 @sets_option
 @click.pass_obj
+@verbose_option
 def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
     """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar."""
+    from unet_opt import progress
     from unet_opt.data import load_data
     from unet_opt.data.layouts import find_source
+
     paths = session.paths
     for size in sizes:
         cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size}, sets)
         pairs = len(find_source(path, cfg.data.num_classes).pairs)
-        with click.progressbar(length=pairs, label=f"decoding for height {size}", file=sys.stderr) as bar:
-            data_set = load_data(cfg.data, cfg.model.depth, paths.cache, bar.update)
+        with progress.bar(pairs, f"decoding for height {size}", "image") as decoded:
+            data_set = load_data(cfg.data, cfg.model.depth, paths.cache, decoded.update)
         h, w = data_set.images.shape[-2:]
         click.echo(f"{len(data_set.names)} images cached at {h}x{w} under {paths.cache}")
     return 0

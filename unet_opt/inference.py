@@ -20,7 +20,7 @@ from unet_opt.paths import sqlite_file
 from unet_opt.train import predict_classes, split_metrics
 
 
-def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
+def resolve_model(ref: str, tracking_uri: str, artifact_root: Path) -> Checkpoint:
     """A checkpoint path, `models:/name@alias`, `runs:/RUN_ID` or a run id."""
     if Path(ref).is_file():
         return load_checkpoint(Path(ref))
@@ -30,9 +30,10 @@ def resolve_model(ref: str, tracking_uri: str) -> Checkpoint:
     if database and not database.is_file():
         raise UserError(f"no MLflow store at {database} to find '{ref}' in; run "
                         f"`unet-opt retrain --best` here first, or pass --home / --tracking-uri")
-    from unet_opt.tracking import download, run_id_of  # MLflow only when a URI must be resolved
+    from unet_opt.tracking import download, point_at_own_folder, run_id_of  # MLflow only when a URI must be resolved
 
     run_id = run_id_of(ref, tracking_uri)
+    point_at_own_folder(tracking_uri, artifact_root)  # once the model is known to be there: a bad name writes nothing
     with tempfile.TemporaryDirectory() as tmp:
         return load_checkpoint(download(run_id, ARTIFACT, tracking_uri, Path(tmp)))
 
@@ -63,7 +64,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
              "recall": pc["recall"][i], "pixels": int(pc["support"][i])} for i, n in enumerate(names) if pc["present"][i]]
     out.mkdir(parents=True, exist_ok=True)
     written = [out / name for name in EVALUATION_FILES]
-    plots.confusion_matrix(matrix, names, written[0], f"{split} split")
+    plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split))  # a checkpoint keeps no epoch
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
     return Evaluation({"images": len(indices), **metrics}, rows, written)

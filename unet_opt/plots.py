@@ -1,61 +1,107 @@
-"""Figures from plain arrays, saved as PNG: confusion matrix, learning curves, prediction overlays."""
+"""Figures from plain arrays, saved as PNG: confusion matrix, learning curves, prediction overlays.
+
+Each `*_figure()` builds a matplotlib Figure (what the tests look at) and its wrapper saves it. Figures are
+made with `Figure()`, not pyplot: nothing keeps a reference to them, so a long search holds none once saved.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt  # the backend is Agg: runtime.setup sets MPLBACKEND before this import
 import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import ConfusionMatrixDisplay
+from torchvision.utils import draw_segmentation_masks, make_grid
+
+DPI = 100
+
+
+def save(fig: Figure, path: Path) -> None:
+    fig.savefig(path, dpi=fig.dpi)  # at the figure's own dpi, so that figimage pixels are not resampled
+    fig.clear()
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each true class's row as fractions of its pixels; a class with no true pixels keeps a row of zeros."""
+    matrix = np.asarray(matrix, dtype=float)
+    rows = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)  # no 0/0, no NaN warning
+
+
+def matrix_title(split: str, epoch: int | None = None) -> str:
+    """E.g. "val split, epoch 7"; just the split where the epoch is not known."""
+    where = "all images" if split == "all" else f"{split} split"
+    return f"{where}, epoch {epoch}" if epoch else where
+
+
+def confusion_matrix_figure(matrix: np.ndarray, names: list[str], title: str = "") -> Figure:
+    """Every class in the table, in its order (the same layout in every run); rows normalised per true class."""
+    matrix, n = np.asarray(matrix), len(names)
+    normalised = normalise_rows(matrix)
+    # sizes in inches: ~0.4 in a cell holds "0.93" (24 classes -> ~1200 px); margins fit the longest name.
+    # Fixed margins rather than a layout solver, and text in the visible cells only: 576 texts and
+    # constrained layout cost a second a trial at 24 classes.
+    side, names_in = max(4.0, 0.4 * n), 0.4 + 0.075 * max(map(len, names), default=1)
+    width, height = names_in + side + 1.3, names_in + side + 0.7
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    ax = fig.add_axes((names_in / width, names_in / height, side / width, side / height))
+    display = ConfusionMatrixDisplay(normalised, display_labels=names)
+    display.plot(ax=ax, include_values=False, cmap="Blues", xticks_rotation=90, colorbar=False,
+                 im_kw={"vmin": 0, "vmax": 1})
+    fig.colorbar(display.im_, cax=fig.add_axes(((names_in + side + 0.2) / width, names_in / height, 0.2 / width,
+                                                side / height)), label="fraction of the true class's pixels")
+    for i, j in zip(*np.nonzero(normalised >= 0.005)):  # under 0.5 % stays blank: the eye finds the large ones
+        ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=8 if n > 12 else 10,
+                color="white" if normalised[i, j] > 0.5 else "black")
+    for label, missing in zip(ax.get_yticklabels(), matrix.sum(axis=1) == 0):
+        label.set_color("0.6" if missing else "black")  # no true pixels of that class: its row is empty
+    ax.tick_params(labelsize=9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix, {title}" if title else "Confusion matrix", fontsize=12, pad=20)
+    ax.text(0.5, 1 + 0.08 / side, "each row sums to 1; a grey name: no pixels of that class", transform=ax.transAxes,
+            ha="center", va="bottom", fontsize=9, color="0.3")
+    return fig
 
 
 def confusion_matrix(matrix: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
-    """Row-normalised (each true class sums to 1); classes absent from truth and prediction are dropped."""
-    matrix = np.asarray(matrix, dtype=float)
-    keep = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
-    matrix, names = matrix[keep][:, keep], [n for n, k in zip(names, keep) if k]
-    rows = matrix.sum(axis=1, keepdims=True)
-    normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
-    size = 2.5 + 0.45 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(names) <= 16:
-        for i, j in np.ndindex(normalised.shape):
-            if normalised[i, j] >= 0.01:
-                ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if normalised[i, j] > 0.5 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(title or "confusion matrix (row-normalised)")
-    fig.subplots_adjust(left=0.25, bottom=0.25, right=0.95, top=0.92)  # room for class names, no layout solver
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(confusion_matrix_figure(matrix, names, title), path)
 
 
-def learning_curves(history: list[dict[str, float]], path: Path, metric: str = "val_dice") -> None:
-    """Losses on the left, validation scores on the right, one point per epoch."""
+def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_dice",
+                           best_epoch: int | None = None) -> Figure:
+    """Losses on the left, validation scores on the right, one point per epoch; the search goal drawn bold."""
     epochs = np.arange(1, len(history) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8), dpi=DPI, layout="constrained")
+    left, right = fig.subplots(1, 2)
     present = set(history[0]) if history else set()  # a retrain on train+val has no val_* keys
-    for key in ("train_loss", "val_loss"):
-        if key in present:
-            left.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    left.set_xlabel("epoch")
+    scores = [k for k in dict.fromkeys((metric, "val_dice", "val_miou", "val_pixel_accuracy")) if "loss" not in k]
+    for ax, keys in ((left, ("train_loss", "val_loss")), (right, scores)):
+        for key in (k for k in keys if k in present):
+            goal = key == metric
+            ax.plot(epochs, [h[key] for h in history], marker="o", lw=2.5 if goal else 1.2,
+                    label=f"{key} (search goal)" if goal else key, zorder=3 if goal else 2)
+        if best_epoch:
+            ax.axvline(best_epoch, color="0.5", ls=":", label=f"best epoch ({best_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    left.set_ylabel("loss")
     left.set_title("loss")
-    left.legend()
-    for key in dict.fromkeys((metric, "val_dice", "val_miou", "val_pixel_accuracy")):
-        if key != "val_loss" and key in present:
-            right.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    right.set_xlabel("epoch")
     right.set_ylim(0, 1)
-    right.set_title("validation" if right.lines else "no validation (trained on train+val)")
-    if right.lines:
-        right.legend()
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.2)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    right.set_ylabel(f"score (search goal: {metric})" if metric in present and "loss" not in metric else "score")
+    right.set_title("validation" if any(k in present for k in scores) else "no validation (trained on train+val)")
+    return fig
+
+
+def learning_curves(history: list[dict[str, float]], path: Path, metric: str = "val_dice",
+                    best_epoch: int | None = None) -> None:
+    save(learning_curves_figure(history, metric, best_epoch), path)
 
 
 def colorize(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> np.ndarray:
@@ -65,19 +111,55 @@ def colorize(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> np.ndarray
     return palette[mask]
 
 
-def prediction_overlays(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
-                        colors: list[tuple[int, int, int]], path: Path, min_height: int = 160) -> None:
-    """One row per image: image | truth | prediction, masks blended over the image.
+def paint(image: torch.Tensor, mask: np.ndarray, colors: list[tuple[int, int, int]]) -> torch.Tensor:
+    """Class colours, exact (alpha 1), over a (3, H, W) image; unscored pixels (255) leave the image seen."""
+    ids = [int(c) for c in np.unique(mask) if c < len(colors)]
+    if not ids:
+        return image
+    masks = torch.from_numpy(mask[None] == np.array(ids)[:, None, None])
+    return draw_segmentation_masks(image, masks, alpha=1.0, colors=[tuple(colors[c]) for c in ids])
 
-    Composed as one array and written with `imsave`: a figure with a dozen axes costs a second a trial.
-    Small images are enlarged (nearest neighbour) so that single pixels stay visible.
+
+def prediction_overlays_figure(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
+                               colors: list[tuple[int, int, int]], names: list[str], min_height: int = 160) -> Figure:
+    """One row per image: image | truth | prediction, with column titles and a legend of the classes shown.
+
+    The grid is placed with `figimage`, pixel for pixel (no axes, no resampling): mask colours stay the
+    table's exact colours, and a dozen axes would cost a second a trial. Small images are enlarged
+    (nearest neighbour) so that single pixels stay visible.
     """
     scale = max(1, -(-min_height // images.shape[1]))
-    rows = []
+    panels = []
     for image, truth, pred in zip(images, truths, preds):
-        panels = [image] + [(0.4 * image + 0.6 * colorize(m, colors)).astype(np.uint8) for m in (truth, pred)]
-        gap = np.full((image.shape[0], 2, 3), 255, np.uint8)
-        rows.append(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
-        rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))
-    grid = np.concatenate(rows[:-1], axis=0)
-    plt.imsave(path, grid.repeat(scale, axis=0).repeat(scale, axis=1))
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        panels += [tensor, paint(tensor, truth, colors), paint(tensor, pred, colors)]
+    gap = 3
+    grid = make_grid(panels, nrow=3, padding=gap, pad_value=255).permute(1, 2, 0).numpy()
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    shown = np.union1d(np.unique(truths), np.unique(preds))
+    handles = [Patch(facecolor=np.array(colors[c]) / 255, edgecolor="0.4", label=names[c])
+               for c in shown if c < len(colors)]
+    if (shown >= len(colors)).any():
+        handles.append(Patch(facecolor="white", edgecolor="0.4", hatch="///", label="not scored (image shows)"))
+    # legend in as many columns as the grid's height needs, ~18 px a row at 9 pt
+    rows_fit = max(4, (grid.shape[0] - 20) // 18)
+    ncol = max(1, math.ceil(len(handles) / rows_fit))
+    longest = max((len(h.get_label()) for h in handles), default=8)
+    legend_w = 30 + ncol * (40 + 7 * longest)
+    top = 28  # px for the column titles
+    height = max(grid.shape[0], 18 * math.ceil(len(handles) / ncol) + 40) + top
+    width = grid.shape[1] + legend_w
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    fig.figimage(grid, xo=0, yo=height - top - grid.shape[0], origin="upper")
+    panel_w = (grid.shape[1] - gap * scale) / 3
+    for k, label in enumerate(("image", "truth", "prediction")):
+        fig.text((gap * scale + panel_w * (k + 0.5)) / width, 1 - 0.5 * top / height, label,
+                 ha="center", va="center", fontsize=11, weight="bold")
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(grid.shape[1] / width, 1 - top / height),
+               ncol=ncol, fontsize=9, title="classes", frameon=False, handlelength=1.5)
+    return fig
+
+
+def prediction_overlays(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, colors: list[tuple[int, int, int]],
+                        names: list[str], path: Path, min_height: int = 160) -> None:
+    save(prediction_overlays_figure(images, truths, preds, colors, names, min_height), path)

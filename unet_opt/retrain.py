@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
-from unet_opt import runs
+from unet_opt import progress, runs
 from unet_opt.config import Config
 from unet_opt.data import check_splittable, load_data, make_split, split_indices
 from unet_opt.distributed import Placement, check_divisible
@@ -45,16 +46,17 @@ class RunSummary:
     trial: int | None = None  # the retrained trial
 
 
-def best_trial_config(study: optuna.Study, epochs: int | None) -> tuple[Config, optuna.trial.FrozenTrial]:
+def best_trial_config(study: optuna.Study, setup: dict[str, Any],
+                      epochs: int | None) -> tuple[Config, optuna.trial.FrozenTrial]:
     """The best trial's config, exactly as the trial trained it, for `epochs` (default: its best epoch)."""
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise UserError(f"study '{study.study_name}' has no complete trial yet; run `unet-opt search` until one "
                         f"completes (pruned and failed trials are not retrained)")
-    if "config_toml" not in study.user_attrs:
+    if "config_toml" not in setup:
         raise UserError(f"study '{study.study_name}' holds no stored config (made by an older unet-opt); "
                         f"run a new search with --study NEW_NAME")
     best = study.best_trial
-    base = config_from_text(study.user_attrs["config_toml"], f"study '{study.study_name}' (stored config)")
+    base = config_from_text(setup["config_toml"], f"study '{study.study_name}' (stored config)")
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     n_epochs = epochs or best.user_attrs.get("best_epoch") or base.train.epochs
     return base.for_trial(best.params, best.number).replace({"train.epochs": n_epochs}), best
@@ -63,12 +65,12 @@ def best_trial_config(study: optuna.Study, epochs: int | None) -> tuple[Config, 
 def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: str | None,
                  placement: Placement, epochs: int | None = None, model_name: str | None = None,
                  fit: runs.Fit = fit_on_ranks) -> RunSummary:
-    study = load_existing(storage_url, study_name)
-    cfg, best = best_trial_config(study, epochs)
+    study, setup = load_existing(storage_url, study_name)
+    cfg, best = best_trial_config(study, setup, epochs)
     check_divisible([cfg.train.batch_size], placement.procs, searched=False)
     name = model_name or f"unet-opt-{study.study_name}"
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
-    split_names = study.user_attrs["split"]
+    split_names = setup["split"]
     tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
     tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever
     close_runs_of_ended_trials(study, tracker)
@@ -82,12 +84,14 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
              best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs, placement.describe(),
              len(spec.split["test"]))
     with tracker.closing(run_id):
-        result = runs.train(spec, placement, data, paths.cache, runs.logging_callback(tracker, run_id, cfg), fit)
+        with progress.bar(cfg.train.epochs, "training", "epoch") as epochs:
+            result = runs.train(spec, placement, data, paths.cache,
+                                runs.logging_callback(tracker, run_id, cfg, epochs=epochs), fit)
         if result.model is None:
             raise UserError(f"the retrain diverged ({result.stop_reason}) in its first epoch; retrain with "
                             f"another --epochs or pick another trial's settings")
         record = runs.record(spec, result, data, tracker, run_id, placement.main_device)
-    return RunSummary(study.study_name, run_id, result, record.test, record.checkpoint, name, record.version,
+    return RunSummary(tracker.experiment_name, run_id, result, record.test, record.checkpoint, name, record.version,
                       best.number)
 
 
@@ -96,8 +100,9 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fi
     check_splittable(cfg.data)
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
-    experiment = (cfg.search.study or Path(cfg.source).stem) + BASELINE_SUFFIX
-    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), experiment, paths.artifacts)
+    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), (cfg.search.study or Path(cfg.source).stem)
+                      + BASELINE_SUFFIX, paths.artifacts)
+    experiment = tracker.experiment_name
     tracker.fail_runs_of_dead_processes()
     run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,
                                                        "devices": placement.describe()})
@@ -106,6 +111,8 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fi
     shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size", "train.epochs"))
     log.info("training once with %s on %s", shown, placement.describe())
     with tracker.closing(run_id):
-        result = runs.train(spec, placement, data, paths.cache, runs.logging_callback(tracker, run_id, cfg), fit)
+        with progress.bar(cfg.train.epochs, "training", "epoch") as epochs:
+            result = runs.train(spec, placement, data, paths.cache,
+                                runs.logging_callback(tracker, run_id, cfg, epochs=epochs), fit)
         record = runs.record(spec, result, data, tracker, run_id, placement.main_device)
     return RunSummary(experiment, run_id, result, record.test, record.checkpoint)

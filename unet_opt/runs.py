@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from unet_opt import progress
 from unet_opt.artifacts import write_model_report, write_trial_artifacts
 from unet_opt.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.config import Config, to_toml
@@ -58,16 +60,19 @@ class RunRecord:
 
 
 def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = "",
-                     decide: OnEpoch | None = None) -> OnEpoch:
-    """`on_epoch` that logs the epoch's metrics to the run and a line to the terminal, then lets `decide`
-    (a trial's pruning) answer whether to stop."""
+                     decide: OnEpoch | None = None, epochs: tqdm | None = None) -> OnEpoch:
+    """`on_epoch` that logs the epoch's metrics to the run and shows them on the terminal (a line, or
+    the `epochs` bar when it is live), then lets `decide` (a trial's pruning) answer whether to stop."""
     metric = cfg.search.goal.metric
 
     def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
         tracker.log_metrics(run_id, metrics, step=epoch)
         shown = f"  {metric} {metrics[metric]:.4f}" if metric in metrics else ""
-        log.info("%s  epoch %d/%d%s  train_loss %.3f  (%.1f s)", label, epoch, cfg.train.epochs, shown,
-                 metrics["train_loss"], metrics["epoch_seconds"])
+        log.log(progress.line_level(), "%s  epoch %d/%d%s  train_loss %.3f  (%.1f s)", label, epoch,
+                cfg.train.epochs, shown, metrics["train_loss"], metrics["epoch_seconds"])
+        if epochs is not None:
+            epochs.update(epoch - epochs.n)
+            epochs.set_postfix_str(shown.strip(), refresh=True)
         return decide(epoch, metrics, best) if decide is not None else False
 
     return on_epoch
@@ -92,7 +97,7 @@ def record(spec: RunSpec, result: FitResult, data: SegmentationData, tracker: Tr
         if result.model is not None and spec.test:
             outcome.test, matrix = split_metrics(result.model.to(device), data, spec.split["test"], cfg.train)
             tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
-            write_model_report(folder, matrix, data, result.model, spec.split["test"], prefix="test_")
+            write_model_report(folder, matrix, data, result.model, spec.split["test"], "test_", result.best_epoch)
         if result.model is not None and spec.checkpoint is not None:
             save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary, spec.split_names)
             stage_checkpoint(spec.checkpoint, folder)

@@ -41,7 +41,9 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     os.environ.update(FORCED)
-    handler = logging.StreamHandler(sys.stderr)
+    from unet_opt.progress import BarSafeHandler
+
+    handler = BarSafeHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{prefix}%(message)s"))
     handler.addFilter(redact_passwords)
     root = logging.getLogger("unet_opt")

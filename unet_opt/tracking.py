@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,10 +27,17 @@ from mlflow.tracking import MlflowClient
 from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.processes import is_dead_here, worker_id
+from unet_opt.relocate import relocate_store
 
 log = logging.getLogger(__name__)
 
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
+EXPERIMENT_PREFIX = "unet-opt-"  # "unet-opt-default", never to be confused with MLflow's own "Default"
+
+
+def experiment_name(name: str) -> str:
+    """The MLflow experiment of a study (or of `train`'s baseline runs) named `name`."""
+    return EXPERIMENT_PREFIX + name
 
 
 def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
@@ -45,7 +53,7 @@ def how_to_open(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
 
 
-def serve_ui(tracking_uri: str, host: str, port: int, start=subprocess.Popen) -> int:
+def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, start=subprocess.Popen) -> int:
     """Run the MLflow UI over a local store until it stops, or until Ctrl-C or SIGTERM stop it (and with
     it every process it started); returns its exit code. `start` is how the server process is started."""
     if tracking_uri.startswith(("http://", "https://")):
@@ -58,6 +66,7 @@ def serve_ui(tracking_uri: str, host: str, port: int, start=subprocess.Popen) ->
             probe.bind((host, port))
         except OSError:
             raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another --port") from None
+    point_at_own_folder(tracking_uri, artifact_root)
     server = start(ui_command(tracking_uri, host, port), env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
                    start_new_session=True)  # its own process group: stopped as one below
     try:
@@ -99,11 +108,30 @@ def one_opener_at_a_time(folder: Path | None):
         os.close(handle)  # releases the lock
 
 
+def new_store(path: Path) -> None:
+    """A migrated MLflow database at `path`. Its "Default" experiment keeps files in the folder's
+    artifacts/0, not in `./mlruns/0` of whatever directory the command ran in."""
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   ((path.parent / "artifacts" / "0").as_uri(),))
+
+
+def point_at_own_folder(tracking_uri: str, artifact_root: Path) -> None:
+    """A moved project folder's store made to read and write its own artifacts (see `relocate`)."""
+    database = sqlite_file(tracking_uri)
+    if database and database.is_file():
+        with one_opener_at_a_time(database.parent):
+            relocate_store(database, artifact_root)
+
+
 class Tracker:
     """The MLflow side of one study."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path):
-        """`artifact_root` holds a local store's artifacts; a tracking server keeps its own."""
+    def __init__(self, tracking_uri: str, name: str, artifact_root: Path):
+        """The experiment of the study (or baseline) `name`, made when there is none. `artifact_root`
+        holds a local store's artifacts; a tracking server keeps its own."""
+        experiment = self.experiment_name = experiment_name(name)
         database = sqlite_file(tracking_uri)
         folder = database.parent if database else None
         if folder:
@@ -114,9 +142,11 @@ class Tracker:
                 if database and database.exists():
                     check_is_store_of(database, "experiments", "an MLflow store", "--tracking-uri")
                 if database and not database.exists():  # MLflow's migrations are not atomic: build aside
-                    create_atomically(database, lambda path: MlflowClient(f"sqlite:///{path}").search_experiments())
+                    create_atomically(database, new_store)
+                if database:
+                    relocate_store(database, artifact_root)
                 self.client = MlflowClient(tracking_uri=tracking_uri)
-                exp = self.client.get_experiment_by_name(experiment)
+                exp = self.client.get_experiment_by_name(experiment) or self.renamed_former_experiment(name)
             except UserError:
                 raise
             except Exception as e:  # server down, bad URI, unreadable database
@@ -141,6 +171,17 @@ class Tracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+
+    def renamed_former_experiment(self, name: str):
+        """A folder made before experiments were prefixed has unet-opt runs in the experiment `name`:
+        that experiment is renamed rather than a second one made beside it."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None or not self.client.search_runs([exp.experiment_id], "tags.`unet_opt.role` != ''",
+                                                      max_results=1, run_view_type=mlflow.entities.ViewType.ALL):
+            return None
+        self.client.rename_experiment(exp.experiment_id, experiment_name(name))
+        log.info("experiment '%s' renamed '%s'", name, experiment_name(name))
+        return self.client.get_experiment(exp.experiment_id)
 
     def open_parent(self, run_id: str | None, study: str, params: dict[str, Any] | None = None) -> str:
         """Reopen the study's parent run, or create it (with the search's `params`) when there is none

@@ -12,6 +12,7 @@ from unet_opt.data import SegmentationData, load_data, split_indices
 from unet_opt.distributed import Placement
 from unet_opt.paths import Paths
 from unet_opt.runs import Fit
+from unet_opt.study.storage import study_setup
 from unet_opt.tracking import Tracker
 
 
@@ -56,7 +57,7 @@ class SearchContext:
               tracker: Tracker, parent_id: str, placement: Placement, deadline: float,
               first_data: SegmentationData, fit: Fit) -> SearchContext:
         """`first_data`: the base config's data, already loaded and checked; trials at its size reuse it."""
-        split_names = study.user_attrs["split"]
+        split_names = study_setup(storage, study.study_name)["split"]
         cache = DataCache(paths.cache)
         cache.put(cfg, first_data)
         return cls(cfg, paths, study, storage, tracker, parent_id, split_indices(split_names, first_data.names),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from unet_opt import progress
 from unet_opt.processes import is_dead_here
 from unet_opt.study.context import SearchContext
 from unet_opt.study.objective import run_trial
@@ -33,22 +34,24 @@ def work(ctx: SearchContext) -> Outcome:
     """Ask, train, tell, until finished plus running trials (of every worker and machine) reach the target.
     Trials that fail do not count, so the last worker standing replaces them."""
     outcome, failures, target = Outcome(), 0, ctx.cfg.search.trials
-    while True:
-        close_stale_trials(ctx.study, ctx.storage, ctx.tracker)
-        finished, running = count_finished(ctx.study), count_running(ctx.study)
-        if finished + running >= target:
-            return outcome
-        if time.time() > ctx.deadline:
-            outcome.stopped_reason = f"timeout of {ctx.cfg.search.timeout:g} s reached"
-            return outcome
-        state = run_trial(ctx, finished + running + 1)
-        if state is None:  # one too many: the check above ends the loop, or asks again if a trial failed
-            continue
-        failures = failures + 1 if state == TrialState.FAIL else 0
-        if failures >= MAX_FAILURES_IN_A_ROW:
-            outcome.failed_out = True
-            outcome.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
-            return outcome
+    with progress.bar(target, "trials", "trial", initial=min(count_finished(ctx.study), target)) as trials:
+        while True:
+            close_stale_trials(ctx.study, ctx.storage, ctx.tracker)
+            finished, running = count_finished(ctx.study), count_running(ctx.study)
+            trials.update(min(finished, target) - trials.n)  # other workers' and machines' trials too
+            if finished + running >= target:
+                return outcome
+            if time.time() > ctx.deadline:
+                outcome.stopped_reason = f"timeout of {ctx.cfg.search.timeout:g} s reached"
+                return outcome
+            state = run_trial(ctx, finished + running + 1)
+            if state is None:  # one too many: the check above ends the loop, or asks again if a trial failed
+                continue
+            failures = failures + 1 if state == TrialState.FAIL else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                outcome.failed_out = True
+                outcome.stopped_reason = f"{failures} trials in a row failed; see their fail_reason"
+                return outcome
 
 
 def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker) -> None:

@@ -13,7 +13,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from unet_opt import runs
+from unet_opt import progress, runs
 from unet_opt.config import Param
 from unet_opt.paths import redact_url
 from unet_opt.processes import worker_id
@@ -121,11 +121,12 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         trial.report(best, epoch)
         return trial.should_prune()
 
-    on_epoch = runs.logging_callback(ctx.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask)
     result, state, value, reason = FitResult(), TrialState.FAIL, None, ""
     try:
         data = ctx.cache.get(cfg)  # checked and cached here; other processes read the same cache
-        result = runs.train(spec, ctx.placement, data, ctx.paths.cache, on_epoch, ctx.fit)
+        with progress.bar(cfg.train.epochs, f"trial #{trial.number}", "epoch", leave=False) as epochs:
+            on_epoch = runs.logging_callback(ctx.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
+            result = runs.train(spec, ctx.placement, data, ctx.paths.cache, on_epoch, ctx.fit)
         if result.stop_reason == "nan_loss":
             state, reason = TrialState.PRUNED, "nan_loss"
         elif result.stop_reason == "callback":

@@ -66,6 +66,24 @@ def creating_tables_at_once(error: sqlalchemy.exc.DatabaseError) -> bool:
             or "already exists" in str(error))
 
 
+SETUP_KEYS = ("config", "config_toml", "split")
+SETUP_PREFIX = "unet_opt:"  # kept as system attrs: `optuna studies` prints the user attrs whole
+
+
+def study_setup(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any]:
+    """What the study `name` was set up with: `config` (what must stay the same), `config_toml` (what a
+    retrain starts from) and the fixed `split`. Studies of older versions kept them as user attrs."""
+    study_id = storage.get_study_id_from_name(name)
+    found = {k: v for k, v in storage.get_study_user_attrs(study_id).items() if k in SETUP_KEYS}
+    found.update({k.removeprefix(SETUP_PREFIX): v for k, v in storage.get_study_system_attrs(study_id).items()
+                  if k.startswith(SETUP_PREFIX)})
+    return found
+
+
+def store_setup(storage: optuna.storages.BaseStorage, name: str, key: str, value: Any) -> None:
+    storage.set_study_system_attr(storage.get_study_id_from_name(name), SETUP_PREFIX + key, value)
+
+
 def study_name(cfg: Config) -> str:
     return cfg.search.study or Path(cfg.source).stem
 
@@ -109,25 +127,25 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         while "mlflow_parent_run_id" not in study.user_attrs and not study.get_trials(deepcopy=False) \
                 and time.monotonic() - waited < SETUP_WAIT_SECONDS:
             time.sleep(0.5)  # another machine is setting it up right now
-        if "config" in study.user_attrs:
-            check_same_study(study.user_attrs["config"], comparable(cfg), name)
-    attrs = study.user_attrs  # what is missing (a new study, or its creator died setting it up) is set here
-    if "config" not in attrs:
+        if "config" in study_setup(storage, name):
+            check_same_study(study_setup(storage, name)["config"], comparable(cfg), name)
+    setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
+    if "config" not in setup:
         study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
-        study.set_user_attr("config", comparable(cfg))
-        study.set_user_attr("config_toml", to_toml(cfg, redact_url))  # what a retrain starts from
-    if "split" not in attrs:
+        store_setup(storage, name, "config", comparable(cfg))
+        store_setup(storage, name, "config_toml", to_toml(cfg, redact_url))
+    if "split" not in setup:
         from unet_opt.data.splits import make_split  # here: `report` and `studies` need no torch
 
-        study.set_user_attr("split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
-                                                cfg.data.split_seed))
-    if "mlflow_parent_run_id" not in attrs:
+        store_setup(storage, name, "split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
+                                                       cfg.data.split_seed))
+    if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", open_parent())
     return study
 
 
-def load_existing(storage_url: str, name: str | None) -> optuna.Study:
-    """A study that must already exist: by name, or the only one in the storage."""
+def load_existing(storage_url: str, name: str | None) -> tuple[optuna.Study, dict[str, Any]]:
+    """A study that must already exist (by name, or the only one in the storage), and its setup."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, must_exist=True)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
@@ -139,7 +157,7 @@ def load_existing(storage_url: str, name: str | None) -> optuna.Study:
     if name not in names:
         raise UserError(f"no study named '{name}' in {redact_url(storage_url)}; "
                         f"known: {', '.join(names) or 'none'} (see `unet-opt studies`)")
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=storage), study_setup(storage, name)
 
 
 def count_finished(study: optuna.Study) -> int:

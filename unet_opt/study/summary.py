@@ -59,14 +59,14 @@ def fill_summary(summary: Summary, study: optuna.Study) -> Summary:
 
 def study_report(storage_url: str, name: str | None) -> dict[str, Any]:
     """The JSON `unet-opt report --json` prints."""
-    study = load_existing(storage_url, name)
+    study, setup = load_existing(storage_url, name)
     trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     best = None
     if any(t["state"] == "COMPLETE" for t in trials):
         b = trial_record(study.best_trial)
         best = {k: b[k] for k in ("number", "value", "params", "mlflow_run_id")}
     return {"study": study.study_name, "direction": study.direction.name.lower(),
-            "metric": study.user_attrs.get("config", {}).get("search.metric", ""),
+            "metric": setup.get("config", {}).get("search.metric", ""),
             "best": best, "trials": trials}
 
 

@@ -1,0 +1,130 @@
+"""The artifact images read at a glance: titles, class names, legends, whole epochs, exact mask colours."""
+
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unet_opt import artifacts, plots
+from unet_opt.config import ModelConfig
+from unet_opt.data import IGNORE, SegmentationData
+from unet_opt.data.classes import ClassTable
+from unet_opt.model import build_model
+from unet_opt.train import FitResult
+
+DRONE = ClassTable.drone()
+NAMES, COLORS = list(DRONE.names), list(DRONE.colors)
+
+
+@pytest.fixture(autouse=True)
+def no_figure_left_open():
+    yield
+    assert plt.get_fignums() == []  # a 30-trial search must not accumulate figures
+
+
+def drone_matrix(absent: tuple[int, ...] = (1, 9)) -> np.ndarray:
+    """24 x 24 pixel counts, mostly on the diagonal; the classes in `absent` have no true pixels."""
+    rng = np.random.default_rng(0)
+    matrix = rng.integers(0, 50, (24, 24)) + np.diag(rng.integers(1000, 5000, 24))
+    matrix[list(absent)] = 0
+    return matrix
+
+
+def test_rows_are_normalised_per_true_class_and_absent_classes_stay_zero():
+    matrix = drone_matrix()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 RuntimeWarning for the empty rows
+        normalised = plots.normalise_rows(matrix)
+    present = matrix.sum(axis=1) > 0
+    assert np.allclose(normalised[present].sum(axis=1), 1)
+    assert not np.isnan(normalised).any() and (normalised[~present] == 0).all()
+    assert normalised[2, 2] == pytest.approx(matrix[2, 2] / matrix[2].sum())
+
+
+def test_matrix_title_names_the_split_and_the_epoch_when_known():
+    assert plots.matrix_title("val", 7) == "val split, epoch 7"
+    assert plots.matrix_title("test") == "test split"
+    assert plots.matrix_title("all") == "all images"
+
+
+def test_confusion_matrix_png_is_legible_for_24_classes(tmp_path):
+    matrix = drone_matrix()
+    fig = plots.confusion_matrix_figure(matrix, NAMES, plots.matrix_title("val", 7))
+    ax = fig.axes[0]
+    assert "val split, epoch 7" in ax.get_title()
+    assert [t.get_text() for t in ax.get_yticklabels()] == NAMES  # every class, absent ones too
+    assert [t.get_text() for t in ax.get_xticklabels()] == NAMES
+    assert np.allclose(ax.images[0].get_array(), plots.normalise_rows(matrix))
+    assert ax.images[0].get_clim() == (0, 1)  # colours mean the same fraction in every run
+    values = [t.get_text() for t in ax.texts if t.get_text().startswith(("0.", "1."))]
+    assert "0.00" not in values and len(values) < 24 * 24  # negligible cells are blank, not noise
+    assert fig.get_size_inches()[0] * fig.dpi >= 900
+
+    plots.confusion_matrix(matrix, NAMES, tmp_path / "cm.png", "val split, epoch 7")
+    width, height = Image.open(tmp_path / "cm.png").size
+    assert width >= 900 and height >= 900
+
+
+def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric():
+    history = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_dice": 0.2 * e, "val_miou": 0.1 * e}
+               for e in range(1, 4)]
+    fig = plots.learning_curves_figure(history, "val_miou", best_epoch=3)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert all("." not in label.get_text() for label in ax.get_xticklabels() if label.get_text())
+    scores = fig.axes[1]
+    assert "val_miou" in scores.get_ylabel()
+    assert "val_miou (search goal)" in [t.get_text() for t in scores.get_legend().get_texts()]
+
+
+PHOTO = (10, 200, 30)  # a flat image colour that no class, text or legend in the figure has
+
+
+def overlay_inputs():
+    images = np.full((2, 16, 24, 3), PHOTO, np.uint8)
+    truths = np.zeros((2, 16, 24), np.uint8)
+    truths[:, :, 12:] = NAMES.index("roof")
+    truths[1, 0, 0] = IGNORE
+    preds = truths.copy()
+    preds[1, 0, 0] = NAMES.index("unlabeled")
+    preds[:, 8:, 12:] = NAMES.index("bicycle")
+    return images, truths, preds
+
+
+def test_prediction_overlays_have_column_titles_and_a_legend_of_the_classes_shown():
+    fig = plots.prediction_overlays_figure(*overlay_inputs(), COLORS, NAMES)
+    texts = [t.get_text() for t in fig.texts]
+    assert {"image", "truth", "prediction"} <= set(texts)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["unlabeled", "roof", "bicycle", "not scored (image shows)"]
+
+
+def test_prediction_overlay_masks_keep_the_class_colours_exactly(tmp_path):
+    images, truths, preds = overlay_inputs()
+    plots.prediction_overlays(images, truths, preds, COLORS, NAMES, tmp_path / "p.png", min_height=16)
+    png = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    ys, xs = np.nonzero(np.all(png == PHOTO, axis=2))  # the image panels: where the grid lies
+    top, left, gap = ys.min(), xs.min(), 3
+    truth_x, pred_x = left + 24 + gap, left + 2 * (24 + gap)
+    assert tuple(png[top + 4, truth_x + 2]) == COLORS[NAMES.index("unlabeled")]
+    assert tuple(png[top + 4, truth_x + 20]) == COLORS[NAMES.index("roof")]
+    assert tuple(png[top + 12, pred_x + 20]) == COLORS[NAMES.index("bicycle")]
+    assert tuple(png[top + 16 + gap, truth_x]) == PHOTO  # an unscored truth pixel shows the image
+
+
+def test_trial_artifacts_title_the_matrix_with_the_best_epoch(tmp_path, monkeypatch):
+    titles = []
+    monkeypatch.setattr(plots, "confusion_matrix", lambda matrix, names, path, title="": titles.append(title))
+    data = SegmentationData(torch.zeros((2, 3, 16, 16), dtype=torch.uint8), torch.zeros((2, 16, 16), dtype=torch.uint8),
+                            ["a", "b"], DRONE, False)
+    result = FitResult(history=[{"train_loss": 1.0, "val_dice": 0.5}] * 4, best_epoch=3, confusion=drone_matrix(),
+                       model=build_model(ModelConfig(base_channels=4, depth=2), len(DRONE)))
+    artifacts.write_trial_artifacts(tmp_path, result, data, [0, 1], "", "val_dice")
+    artifacts.write_model_report(tmp_path, drone_matrix(), data, result.model, [0], prefix="test_", epoch=3)
+    assert titles == ["val split, epoch 3", "test split, epoch 3"]
+    assert (tmp_path / "predictions.png").is_file() and (tmp_path / "learning_curves.png").is_file()
