@@ -145,8 +145,7 @@ def ui(session: Session, host, port, tracking_uri) -> int:
     """The MLflow UI over this folder's mlruns/."""
     from unet_opt.tracking import serve_ui
 
-    click.echo(f"MLflow UI on http://{host}:{port}  (Ctrl-C stops it)")
-    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port)
+    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port, click.echo)
 
 
 @cli.command()

@@ -39,4 +39,4 @@ def print_summary(s, seconds: float) -> None:
             click.echo(f"  {key:<{width}}  {value:.4g}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
     else:
         click.echo("no complete trial yet")
-    click.echo(f"MLflow UI: {s.ui}   (or: unet-opt ui)")
+    click.echo(f"MLflow UI: {s.ui}")

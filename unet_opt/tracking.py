@@ -16,7 +16,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from unet_opt.config import SearchConfig
 from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.processes import is_dead_here, worker_id
@@ -46,16 +48,41 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
             "--port", str(port), "--workers", "1"]
 
 
-def how_to_open(tracking_uri: str) -> str:
-    """What the summary tells a user to run (or open) to see the runs."""
+def how_to_open(tracking_uri: str, experiment_id: str, metric: str) -> str:
+    """What the summary tells a user to run and open to see the study's runs, ranked."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {redact_url(tracking_uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+        return f"open {runs_table_url(redact_url(tracking_uri), experiment_id, metric)}"
+    return f"`unet-opt ui`, then open {runs_table_url('http://127.0.0.1:5000', experiment_id, metric)}"
 
 
-def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, start=subprocess.Popen) -> int:
+def runs_table_url(base: str, experiment_id: str, metric: str) -> str:
+    """An experiment's runs table ranked by each trial's value (`best_<metric>`). Sorted by start time,
+    MLflow's default, the table nests the trials under the study's run, collapsed; sorted by a metric it
+    lists them all, best first. orderByKey, orderByAsc and workflowType (the "Model training" side bar,
+    not "GenAI") are the UI's own URL state."""
+    key = urllib.parse.quote(f"metrics.`best_{metric}`")
+    ascending = "false" if SearchConfig(metric=metric).goal.maximize else "true"
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?orderByKey={key}&orderByAsc={ascending}"
+            f"&workflowType=machine_learning")
+
+
+def study_pages(tracking_uri: str, base: str) -> list[tuple[str, str]]:
+    """(study, its ranked runs table) for every study in a store: what `unet-opt ui` points to."""
+    client = MlflowClient(tracking_uri)
+    pages = []
+    for exp in client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'"):
+        parents = client.search_runs([exp.experiment_id], "tags.`unet_opt.role` = 'study'", max_results=1)
+        if parents:  # a study's experiment, not a baseline's
+            metric = parents[0].data.params.get("metric", "val_dice")
+            pages.append((exp.name.removeprefix(EXPERIMENT_PREFIX), runs_table_url(base, exp.experiment_id, metric)))
+    return pages
+
+
+def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, show: Callable[[str], None] = print,
+             start=subprocess.Popen) -> int:
     """Run the MLflow UI over a local store until it stops, or until Ctrl-C or SIGTERM stop it (and with
-    it every process it started); returns its exit code. `start` is how the server process is started."""
+    it every process it started); returns its exit code. Once the checks pass, `show` gets the lines that
+    say where to look. `start` is how the server process is started."""
     if tracking_uri.startswith(("http://", "https://")):
         raise UserError(f"the tracking store is a server already; open {redact_url(tracking_uri)} in a browser")
     database = sqlite_file(tracking_uri)
@@ -67,6 +94,10 @@ def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, start
         except OSError:
             raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another --port") from None
     point_at_own_folder(tracking_uri, artifact_root)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    show(f"MLflow UI on {base}  (Ctrl-C stops it)")
+    for study, url in study_pages(tracking_uri, base):
+        show(f"  study '{study}', trials ranked: {url}")
     server = start(ui_command(tracking_uri, host, port), env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
                    start_new_session=True)  # its own process group: stopped as one below
     try:

@@ -71,7 +71,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     close_runs_of_ended_trials(study, tracker)
     tracker.fail_runs_of_dead_processes()
     summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
-                      metric=cfg.search.goal.metric, ui=how_to_open(redact_url(tracking_uri)))
+                      metric=cfg.search.goal.metric,
+                      ui=how_to_open(redact_url(tracking_uri), tracker.experiment_id, cfg.search.goal.metric))
     if count_finished(study) >= cfg.search.trials:
         summary.already_done = True
         finish_parent(study, tracker, study.user_attrs["mlflow_parent_run_id"], cfg)
