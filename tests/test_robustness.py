@@ -8,6 +8,7 @@ import time
 import urllib.request
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import fits
 import optuna
@@ -115,6 +116,25 @@ def test_ui_binds_localhost_unless_told(home, cli):
         port = probe.getsockname()[1]
     assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", port, start=start) == 0
     assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and str(port) in commands[0]
+
+
+def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_home):
+    from mlflow.tracking import MlflowClient
+
+    from unet_opt.tracking import serve_ui
+
+    uri = f"sqlite:///{searched_home}/mlruns/mlflow.db"
+    experiment = MlflowClient(uri).get_experiment_by_name("unet-opt-default")
+    with socket.socket() as probe:  # a port that is free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lines = []
+    started = serve_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port, lines.append,
+                       start=lambda *args, **kwargs: SimpleNamespace(wait=lambda: 0))
+    assert started == 0 and lines[0] == f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C stops it)"
+    assert lines[1:] == [f"  study 'default', trials ranked: http://127.0.0.1:{port}/#/experiments/"
+                         f"{experiment.experiment_id}/runs?orderByKey=metrics.%60best_val_dice%60&orderByAsc=false"
+                         "&workflowType=machine_learning"]
 
 
 def test_ui_on_a_busy_port_is_an_error(home, cli):
