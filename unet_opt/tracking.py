@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import signal
@@ -275,7 +276,8 @@ class Tracker:
                     serialization_format="pickle",
                     code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
-            version = mlflow.register_model(info.model_uri, registered_name).version
+            with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines: the CLI says it
+                version = mlflow.register_model(info.model_uri, registered_name).version
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
