@@ -7,7 +7,8 @@ tests/test_ui_browser.py uses the same functions to check that the table lists t
 Chromium (Debian's `chromium`, or chromium-browser / google-chrome) is driven over the DevTools protocol on
 a pipe (--remote-debugging-pipe), which needs no library: the page is polled until every run is listed
 instead of guessing a delay, and the UI's settings kept in localStorage (its assistant panel, which it
-opens by itself in a fresh browser profile; the table's columns) are set before the page loads.
+opens by itself in a fresh browser profile) are set before the page loads. The table shows what a user gets:
+the ranked shared view that `unet-opt search` saves with the study (see tracking.Tracker.save_ranked_view).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # itself on a local server in a fresh profile and which would cover a third of a screenshot: opened once
 # already, and closed.
 CLOSED_ASSISTANT = {"mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true", "mlflow.assistant.panelOpen_v1": "false"}
-# The runs table's settings, as JSON, per experiment; those missing from it keep their defaults.
-TABLE_STATE = 'MLflowLocalStorage-1.1-ExperimentPage-["{id}"]-ReactComponentState'
 
 
 def find_browser() -> str | None:
@@ -99,20 +98,11 @@ def study_runs(home: Path, experiment: str | None = None) -> tuple[str, dict]:
     raise RuntimeError(f"no experiment {experiment!r} in {home}" if experiment else f"no trial runs in {home}")
 
 
-def tuned_columns(runs: dict) -> list[str]:
-    """Table columns that tell the trials apart: their best_* metrics, then the parameters that differ."""
-    trials = [run.data for name, run in runs.items() if name.startswith("trial-")]
-    metrics = sorted({key for data in trials for key in data.metrics if key.startswith("best_")})
-    params = sorted({key for data in trials for key in data.params if len({str(d.params.get(key)) for d in trials}) > 1})
-    return [f"metrics.`{key}`" for key in metrics] + [f"params.`{key}`" for key in params]
+def runs_table_url(server: str, experiment_id: str) -> str:
+    """The page `unet-opt ui` points to: the study's runs table in its ranked view."""
+    from unet_opt.tracking import ranked_table_url
 
-
-def runs_table_url(server: str, experiment_id: str, runs: dict) -> str:
-    """The page `unet-opt ui` points to: the trials ranked by their value (see tracking.runs_table_url)."""
-    from unet_opt.tracking import runs_table_url as ranked
-
-    parent = next(run for run in runs.values() if run.data.tags.get("unet_opt.role") == "study")
-    return ranked(server, experiment_id, parent.data.params.get("metric", "val_dice"))
+    return ranked_table_url(server, experiment_id)
 
 
 def run_page_url(server: str, experiment_id: str, run_id: str) -> str:
@@ -246,8 +236,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/runs.png"), help="PNG of the runs table")
     parser.add_argument("--port", type=int, default=0, help="for `unet-opt ui` (default: a free one)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the first one with trial runs)")
-    parser.add_argument("--columns", nargs="*", help="table columns, e.g. 'metrics.`best_val_dice`' "
-                        "'params.`train.lr`' (default: the trials' best_* metrics and the parameters that differ)")
     parser.add_argument("--run-name", help="also save this run's page (e.g. trial-0001, or the study's name)")
     parser.add_argument("--run-out", type=Path, help="PNG of the run's page (default: OUT's name + -run.png)")
     parser.add_argument("--size", default="1600x1000", help="window WIDTHxHEIGHT")
@@ -259,10 +247,8 @@ def main() -> None:
     experiment_id, runs = study_runs(args.home, args.experiment)
     if args.run_name and args.run_name not in runs:
         sys.exit(f"no run {args.run_name!r}; runs: {', '.join(sorted(runs))}")
-    columns = tuned_columns(runs) if args.columns is None else args.columns
     with ui_server(args.home, args.port or free_port()) as server, Browser(browser, width, height) as page:
-        page.preset({TABLE_STATE.format(id=experiment_id): json.dumps({"selectedColumns": columns})})
-        page.open(runs_table_url(server, experiment_id, runs))
+        page.open(runs_table_url(server, experiment_id))
         page.wait_for(sorted(runs))
         page.screenshot(args.out)
         print(f"runs table: {args.out}")

@@ -103,6 +103,9 @@ WIDE_STEP = "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.01\nstep = 0.5\n"
     (["--home", "/nonexistent/project", "search"], {}, "folder /nonexistent does not exist; create it first or fix --home"),
     (["report", "--storage", "sqlite:///other.db"], {"other.db": ""}, "no study in the storage yet"),
     (["search", "--set", "space.lr.low=abc"], {}, "low must be a number"),
+    # a project folder whose path a SQLite URL cannot hold (the database landed in the parent folder)
+    (["--home", "qm?x", "search"], {"qm?x/": ""}, "has '?' or '%' in its path, which a SQLite URL cannot hold"),
+    (["--home", "pct%41", "report"], {"pct%41/": ""}, "has '?' or '%' in its path"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
     for name, text in files.items():
@@ -138,3 +141,14 @@ def test_unknown_study_in_an_existing_storage(home, cli):
     code, _, err = cli("report", "--study", "nope")
     assert code == 2 and "no study named 'nope'" in err and "known: drone" in err
     assert written_files(home) == before
+
+
+def test_a_tracking_uri_naming_the_study_storage_is_refused_before_either_store_is_made(home, cli):
+    import sqlite3
+
+    with sqlite3.connect(home / "other.db") as db:  # another tool's database (Optuna's, here)
+        db.execute("CREATE TABLE studies (study_id INTEGER)")
+    before = written_files(home)
+    code, _, err = cli("search", "--tracking-uri", f"sqlite:///{home}/other.db")
+    assert code == 2 and "other.db is not an MLflow store" in err
+    assert written_files(home) == before  # no studies/unet-opt.db made first

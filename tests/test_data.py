@@ -71,7 +71,7 @@ def test_split_is_fixed_disjoint_and_complete():
     # images added later are not in a stored split; images removed are an error
     idx = split_indices(split, names + ["new"])
     assert len(idx["train"]) == 70 and 100 not in idx["train"] + idx["val"] + idx["test"]
-    with pytest.raises(UserError, match="gone from the data"):
+    with pytest.raises(UserError, match="not in the data.*--study NAME"):
         split_indices(split, names[1:])
 
 

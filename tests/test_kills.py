@@ -43,6 +43,7 @@ def check_both_stores(folder, output: str) -> None:
         run = client.get_run(t.user_attrs["mlflow_run_id"]) if "mlflow_run_id" in t.user_attrs else None
         if run is not None:
             assert run.data.tags["optuna.state"] == t.state.name, output
+            assert (run.info.run_name == f"trial-{t.number:04d}") == (t.state.name == "COMPLETE"), output
 
 
 @pytest.mark.slow

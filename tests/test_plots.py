@@ -68,15 +68,17 @@ def test_confusion_matrix_png_is_legible_for_24_classes(tmp_path):
     assert width >= 900 and height >= 900
 
 
-def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric():
-    history = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_dice": 0.2 * e, "val_miou": 0.1 * e}
-               for e in range(1, 4)]
-    fig = plots.learning_curves_figure(history, "val_miou", best_epoch=3)
+@pytest.mark.parametrize("epochs", [1, 3, 40])  # one epoch: most pruned trials
+def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric(epochs):
+    history = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_dice": 0.2 * e / epochs, "val_miou": 0.1 * e / epochs}
+               for e in range(1, epochs + 1)]
+    fig = plots.learning_curves_figure(history, "val_miou", best_epoch=epochs)
     fig.canvas.draw()
     for ax in fig.axes:
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert ticks and all(float(t).is_integer() for t in ticks)
         assert all("." not in label.get_text() for label in ax.get_xticklabels() if label.get_text())
+        assert ax.get_xlim()[0] < 1 and ax.get_xlim()[1] > epochs  # every point inside the axes
     scores = fig.axes[1]
     assert "val_miou" in scores.get_ylabel()
     assert "val_miou (search goal)" in [t.get_text() for t in scores.get_legend().get_texts()]

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import FAST
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _artifact_repos_cache as artifact_repos_cache
 from PIL import Image
 
 from unet_opt.relocate import LOCATION_COLUMNS, local_path, relocate_store
@@ -34,7 +35,7 @@ def stored_locations(home: Path) -> list[Path]:
     return [path for path in map(local_path, filter(None, values)) if path is not None]
 
 
-def test_a_copied_store_points_at_its_own_artifacts(tmp_path):
+def test_a_copied_store_points_at_its_own_artifacts(tmp_path, monkeypatch):
     old, new = tmp_path / "old", tmp_path / "new place"  # a space: file URIs are percent-encoded
     old.mkdir()
     tracker = Tracker(f"sqlite:///{old}/mlruns/mlflow.db", "study", old / "mlruns" / "artifacts")
@@ -52,6 +53,13 @@ def test_a_copied_store_points_at_its_own_artifacts(tmp_path):
     assert Path(client.download_artifacts(run_id, "config.toml", str(tmp_path))).read_text() == "x = 1\n"
     # a store kept apart from the project's artifacts (--tracking-uri elsewhere) is never rewritten
     assert relocate_store(database, tmp_path / "elsewhere" / "artifacts") == 0
+
+    # a relative URL (--tracking-uri sqlite:///mlruns/mlflow.db, run in the folder) names the same store
+    fourth = tmp_path / "fourth"
+    shutil.copytree(old, fourth)
+    monkeypatch.chdir(fourth)
+    assert relocate_store(Path("mlruns/mlflow.db"), fourth / "mlruns" / "artifacts") >= 3
+    assert all(path.is_relative_to(fourth) for path in stored_locations(fourth))
 
     # `unet-opt ui` points a copy at itself before its server reads the store
     third = tmp_path / "third"
@@ -90,7 +98,12 @@ def test_every_command_works_in_a_moved_and_in_a_copied_folder(tmp_path, cli):
     Image.new("RGB", (90, 60), (120, 140, 90)).save(image)
 
     for home in (copy, moved):
-        run = lambda *args, home=home: cli("--home", str(home), *args)  # noqa: E731
+        def run(*args, home=home):
+            # each command is a process of its own; in this one, MLflow's per-run cache of artifact
+            # locations (keyed by run id, which a copy shares) would outlive a command
+            artifact_repos_cache.clear()
+            return cli("--home", str(home), *args)
+
         assert run("report")[0] == 0 and run("studies")[0] == 0
         code, _, err = run("search", "--trials", "3", "--pruner", "none", *FAST)  # resumed: one trial more
         assert code == 0, err

@@ -56,6 +56,7 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
     # in MLflow too: the dead trial's run FAILED, nothing RUNNING, one parent run throughout
     dead = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     assert dead.info.status == "FAILED" and dead.data.tags["optuna.state"] == "FAIL"
+    assert dead.info.run_name == "trial-0000 (fail)"  # told apart in the runs table as it opens
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert len([r for r in runs if r.data.tags.get("unet_opt.role") == "study"]) == 1
 
@@ -133,8 +134,16 @@ def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_
                        start=lambda *args, **kwargs: SimpleNamespace(wait=lambda: 0))
     assert started == 0 and lines[0] == f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C stops it)"
     assert lines[1:] == [f"  study 'default', trials ranked: http://127.0.0.1:{port}/#/experiments/"
-                         f"{experiment.experiment_id}/runs?orderByKey=metrics.%60best_val_dice%60&orderByAsc=false"
-                         "&workflowType=machine_learning"]
+                         f"{experiment.experiment_id}/runs?viewStateShareKey=unet-opt-ranked&workflowType=machine_learning"]
+    # a study of an earlier version: no saved view, and an experiment named after the study alone
+    client = MlflowClient(uri)
+    client.delete_experiment_tag(experiment.experiment_id, "mlflow.sharedViewState.unet-opt-ranked")
+    client.rename_experiment(experiment.experiment_id, "default")
+    lines.clear()
+    serve_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port, lines.append,
+             start=lambda *args, **kwargs: SimpleNamespace(wait=lambda: 0))
+    assert lines[1:] == [f"  study 'default', trials ranked: http://127.0.0.1:{port}/#/experiments/"
+                         f"{experiment.experiment_id}/runs?orderByKey=metrics.%60best_val_dice%60&orderByAsc=false"]
 
 
 def test_ui_on_a_busy_port_is_an_error(home, cli):

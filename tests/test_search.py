@@ -94,9 +94,13 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
     note = tags["mlflow.note.content"]
     assert f"[#{best.number}](#/experiments/" in note and "unet-opt retrain --best" in note and "| `train.lr` |" in note
     assert study.metric_names == ["val_dice"]
-    # the summary says where the ranked runs table is
+    # the experiment carries the runs table's ranked view, and the summary says where it is
+    view = json.loads(experiments[0].tags["mlflow.sharedViewState.unet-opt-ranked"])
+    assert view["orderByKey"] == "metrics.`best_val_dice`" and view["orderByAsc"] is False
+    assert view["selectedColumns"][:2] == ["metrics.`best_val_dice`", "metrics.`best_epoch`"]
+    assert "params.`train.lr`" in view["selectedColumns"]
     ranked = (f"`unet-opt ui`, then open http://127.0.0.1:5000/#/experiments/{experiments[0].experiment_id}/runs?"
-              "orderByKey=metrics.%60best_val_dice%60&orderByAsc=false")
+              "viewStateShareKey=unet-opt-ranked&workflowType=machine_learning")
     assert "best trial: #" in out and ranked in out
 
     # the same command again: nothing to do

@@ -19,6 +19,7 @@ from unet_opt.errors import Terminated, UserError
 from unet_opt.options import (
     Session,
     data_option,
+    option,
     overwrite_option,
     placement_of,
     placement_options,
@@ -36,9 +37,9 @@ EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="unet-opt")
-@click.option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
+@option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
               show_default="the current directory", help="Folder holding studies/ and mlruns/.")
-@click.option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")
+@option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     """Tune and track UNet segmentation models with Optuna and MLflow."""
@@ -51,21 +52,21 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), show_default="none",
+@option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
+@option("--timeout", type=click.FloatRange(min=0, min_open=True), show_default="none",
               help="Start no new trial after S seconds.")
 @space_option
 @data_option
-@click.option("--study", show_default="the space file's name",
+@option("--study", show_default="the space file's name",
               help="Study name; its MLflow experiment is unet-opt-<study>.")
 @storage_option
 @tracking_option
-@click.option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
-@click.option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]), show_default="hyperband",
+@option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
+@option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]), show_default="hyperband",
               help="Optuna pruner.")
-@click.option("--seed", type=int, show_default="0", help="Sampler seed.")
+@option("--seed", type=int, show_default="0", help="Sampler seed.")
 @placement_options
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
 @sets_option
 @click.pass_obj
@@ -89,9 +90,9 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
 
 
 @cli.command()
-@click.option("--study", show_default="the only study in the storage", help="Study name.")
+@option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.pass_obj
 @verbose_option
 def report(session: Session, study, storage, as_json) -> int:
@@ -136,20 +137,24 @@ def studies(session: Session, storage) -> int:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes it.")
-@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 is every interface (add --allowed-hosts).")
+@option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@option("--allowed-hosts", default="", show_default="localhost and private addresses", metavar="HOST[:PORT],...",
+              help="Host names browsers may use to reach it (MLflow refuses others).")
 @tracking_option
 @click.pass_obj
 @verbose_option
-def ui(session: Session, host, port, tracking_uri) -> int:
-    """The MLflow UI over this folder's mlruns/."""
+def ui(session: Session, host, port, allowed_hosts, tracking_uri) -> int:
+    """The MLflow UI over this folder's mlruns/, with a link to each study's ranked runs table."""
     from unet_opt.tracking import serve_ui
 
-    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port, click.echo)
+    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port, click.echo,
+                    allowed_hosts=allowed_hosts)
 
 
 @cli.command()
-@click.option("--space", default="default", show_default=True,
+@option("--space", default="default", show_default=True,
               help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
 @data_option
 @tracking_option
@@ -175,13 +180,13 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 
 
 @cli.command()
-@click.option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
-@click.option("--study", show_default="the only study in the storage", help="Study name.")
+@option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
+@option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
 @tracking_option
-@click.option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
+@option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
               help="Epochs to train.")
-@click.option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
+@option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
 @placement_options
 @click.pass_obj
 @verbose_option
@@ -205,9 +210,10 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 
 @cli.command()
 @click.argument("model")
-@click.option("--data", "dataset", show_default="the model's own data set", help="Data to evaluate on.")
-@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
+@option("--data", "dataset", show_default="the model's own data set", help="Data to evaluate on.")
+@option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+              help="Images to score: a split stored with the model, or all of them.")
+@option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
               help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
 @overwrite_option
 @tracking_option
@@ -232,7 +238,8 @@ def evaluate(session: Session, model, dataset, split, out, overwrite, tracking_u
 @cli.command()
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True)
+@option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True,
+              help="Folder for the masks, colour masks and overlays.")
 @overwrite_option
 @tracking_option
 @click.pass_obj
@@ -259,7 +266,7 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
+@option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
               help="Classes in the masks when the folder has no class table.")
 @verbose_option
 def data_check(path: Path, num_classes: int) -> int:
@@ -287,9 +294,9 @@ def data_check(path: Path, num_classes: int) -> int:
 
 @data.command("prepare")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
+@option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
               help="Height to decode for (repeatable: one cache per size).")
-@click.option("--space", default="default", show_default=True, help="Space file whose [data] and [model] apply.")
+@option("--space", default="default", show_default=True, help="Space file whose [data] and [model] apply.")
 @sets_option
 @click.pass_obj
 @verbose_option

@@ -56,7 +56,10 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     (PNG and CSV) and the per-class table into `out` (checked with `check_outputs` beforehand)."""
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
     data = load_data(cfg.data, cfg.model.depth, cache_dir)
-    indices = list(range(len(data.names))) if split == "all" else split_indices(ck.split, data.names)[split]
+    if split == "all":
+        indices = list(range(len(data.names)))
+    else:
+        indices = split_indices(ck.split, data.names, "pass --split all to score every image of other data")[split]
     metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
     names = list(data.classes.names)
     pc = per_class(matrix)

@@ -44,11 +44,17 @@ class Paths:
 
     def storage_url(self, given: str | None = None) -> str:
         """`--storage` when given, else this folder's SQLite file."""
-        return given or f"sqlite:///{self.studies / 'unet-opt.db'}"
+        return given or self.sqlite_url(self.studies / "unet-opt.db", "--storage")
 
     def tracking_uri(self, given: str | None = None) -> str:
         """`--tracking-uri` (or MLFLOW_TRACKING_URI, which the CLI reads) when given, else this folder's database."""
-        return given or f"sqlite:///{self.mlruns / 'mlflow.db'}"
+        return given or self.sqlite_url(self.mlruns / "mlflow.db", "--tracking-uri")
+
+    def sqlite_url(self, path: Path, flag: str) -> str:
+        if any(c in str(path) for c in "?%"):  # a URL's query, or an escape: the database would land elsewhere
+            raise UserError(f"the folder {self.home} has '?' or '%' in its path, which a SQLite URL cannot hold; "
+                            f"rename it, use another --home, or pass {flag}")
+        return f"sqlite:///{path}"
 
 
 # user:password@ in any URL (a password may hold '#', '/' or '?'), and password-like query parameters
@@ -89,12 +95,15 @@ def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def check_store_folder(url: str, flag: str) -> None:
-    """A local store's folder can be made: it exists, or its parent does (`studies/` in a project folder).
-    A mistyped path must not leave a tree of new folders behind."""
+def check_store(url: str, flag: str, table: str, what: str) -> None:
+    """A local store's folder can be made (it exists, or its parent does: `studies/` in a project folder),
+    and a file already there is `what` (it holds `table`). Both stores are checked before either is made:
+    a mistyped path must leave nothing behind."""
     path = sqlite_file(url)
     if path:
         check_folder_can_be_made(path.parent, flag)
+        if path.exists():
+            check_is_store_of(path, table, what, flag)
 
 
 def check_folder_can_be_made(folder: Path, flag: str) -> None:
@@ -103,7 +112,7 @@ def check_folder_can_be_made(folder: Path, flag: str) -> None:
 
 
 def make_folder(folder: Path, flag: str) -> None:
-    """The folder a store's file lives in, made after `check_store_folder`'s rule."""
+    """The folder a store's file lives in, made after `check_store`'s rule."""
     check_folder_can_be_made(folder, flag)
     folder.mkdir(exist_ok=True)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 from torchvision.utils import draw_segmentation_masks, make_grid
 
@@ -87,7 +87,9 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
                     label=f"{key} (search goal)" if goal else key, zorder=3 if goal else 2)
         if best_epoch:
             ax.axvline(best_epoch, color="0.5", ls=":", label=f"best epoch ({best_epoch})")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        # epochs are whole numbers: each one ticked while few (one, for most pruned trials), else some
+        ax.xaxis.set_major_locator(FixedLocator(epochs) if len(epochs) <= 15 else MaxNLocator(integer=True))
+        ax.set_xlim(0.5, len(history) + 0.5)
         ax.set_xlabel("epoch")
         if ax.lines:
             ax.legend(fontsize=8)

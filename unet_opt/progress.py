@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import weakref
 
 from tqdm import tqdm
 
@@ -18,6 +19,17 @@ def live() -> bool:
     return sys.stderr.isatty() and multiprocessing.current_process().name == "MainProcess"
 
 
+OPEN_BARS: weakref.WeakSet[tqdm] = weakref.WeakSet()
+
+
+def refresh() -> None:
+    """Redraw every open bar: the trials bar's elapsed time and ETA move on with each epoch, not only when
+    a trial ends."""
+    for shown in list(OPEN_BARS):
+        if not shown.disable:  # closed
+            shown.refresh()
+
+
 def bar(total: int, desc: str, unit: str, initial: int = 0, leave: bool = True) -> tqdm:
     """A progress bar on stderr; one that does nothing when the output is not live."""
     on = live()
@@ -25,9 +37,12 @@ def bar(total: int, desc: str, unit: str, initial: int = 0, leave: bool = True) 
         sized = on and min(os.get_terminal_size(sys.stderr.fileno())) > 0  # a bare pty reports 0x0: bars hidden
     except (OSError, ValueError):  # a stream with no terminal behind it
         sized = False
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, disable=not on, file=sys.stderr,
-                dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    shown = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, disable=not on, file=sys.stderr,
+                 dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
+                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    if on:
+        OPEN_BARS.add(shown)
+    return shown
 
 
 def line_level() -> int:

@@ -45,8 +45,8 @@ def relocate_store(database: Path, artifact_root: Path) -> int:
     """Point a project folder's MLflow store (`<mlruns>/mlflow.db`, artifacts in `<mlruns>/artifacts`) at
     its own folder when it was moved; returns the number of locations rewritten. A store kept elsewhere
     (--tracking-uri) is left alone: its artifacts do not move with it."""
-    mlruns = database.parent
-    if artifact_root.parent != mlruns or not database.is_file():
+    mlruns = database.resolve().parent  # a relative URL (sqlite:///mlruns/mlflow.db) names the same store
+    if artifact_root.resolve().parent != mlruns or not database.is_file():
         return 0
     changed = 0
     with contextlib.closing(sqlite3.connect(database, timeout=60)) as db, db:  # one transaction

@@ -72,7 +72,8 @@ def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = ""
                 cfg.train.epochs, shown, metrics["train_loss"], metrics["epoch_seconds"])
         if epochs is not None:
             epochs.update(epoch - epochs.n)
-            epochs.set_postfix_str(shown.strip(), refresh=True)
+            epochs.set_postfix_str(shown.strip(), refresh=False)
+            progress.refresh()
         return decide(epoch, metrics, best) if decide is not None else False
 
     return on_epoch

@@ -7,8 +7,10 @@ trial's run can never be confused with the parent's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
+import json
 import logging
 import os
 import signal
@@ -43,44 +45,50 @@ def experiment_name(name: str) -> str:
     return EXPERIMENT_PREFIX + name
 
 
-def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, allowed_hosts: str = "") -> list[str]:
     """The `mlflow ui` command over a local store, with one worker: a personal UI that starts in seconds."""
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
-            "--port", str(port), "--workers", "1"]
+            "--port", str(port), "--workers", "1", *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]
 
 
-def how_to_open(tracking_uri: str, experiment_id: str, metric: str) -> str:
+RANKED_VIEW = "unet-opt-ranked"  # the runs table's shared view that a study's experiment carries
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.15+: an experiment tag per shared view, opened by URL
+
+
+def how_to_open(ui_command_line: str, tracking_uri: str, experiment_id: str) -> str:
     """What the summary tells a user to run and open to see the study's runs, ranked."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {runs_table_url(redact_url(tracking_uri), experiment_id, metric)}"
-    return f"`unet-opt ui`, then open {runs_table_url('http://127.0.0.1:5000', experiment_id, metric)}"
+        return f"open {ranked_table_url(redact_url(tracking_uri), experiment_id)}"
+    return f"`{ui_command_line}`, then open {ranked_table_url('http://127.0.0.1:5000', experiment_id)}"
 
 
-def runs_table_url(base: str, experiment_id: str, metric: str) -> str:
-    """An experiment's runs table ranked by each trial's value (`best_<metric>`). Sorted by start time,
-    MLflow's default, the table nests the trials under the study's run, collapsed; sorted by a metric it
-    lists them all, best first. orderByKey, orderByAsc and workflowType (the "Model training" side bar,
-    not "GenAI") are the UI's own URL state."""
-    key = urllib.parse.quote(f"metrics.`best_{metric}`")
-    ascending = "false" if SearchConfig(metric=metric).goal.maximize else "true"
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?orderByKey={key}&orderByAsc={ascending}"
-            f"&workflowType=machine_learning")
+def ranked_table_url(base: str, experiment_id: str) -> str:
+    """A study's runs table in its ranked view (see `Tracker.save_ranked_view`), with the side bar of
+    "Model training" rather than "GenAI". The link holds no sort or filter: MLflow would then ignore the view."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={RANKED_VIEW}"
+            "&workflowType=machine_learning")
 
 
 def study_pages(tracking_uri: str, base: str) -> list[tuple[str, str]]:
-    """(study, its ranked runs table) for every study in a store: what `unet-opt ui` points to."""
+    """(study, its ranked runs table) for every study in a store: what `unet-opt ui` points to. A study's
+    experiment is found by its study run, whatever its name (folders of earlier versions included)."""
     client = MlflowClient(tracking_uri)
     pages = []
-    for exp in client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'"):
+    for exp in client.search_experiments():
         parents = client.search_runs([exp.experiment_id], "tags.`unet_opt.role` = 'study'", max_results=1)
-        if parents:  # a study's experiment, not a baseline's
+        if parents and SHARED_VIEW_TAG + RANKED_VIEW in exp.tags:
+            pages.append((parents[0].data.tags.get("optuna.study", exp.name), ranked_table_url(base, exp.experiment_id)))
+        elif parents:  # made before the view existed: sorted by the value, without its columns
             metric = parents[0].data.params.get("metric", "val_dice")
-            pages.append((exp.name.removeprefix(EXPERIMENT_PREFIX), runs_table_url(base, exp.experiment_id, metric)))
+            key = urllib.parse.quote(f"metrics.`best_{metric}`")
+            ascending = str(not SearchConfig(metric=metric).goal.maximize).lower()
+            pages.append((parents[0].data.tags.get("optuna.study", exp.name),
+                          f"{base}/#/experiments/{exp.experiment_id}/runs?orderByKey={key}&orderByAsc={ascending}"))
     return pages
 
 
 def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, show: Callable[[str], None] = print,
-             start=subprocess.Popen) -> int:
+             start=subprocess.Popen, allowed_hosts: str = "") -> int:
     """Run the MLflow UI over a local store until it stops, or until Ctrl-C or SIGTERM stop it (and with
     it every process it started); returns its exit code. Once the checks pass, `show` gets the lines that
     say where to look. `start` is how the server process is started."""
@@ -92,15 +100,19 @@ def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, show:
     with socket.socket() as probe:  # the server would fail on a busy port only after a while, and exit 0
         try:
             probe.bind((host, port))
-        except OSError:
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass an address of this machine "
+                                f"with --host (127.0.0.1, or 0.0.0.0 for every interface)") from None
             raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another --port") from None
     point_at_own_folder(tracking_uri, artifact_root)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     show(f"MLflow UI on {base}  (Ctrl-C stops it)")
     for study, url in study_pages(tracking_uri, base):
         show(f"  study '{study}', trials ranked: {url}")
-    server = start(ui_command(tracking_uri, host, port), env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-                   start_new_session=True)  # its own process group: stopped as one below
+    quiet = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}  # the server's libraries' deprecation notices
+    server = start(ui_command(tracking_uri, host, port, allowed_hosts),  # in its own process group: stopped as one
+                   env={**os.environ, **quiet, "MLFLOW_TRACKING_URI": tracking_uri}, start_new_session=True)
     try:
         return server.wait()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
@@ -214,6 +226,16 @@ class Tracker:
         self.client.rename_experiment(exp.experiment_id, experiment_name(name))
         log.info("experiment '%s' renamed '%s'", name, experiment_name(name))
         return self.client.get_experiment(exp.experiment_id)
+
+    def save_ranked_view(self, metric: str, params: list[str]) -> None:
+        """The runs table as a study wants it, kept with its experiment as an MLflow shared view: the trials
+        sorted by their value, best first, with `best_<metric>`, `best_epoch` and the searched `params` as
+        columns. Sorted by start time, MLflow's default, the table folds the trials under the study's
+        run and shows none of these columns."""
+        state = {"orderByKey": f"metrics.`best_{metric}`", "orderByAsc": not SearchConfig(metric=metric).goal.maximize,
+                 "selectedColumns": [f"metrics.`best_{metric}`", "metrics.`best_epoch`",
+                                     *(f"params.`{name}`" for name in params)]}
+        self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + RANKED_VIEW, json.dumps(state))
 
     def open_parent(self, run_id: str | None, study: str, params: dict[str, Any] | None = None) -> str:
         """Reopen the study's parent run, or create it (with the search's `params`) when there is none
@@ -339,6 +361,11 @@ class Tracker:
                 self.end(run.info.run_id, "FAILED")
                 log.warning("MLflow run %s (%s) was left running by a dead process; marked FAILED",
                             run.info.run_id, run.info.run_name)
+
+    def name_by_state(self, run_id: str, number: int, state: str) -> None:
+        """`trial-0007 (pruned)`, `(fail)`, `(interrupted)`: a trial that did not complete says so in the runs
+        table as it opens, without a column."""
+        self.client.update_run(run_id, name=f"trial-{number:04d} ({state})")
 
     def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> None:
         """Close a run a dead process left RUNNING (it may also have been deleted by the user)."""

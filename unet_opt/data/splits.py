@@ -26,11 +26,12 @@ def make_split(names: list[str], val_fraction: float, test_fraction: float, seed
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
-def split_indices(split: dict[str, list[str]], names: list[str]) -> dict[str, list[int]]:
+def split_indices(split: dict[str, list[str]], names: list[str],
+                  way_out: str = "restore them or start a new study with --study NAME") -> dict[str, list[int]]:
     """Map a stored split onto the loaded images; images added later are simply not in it."""
     position = {n: i for i, n in enumerate(names)}
     missing = [n for part in split.values() for n in part if n not in position]
     if missing:
-        raise UserError(f"{len(missing)} image(s) of the study's stored split are gone from the data "
-                        f"(first: {missing[0]}); restore them or start a new study with --study NAME")
+        raise UserError(f"{len(missing)} image(s) of the stored split are not in the data "
+                        f"(first: {missing[0]}); {way_out}")
     return {part: [position[n] for n in split[part]] for part in ("train", "val", "test")}

@@ -68,4 +68,5 @@ def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage
             if "mlflow_run_id" in t.user_attrs:
                 tracker.end_if_running(t.user_attrs["mlflow_run_id"], "FAILED",
                                        {"optuna.state": "FAIL", "optuna.state_reason": DEAD_WORKER})
+                tracker.name_by_state(t.user_attrs["mlflow_run_id"], t.number, "fail")
             log.warning("trial #%d was left running by a dead worker; marked FAIL", t.number)

@@ -174,5 +174,5 @@ def finish_trial(ctx: SearchContext, trial: optuna.Trial, run_id: str, state: Tr
     ctx.tracker.set_tags(run_id, {"optuna.state": state.name, "optuna.state_reason": reason})
     if state != TrialState.COMPLETE:  # told apart from complete trials in the runs table as it opens
         shown = "interrupted" if reason == "interrupted" else state.name.lower()
-        ctx.tracker.client.update_run(run_id, name=f"trial-{trial.number:04d} ({shown})")
+        ctx.tracker.name_by_state(run_id, trial.number, shown)
     ctx.tracker.end(run_id, mlflow_status or MLFLOW_STATUS[state])

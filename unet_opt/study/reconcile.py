@@ -43,6 +43,8 @@ def close_runs_of_ended_trials(study: optuna.Study, tracker: Tracker) -> None:
         reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
         tracker.set_tags(run.info.run_id, {"optuna.state": trial.state.name, "optuna.state_reason": reason})
         tracker.end(run.info.run_id, mlflow_status(trial))
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            tracker.name_by_state(run.info.run_id, trial.number, trial.state.name.lower())
         log.warning("trial #%d's MLflow run was left RUNNING after the trial ended %s; closed", trial.number,
                     trial.state.name)
 

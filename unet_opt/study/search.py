@@ -8,7 +8,9 @@ Ctrl-C ends the running trial as interrupted; the summary is returned either way
 from __future__ import annotations
 
 import logging
+import shlex
 import time
+from pathlib import Path
 
 import optuna
 
@@ -16,7 +18,7 @@ from unet_opt.config import Config
 from unet_opt.data import check_splittable, load_data
 from unet_opt.distributed import Placement, check_divisible, plan
 from unet_opt.errors import Terminated
-from unet_opt.paths import Paths, check_store_folder, redact_url
+from unet_opt.paths import Paths, check_store, redact_url
 from unet_opt.processes import worker_id
 from unet_opt.runs import Fit
 from unet_opt.study.context import SearchContext
@@ -36,6 +38,17 @@ def batch_sizes(cfg: Config) -> list[int]:
     return (p.values() or []) if p is not None else [cfg.train.batch_size]
 
 
+def ui_command_line(paths: Paths, cfg: Config) -> str:
+    """`unet-opt ui` as this search's user must type it to see the same store."""
+    words = ["unet-opt"]
+    if paths.home != Path.cwd().resolve():
+        words += ["--home", shlex.quote(str(paths.home))]
+    words.append("ui")
+    if cfg.search.tracking_uri:
+        words += ["--tracking-uri", shlex.quote(redact_url(cfg.search.tracking_uri))]
+    return " ".join(words)
+
+
 def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, workers: int = 1,
                verbose: bool = False, fit: Fit = fit_on_ranks) -> Summary:
     """Run trials until the study has `cfg.search.trials` finished ones (or the timeout passes).
@@ -50,10 +63,10 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     placements = placement.split(workers) if workers > 1 else [placement]
     check_divisible(batch_sizes(cfg), placements[0].procs)
     check_splittable(cfg.data)  # before the cache is filled
-    first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
-    check_store_folder(paths.storage_url(cfg.search.storage), "--storage")  # both, before either is made
-    check_store_folder(tracking_uri, "--tracking-uri")
+    check_store(paths.storage_url(cfg.search.storage), "--storage", "studies", "an Optuna study storage")
+    check_store(tracking_uri, "--tracking-uri", "experiments", "an MLflow store")
+    first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
         storage = open_storage(paths.storage_url(cfg.search.storage))
         tracker = Tracker(tracking_uri, name, paths.artifacts)
@@ -70,9 +83,10 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
     close_runs_of_ended_trials(study, tracker)
     tracker.fail_runs_of_dead_processes()
+    tracker.save_ranked_view(cfg.search.goal.metric, list(cfg.space))
     summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                       metric=cfg.search.goal.metric,
-                      ui=how_to_open(redact_url(tracking_uri), tracker.experiment_id, cfg.search.goal.metric))
+                      ui=how_to_open(ui_command_line(paths, cfg), tracking_uri, tracker.experiment_id))
     if count_finished(study) >= cfg.search.trials:
         summary.already_done = True
         finish_parent(study, tracker, study.user_attrs["mlflow_parent_run_id"], cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,7 +160,9 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
                         ("parallel coordinates", vis.plot_parallel_coordinate),
                         ("intermediate values", vis.plot_intermediate_values)):
         try:
-            figure = plot(study)
+            with warnings.catch_warnings():  # "too few trials to compute importances": the page says so instead
+                warnings.simplefilter("ignore", UserWarning)
+                figure = plot(study)
         except Exception as e:  # e.g. importances need two complete trials
             parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")
             continue
