@@ -8,7 +8,7 @@ Chromium (Debian's `chromium`, or chromium-browser / google-chrome) is driven ov
 a pipe (--remote-debugging-pipe), which needs no library: the page is polled until every run is listed
 instead of guessing a delay, and the UI's settings kept in localStorage (its assistant panel, which it
 opens by itself in a fresh browser profile) are set before the page loads. The table shows what a user gets:
-the ranked shared view that `unet-opt search` saves with the study (see tracking.Tracker.save_ranked_view).
+the ranked shared view that `unet-opt search` saves with the study (see unet_opt.tracking.Tracker.save_ranked_view).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def study_runs(home: Path, experiment: str | None = None) -> tuple[str, dict]:
 
 def runs_table_url(server: str, experiment_id: str) -> str:
     """The page `unet-opt ui` points to: the study's runs table in its ranked view."""
-    from unet_opt.tracking import ranked_table_url
+    from unet_opt.ui import ranked_table_url
 
     return ranked_table_url(server, experiment_id)
 

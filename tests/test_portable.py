@@ -13,7 +13,8 @@ from mlflow.tracking._tracking_service.utils import _artifact_repos_cache as art
 from PIL import Image
 
 from unet_opt.relocate import LOCATION_COLUMNS, local_path, relocate_store
-from unet_opt.tracking import Tracker, serve_ui
+from unet_opt.tracking import Tracker
+from unet_opt.ui import serve_ui
 
 
 def free_port() -> int:
@@ -116,6 +117,7 @@ def test_every_command_works_in_a_moved_and_in_a_copied_folder(tmp_path, cli):
         experiment = client.get_experiment_by_name("unet-opt-default")
         for found in client.search_runs([experiment.experiment_id]):
             files = {a.path for a in client.list_artifacts(found.info.run_id)}
-            assert "config.toml" in files, found.info.run_name  # old runs' files are read from here
+            study_run = found.data.tags.get("unet_opt.role") == "study"
+            assert ("study_plots.html" if study_run else "config.toml") in files, found.info.run_name  # read here
         if home == copy:
             assert snapshot(moved) == before  # the folder it was copied from is untouched

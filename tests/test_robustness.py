@@ -97,7 +97,7 @@ def test_unreachable_store_is_one_line_without_the_password(home, cli, flag, url
 
 def test_ui_binds_localhost_unless_told(home, cli):
     from unet_opt.cli import ui
-    from unet_opt.tracking import serve_ui
+    from unet_opt.ui import serve_ui
 
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
@@ -122,7 +122,7 @@ def test_ui_binds_localhost_unless_told(home, cli):
 def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_home):
     from mlflow.tracking import MlflowClient
 
-    from unet_opt.tracking import serve_ui
+    from unet_opt.ui import serve_ui
 
     uri = f"sqlite:///{searched_home}/mlruns/mlflow.db"
     experiment = MlflowClient(uri).get_experiment_by_name("unet-opt-default")

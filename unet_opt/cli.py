@@ -147,7 +147,7 @@ def studies(session: Session, storage) -> int:
 @verbose_option
 def ui(session: Session, host, port, allowed_hosts, tracking_uri) -> int:
     """The MLflow UI over this folder's mlruns/, with a link to each study's ranked runs table."""
-    from unet_opt.tracking import serve_ui
+    from unet_opt.ui import serve_ui
 
     return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port, click.echo,
                     allowed_hosts=allowed_hosts)

@@ -27,8 +27,9 @@ from unet_opt.study.reconcile import check_stores_agree, close_runs_of_ended_tri
 from unet_opt.study.storage import count_finished, join_or_create_study, open_storage, study_name
 from unet_opt.study.summary import Summary, fill_summary, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
-from unet_opt.tracking import Tracker, how_to_open
+from unet_opt.tracking import Tracker
 from unet_opt.train import fit_on_ranks
+from unet_opt.ui import how_to_open
 
 log = logging.getLogger(__name__)
 
