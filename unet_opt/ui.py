@@ -47,14 +47,16 @@ def study_pages(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     pages = []
     for exp in client.search_experiments():
         parents = client.search_runs([exp.experiment_id], "tags.`unet_opt.role` = 'study'", max_results=1)
-        if parents and SHARED_VIEW_TAG + RANKED_VIEW in exp.tags:
-            pages.append((parents[0].data.tags.get("optuna.study", exp.name), ranked_table_url(base, exp.experiment_id)))
-        elif parents:  # made before the view existed: sorted by the value, without its columns
+        if not parents:  # not a study's experiment (a baseline's, or the user's own)
+            continue
+        if SHARED_VIEW_TAG + RANKED_VIEW in exp.tags:
+            url = ranked_table_url(base, exp.experiment_id)
+        else:  # made before the view existed: sorted by the value, without its columns
             metric = parents[0].data.params.get("metric", "val_dice")
-            key = urllib.parse.quote(f"metrics.`best_{metric}`")
             ascending = str(not SearchConfig(metric=metric).goal.maximize).lower()
-            pages.append((parents[0].data.tags.get("optuna.study", exp.name),
-                          f"{base}/#/experiments/{exp.experiment_id}/runs?orderByKey={key}&orderByAsc={ascending}"))
+            url = (f"{base}/#/experiments/{exp.experiment_id}/runs?"
+                   f"orderByKey={urllib.parse.quote(f'metrics.`best_{metric}`')}&orderByAsc={ascending}")
+        pages.append((parents[0].data.tags.get("optuna.study", exp.name), url))
     return pages
 
 
