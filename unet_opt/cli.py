@@ -38,8 +38,8 @@ EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="unet-opt")
 @option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
-              show_default="the current directory", help="Folder holding studies/ and mlruns/.")
-@option("-v", "--verbose", is_flag=True, help="Also show debug messages (tracebacks of failed trials).")
+        show_default="the current directory", help="Folder holding studies/ and mlruns/.")
+@option("-v", "--verbose", is_flag=True, help="Also show debug messages and tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     """Tune and track UNet segmentation models with Optuna and MLflow."""
@@ -54,20 +54,20 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
 @cli.command()
 @option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
 @option("--timeout", type=click.FloatRange(min=0, min_open=True), show_default="none",
-              help="Start no new trial after S seconds.")
+        help="Start no new trial after S seconds.")
 @space_option
 @data_option
 @option("--study", show_default="the space file's name",
-              help="Study name; its MLflow experiment is unet-opt-<study>.")
+        help="Study name; its MLflow experiment is unet-opt-<study>.")
 @storage_option
 @tracking_option
 @option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
 @option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]), show_default="hyperband",
-              help="Optuna pruner.")
+        help="Optuna pruner.")
 @option("--seed", type=int, show_default="0", help="Sampler seed.")
 @placement_options
 @option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
+        help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
 @sets_option
 @click.pass_obj
 @verbose_option
@@ -138,10 +138,10 @@ def studies(session: Session, storage) -> int:
 
 @cli.command()
 @option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 is every interface (add --allowed-hosts).")
+        help="Address to listen on; 0.0.0.0 is every interface (add --allowed-hosts).")
 @option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @option("--allowed-hosts", default="", show_default="localhost and private addresses", metavar="HOST[:PORT],...",
-              help="Host names browsers may use to reach it (MLflow refuses others).")
+        help="Host names browsers may use to reach it (MLflow refuses others).")
 @tracking_option
 @click.pass_obj
 @verbose_option
@@ -155,7 +155,7 @@ def ui(session: Session, host, port, allowed_hosts, tracking_uri) -> int:
 
 @cli.command()
 @option("--space", default="default", show_default=True,
-              help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
+        help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
 @data_option
 @tracking_option
 @placement_options
@@ -185,7 +185,7 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 @storage_option
 @tracking_option
 @option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
-              help="Epochs to train.")
+        help="Epochs to train.")
 @option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
 @placement_options
 @click.pass_obj
@@ -212,9 +212,9 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 @click.argument("model")
 @option("--data", "dataset", show_default="the model's own data set", help="Data to evaluate on.")
 @option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
-              help="Images to score: a split stored with the model, or all of them.")
+        help="Images to score: a split stored with the model, or all of them.")
 @option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
-              help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
+        help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
 @overwrite_option
 @tracking_option
 @click.pass_obj
@@ -239,7 +239,7 @@ def evaluate(session: Session, model, dataset, split, out, overwrite, tracking_u
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True,
-              help="Folder for the masks, colour masks and overlays.")
+        help="Folder for the masks, colour masks and overlays.")
 @overwrite_option
 @tracking_option
 @click.pass_obj
@@ -267,7 +267,7 @@ def data() -> None:
 @data.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
 @option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
-              help="Classes in the masks when the folder has no class table.")
+        help="Classes in the masks when the folder has no class table.")
 @verbose_option
 def data_check(path: Path, num_classes: int) -> int:
     """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
@@ -295,7 +295,7 @@ def data_check(path: Path, num_classes: int) -> int:
 @data.command("prepare")
 @click.argument("path", type=click.Path(path_type=Path))
 @option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
-              help="Height to decode for (repeatable: one cache per size).")
+        help="Height to decode for (repeatable: one cache per size).")
 @option("--space", default="default", show_default=True, help="Space file whose [data] and [model] apply.")
 @sets_option
 @click.pass_obj

@@ -47,16 +47,16 @@ def be_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 
 verbose_option = option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,
-                              help="Also show debug messages and tracebacks.")
+                        help="Also show debug messages and tracebacks.")
 storage_option = option("--storage", envvar="UNET_OPT_STORAGE", show_envvar=True,
-                              show_default="sqlite:///studies/unet-opt.db", help="Optuna storage URL.")
+                        show_default="sqlite:///studies/unet-opt.db", help="Optuna storage URL.")
 tracking_option = option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-                               show_default="sqlite:///mlruns/mlflow.db", help="MLflow tracking URI.")
+                         show_default="sqlite:///mlruns/mlflow.db", help="MLflow tracking URI.")
 overwrite_option = option("--overwrite", is_flag=True, help="Replace output files that exist already.")
 sets_option = option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                           help="Override any field, e.g. --set train.patience=3 (repeatable).")
+                     help="Override any field, e.g. --set train.patience=3 (repeatable).")
 space_option = option("--space", default="default", show_default=True,
-                            help="Search-space TOML file, or a built-in name: default, drone, binary.")
+                      help="Search-space TOML file, or a built-in name: default, drone, binary.")
 data_option = option("--data", show_default="synthetic", help="'synthetic' (embedded) or a data folder.")
 
 

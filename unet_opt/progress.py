@@ -1,5 +1,5 @@
 """Live progress on a terminal: trials of a search, epochs of a run, images decoded (tqdm: elapsed
-time, rate and ETA). Where stderr is not a terminal (CI, a log file, `| tee`) the bars are off and the
+time, rate and ETA). Where stderr is not a terminal (CI, a log file, `2>&1 | tee`) the bars are off and the
 log lines say the same, as before."""
 
 from __future__ import annotations
