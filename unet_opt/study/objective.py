@@ -90,6 +90,7 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
                 if "mlflow_run_id" in trial.user_attrs:
                     ctx.tracker.end_if_running(trial.user_attrs["mlflow_run_id"], "KILLED",
                                                {"optuna.state": "FAIL", "optuna.state_reason": "interrupted"})
+                    ctx.tracker.name_by_state(trial.user_attrs["mlflow_run_id"], trial.number, "interrupted")
             raise
         except Exception as e:  # the tracking store failed around the training: still record the trial
             reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
