@@ -4,7 +4,7 @@ artifacts beside it.
 MLflow stores absolute artifact locations (an experiment's, each run's, each logged model's). After a
 move they name the old folder: reads would come from there (or fail on another machine) and a retrain's
 files would be written there. Each command that opens a project's own store rewrites the old folder's
-prefix to the new one first. Plain SQLite: `ui` and `evaluate` need it before MLflow is imported.
+prefix to the new one first, in plain SQL: MLflow has no call that changes an artifact location.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import logging
 import sqlite3
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from unet_opt.paths import sqlite_tables
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,11 @@ def relocate_store(database: Path, artifact_root: Path) -> int:
     mlruns = database.resolve().parent  # a relative URL (sqlite:///mlruns/mlflow.db) names the same store
     if artifact_root.resolve().parent != mlruns or not database.is_file():
         return 0
+    tables = sqlite_tables(database)
+    if "experiments" not in tables:
+        return 0
     changed = 0
     with contextlib.closing(sqlite3.connect(database, timeout=60)) as db, db:  # one transaction
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "experiments" not in tables:
-            return 0
         for old in former_folders(db, mlruns):
             for table, column in LOCATION_COLUMNS:
                 if table not in tables:

@@ -127,9 +127,9 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         while "mlflow_parent_run_id" not in study.user_attrs and not study.get_trials(deepcopy=False) \
                 and time.monotonic() - waited < SETUP_WAIT_SECONDS:
             time.sleep(0.5)  # another machine is setting it up right now
-        if "config" in study_setup(storage, name):
-            check_same_study(study_setup(storage, name)["config"], comparable(cfg), name)
     setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
+    if not created and "config" in setup:
+        check_same_study(setup["config"], comparable(cfg), name)
     if "config" not in setup:
         study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
         store_setup(storage, name, "config", comparable(cfg))
