@@ -1,6 +1,7 @@
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,13 @@ def searched_home(home, searched_folder) -> Path:
     for name in ("studies", "mlruns"):
         shutil.copytree(searched_folder / name, home / name)
     return home
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on `host` now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def interruptible() -> None:

@@ -1,13 +1,12 @@
 """A project folder moved, copied or rsynced elsewhere reads and writes only its new place."""
 
 import shutil
-import socket
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST
+from conftest import FAST, free_port
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _artifact_repos_cache as artifact_repos_cache
 from PIL import Image
@@ -15,12 +14,6 @@ from PIL import Image
 from unet_opt.relocate import LOCATION_COLUMNS, local_path, relocate_store
 from unet_opt.tracking import Tracker
 from unet_opt.ui import serve_ui
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

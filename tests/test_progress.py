@@ -29,3 +29,15 @@ def test_elsewhere_the_search_prints_plain_lines(home, capsys):
     err = capsys.readouterr().err
     assert "epoch 2/2" in err and "trial #0 COMPLETE" in err
     assert "%|" not in err and "\r" not in err
+
+
+def test_each_epoch_redraws_every_open_bar_and_none_that_closed(terminal, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(progress.tqdm, "refresh", lambda self, *args, **kwargs: drawn.append(self.desc))
+    with progress.bar(3, "trials", "trial"), progress.bar(5, "trial #0", "epoch"):
+        drawn.clear()  # what tqdm draws by itself when a bar opens
+        progress.refresh()  # the trials bar's clock moves while a trial runs, not only when it ends
+        assert sorted(drawn) == ["trial #0", "trials"]
+    drawn.clear()
+    progress.refresh()
+    assert drawn == []

@@ -14,7 +14,7 @@ import fits
 import optuna
 import pytest
 import torch
-from conftest import FAST, interruptible, run_search, written_files
+from conftest import FAST, free_port, interruptible, run_search, written_files
 from mlflow.tracking import MlflowClient
 
 from unet_opt.checkpoint import FORMAT, load_checkpoint
@@ -112,9 +112,7 @@ def test_ui_binds_localhost_unless_told(home, cli):
         commands.append(command)
         return Server()
 
-    with socket.socket() as probe:  # a port that is free now
-        probe.bind(("0.0.0.0", 0))
-        port = probe.getsockname()[1]
+    port = free_port("0.0.0.0")
     assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", port, start=start) == 0
     assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and str(port) in commands[0]
 
@@ -126,9 +124,7 @@ def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_
 
     uri = f"sqlite:///{searched_home}/mlruns/mlflow.db"
     experiment = MlflowClient(uri).get_experiment_by_name("unet-opt-default")
-    with socket.socket() as probe:  # a port that is free now
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     lines = []
     started = serve_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port, lines.append,
                        start=lambda *args, **kwargs: SimpleNamespace(wait=lambda: 0))
@@ -156,11 +152,34 @@ def test_ui_on_a_busy_port_is_an_error(home, cli):
     assert code == 2 and "is in use (another `unet-opt ui`?); pass another --port" in err
 
 
+def test_ui_on_an_address_not_of_this_machine_is_an_error_naming_the_address(home, cli):
+    (home / "mlruns").mkdir()
+    (home / "mlruns" / "mlflow.db").write_bytes(b"")
+    code, out, err = cli("ui", "--host", "192.0.2.1", "--port", str(free_port()))  # TEST-NET-1: never local
+    assert code == 2 and "cannot listen on 192.0.2.1:" in err and "in use" not in err and out == ""
+
+
+def test_ui_passes_allowed_hosts_to_the_mlflow_server(home):
+    from unet_opt.ui import serve_ui
+
+    (home / "mlruns").mkdir()
+    (home / "mlruns" / "mlflow.db").write_bytes(b"")
+    commands = []
+
+    def start(command, env, start_new_session):
+        commands.append(command)
+        return SimpleNamespace(wait=lambda: 0)
+
+    for allowed in ("", "tracker.lab:5000"):
+        serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", free_port("0.0.0.0"),
+                 lambda line: None, start=start, allowed_hosts=allowed)
+    assert "--allowed-hosts" not in commands[0]  # MLflow's own default: localhost and private addresses
+    assert commands[1][commands[1].index("--allowed-hosts") + 1] == "tracker.lab:5000"
+
+
 @pytest.mark.slow
 def test_sigterm_to_ui_stops_the_mlflow_server(searched_home):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "unet_opt", "ui", "--port", str(port)], cwd=searched_home,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -319,3 +319,17 @@ def test_two_stores_that_do_not_belong_together_are_refused(searched_home, cli, 
     # one line naming both stores and the way out; no second parent, no trial-0000 again
     assert code == 2 and message in err and "--study NEW_NAME" in err and len(err.strip().splitlines()) == 1, err
     assert "unet-opt.db" in err and "mlflow.db" in err
+
+
+def test_the_summary_names_the_ui_command_for_this_search_s_store(tmp_path, monkeypatch):
+    from unet_opt.paths import Paths
+    from unet_opt.study.search import ui_command_line
+
+    cfg = load_config("default", {}, [])
+    monkeypatch.chdir(tmp_path)
+    assert ui_command_line(Paths.resolve(tmp_path), cfg) == "unet-opt ui"
+    elsewhere = tmp_path / "my project"
+    elsewhere.mkdir()
+    assert ui_command_line(Paths.resolve(elsewhere), cfg) == f"unet-opt --home '{elsewhere}' ui"
+    server = cfg.replace({"search.tracking_uri": "http://me:secret@tracker:5000"})
+    assert ui_command_line(Paths.resolve(tmp_path), server) == "unet-opt ui --tracking-uri 'http://me:***@tracker:5000'"
