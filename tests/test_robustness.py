@@ -61,6 +61,32 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
     assert len([r for r in runs if r.data.tags.get("unet_opt.role") == "study"]) == 1
 
 
+
+def test_a_trial_asked_for_but_never_claimed_is_closed_after_the_grace_period(home, cli, monkeypatch):
+    """A SIGKILL between Optuna's ask and the worker recording itself leaves a RUNNING trial with no worker and
+    no heartbeat. The same command waits out the grace period, closes it and still runs the trials asked for."""
+    run_search(home, 1)
+    study = load(home)
+    study._storage.create_new_trial(study._study_id)  # RUNNING, no worker: what such a kill leaves
+    monkeypatch.setattr("unet_opt.study.loop.GRACE_SECONDS", 2)
+    code, _, err = cli("search", "--trials", "2", *FAST)
+    assert code == 0, err
+    trials = load(home).trials
+    assert trials[1].state.name == "FAIL" and trials[1].user_attrs["fail_reason"] == "worker died (killed or crashed)"
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 2 and len(trials) == 3
+    assert "waiting for trial #1 to be claimed" in err
+
+
+def test_an_interrupt_between_asking_and_claiming_a_trial_fails_it(home, cli, monkeypatch):
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("unet_opt.study.objective.is_surplus", interrupted)
+    code, _, err = cli("search", "--trials", "2", *FAST)
+    assert code == 130, err
+    [trial] = load(home).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+
 def test_diverging_trials_are_recorded_as_nan_loss(home, cli):
     code, _, err = cli("search", "--trials", "2", *FAST, "--set", "space.lr.high=1e14", "--set", "space.lr.low=1e12")
     assert code == 0, err
@@ -310,3 +336,20 @@ def test_a_store_of_the_other_kind_is_refused_and_left_as_it_was(searched_home, 
     code, _, err = cli("search", "--tracking-uri", f"sqlite:///{study_db}", *FAST)
     assert code == 2 and "is not an MLflow store" in err and "--tracking-uri" in err, err
     assert (mlflow_db.read_bytes(), study_db.read_bytes()) == before  # no tables added to either
+
+
+def test_a_sigterm_that_surfaces_as_another_error_still_exits_143(home, cli, monkeypatch):
+    """SIGTERM inside an import (numpy's lazy attributes, scipy's module cloning) can come out as some other
+    error, a RecursionError in CI: the search still reports it as terminated, not as a crash."""
+    import os
+
+    def import_cut_short(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RecursionError("maximum recursion depth exceeded") from None
+
+    monkeypatch.setattr("unet_opt.study.search.run_search", import_cut_short)
+    code, _, err = cli("search", "--trials", "1", *FAST)
+    assert (code, err.strip()) == (143, "terminated")

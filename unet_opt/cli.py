@@ -7,6 +7,8 @@ Heavy modules (torch, Optuna, MLflow) are imported inside the commands that need
 from __future__ import annotations
 
 import json
+import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -319,7 +321,7 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every user mistake into one `error:` line and exit code 2."""
-    runtime.handle_sigterm()
+    runtime.handle_stop_signals()
     try:
         code = cli.main(args=argv, prog_name="unet-opt", standalone_mode=False)
     except click.exceptions.Exit as e:  # --help
@@ -338,7 +340,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {redact_url(' '.join(str(e).split()))}", err=True)
         code = EXIT_USAGE
     except (KeyboardInterrupt, click.exceptions.Abort) as e:  # click turns an interrupt into Abort
-        terminated = isinstance(e, Terminated) or isinstance(e.__cause__, Terminated)
-        click.echo("terminated" if terminated else "interrupted", err=True)
-        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        code = stopped(isinstance(e, Terminated) or isinstance(e.__cause__, Terminated))
+    except Exception:
+        if runtime.stop_signal is None:
+            raise
+        # the signal landed inside an import or a library that turned it into another error
+        logging.getLogger("unet_opt").debug("after the stop signal", exc_info=True)
+        code = stopped(runtime.stop_signal == signal.SIGTERM)
     sys.exit(code or 0)
+
+
+def stopped(terminated: bool) -> int:
+    click.echo("terminated" if terminated else "interrupted", err=True)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED

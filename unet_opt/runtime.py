@@ -12,6 +12,7 @@ import signal
 import sys
 import warnings
 
+from unet_opt.errors import Terminated
 from unet_opt.paths import redact_url
 
 ENVIRONMENT = {
@@ -24,6 +25,8 @@ ENVIRONMENT = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "View run ... at: http://user:password@..." lines
 }
 FORCED = {"MPLBACKEND": "Agg"}  # figures are files, even where a notebook terminal set an inline backend
+
+stop_signal: int | None = None  # the SIGINT or SIGTERM that is stopping this process
 
 
 def redact_passwords(record: logging.LogRecord) -> bool:
@@ -55,13 +58,19 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
     warnings.filterwarnings("ignore", message=".*experimental")  # Optuna's ExperimentalWarning (heartbeats)
 
 
-def raise_terminated(signum: int, frame: object) -> None:
-    from unet_opt.errors import Terminated
+def on_stop_signal(signum: int, frame: object) -> None:
+    global stop_signal
+    stop_signal = signum
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    raise Terminated()
 
-
-def handle_sigterm() -> None:
+def handle_stop_signals() -> None:
     """SIGTERM (Slurm, Kubernetes, systemd, `kill`) stops this process as Ctrl-C does: the trial in
-    progress is recorded as interrupted and its run KILLED, instead of the process vanishing mid-write."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+    progress is recorded as interrupted and its run KILLED, instead of the process vanishing mid-write.
+    Both are remembered in `stop_signal`: one that lands inside an import or a library's own handler can
+    surface as some other error, which is then still reported as the stop it is."""
+    global stop_signal
+    stop_signal = None
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
+        signal.signal(signal.SIGINT, on_stop_signal)

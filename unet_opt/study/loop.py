@@ -3,6 +3,7 @@ that dead workers (killed processes, lost machines) left RUNNING."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from unet_opt import progress
 from unet_opt.processes import is_dead_here
 from unet_opt.study.context import SearchContext
 from unet_opt.study.objective import run_trial
-from unet_opt.study.storage import DEAD_WORKER, count_finished, count_running
+from unet_opt.study.storage import DEAD_WORKER, GRACE_SECONDS, count_finished, count_running
 from unet_opt.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,22 @@ class Outcome:
 def work(ctx: SearchContext) -> Outcome:
     """Ask, train, tell, until finished plus running trials (of every worker and machine) reach the target.
     Trials that fail do not count, so the last worker standing replaces them."""
-    outcome, failures, target = Outcome(), 0, ctx.cfg.search.trials
+    outcome, failures, target, said_waiting = Outcome(), 0, ctx.cfg.search.trials, False
     with progress.bar(target, "trials", "trial", initial=min(count_finished(ctx.study), target)) as trials:
         while True:
             close_stale_trials(ctx.study, ctx.storage, ctx.tracker)
             finished, running = count_finished(ctx.study), count_running(ctx.study)
             trials.update(min(finished, target) - trials.n)  # other workers' and machines' trials too
             if finished + running >= target:
-                return outcome
+                pending = unclaimed(ctx.study)
+                if finished + running - len(pending) >= target:
+                    return outcome
+                if not said_waiting:  # a trial only just asked for, or one that a killed process never claimed
+                    log.info("waiting for trial #%d to be claimed by its worker (at most %d s)", pending[0].number,
+                             GRACE_SECONDS)
+                said_waiting = True
+                time.sleep(1)
+                continue
             if time.time() > ctx.deadline:
                 outcome.stopped_reason = f"timeout of {ctx.cfg.search.timeout:g} s reached"
                 return outcome
@@ -59,7 +68,7 @@ def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage
     after the grace period without a heartbeat for any other."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
-        if is_dead_here(t.user_attrs.get("worker")):
+        if is_dead_here(t.user_attrs.get("worker")) or is_never_claimed(t):
             storage.set_trial_user_attr(t._trial_id, "fail_reason", DEAD_WORKER)  # before: finished trials are frozen
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
     optuna.storages.fail_stale_trials(study)  # the heartbeat rule; Optuna records no reason for these
@@ -70,3 +79,16 @@ def close_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage
                                        {"optuna.state": "FAIL", "optuna.state_reason": DEAD_WORKER})
                 tracker.name_by_state(t.user_attrs["mlflow_run_id"], t.number, "fail")
             log.warning("trial #%d was left running by a dead worker; marked FAIL", t.number)
+
+
+def is_never_claimed(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial that no worker claimed within the grace period: its process was killed between
+    asking Optuna for it and recording itself as its worker, so no heartbeat will ever come from it."""
+    age = datetime.datetime.now() - (trial.datetime_start or datetime.datetime.now())
+    return "worker" not in trial.user_attrs and age.total_seconds() > GRACE_SECONDS
+
+
+def unclaimed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials with no worker yet: just asked for by a live worker, or left by a killed one (closed
+    once the grace period is over). Whether the target is reached waits for them to be one or the other."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" not in t.user_attrs]

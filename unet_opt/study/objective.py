@@ -76,10 +76,16 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
     later, larger --trials runs."""
     study, storage = ctx.study, ctx.storage
     trial = study.ask()
-    if is_surplus(study, trial.number, ctx.cfg.search.trials):
-        storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
-        return None
-    trial.set_user_attr("worker", worker_id())  # a killed worker's trial is found by its pid on this machine,
+    try:
+        if is_surplus(study, trial.number, ctx.cfg.search.trials):
+            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            return None
+        trial.set_user_attr("worker", worker_id())  # a killed worker's trial is found by its pid on this machine,
+    except KeyboardInterrupt:  # asked for but not claimed yet: no other worker would ever close it
+        if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        raise
     with Heartbeat(storage, trial._trial_id):  # and by its missing heartbeat from any other
         try:
             return train_and_record(ctx, trial, position)

@@ -93,7 +93,7 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
     sampler seeded for this worker. It dies with the launching process, as the trial's ranks do."""
     die_with_parent()
     runtime.setup(plan.verbose, prefix=f"[w{index}] ")
-    runtime.handle_sigterm()
+    runtime.handle_stop_signals()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if placement.device == "cpu" and placement.procs == 1 and placement.threads:
         torch.set_num_threads(placement.threads)
