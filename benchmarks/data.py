@@ -22,8 +22,8 @@ from unet_opt.data import batches, cache, load_data, make_split, split_indices
 from unet_opt.data.classes import ClassTable
 from unet_opt.data.layouts import find_source
 from unet_opt.data.synthetic import scene
+from unet_opt.losses import segmentation_loss
 from unet_opt.model import build_model
-from unet_opt.train import segmentation_loss
 
 
 def write_photos(root: Path, photos: int, large: int) -> None:

@@ -27,8 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.data import load_data
 from unet_opt.distributed import Group
+from unet_opt.losses import segmentation_loss
 from unet_opt.model import build_model
-from unet_opt.train import autocast, fit, segmentation_loss
+from unet_opt.train import autocast, fit
 
 
 def sync(device: torch.device) -> None:

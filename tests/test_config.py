@@ -17,11 +17,13 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_builtin_spaces_load_and_validate():
-    for name in ("default", "drone", "binary"):
+    for name in ("default", "drone", "drone-cpu", "binary"):
         cfg = load_config(name)
         # each built-in file searches the four hyperparameters of the original study
-        assert set(cfg.space) == {"train.lr", "train.batch_size", "data.image_size", "train.epochs"}
-    assert load_config("drone").model.base_channels == 64
+        assert {"train.lr", "train.batch_size", "data.image_size", "train.epochs"} <= set(cfg.space)
+    drone = load_config("drone")  # the GPU space: pretrained encoders, the loss and the schedule too
+    assert {"model.encoder", "train.loss", "train.schedule"} <= set(drone.space)
+    assert min(drone.space["data.image_size"].choices) == 256 and drone.model.pretrained == "imagenet"
     assert load_config("binary").data.foreground == ["roof"]
 
 

@@ -114,7 +114,7 @@ def test_bad_data_is_named_before_training(home, cli, kind):
     target = home / "data" / "tg" if kind == "colour not in table" else home / "data"
     before = written_files(home)
     code, out, err = cli("search", "--data", str(target), "--space", "drone", "--set", "data.num_classes=5",
-                         "--set", "data.image_size=32", "--set", "model.depth=2")
+                         "--set", "data.image_size=32", "--set", "model.depth=2", "--set", 'model.pretrained=""')
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert expected in err  # the file (or the folder's state) is named
     # nothing trained, nothing written to studies/ or mlruns/
@@ -128,7 +128,7 @@ def test_search_on_a_real_layout_logs_its_class_names(home, cli, layout):
     make_dataset(home / "data", layout, count=12)
     code, out, err = cli("search", "--data", "data", "--space", "drone", "--trials", "2", "--pruner", "none",
                          "--set", "data.num_classes=5", "--set", "data.image_size=32", "--set", "model.depth=2",
-                         "--set", "model.base_channels=4", "--set", "train.epochs=2")
+                         "--set", "model.base_channels=4", "--set", "train.epochs=2", "--set", 'model.pretrained=""')
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("unet-opt-drone")
@@ -187,3 +187,20 @@ def test_data_check_decodes_every_image_fully(home, cli):
     photo.write_bytes(photo.read_bytes()[: len(photo.read_bytes()) // 2])  # the header is intact
     code, out, err = cli("data", "check", "data")
     assert code == 2 and "002.jpg cannot be decoded" in out + err
+
+
+def test_data_check_names_the_rare_classes_and_what_helps_them(home, cli):
+    from PIL import Image
+
+    make_dataset(home / "data", "generic", colour=False)
+    for i in range(6):  # road and grass halves; one image has a car of 2x2 pixels; no roof anywhere
+        mask = np.ones((48, 72), np.uint8)
+        mask[:, 36:] = 2
+        if i == 0:
+            mask[10:12, 10:12] = 4
+        Image.fromarray(mask).save(home / "data" / "masks" / f"{i:03d}.png")
+    code, out, _ = cli("data", "check", "data", "--num-classes", "5")
+    assert code == 0, out
+    [line] = [line for line in out.splitlines() if line.startswith("rare classes")]
+    assert line.startswith("rare classes (under 0.5% of the pixels): car 0.0") and "roof" not in line
+    assert 'train.class_weights = "inverse"' in line and "search/drone.toml" in line

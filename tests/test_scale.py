@@ -173,7 +173,10 @@ def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_ar
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):
+@pytest.mark.parametrize("recipe", [[], ['train.loss="ce+dice"', 'train.class_weights="inverse"', 'train.schedule="poly"',
+                                         "train.grad_clip=1.0"], ['train.loss="focal"', 'train.optimizer="sgd"']],
+                         ids=["ce", "ce+dice, weighted, poly, clipped", "focal, sgd"])
+def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli, recipe):
     """The same trial (same sampled params, seed, data and global batch) on 1 and on 2 processes.
 
     Tolerance: every rank sees exactly the images one process sees in each step (same shuffling, same
@@ -182,8 +185,9 @@ def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli):
     1e-3 relative; a score can move when a few border pixels flip, so scores agree to 0.01 absolute
     (measured: losses within 3e-5, dice within 3e-4 after 4 epochs).
     """
-    assert cli("search", "--trials", "1", "--study", "one", *EXACT)[0] == 0
-    code, _, err = cli("search", "--trials", "1", "--study", "two", "--procs", "2", *EXACT)
+    sets = [arg for item in recipe for arg in ("--set", item)]  # the losses sum over the global batch
+    assert cli("search", "--trials", "1", "--study", "one", *EXACT, *sets)[0] == 0
+    code, _, err = cli("search", "--trials", "1", "--study", "two", "--procs", "2", *EXACT, *sets)
     assert code == 0, err
     uri = f"sqlite:///{home}/mlruns/mlflow.db"
     client = MlflowClient(uri)

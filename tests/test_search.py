@@ -71,7 +71,8 @@ def test_three_trial_search_is_recorded_in_optuna_and_mlflow(home, cli):
         for key in ("train_loss", "val_loss", "val_f1_macro", "val_miou", "val_pixel_accuracy",
                     "epoch_seconds", "images_per_second"):
             assert len(client.get_metric_history(run.info.run_id, key)) == len(history)
-        assert len(client.get_metric_history(run.info.run_id, "lr")) == 1  # logged when it changes: once
+        rates = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
+        assert len(rates) == len(history) and rates == sorted(rates, reverse=True)  # the poly schedule, per epoch
         # the trial's value and best epoch are columns of the runs table, equal to Optuna's
         best_epoch = max(history, key=lambda m: m.value).step
         assert run.data.metrics["best_val_dice"] == pytest.approx(max(m.value for m in history))
@@ -333,3 +334,31 @@ def test_the_summary_names_the_ui_command_for_this_search_s_store(tmp_path, monk
     assert ui_command_line(Paths.resolve(elsewhere), cfg) == f"unet-opt --home '{elsewhere}' ui"
     server = cfg.replace({"search.tracking_uri": "http://me:secret@tracker:5000"})
     assert ui_command_line(Paths.resolve(tmp_path), server) == "unet-opt ui --tracking-uri 'http://me:***@tracker:5000'"
+
+
+def test_a_study_made_before_the_recipe_fields_resumes_and_retrains_with_its_own_recipe(home, cli):
+    """Its stored config lacks train.loss and the rest: it trained with unweighted cross-entropy at a
+    constant rate, and goes on (and retrains) so, not with today's defaults; nor is it refused as changed."""
+    from mlflow.tracking import MlflowClient
+
+    from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS
+    from unet_opt.study.storage import store_setup
+
+    assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    setup = study_setup(study._storage, "default")
+    fields = {k.split(".")[1] for k in RECIPE_BEFORE_ITS_FIELDS}
+    store_setup(study._storage, "default", "config",
+                {k: v for k, v in setup["config"].items() if k not in RECIPE_BEFORE_ITS_FIELDS})
+    store_setup(study._storage, "default", "config_toml", "\n".join(
+        line for line in setup["config_toml"].splitlines() if line.split(" = ")[0] not in fields))
+    code, _, err = cli("search", "--trials", "2", "--pruner", "none", *FAST)
+    assert code == 0, err
+    assert cli("retrain", "--best")[0] == 0
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id])
+            if r.info.run_name.startswith(("trial-0001", "retrain"))]
+    assert len(runs) == 2
+    for run in runs:
+        assert {k: run.data.params[k] for k in ("train.loss", "train.class_weights", "train.schedule")} == \
+            {"train.loss": "ce", "train.class_weights": "none", "train.schedule": "constant"}, run.info.run_name

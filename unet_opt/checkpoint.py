@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from unet_opt.config import Config, to_toml
 from unet_opt.data import ClassTable
 from unet_opt.errors import UserError
-from unet_opt.model import UNet, build_model
+from unet_opt.model import build_model
 from unet_opt.space_file import config_from_text
 
 FORMAT = "unet-opt-checkpoint/1"
@@ -20,14 +21,14 @@ ARTIFACT = "checkpoint/model.pt"  # where a run keeps its checkpoint, for `evalu
 
 @dataclass
 class Checkpoint:
-    model: UNet
+    model: nn.Module
     cfg: Config
     classes: ClassTable
     binary: bool
     split: dict[str, list[str]]
 
 
-def save_checkpoint(path: Path, model: UNet, cfg: Config, classes: ClassTable, binary: bool,
+def save_checkpoint(path: Path, model: nn.Module, cfg: Config, classes: ClassTable, binary: bool,
                     split: dict[str, list[str]]) -> None:
     """Only tensors, strings, numbers, lists and dicts: nothing that needs pickle to load."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -273,21 +273,14 @@ def data() -> None:
 @verbose_option
 def data_check(path: Path, num_classes: int) -> int:
     """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
-    from unet_opt.data.check import check
+    from unet_opt.data.check import check, print_report
 
     report = check(path, num_classes)
     if not report.layout:  # nothing to describe: the problem is the whole answer
         from unet_opt.data.layouts import problems_error
 
         raise problems_error(path, report.problems)
-    click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
-               f"{'colour' if report.colour_masks else 'class-index'} masks)")
-    click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
-    if report.classes is not None and report.frequencies is not None:
-        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3f}%"]
-                                               for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
-    for problem in report.problems:
-        click.echo(f"problem: {problem}")
+    print_report(report)
     if report.problems:
         raise UserError(f"{len(report.problems)} problem(s) in {path}; fix the files listed above")
     click.echo("no problems found")

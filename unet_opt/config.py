@@ -49,12 +49,19 @@ class ModelConfig:
     """Channels of the first level; each level down doubles them (the original study used 64)."""
     depth: int = 3
     """Number of 2x down-samplings; image sides must be multiples of 2**depth."""
+    encoder: str = field(default="none", metadata={"choices": ("none", "resnet18", "resnet34", "resnet50",
+                                                               "mobilenet_v3_large", "efficientnet_b0")})
+    """"none": the plain UNet above; else a UNet decoder (widths 16 * base_channels ... base_channels) over
+    this torchvision backbone, whose stages replace `depth`."""
+    pretrained: str = ""
+    """The encoder's initial weights: "" random, "imagenet" torchvision's (downloaded once, then cached),
+    or the path of a state_dict file of the torchvision model."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     lr: float = 0.01
-    """Adam learning rate."""
+    """Peak learning rate (after the warm-up; the schedule scales it down)."""
     batch_size: int = 8
     """GLOBAL batch, a multiple of 4, split evenly over the processes."""
     epochs: int = 10
@@ -62,7 +69,22 @@ class TrainConfig:
     patience: int = 5
     """Stop after this many epochs without a better validation metric."""
     weight_decay: float = 0.0
-    """Adam weight decay."""
+    """Weight decay (decoupled from the gradient with adamw)."""
+    loss: str = field(default="ce+dice", metadata={"choices": ("ce", "dice", "ce+dice", "focal")})
+    """Cross-entropy, soft Dice over the classes present, their sum, or focal loss (gamma 2)."""
+    class_weights: str = field(default="inverse", metadata={"choices": ("none", "inverse", "sqrt_inverse")})
+    """Per-class loss weights from the training split's pixel frequencies: 1/f, 1/sqrt(f) or none."""
+    optimizer: str = field(default="adam", metadata={"choices": ("adam", "adamw", "sgd")})
+    """Adam, AdamW, or SGD with Nesterov momentum."""
+    momentum: float = 0.9
+    """SGD's (Nesterov) momentum; 0 for plain SGD."""
+    schedule: str = field(default="poly", metadata={"choices": ("constant", "cosine", "poly", "onecycle")})
+    """Learning rate over the epochs, stepped every optimizer step: constant, cosine to 0, polynomial
+    (power 0.9) to 0, or one-cycle."""
+    warmup_epochs: int = 0
+    """Epochs of linear warm-up to `lr` before the schedule (onecycle: its rising phase)."""
+    grad_clip: float = 0.0
+    """Clip the gradients' total norm to this; 0 for no clipping."""
     seed: int = 0
     """Seed of weights, shuffling and augmentation (a trial adds its number)."""
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
@@ -123,6 +145,12 @@ class Goal:
             return False
         return best is None or (value > best if self.maximize else value < best)
 
+
+# What a study made before the recipe fields existed trained with: its stored config lacks them, and it
+# resumes and retrains with these rather than with today's defaults
+RECIPE_BEFORE_ITS_FIELDS = {"train.loss": "ce", "train.class_weights": "none", "train.optimizer": "adam",
+                            "train.momentum": 0.9, "train.schedule": "constant", "train.warmup_epochs": 0,
+                            "train.grad_clip": 0.0, "model.encoder": "none", "model.pretrained": ""}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}
 SHORT_NAMES = {"lr": "train.lr", "batch_size": "train.batch_size", "epochs": "train.epochs",

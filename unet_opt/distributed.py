@@ -133,6 +133,10 @@ class Group:
             for t in tensors:
                 dist.all_reduce(t)
 
+    def sum_with_grad(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over the ranks, differentiably: a loss over the whole global batch."""
+        return _SumOverRanks.apply(t) if self.world > 1 else t
+
     def agree(self, flag: bool) -> bool:
         """Rank 0's `flag` on every rank: stop decisions are taken together."""
         if self.world == 1:

@@ -89,6 +89,14 @@ class UNet(nn.Module):
         return self.head(self.decoder(self.encoder(x)))
 
 
-def build_model(cfg: ModelConfig, out_channels: int) -> UNet:
-    """One logit for binary segmentation, one per class otherwise."""
-    return UNet(out_channels=out_channels, base_channels=cfg.base_channels, depth=cfg.depth)
+def build_model(cfg: ModelConfig, out_channels: int, pretrained: bool = False) -> nn.Module:
+    """One logit for binary segmentation, one per class otherwise. `pretrained`: load the encoder's
+    `cfg.pretrained` weights (training only: a checkpoint or a logged model brings its own)."""
+    if cfg.encoder == "none":
+        return UNet(out_channels=out_channels, base_channels=cfg.base_channels, depth=cfg.depth)
+    from unet_opt.encoders import EncoderUNet, load_pretrained
+
+    model = EncoderUNet(cfg.encoder, out_channels, cfg.base_channels)
+    if pretrained and cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+    return model

@@ -16,9 +16,10 @@ from typing import Any
 import optuna
 
 from unet_opt import progress, runs
-from unet_opt.config import Config
+from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS, Config
 from unet_opt.data import check_splittable, load_data, make_split, split_indices
 from unet_opt.distributed import Placement, check_divisible
+from unet_opt.encoders import check_pretrained
 from unet_opt.errors import UserError
 from unet_opt.paths import Paths
 from unet_opt.space_file import config_from_text
@@ -57,6 +58,7 @@ def best_trial_config(study: optuna.Study, setup: dict[str, Any],
                         f"run a new search with --study NEW_NAME")
     best = study.best_trial
     base = config_from_text(setup["config_toml"], f"study '{study.study_name}' (stored config)")
+    base = base.replace({k: v for k, v in RECIPE_BEFORE_ITS_FIELDS.items() if k not in setup.get("config", {})})
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     n_epochs = epochs or best.user_attrs.get("best_epoch") or base.train.epochs
     return base.for_trial(best.params, best.number).replace({"train.epochs": n_epochs}), best
@@ -68,6 +70,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
     study, setup = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, setup, epochs)
     check_divisible([cfg.train.batch_size], placement.procs, searched=False)
+    check_pretrained([cfg.model.encoder], cfg.model.pretrained)
     name = model_name or f"unet-opt-{study.study_name}"
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = setup["split"]
@@ -98,6 +101,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
 def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fit = fit_on_ranks) -> RunSummary:
     check_divisible([cfg.train.batch_size], placement.procs, searched=False)
     check_splittable(cfg.data)
+    check_pretrained([cfg.model.encoder], cfg.model.pretrained)
     data = load_data(cfg.data, cfg.model.depth, paths.cache)
     split_names = make_split(data.names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
     tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), (cfg.search.study or Path(cfg.source).stem)

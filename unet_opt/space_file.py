@@ -319,15 +319,15 @@ RULES: list[Callable[[Config], str | None]] = [
     *(at_least(dotted, low) for dotted, low in [
         ("data.num_classes", 2), ("data.synthetic_images", 12), ("model.base_channels", 1), ("model.depth", 1),
         ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1), ("data.image_size", 8),
-        ("train.batch_size", 4), ("search.startup_trials", 0), ("search.brackets", 1)]),
+        ("train.batch_size", 4), ("search.startup_trials", 0), ("search.brackets", 1), ("train.warmup_epochs", 0)]),
     *(at_most(dotted, high) for dotted, high in [
         ("model.depth", 6), ("data.image_size", 4096), ("data.synthetic_images", 100_000), ("data.num_classes", 255),
         ("model.base_channels", 1024), ("train.epochs", 10_000), ("train.batch_size", 4096),
-        ("search.trials", 100_000), ("search.startup_trials", 100_000), ("search.brackets", 8),
+        ("search.trials", 100_000), ("search.startup_trials", 100_000), ("search.brackets", 8), ("train.momentum", 0.99),
         ("train.seed", SEED_LIMIT - 100_000), ("search.seed", SEED_LIMIT), ("data.split_seed", SEED_LIMIT)]),
     *(non_negative(dotted) for dotted in ("train.seed", "search.seed", "data.split_seed")),
     non_negative("train.lr", positive=True),
-    non_negative("train.weight_decay"),
+    *(non_negative(dotted) for dotted in ("train.weight_decay", "train.momentum", "train.grad_clip")),
     non_negative("search.timeout"),
     fraction("data.val_fraction"),
     fraction("data.test_fraction"),
@@ -337,6 +337,8 @@ RULES: list[Callable[[Config], str | None]] = [
     study_name_is_safe,
     one_foreground_rule,
     ignore_index_is_a_class,
+    lambda cfg: "model.pretrained needs a model.encoder, e.g. resnet18" if cfg.model.pretrained and set(
+        values_of(cfg, "model.encoder")) == {"none"} else None,
 ]
 
 

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unet_opt.config import Config, TrainConfig
 from unet_opt.data import IGNORE, SegmentationData, batches, load_data
 from unet_opt.distributed import Group
+from unet_opt.losses import class_weights, segmentation_loss
 from unet_opt.metrics import ConfusionMatrix, scores_from_matrix
-from unet_opt.model import UNet, build_model
+from unet_opt.model import build_model
+from unet_opt.optim import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,12 @@ class FitResult:
     best_epoch: int = 0  # 1-based; 0 when no epoch finished
     best_metrics: dict[str, float] = field(default_factory=dict)
     confusion: np.ndarray | None = None  # validation confusion matrix of the best epoch
-    model: UNet | None = None  # holding the best epoch's weights, on the CPU
+    model: nn.Module | None = None  # holding the best epoch's weights, on the CPU
     stop_reason: str = "max_epochs"  # max_epochs | early_stopping | callback | nan_loss
 
     @property
     def epochs_run(self) -> int:
         return len(self.history)
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool) -> torch.Tensor:
-    """Mean loss over the scored pixels: cross-entropy, or BCE on the single logit of a binary task."""
-    if not binary:
-        return F.cross_entropy(logits, target, ignore_index=IGNORE)
-    keep = target != IGNORE
-    return F.binary_cross_entropy_with_logits(logits[:, 0][keep], target[keep].float())
 
 
 def predict_classes(logits: torch.Tensor, binary: bool) -> torch.Tensor:
@@ -90,6 +83,7 @@ def loss_and_matrix(model: nn.Module, data: SegmentationData, indices: list[int]
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, cfg):
             logits = model(x)
+        # plain cross-entropy whatever the trial trains with, so that val_loss compares trials
         loss_sum += segmentation_loss(logits.float(), y, data.binary) * len(x)
         matrix.update(predict_classes(logits, data.binary), y)
     group.sum_(loss_sum, matrix.counts)
@@ -120,7 +114,7 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: same on every device
     data = place(data, device)
-    model = build_model(model_cfg, 1 if data.binary else data.num_classes).to(device)
+    model = build_model(model_cfg, 1 if data.binary else data.num_classes, pretrained=True).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         if cfg.channels_last:
@@ -128,23 +122,29 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     model = group.wrap(model)  # DDP (and synced BatchNorm) when there are several ranks
     plain = model.module if group.world > 1 else model  # for scoring and weights: no gradient sync needed
     step_model = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch=max(1, len(split["train"]) // cfg.batch_size))
+    weights = class_weights(data.masks[split["train"]], 2 if data.binary else data.num_classes, cfg.class_weights)
+    weights = weights.to(device) if weights is not None else None
     result = FitResult()
     best: float | None = None
     since_best, best_state, last_lr = 0, None, None
 
     for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
+        start, epoch_lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         model.train()
         loss_sum, seen = torch.zeros((), device=device), 0
         for x, y in batches(data, split["train"], cfg.batch_size, shuffle=True, augment=config.data.augment,
                             generator=generator, drop_last=True, shard=(group.rank, group.world)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when on the GPU
             with autocast(device, cfg):
-                loss = segmentation_loss(step_model(x).float(), y, data.binary)
+                loss = segmentation_loss(step_model(x).float(), y, data.binary, cfg.loss, weights, group)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            schedule.step()
             loss_sum += loss.detach() * len(x)
             seen += len(x)
         seen_sum = torch.tensor(float(seen), device=device)
@@ -162,7 +162,7 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
             val_loss, matrix = loss_and_matrix(plain, data, split["val"], cfg.batch_size, cfg, group)
             metrics["val_loss"] = val_loss
             metrics.update({f"val_{k}": v for k, v in scores_from_matrix(matrix, data.binary).items()})
-        lr = optimizer.param_groups[0]["lr"]
+        lr = epoch_lr  # the rate the epoch started at: a schedule's curve, one point per epoch
         if lr != last_lr:  # in the metrics (and so logged) when it changes only
             metrics["lr"] = last_lr = lr
         metrics.update(epoch_seconds=time.perf_counter() - start,

@@ -17,10 +17,12 @@ import optuna
 from unet_opt.config import Config
 from unet_opt.data import check_splittable, load_data
 from unet_opt.distributed import Placement, check_divisible, plan
+from unet_opt.encoders import check_pretrained
 from unet_opt.errors import Terminated
 from unet_opt.paths import Paths, check_store, redact_url
 from unet_opt.processes import worker_id
 from unet_opt.runs import Fit
+from unet_opt.space_file import values_of
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import close_stale_trials, work
 from unet_opt.study.reconcile import check_stores_agree, close_runs_of_ended_trials, finish_parent
@@ -64,6 +66,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     placements = placement.split(workers) if workers > 1 else [placement]
     check_divisible(batch_sizes(cfg), placements[0].procs)
     check_splittable(cfg.data)  # before the cache is filled
+    check_pretrained(values_of(cfg, "model.encoder"), cfg.model.pretrained)
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
     check_store(paths.storage_url(cfg.search.storage), "--storage", "studies", "an Optuna study storage")
     check_store(tracking_uri, "--tracking-uri", "experiments", "an MLflow store")
@@ -79,8 +82,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     search_params = {"space": cfg.source, "data": cfg.data.dataset, "sampler": cfg.search.sampler,
                      "pruner": cfg.search.pruner, "brackets": cfg.search.brackets, "metric": cfg.search.metric,
                      "seed": cfg.search.seed, "startup_trials": cfg.search.startup_trials}
-    study = join_or_create_study(storage, cfg, name, first_data.names,
-                                 lambda: tracker.open_parent(None, name, search_params))
+    study, cfg = join_or_create_study(storage, cfg, name, first_data.names,
+                                      lambda: tracker.open_parent(None, name, search_params))
     close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
     close_runs_of_ended_trials(study, tracker)
     tracker.fail_runs_of_dead_processes()

@@ -11,7 +11,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from unet_opt.config import Config, to_toml
+from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS, Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.study.pruning import make_pruner, make_sampler
@@ -105,8 +105,9 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
 
 
 def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name: str, names: list[str],
-                         open_parent: Any) -> optuna.Study:
-    """The study `name`: created here (config, split, parent run stored at once), or joined.
+                         open_parent: Any) -> tuple[optuna.Study, Config]:
+    """The study `name`: created here (config, split, parent run stored at once), or joined; and the
+    config its trials run with (`cfg`, or for a study of an older version, what it began with).
 
     Creating a study is atomic in the storage, so when the same command starts on several machines
     at once exactly one of them sets the study up and the others wait for it: one split, one parent run.
@@ -129,7 +130,10 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
             time.sleep(0.5)  # another machine is setting it up right now
     setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
     if not created and "config" in setup:
-        check_same_study(setup["config"], comparable(cfg), name)
+        older = {k: v for k, v in RECIPE_BEFORE_ITS_FIELDS.items() if k not in setup["config"]}
+        # a study made before these fields existed goes on with what it trained with, unless they were set
+        cfg = cfg.replace({k: v for k, v in older.items() if k not in cfg.space and cfg.get(k) == Config().get(k)})
+        check_same_study({**older, **setup["config"]}, comparable(cfg), name)
     if "config" not in setup:
         study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
         store_setup(storage, name, "config", comparable(cfg))
@@ -141,7 +145,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
                                                        cfg.data.split_seed))
     if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", open_parent())
-    return study
+    return study, cfg
 
 
 def load_existing(storage_url: str, name: str | None) -> tuple[optuna.Study, dict[str, Any]]:
