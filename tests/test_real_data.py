@@ -193,14 +193,16 @@ def test_data_check_names_the_rare_classes_and_what_helps_them(home, cli):
     from PIL import Image
 
     make_dataset(home / "data", "generic", colour=False)
-    for i in range(6):  # road and grass halves; one image has a car of 2x2 pixels; no roof anywhere
-        mask = np.ones((48, 72), np.uint8)
+    for i in range(6):  # road and grass halves; one image has a car of 2x2 pixels, and one unlabeled pixel;
+        mask = np.ones((48, 72), np.uint8)  # no roof anywhere
         mask[:, 36:] = 2
         if i == 0:
             mask[10:12, 10:12] = 4
+            mask[30, 30] = 0
         Image.fromarray(mask).save(home / "data" / "masks" / f"{i:03d}.png")
     code, out, _ = cli("data", "check", "data", "--num-classes", "5")
     assert code == 0, out
     [line] = [line for line in out.splitlines() if line.startswith("rare classes")]
-    assert line.startswith("rare classes (under 0.5% of the pixels): car 0.0") and "roof" not in line
+    assert line.startswith("rare classes (under 0.5% of the pixels): car 0.017%.") and "roof" not in line
+    assert "unlabeled" not in line  # the ignored class is not one to train for
     assert 'train.class_weights = "inverse"' in line and "search/drone.toml" in line

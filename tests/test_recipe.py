@@ -65,6 +65,18 @@ def test_class_weights_weigh_each_pixel_by_its_class():
         (0.2**2 * -math.log(0.8) + 3 * 0.4**2 * -math.log(0.6)) / 4, rel=1e-5)
 
 
+def test_the_dice_term_counts_every_class_alike_whatever_the_class_weights():
+    logits, target = two_pixels(0.8, 0.4)
+    weighted = segmentation_loss(logits, target, False, "dice", torch.tensor([1.0, 100.0]))
+    assert weighted.item() == pytest.approx(DICE, rel=1e-5)
+
+
+def test_class_weights_are_capped():
+    mask = torch.zeros(1, 1, 100_000, dtype=torch.uint8)
+    mask[0, 0, :3] = 1  # 3 pixels in 100,000: 1/f would weigh them 16,667 times the average pixel
+    assert class_weights(mask, 2, "inverse")[1].item() == 50.0
+
+
 def test_class_weights_from_a_known_mask():
     mask = torch.tensor([[0] * 6 + [1] * 3 + [2] + [IGNORE] * 5], dtype=torch.uint8)  # 60%, 30%, 10%, class 3 absent
     assert class_weights(mask[None], 4, "none") is None
@@ -88,17 +100,30 @@ def test_each_schedule_s_curve(schedule, points):
 
 
 def test_the_schedule_steps_per_optimizer_step_and_onecycle_peaks_at_lr():
-    cfg = TrainConfig(lr=0.1, epochs=4, schedule="onecycle", warmup_epochs=1, optimizer="sgd")
+    cfg = TrainConfig(lr=0.1, epochs=4, schedule="onecycle", warmup_epochs=1, optimizer="sgd", momentum=0.5)
     optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
-    assert optimizer.defaults["nesterov"] and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["nesterov"]
     schedule = make_schedule(optimizer, cfg, steps_per_epoch=10)
     rates = []
     for _ in range(40):
         rates.append(optimizer.param_groups[0]["lr"])
+        assert optimizer.param_groups[0]["momentum"] == 0.5  # train.momentum holds: onecycle cycles the rate only
         optimizer.step()
         schedule.step()
     assert max(rates) == pytest.approx(0.1) and rates.index(max(rates)) == 10  # the top after 1 epoch of warm-up
-    assert rates[0] < 0.01 and rates[-1] < 1e-3
+    assert rates[0] == pytest.approx(0.1 / 25) and rates[-1] < 1e-3
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "poly", "onecycle"])
+@pytest.mark.parametrize("epochs,steps,warmup", [(1, 1, 0), (1, 2, 1), (2, 1, 1), (3, 1, 0), (2, 3, 2)])
+def test_every_schedule_runs_on_the_shortest_trials(schedule, epochs, steps, warmup):
+    cfg = TrainConfig(lr=0.01, epochs=epochs, schedule=schedule, warmup_epochs=warmup)
+    optimizer = make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch=steps)
+    for _ in range(epochs * steps):
+        assert 0 < optimizer.param_groups[0]["lr"] <= 0.01
+        optimizer.step()
+        schedule.step()
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
@@ -138,9 +163,26 @@ def test_pretrained_weights_load_from_a_state_dict_file(tmp_path):
     cfg = ModelConfig(encoder="resnet18", pretrained=str(tmp_path / "resnet18.pt"))
     assert (build_model(cfg, 3, pretrained=True).stages[0][0].weight == 0.125).all()
     assert not (build_model(cfg, 3).stages[0][0].weight == 0.125).all()  # a checkpoint brings its own weights
-    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a state_dict of torchvision's resnet18"):
-        build_model(ModelConfig(encoder="resnet18", pretrained=str(tmp_path / "other.pt")), 3, pretrained=True)
+    for other in ("resnet50", "resnet34"):  # resnet34 holds every tensor of resnet18, and more: refused too
+        torch.save(torchvision.models.get_model(other).state_dict(), tmp_path / "other.pt")
+        with pytest.raises(UserError, match="not a state_dict of torchvision's resnet18"):
+            build_model(ModelConfig(encoder="resnet18", pretrained=str(tmp_path / "other.pt")), 3, pretrained=True)
+
+
+@pytest.mark.parametrize("content", ["garbage", "whole model", "another network"])
+def test_a_bad_weights_file_is_one_error_line_before_anything_is_written(home, cli, content):
+    import torchvision
+
+    path = home / "weights.pt"
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save(torchvision.models.resnet18() if content == "whole model" else
+                   torchvision.models.mobilenet_v3_large().state_dict(), path)
+    code, _, err = cli("search", "--trials", "1", *FAST, "--set", 'model.encoder="resnet18"',
+                       "--set", f'model.pretrained="{path}"')
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "model.pretrained: " in err, err
+    assert written_files(home) == ["weights.pt"]
 
 
 def offline(*args, **kwargs):
@@ -162,6 +204,7 @@ def test_imagenet_weights_offline_are_one_error_line_and_nothing_written(home, c
     (['train.loss="lovasz"'], "train.loss"),
     (["train.momentum=1.5"], "train.momentum = 1.5 is too large"),
     (["train.grad_clip=-1"], "train.grad_clip = -1"),
+    (["train.warmup_epochs=5"], "train.warmup_epochs must be fewer than train.epochs"),
 ])
 def test_bad_recipe_settings_are_one_error_line(home, cli, sets, message):
     code, _, err = cli("search", "--trials", "1", *FAST, *(arg for s in sets for arg in ("--set", s)))
@@ -192,3 +235,9 @@ def test_search_retrain_and_predict_with_each_encoder_family(home, cli, monkeypa
     ckpt = next((home / "studies" / "checkpoints").glob("*.pt"))
     code, out, err = cli("evaluate", str(ckpt))
     assert code == 0 and "test_dice" in out, err
+
+
+def test_the_pretrained_weights_cannot_be_searched(home, cli):
+    (home / "s.toml").write_text('[space."model.pretrained"]\ntype = "categorical"\nchoices = ["imagenet", "x.pt"]\n')
+    code, _, err = cli("search", "--space", "s.toml", *FAST)
+    assert code == 2 and "model.pretrained cannot be searched" in err and len(err.strip().splitlines()) == 1, err

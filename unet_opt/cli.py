@@ -157,7 +157,7 @@ def ui(session: Session, host, port, allowed_hosts, tracking_uri) -> int:
 
 @cli.command()
 @option("--space", default="default", show_default=True,
-        help="TOML file (or default, drone, binary); its fixed values are used, its [space] ignored.")
+        help="TOML file (or default, drone, drone-cpu, binary); its fixed values are used, its [space] ignored.")
 @data_option
 @tracking_option
 @placement_options
@@ -270,8 +270,10 @@ def data() -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
         help="Classes in the masks when the folder has no class table.")
+@option("--ignore-index", type=click.IntRange(min=-1), default=0, show_default=True,
+        help="Mask value left out of the rare classes (data.ignore_index; -1 for none).")
 @verbose_option
-def data_check(path: Path, num_classes: int) -> int:
+def data_check(path: Path, num_classes: int, ignore_index: int) -> int:
     """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
     from unet_opt.data.check import check, print_report
 
@@ -280,7 +282,7 @@ def data_check(path: Path, num_classes: int) -> int:
         from unet_opt.data.layouts import problems_error
 
         raise problems_error(path, report.problems)
-    print_report(report)
+    print_report(report, ignore_index)
     if report.problems:
         raise UserError(f"{len(report.problems)} problem(s) in {path}; fix the files listed above")
     click.echo("no problems found")

@@ -92,26 +92,33 @@ class EncoderUNet(nn.Module):
 def load_pretrained(model: EncoderUNet, source: str) -> None:
     """`source` "imagenet": torchvision's weights (downloaded once, then cached); else a state_dict file
     of the torchvision model (a `torchvision.models.<name>(...).state_dict()`)."""
-    name = model.encoder_name
+    backbone = torchvision_model(model.encoder_name)
+    backbone.load_state_dict(backbone_state(model.encoder_name, source, backbone), strict=False)
+    model.stages.load_state_dict(stages_of(model.encoder_name, backbone).state_dict())
+
+
+def backbone_state(name: str, source: str, backbone: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The weights of `source` for torchvision's `name`, checked to be exactly that architecture's
+    (its classifier aside): a state_dict of another network is refused, not half loaded."""
     if source == "imagenet":
         state = imagenet_state(name)
     else:
         try:
             state = torch.load(source, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError, EOFError) as e:
-            raise UserError(f"model.pretrained: cannot read {source} as a state_dict ({type(e).__name__}); "
-                            f"save one with torch.save(torchvision.models.{name}().state_dict(), PATH)") from None
-        if not isinstance(state, dict):
-            raise UserError(f"model.pretrained: {source} holds no state_dict")
-    backbone = torchvision_model(name)
-    own = backbone.state_dict()
-    wanted = {k for k in own if not k.startswith(("fc.", "classifier."))}  # the classifier is not used
-    missing = sorted(wanted - state.keys())
-    if missing or any(state[k].shape != own[k].shape for k in wanted):
-        raise UserError(f"model.pretrained: {source} is not a state_dict of torchvision's {name} "
-                        f"({len(missing)} of its {len(wanted)} tensors missing or of another shape)")
-    backbone.load_state_dict({k: state[k] for k in wanted}, strict=False)
-    model.stages.load_state_dict(stages_of(name, backbone).state_dict())
+        except Exception as e:  # not a file torch wrote, a whole pickled model (weights_only refuses it)...
+            raise UserError(f"model.pretrained: cannot read {source} as a state_dict ({type(e).__name__}); save "
+                            f"one with torch.save(torchvision.models.{name}(...).state_dict(), PATH)") from None
+    own = (backbone or torchvision_model(name)).state_dict()
+    if not isinstance(state, dict) or without_classifier(state) != without_classifier(own) or any(
+            getattr(state[k], "shape", None) != own[k].shape for k in without_classifier(own)):
+        raise UserError(f"model.pretrained: {source} is not a state_dict of torchvision's {name}; save one with "
+                        f"torch.save(torchvision.models.{name}(...).state_dict(), PATH)")
+    return {k: state[k] for k in without_classifier(own)}
+
+
+def without_classifier(state: dict) -> set[str]:
+    """The names of a torchvision model's tensors but its classifier's, which the UNet does not use."""
+    return {k for k in state if not k.startswith(("fc.", "classifier."))}
 
 
 def imagenet_state(name: str) -> dict[str, torch.Tensor]:
@@ -129,11 +136,10 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
 
 def check_pretrained(encoders: list[str], source: str) -> None:
     """Fail now, in one line, rather than in every trial: the weights of each (searched) encoder are
-    reachable, downloaded and cached once here. The plain UNet ("none") has no weights to load."""
+    reachable (downloaded and cached once here) and are that encoder's. The plain UNet has none to load."""
     if not source:
         return
     for encoder in (e for e in encoders if e != "none"):
-        if source == "imagenet":
-            imagenet_state(encoder)
-        elif not Path(source).is_file():
+        if source != "imagenet" and not Path(source).is_file():
             raise UserError(f"model.pretrained: no file {source}; pass \"imagenet\" or the path of a state_dict file")
+        backbone_state(encoder, source)

@@ -18,6 +18,7 @@ from unet_opt.distributed import Group
 LOSSES = ("ce", "dice", "ce+dice", "focal")
 CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse")
 FOCAL_GAMMA = 2.0  # Lin et al. (2017): down-weights pixels the model already gets right
+MAX_CLASS_WEIGHT = 50.0  # times the average pixel's weight
 DICE_SMOOTH = 1.0  # keeps a class's Dice defined, and its gradient tame, when it has few pixels
 
 
@@ -43,7 +44,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, binary: bool, 
         pixel_weights = keep.to(per_pixel.dtype) * (weights[truth] if weights is not None else 1.0)
         loss = mean_over_ranks((per_pixel * pixel_weights).sum(), pixel_weights.sum(), group)
     if kind in ("dice", "ce+dice"):
-        loss = loss + soft_dice_loss(probabilities, truth, keep, weights, group)
+        loss = loss + soft_dice_loss(probabilities, truth, keep, group)
     return loss
 
 
@@ -55,10 +56,10 @@ def mean_over_ranks(total: torch.Tensor, count: torch.Tensor, group: Group) -> t
     return total * group.world / count.clamp_min(1e-12)
 
 
-def soft_dice_loss(probabilities: torch.Tensor, truth: torch.Tensor, keep: torch.Tensor,
-                   weights: torch.Tensor | None, group: Group) -> torch.Tensor:
+def soft_dice_loss(probabilities: torch.Tensor, truth: torch.Tensor, keep: torch.Tensor, group: Group) -> torch.Tensor:
     """1 - the mean soft Dice over the classes present, from (B, C, H, W) probabilities, taken over the
-    scored pixels of the whole batch (batch Dice: a class with a few pixels in one image still counts)."""
+    scored pixels of the whole batch (batch Dice: a class with a few pixels in one image still counts).
+    Every class counts alike, however few its pixels: class weights are for the pixel-wise losses."""
     classes = probabilities.shape[1]
     scored = keep.unsqueeze(1).to(probabilities.dtype)
     p_true = probabilities.gather(1, truth.unsqueeze(1))[:, 0][keep]
@@ -70,14 +71,15 @@ def soft_dice_loss(probabilities: torch.Tensor, truth: torch.Tensor, keep: torch
     true = torch.bincount(truth[keep], minlength=classes)[:classes].to(p_true.dtype)
     group.sum_(true)
     dice = (2 * intersection + DICE_SMOOTH) / (predicted + true + DICE_SMOOTH)
-    present = (true > 0).to(dice.dtype) * (weights if weights is not None else 1.0)
-    return 1 - (dice * present).sum() / present.sum().clamp_min(1e-12)
+    present = true > 0
+    return 1 - dice[present].sum() / present.sum().clamp_min(1)
 
 
 def class_weights(masks: torch.Tensor, classes: int, kind: str) -> torch.Tensor | None:
     """Per-class weights from the pixel frequencies of `masks` (the training split only):
-    "inverse" 1/f, "sqrt_inverse" 1/sqrt(f), scaled so that the average pixel weighs 1. A class with no
-    training pixel gets the largest weight of the others (it can only appear in val or test)."""
+    "inverse" 1/f, "sqrt_inverse" 1/sqrt(f), scaled so that the average pixel weighs 1, and at most
+    MAX_CLASS_WEIGHT: a class of a few pixels would otherwise weigh thousands and swamp every batch it is
+    in. A class with no training pixel gets the largest weight of the others (it is in val or test only)."""
     if kind == "none":
         return None
     counts = np.zeros(classes, np.float64)
@@ -90,6 +92,6 @@ def class_weights(masks: torch.Tensor, classes: int, kind: str) -> torch.Tensor 
         return None
     weights = np.zeros(classes)
     weights[seen] = 1 / frequency[seen] if kind == "inverse" else 1 / np.sqrt(frequency[seen])
-    weights /= (weights * frequency).sum()
+    weights = np.minimum(weights / (weights * frequency).sum(), MAX_CLASS_WEIGHT)
     weights[~seen] = weights[seen].max()
     return torch.tensor(weights, dtype=torch.float32)

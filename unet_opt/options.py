@@ -56,7 +56,7 @@ overwrite_option = option("--overwrite", is_flag=True, help="Replace output file
 sets_option = option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any field, e.g. --set train.patience=3 (repeatable).")
 space_option = option("--space", default="default", show_default=True,
-                      help="Search-space TOML file, or a built-in name: default, drone, binary.")
+                      help="Search-space TOML file, or a built-in name: default, drone, drone-cpu, binary.")
 data_option = option("--data", show_default="synthetic", help="'synthetic' (embedded) or a data folder.")
 
 

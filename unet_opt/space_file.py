@@ -22,7 +22,7 @@ from unet_opt.errors import UserError
 # comparable (or not possible), so they take one value per study.
 NOT_SEARCHABLE = {"data.dataset", "data.num_classes", "data.ignore_index", "data.binary", "data.foreground",
                   "data.val_fraction", "data.test_fraction", "data.split_seed", "data.synthetic_images",
-                  "train.device"}
+                  "train.device", "model.pretrained"}
 SEED_LIMIT = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
 
 
@@ -44,7 +44,8 @@ def find_space(name: str) -> Path:
                 return folder / f"{name}.toml"
     if path.exists():
         raise UserError(f"space file '{name}' is not a file; pass a TOML file such as search/default.toml")
-    raise UserError(f"space file '{name}' not found; pass a path to a TOML file or one of: default, drone, binary")
+    raise UserError(f"space file '{name}' not found; pass a path to a TOML file or one of: default, drone, "
+                    f"drone-cpu, binary")
 
 
 def load_config(space: str = "default", overrides: dict[str, Any] | None = None,
@@ -339,6 +340,8 @@ RULES: list[Callable[[Config], str | None]] = [
     ignore_index_is_a_class,
     lambda cfg: "model.pretrained needs a model.encoder, e.g. resnet18" if cfg.model.pretrained and set(
         values_of(cfg, "model.encoder")) == {"none"} else None,
+    lambda cfg: "train.warmup_epochs must be fewer than train.epochs" if 0 < max(values_of(
+        cfg, "train.warmup_epochs")) >= min(values_of(cfg, "train.epochs")) else None,
 ]
 
 

@@ -62,11 +62,12 @@ def check(path: Path, num_classes: int, progress=None) -> Report:
     return report
 
 
-def rare_classes_advice(report: Report) -> str | None:
+def rare_classes_advice(report: Report, ignore_index: int = 0) -> str | None:
     """The classes present in under RARE of the pixels, and what helps them, as one paragraph."""
     if report.classes is None or report.frequencies is None:
         return None
-    rare = [f"{name} {100 * f:.2f}%" for name, f in zip(report.classes.names, report.frequencies) if 0 < f < RARE]
+    rare = [f"{name} {100 * f:.2g}%" for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))
+            if 0 < f < RARE and i != ignore_index]
     if not rare:
         return None
     return (f"rare classes (under {100 * RARE:g}% of the pixels): {', '.join(rare)}. Unweighted, they score a "
@@ -75,14 +76,15 @@ def rare_classes_advice(report: Report) -> str | None:
             f"makes small objects more than a few pixels wide. search/drone.toml searches these.")
 
 
-def print_report(report: Report) -> None:
+def print_report(report: Report, ignore_index: int = 0) -> None:
     click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
                f"{'colour' if report.colour_masks else 'class-index'} masks)")
     click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
     if report.classes is not None and report.frequencies is not None:
-        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3f}%"]
+        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3g}%"]
                                                for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
-    if rare_classes_advice(report):
-        click.echo(rare_classes_advice(report))
+    advice = rare_classes_advice(report, ignore_index)
+    if advice:
+        click.echo(advice)
     for problem in report.problems:
         click.echo(f"problem: {problem}")
