@@ -8,16 +8,18 @@ Inputs of any size work: they are padded to a multiple of 32 and the logits crop
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unet_opt.config import ModelConfig
 from unet_opt.errors import UserError
 from unet_opt.model import Block
 
-ENCODERS = ("none", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0")
+ENCODERS = next(f for f in fields(ModelConfig) if f.name == "encoder").metadata["choices"]
 STRIDE = 32
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -125,13 +127,16 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(name).DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return weights.get_state_dict(progress=False)
     except OSError as e:  # offline (URLError is an OSError), or a firewall
-        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise UserError(f"model.pretrained = \"imagenet\": cannot download {weights.url} ({type(e).__name__}); "
                         f"connect once (it is cached in {file}), or copy the file there, or pass "
                         f"model.pretrained=PATH to a state_dict file") from None
+    except Exception as e:  # a download cut short and cached as it was
+        raise UserError(f"model.pretrained = \"imagenet\": the cached {file} cannot be read ({type(e).__name__}); "
+                        f"delete it and run the command again") from None
 
 
 def check_pretrained(encoders: list[str], source: str) -> None:

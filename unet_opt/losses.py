@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from unet_opt.data import IGNORE
 from unet_opt.distributed import Group
 
-LOSSES = ("ce", "dice", "ce+dice", "focal")
-CLASS_WEIGHTS = ("none", "inverse", "sqrt_inverse")
 FOCAL_GAMMA = 2.0  # Lin et al. (2017): down-weights pixels the model already gets right
 MAX_CLASS_WEIGHT = 50.0  # times the average pixel's weight
 DICE_SMOOTH = 1.0  # keeps a class's Dice defined, and its gradient tame, when it has few pixels

@@ -9,8 +9,6 @@ import torch
 
 from unet_opt.config import TrainConfig
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "poly", "onecycle")
 POLY_POWER = 0.9  # nnU-Net's polynomial decay
 ONECYCLE_WARMUP = 0.3  # onecycle's share of rising steps when train.warmup_epochs is 0 (torch's default)
 ONECYCLE_START, ONECYCLE_END = 1 / 25, 1 / 25 / 1e4  # of lr, as torch's div_factor and final_div_factor
