@@ -32,7 +32,8 @@ from unet_opt.options import (
     verbose_option,
 )
 from unet_opt.paths import Paths, redact_url
-from unet_opt.space_file import check_name, load_config
+from unet_opt.rules import check_name
+from unet_opt.space_file import load_config
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
 

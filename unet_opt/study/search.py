@@ -21,8 +21,8 @@ from unet_opt.encoders import check_pretrained
 from unet_opt.errors import Terminated
 from unet_opt.paths import Paths, check_store, redact_url
 from unet_opt.processes import worker_id
+from unet_opt.rules import values_of
 from unet_opt.runs import Fit
-from unet_opt.space_file import values_of
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import close_stale_trials, work
 from unet_opt.study.reconcile import check_stores_agree, close_runs_of_ended_trials, finish_parent
