@@ -15,6 +15,15 @@ FAST_SETS = ["space.image_size.choices=[32]", "space.epochs.low=2", "space.epoch
 FAST = [arg for item in FAST_SETS for arg in ("--set", item)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """The user's cache (unet-opt's MLflow schema template; torch's and matplotlib's too) in a folder of the
+    session's, never ~/.cache: shared by every test and command of the session, as a user's is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+        yield
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An empty project folder as the working directory, with no MLflow/unet-opt settings leaking in."""
@@ -89,3 +98,33 @@ def written_files(folder: Path) -> list[str]:
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")
     runtime.setup()  # as the CLI entry does, before any test module imports MLflow
+
+
+def children_of(pid: int) -> list[str]:
+    """Command lines of the live processes whose parent is `pid`, but for multiprocessing's resource
+    tracker (one per process that ever spawned, it lives as long as that process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_text().replace("\0", " ")
+            except OSError:
+                continue
+            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+            if int(ppid) == pid and state != "Z" and "resource_tracker" not in command:
+                found.append(command)
+    return found
+
+
+def processes_in(folder) -> list[str]:
+    """Command lines of the live processes working in `folder` (the search, its ranks, its writer)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append((entry / "cmdline").read_text().replace("\0", " "))
+        except OSError:
+            continue
+    return found

@@ -71,3 +71,17 @@ def interrupt_while_logging_artifacts(*args):
         raise KeyboardInterrupt
 
     return FitThatActsWhenDrawn(fit_on_ranks(*args), ctrl_c)
+
+
+def train_then_raise(group, on_epoch, *args):
+    """Every rank trains a whole trial (its RNGs, caches and data all used) and then raises: the ranks are
+    all back, and a trial that follows on them must not tell."""
+    fit_on_ranks(group, on_epoch, *args)
+    raise ValueError("every rank failed after training")
+
+
+def kill_rank_1(group, on_epoch, *args):
+    """Rank 1 dies with SIGKILL where training would start; rank 0 waits for it in the first collective."""
+    if group.rank == 1:
+        die()
+    return fit_on_ranks(group, on_epoch, *args)

@@ -75,6 +75,17 @@ def test_split_is_fixed_disjoint_and_complete():
         split_indices(split, names[1:])
 
 
+@pytest.mark.parametrize("count, seed", [(12, 0), (24, 7), (120, 0), (400, 123), (401, 2**31 - 1)])
+def test_splits_are_scikit_learns_draw_for_draw(count, seed):
+    # the split was made by train_test_split before; studies made since must get the very same split
+    from sklearn.model_selection import train_test_split
+
+    names = [f"img{i:04d}" for i in range(count)]
+    rest, test = train_test_split(names, test_size=round(count * 0.15), random_state=seed)
+    train, val = train_test_split(rest, test_size=round(count * 0.15), random_state=seed)
+    assert make_split(names, 0.15, 0.15, seed) == {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
 def test_augmentation_moves_image_and_mask_together():
     n, h, w = 16, 32, 48
     # four quadrants, each a grey level in the image and a class in the mask, placed at random per image

@@ -9,7 +9,7 @@ import time
 
 import optuna
 import pytest
-from conftest import FAST, interruptible
+from conftest import FAST, interruptible, processes_in
 from mlflow.tracking import MlflowClient
 
 ARGS = [sys.executable, "-m", "unet_opt", "search", "--trials", "2", *FAST]
@@ -22,6 +22,13 @@ def whole_run_seconds(folder) -> float:
     start = time.monotonic()
     subprocess.run(ARGS, cwd=folder, env=ENV, capture_output=True, check=True, timeout=300)
     return time.monotonic() - start
+
+
+def check_no_process_left(folder, output: str, wait: float = 20.0) -> None:
+    deadline = time.monotonic() + wait  # a killed search's writer finishes the files it was handed, then ends
+    while processes_in(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_in(folder) == [], output
 
 
 def check_both_stores(folder, output: str) -> None:
@@ -44,6 +51,10 @@ def check_both_stores(folder, output: str) -> None:
         if run is not None:
             assert run.data.tags["optuna.state"] == t.state.name, output
             assert (run.info.run_name == f"trial-{t.number:04d}") == (t.state.name == "COMPLETE"), output
+        if t.state.name in ("COMPLETE", "PRUNED"):  # its files, drawn in the background, all there
+            expected = {"config.toml"} | ({"learning_curves.png", "predictions.png"} if t.user_attrs["best_epoch"]
+                                          else set())
+            assert expected <= {a.path for a in client.list_artifacts(run.info.run_id)}, output
 
 
 @pytest.mark.slow
@@ -60,10 +71,12 @@ def test_a_search_killed_at_any_moment_continues_with_the_same_command(tmp_path,
         search.send_signal(sig)
         first = search.communicate(timeout=300)[0]
         codes.append(search.returncode)
+        check_no_process_left(folder, f"point {point}, after the signal:\n{first[-2000:]}")
         again = subprocess.run(ARGS, cwd=folder, env=ENV, capture_output=True, text=True, timeout=300)
         output = f"point {point} of {POINTS} ({whole * point / (POINTS + 1):.1f} s), first run:\n{first[-2000:]}\n" \
                  f"second run:\n{again.stdout[-2000:]}{again.stderr[-2000:]}"
         assert again.returncode == 0, output
+        check_no_process_left(folder, output)
         check_both_stores(folder, output)
     # SIGTERM and SIGINT stop a search as Ctrl-C does (143, 130); before the handlers are installed (the
     # interpreter's first tenth of a second) or after the work is done, the signal's own ending is fine

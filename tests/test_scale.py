@@ -19,7 +19,7 @@ import optuna
 import pytest
 import sqlalchemy
 import torch
-from conftest import FAST, interruptible, run_search
+from conftest import FAST, children_of, interruptible, run_search
 from mlflow.tracking import MlflowClient
 
 from unet_opt.config import DataConfig
@@ -46,23 +46,6 @@ def child_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-
-
-def children_of(pid: int) -> list[str]:
-    """Command lines of the live processes whose parent is `pid`, but for multiprocessing's resource
-    tracker (one per process that ever spawned, it lives as long as that process)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                command = (entry / "cmdline").read_text().replace("\0", " ")
-            except OSError:
-                continue
-            state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-            if int(ppid) == pid and state != "Z" and "resource_tracker" not in command:
-                found.append(command)
-    return found
 
 
 def test_shards_of_a_global_batch_are_what_one_process_sees():

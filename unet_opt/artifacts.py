@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from unet_opt import plots
 from unet_opt.data import SegmentationData, batches
 from unet_opt.metrics import per_class
 from unet_opt.train import FitResult, predict_classes
@@ -43,32 +43,83 @@ def predict_indices(model: torch.nn.Module, data: SegmentationData, indices: lis
     return torch.cat(out).numpy().astype(np.uint8)
 
 
-def write_model_report(folder: Path, matrix: np.ndarray, data: SegmentationData, model: torch.nn.Module,
-                       indices: list[int], prefix: str = "", epoch: int | None = None) -> list[Path]:
-    """Confusion matrix (PNG + CSV), per-class table and prediction overlays for `indices`: the split that
-    `prefix` names ("test_"; none for val), scored with the weights of `epoch` (in the matrix's title)."""
-    names = list(data.classes.names)
-    paths = [folder / f"{prefix}confusion_matrix.png", folder / f"{prefix}confusion_matrix.csv",
-             folder / f"{prefix}per_class.csv", folder / f"{prefix}predictions.png"]
-    plots.confusion_matrix(matrix, names, paths[0], plots.matrix_title(prefix.rstrip("_") or "val", epoch))
-    write_confusion_csv(matrix, names, paths[1])
-    write_per_class_csv(matrix, names, paths[2])
+@dataclass
+class SplitReport:
+    """What the files of one scored split are drawn from: plain arrays, cheap to send to another process."""
+
+    matrix: np.ndarray
+    names: list[str]
+    colors: list[tuple[int, int, int]]
+    images: np.ndarray  # (n, H, W, 3) uint8: the first few images of the split
+    truths: np.ndarray  # (n, H, W)
+    preds: np.ndarray  # (n, H, W)
+    prefix: str = ""  # "test_"; none for val
+    epoch: int | None = None  # whose weights scored it, for the matrix's title
+
+
+@dataclass
+class RunReport:
+    """Everything a run's files are made from; `write_report` draws them, here or in a writer process."""
+
+    config_toml: str
+    metric: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    splits: list[SplitReport] = field(default_factory=list)
+
+
+def split_report(matrix: np.ndarray, data: SegmentationData, model: torch.nn.Module, indices: list[int],
+                 prefix: str = "", epoch: int | None = None) -> SplitReport:
+    """The split's matrix and its first images with the model's predictions (a forward pass on a few)."""
     shown = indices[:OVERLAY_IMAGES]
     data_cpu = data.to(torch.device("cpu"))
-    preds = predict_indices(model.cpu(), data_cpu, shown)
-    images = data_cpu.images[shown].permute(0, 2, 3, 1).numpy()
-    plots.prediction_overlays(images, data_cpu.masks[shown].numpy(), preds, list(data.classes.colors), names, paths[3])
+    return SplitReport(np.asarray(matrix), list(data.classes.names), list(data.classes.colors),
+                       data_cpu.images[shown].permute(0, 2, 3, 1).numpy(), data_cpu.masks[shown].numpy(),
+                       predict_indices(model.cpu(), data_cpu, shown), prefix, epoch)
+
+
+def trial_report(result: FitResult, data: SegmentationData, val_indices: list[int], config_toml: str,
+                 metric: str) -> RunReport:
+    """Everything DESIGN.md lists for a trial; only the config when no epoch finished."""
+    report = RunReport(config_toml, metric, list(result.history), result.best_epoch)
+    if result.model is not None and result.confusion is not None:
+        report.splits.append(split_report(result.confusion, data, result.model, val_indices, epoch=result.best_epoch))
+    return report
+
+
+def write_split(folder: Path, split: SplitReport) -> list[Path]:
+    """Confusion matrix (PNG + CSV), per-class table and prediction overlays of one split."""
+    from unet_opt import plots  # matplotlib, scikit-learn, torchvision: only where figures are drawn
+
+    paths = [folder / f"{split.prefix}{name}" for name in
+             ("confusion_matrix.png", "confusion_matrix.csv", "per_class.csv", "predictions.png")]
+    title = plots.matrix_title(split.prefix.rstrip("_") or "val", split.epoch)
+    plots.confusion_matrix(split.matrix, split.names, paths[0], title)
+    write_confusion_csv(split.matrix, split.names, paths[1])
+    write_per_class_csv(split.matrix, split.names, paths[2])
+    plots.prediction_overlays(split.images, split.truths, split.preds, split.colors, split.names, paths[3])
     return paths
+
+
+def write_report(folder: Path, report: RunReport) -> list[Path]:
+    from unet_opt import plots
+
+    (folder / "config.toml").write_text(report.config_toml, encoding="utf-8")
+    written = [folder / "config.toml"]
+    if report.history:
+        plots.learning_curves(report.history, folder / "learning_curves.png", report.metric, report.best_epoch)
+        written.append(folder / "learning_curves.png")
+    for split in report.splits:
+        written += write_split(folder, split)
+    return written
+
+
+def write_model_report(folder: Path, matrix: np.ndarray, data: SegmentationData, model: torch.nn.Module,
+                       indices: list[int], prefix: str = "", epoch: int | None = None) -> list[Path]:
+    """The files of one split (`prefix` "test_"; none for val), scored with the weights of `epoch`."""
+    return write_split(folder, split_report(matrix, data, model, indices, prefix, epoch))
 
 
 def write_trial_artifacts(folder: Path, result: FitResult, data: SegmentationData, val_indices: list[int],
                           config_toml: str, metric: str) -> list[Path]:
-    """Everything DESIGN.md lists for a trial; only the config when no epoch finished."""
-    (folder / "config.toml").write_text(config_toml, encoding="utf-8")
-    written = [folder / "config.toml"]
-    if result.history:
-        plots.learning_curves(result.history, folder / "learning_curves.png", metric, result.best_epoch)
-        written.append(folder / "learning_curves.png")
-    if result.model is not None and result.confusion is not None:
-        written += write_model_report(folder, result.confusion, data, result.model, val_indices, epoch=result.best_epoch)
-    return written
+    return write_report(folder, trial_report(result, data, val_indices, config_toml, metric))

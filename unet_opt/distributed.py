@@ -1,39 +1,22 @@
-"""Process launch, DDP setup and teardown, reductions, rank helpers.
+"""Where a run trains (placement) and what a rank of it needs inside a trial: DDP, reductions, BatchNorm.
 
-One trial on N devices: `launch` starts N processes (one per GPU with NCCL, or N CPU processes with
-gloo), each trains on its shard of every global batch with DistributedDataParallel. Rank 0 alone hands
-each epoch's (already reduced) metrics to the launching process, whose `on_epoch` talks to Optuna and
-MLflow and answers whether to stop; rank 0 broadcasts that answer so that every rank stops together.
-A rank that fails ends the whole group: the others are terminated and `launch` raises `RankFailed`.
-With one process everything runs in the caller's process, with no process group at all.
+One trial on N devices runs on N rank processes (`ranks.RankGroup`: one per GPU with NCCL, or N CPU
+processes with gloo), each training on its shard of every global batch with DistributedDataParallel.
+Rank 0 alone hands each epoch's (already reduced) metrics to the launching process, whose `on_epoch`
+talks to Optuna and MLflow and answers whether to stop; rank 0 broadcasts that answer (`Group.agree`)
+so that every rank stops together.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import signal
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as torch_mp
 from torch import nn
-from torch.multiprocessing.spawn import ProcessException
 
-from unet_opt import runtime
 from unet_opt.errors import UserError
-from unet_opt.processes import die_with_parent
-
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
-
-
-class RankFailed(RuntimeError):
-    """One process of a multi-process trial failed; the message names the rank and its error."""
 
 
 @dataclass(frozen=True)
@@ -208,115 +191,3 @@ def cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
         else:
             cpu_sync_batchnorm(child)
     return module
-
-
-# ---------------------------------------------------------------------------------------------
-# Launching a trial's processes
-
-OnEpoch = Callable[[int, dict[str, float], float], bool]  # (epoch, metrics, best so far) -> stop?
-Target = Callable[..., Any]  # target(group, on_epoch, *args) -> result, importable by name
-
-
-def launch(placement: Placement, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
-    """Run `target(group, on_epoch, *args)` on every rank of `placement` and return rank 0's result.
-
-    One process: here, directly. Several: spawned processes; `on_epoch` still runs here, fed by rank 0.
-    """
-    if placement.procs == 1:
-        device = torch.device("cpu")
-        if placement.device == "cuda":
-            device = torch.device("cuda", placement.gpu_ids[0] if placement.gpu_ids else 0)
-            torch.cuda.set_device(device)  # a worker's kernels and caches go to its own GPU
-        return target(Group(device), on_epoch, *args)
-
-    parent_end, child_end = torch_mp.get_context("spawn").Pipe()
-    with tempfile.TemporaryDirectory(prefix="unet-opt-ranks-") as rendezvous:
-        context = torch_mp.start_processes(
-            _rank_main, args=(placement, f"file://{rendezvous}/store", target, args, child_end, on_epoch is not None),
-            nprocs=placement.procs, join=False, start_method="spawn")
-        child_end.close()
-        try:
-            return _supervise(context, parent_end, on_epoch)
-        finally:
-            for process in context.processes:  # whatever happened here, no rank outlives the trial
-                if process.is_alive():
-                    process.kill()
-                process.join()
-            for path in context.error_files:
-                if os.path.exists(path):
-                    os.remove(path)
-            parent_end.close()
-
-
-def _supervise(context: Any, conn: Any, on_epoch: OnEpoch | None) -> Any:
-    """Answer rank 0's epoch reports until every rank has exited; a failed rank raises RankFailed."""
-    result: dict[str, Any] = {}
-    try:
-        while not context.join(timeout=0.05):
-            _serve(conn, on_epoch, result)
-    except ProcessException as e:
-        raise RankFailed(_first_failure(context, e)) from None
-    _serve(conn, on_epoch, result)
-    if "value" not in result:
-        raise RankFailed("rank 0 exited without a result")
-    return result["value"]
-
-
-def _serve(conn: Any, on_epoch: OnEpoch | None, result: dict[str, Any]) -> None:
-    while conn.poll():
-        try:
-            kind, *payload = pickle.loads(conn.recv_bytes())
-        except EOFError:  # every rank has exited; `join` tells how
-            return
-        if kind == "epoch":
-            stop = on_epoch(*payload) if on_epoch is not None else False
-            conn.send_bytes(pickle.dumps(bool(stop)))
-        else:
-            result["value"] = payload[0]
-
-
-def _first_failure(context: Any, error: Exception) -> str:
-    """The rank that failed first (the others usually fail after it, on a closed connection)."""
-    written = [(os.stat(path).st_mtime_ns, rank, path) for rank, path in enumerate(context.error_files)
-               if os.path.exists(path)]
-    if written:
-        _, rank, path = min(written)
-        with open(path, "rb") as f:
-            trace = pickle.load(f)
-        last = [line for line in trace.strip().splitlines() if line.strip()][-1]
-        return f"rank {rank} failed: {last.strip()}"
-    return f"rank {getattr(error, 'error_index', '?')} {str(error).strip()}"  # killed by a signal or os._exit
-
-
-def _rank_main(rank: int, placement: Placement, rendezvous: str, target: Target, args: tuple, conn: Any,
-               relay: bool) -> None:
-    """One rank: join the group, run the target, send rank 0's result home, leave the group."""
-    die_with_parent()
-    runtime.setup(prefix=f"[rank {rank}] ")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it ends the ranks
-    if placement.threads:
-        torch.set_num_threads(placement.threads)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
-    if placement.device == "cuda":
-        device = torch.device("cuda", placement.gpu_ids[rank])
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group(placement.backend, init_method=rendezvous, rank=rank, world_size=placement.procs,
-                            timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
-    try:
-        on_epoch = _relay(conn) if rank == 0 and relay else None
-        value = target(Group(device, rank, placement.procs), on_epoch, *args)
-        if rank == 0:
-            conn.send_bytes(pickle.dumps(("result", value)))
-    finally:
-        dist.destroy_process_group()
-        conn.close()
-
-
-def _relay(conn: Any) -> OnEpoch:
-    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
-        conn.send_bytes(pickle.dumps(("epoch", epoch, metrics, best)))
-        return pickle.loads(conn.recv_bytes())
-
-    return on_epoch

@@ -76,10 +76,11 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?")[0]) if url.startswith("sqlite:///") else None
 
 
-def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
+def create_atomically(final: Path, build: Callable[[Path], None], replace: bool = False) -> None:
     """Make the file `final` with `build(path)` at a temporary name beside it, then link it into place:
     a kill at any moment leaves either no `final` or a whole one. If another process put one there
-    meanwhile, that one is kept. Partial files of killed processes are removed first."""
+    meanwhile, that one is kept; with `replace`, it is replaced (a cache's file, where any whole one
+    does). Partial files of killed processes are removed first."""
     for stale in final.parent.glob(f"{final.name}.partial-*"):  # SQLite's -journal files included
         pid = re.match(r"\d+", stale.name.removeprefix(f"{final.name}.partial-"))
         if pid and not os.path.exists(f"/proc/{pid.group()}"):
@@ -88,7 +89,10 @@ def create_atomically(final: Path, build: Callable[[Path], None]) -> None:
     partial.unlink(missing_ok=True)
     try:
         build(partial)
-        os.link(partial, final)  # fails if `final` exists: never replaces another process's store
+        if replace:
+            os.replace(partial, final)
+        else:
+            os.link(partial, final)  # fails if `final` exists: never replaces another process's store
     except FileExistsError:
         pass
     finally:

@@ -2,20 +2,21 @@
 
 Each `*_figure()` builds a matplotlib Figure (what the tests look at) and its wrapper saves it. Figures are
 made with `Figure()`, not pyplot: nothing keeps a reference to them, so a long search holds none once saved.
+matplotlib, scikit-learn and torchvision (seconds to import together) are imported by the functions that
+draw: importing this module costs nothing before a figure is drawn.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import FixedLocator, MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay
-from torchvision.utils import draw_segmentation_masks, make_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 
@@ -40,6 +41,9 @@ def matrix_title(split: str, epoch: int | None = None) -> str:
 
 def confusion_matrix_figure(matrix: np.ndarray, names: list[str], title: str = "") -> Figure:
     """Every class in the table, in its order (the same layout in every run); rows normalised per true class."""
+    from matplotlib.figure import Figure  # lazy: ~0.5 s, not needed before a trial's end
+    from sklearn.metrics import ConfusionMatrixDisplay  # lazy: scikit-learn is ~1 s
+
     matrix, n = np.asarray(matrix), len(names)
     normalised = normalise_rows(matrix)
     # sizes in inches: ~0.4 in a cell holds "0.93" (24 classes -> ~1200 px); margins fit the longest name.
@@ -75,6 +79,9 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], path: Path, title: st
 def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_dice",
                            best_epoch: int | None = None) -> Figure:
     """Losses on the left, validation scores on the right, one point per epoch; the search goal drawn bold."""
+    from matplotlib.figure import Figure  # lazy: ~0.5 s, not needed before a trial's end
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
     epochs = np.arange(1, len(history) + 1)
     fig = Figure(figsize=(10, 3.8), dpi=DPI, layout="constrained")
     left, right = fig.subplots(1, 2)
@@ -115,6 +122,8 @@ def colorize(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> np.ndarray
 
 def paint(image: torch.Tensor, mask: np.ndarray, colors: list[tuple[int, int, int]]) -> torch.Tensor:
     """Class colours, exact (alpha 1), over a (3, H, W) image; unscored pixels (255) leave the image seen."""
+    from torchvision.utils import draw_segmentation_masks  # lazy: torchvision imports torch._dynamo, ~2 s
+
     ids = [int(c) for c in np.unique(mask) if c < len(colors)]
     if not ids:
         return image
@@ -130,6 +139,10 @@ def prediction_overlays_figure(images: np.ndarray, truths: np.ndarray, preds: np
     table's exact colours, and a dozen axes would cost a second a trial. Small images are enlarged
     (nearest neighbour) so that single pixels stay visible.
     """
+    from matplotlib.figure import Figure  # lazy: ~0.5 s, not needed before a trial's end
+    from matplotlib.patches import Patch
+    from torchvision.utils import make_grid  # lazy: torchvision imports torch._dynamo, ~2 s
+
     scale = max(1, -(-min_height // images.shape[1]))
     panels = []
     for image, truth, pred in zip(images, truths, preds):

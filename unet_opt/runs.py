@@ -1,6 +1,6 @@
 """One path for "train one config, test it, checkpoint, log, register": a trial, `retrain` and `train`.
 
-`train` runs `fit` on every rank of a placement through `distributed.launch`, so a retrain and a
+`train` runs `fit` on every rank of a placement through `ranks.RankGroup`, so a retrain and a
 baseline use every GPU exactly as a trial does; `record` then leaves behind what the run's spec asks
 for: the report files, test metrics, a checkpoint and a registered model. What differs between the
 three kinds of run is data, a `RunSpec`, not code.
@@ -18,14 +18,16 @@ import torch
 from tqdm import tqdm
 
 from unet_opt import progress
-from unet_opt.artifacts import write_model_report, write_trial_artifacts
+from unet_opt.artifacts import split_report, trial_report, write_report
 from unet_opt.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.config import Config, to_toml
 from unet_opt.data import SegmentationData, batches
-from unet_opt.distributed import OnEpoch, Placement, launch
+from unet_opt.distributed import Placement
 from unet_opt.paths import redact_url
+from unet_opt.ranks import OnEpoch, RankGroup, launch
 from unet_opt.tracking import Tracker
 from unet_opt.train import FitResult, fit_on_ranks, split_metrics
+from unet_opt.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
 
@@ -80,34 +82,42 @@ def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = ""
 
 
 def train(spec: RunSpec, placement: Placement, data: SegmentationData, cache_dir: Path | None,
-          on_epoch: OnEpoch | None, fit: Fit = fit_on_ranks) -> FitResult:
-    """`fit` on every rank of `placement`; one process trains on `data` itself, ranks load theirs."""
-    return launch(placement, fit, (spec.cfg, spec.fit_split, cache_dir, data if placement.procs == 1 else None),
-                  on_epoch)
+          on_epoch: OnEpoch | None, fit: Fit = fit_on_ranks, ranks: RankGroup | None = None) -> FitResult:
+    """`fit` on every rank of `placement`: on the worker's `ranks`, kept across trials, or on new ones.
+    One process trains on `data` itself; rank processes load theirs (and keep it for the next trial)."""
+    args = (spec.cfg, spec.fit_split, cache_dir, data if placement.procs == 1 else None)
+    return ranks.run(fit, args, on_epoch) if ranks is not None else launch(placement, fit, args, on_epoch)
 
 
 def record(spec: RunSpec, result: FitResult, data: SegmentationData, tracker: Tracker, run_id: str,
-           device: torch.device) -> RunRecord:
+           device: torch.device, writer: ArtifactWriter | None = None) -> RunRecord:
     """The run's files (config, curves, the validation report), then what the spec asks for: the test
-    metrics and report, a checkpoint, a registered model. Scoring runs on `device`."""
+    metrics and report, a checkpoint, a registered model. Scoring runs on `device`. With a `writer` (a
+    search's), the files are drawn and logged in its process while the caller goes on."""
     outcome = RunRecord(result)
     cfg = spec.cfg
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        write_trial_artifacts(folder, result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
-        if result.model is not None and spec.test:
-            outcome.test, matrix = split_metrics(result.model.to(device), data, spec.split["test"], cfg.train)
-            tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
-            write_model_report(folder, matrix, data, result.model, spec.split["test"], "test_", result.best_epoch)
-        if result.model is not None and spec.checkpoint is not None:
-            save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary, spec.split_names)
-            stage_checkpoint(spec.checkpoint, folder)
-            outcome.checkpoint = spec.checkpoint
-        tracker.log_files(run_id, folder)
+    report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
+    if result.model is not None and spec.test:
+        outcome.test, matrix = split_metrics(result.model.to(device), data, spec.split["test"], cfg.train)
+        tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
+        report.splits.append(split_report(matrix, data, result.model, spec.split["test"], "test_", result.best_epoch))
+    if writer is not None and spec.checkpoint is None:
+        writer.submit(run_id, report)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            write_report(folder, report)
+            if result.model is not None and spec.checkpoint is not None:
+                save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary, spec.split_names)
+                stage_checkpoint(spec.checkpoint, folder)
+                outcome.checkpoint = spec.checkpoint
+            tracker.log_files(run_id, folder)
     if result.model is not None and spec.register_as:
         example = next(batches(data.to(torch.device("cpu")), spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
         outcome.version = tracker.log_model(run_id, result.model.cpu(), example, spec.register_as)
         tracker.set_tags(run_id, {"registered_model": f"{spec.register_as}/{outcome.version}"})
+    if result.peak_memory_mb:  # on GPUs
+        tracker.log_metrics(run_id, {"peak_memory_mb": result.peak_memory_mb}, step=result.epochs_run)
     if result.epochs_run:  # a run that failed before its first epoch has no stop to describe
         tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
                                   "epochs_run": result.epochs_run,

@@ -40,6 +40,7 @@ class FitResult:
     confusion: np.ndarray | None = None  # validation confusion matrix of the best epoch
     model: nn.Module | None = None  # holding the best epoch's weights, on the CPU
     stop_reason: str = "max_epochs"  # max_epochs | early_stopping | callback | nan_loss
+    peak_memory_mb: float = 0.0  # the most GPU memory the trial held at once (rank 0's); 0 on the CPU
 
     @property
     def epochs_run(self) -> int:
@@ -57,12 +58,23 @@ def autocast(device: torch.device, cfg: TrainConfig):
     return contextlib.nullcontext()
 
 
+_placed: dict[tuple[int, str], tuple[SegmentationData, SegmentationData]] = {}  # one data set, kept on its GPU
+
+
 def place(data: SegmentationData, device: torch.device) -> SegmentationData:
-    """The whole data set on the GPU when it takes under a third of the free memory, else pinned on the host."""
+    """The whole data set on the GPU when it takes under a third of the free memory, else pinned on the host.
+
+    The placed copy is kept for the next trial of this process while it trains on the same data; another
+    data set (another frame size) replaces it."""
     if device.type != "cuda":
         return data
-    free, _ = torch.cuda.mem_get_info(device)
-    return data.to(device) if data.nbytes < free / 3 else data.pinned()
+    key = (id(data), str(device))
+    if key not in _placed:
+        _placed.clear()  # the previous copy goes before the next is made
+        torch.cuda.empty_cache()
+        free, _ = torch.cuda.mem_get_info(device)
+        _placed[key] = (data, data.to(device) if data.nbytes < free / 3 else data.pinned())  # data: keeps its id
+    return _placed[key][1]
 
 
 @torch.inference_mode()
@@ -114,6 +126,8 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation: same on every device
     data = place(data, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     model = build_model(model_cfg, 1 if data.binary else data.num_classes, pretrained=True).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
@@ -185,6 +199,8 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
         if since_best >= cfg.patience and epoch < cfg.epochs:  # on the last epoch it is simply the end
             result.stop_reason = "early_stopping"
             break
+    if device.type == "cuda":
+        result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
     if best_state is not None:
         result.model = build_model(model_cfg, 1 if data.binary else data.num_classes)
         result.model.load_state_dict(best_state)
@@ -192,10 +208,17 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     return result
 
 
+_loaded: dict[str, SegmentationData] = {}  # a rank process's data set, kept for its next trial
+
+
 def fit_on_ranks(group: Group, on_epoch: OnEpoch | None, cfg: Config, split: dict[str, list[int]],
                  cache_dir: Path | None, data: SegmentationData | None = None) -> FitResult:
-    """`fit` as `distributed.launch` runs it on every rank; a rank process loads its own data (from the
-    decode-once cache) when it is not handed the launching process's."""
+    """`fit` as `ranks.RankGroup` runs it on every rank. A rank process that is not handed the launching
+    process's data loads its own (from the decode-once cache) and keeps it while trials ask for the same."""
     if data is None:
-        data = load_data(cfg.data, cfg.model.depth, cache_dir)
+        key = repr((cfg.data, cfg.model.depth))
+        if key not in _loaded:
+            _loaded.clear()
+            _loaded[key] = load_data(cfg.data, cfg.model.depth, cache_dir)
+        data = _loaded[key]
     return fit(cfg, data, split, on_epoch=on_epoch, group=group)

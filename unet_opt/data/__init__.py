@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from unet_opt.config import DataConfig
 from unet_opt.data import synthetic
+from unet_opt.data.augment import augment as augmented
 from unet_opt.data.cache import Progress, prepare, read_sizes
 from unet_opt.data.classes import ClassTable
 from unet_opt.data.layouts import find_source, problems_error
@@ -117,49 +116,30 @@ def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np
     return np.where(ignored, IGNORE, fg).astype(np.uint8), binary
 
 
-def augmentation(kind: str, height: int, width: int) -> v2.Transform | None:
-    """"flip": horizontal and vertical flips; "crop": a random resized crop (at least half the frame,
-    about its aspect) first; "none": nothing. Image and mask always move together."""
-    if kind == "none":
-        return None
-    flips = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    if kind == "flip":
-        return v2.Compose(flips)
-    aspect = width / height
-    return v2.Compose([v2.RandomResizedCrop((height, width), scale=(0.5, 1.0), ratio=(aspect * 0.8, aspect * 1.25),
-                                            antialias=True), *flips])
-
-
 def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_size: int, *, shuffle: bool = False,
             augment: str = "none", generator: torch.Generator | None = None, drop_last: bool = False,
             shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images (B, 3, H, W) float in [-1, 1], masks (B, H, W) long) from the tensors in memory.
 
     `shard=(rank, world)`: every rank draws the same global batches and keeps its contiguous slice of
-    each, so N processes together see exactly what one process sees. Augmentation runs on the data's
-    device, each image seeded by the batch's seed (drawn from `generator`) plus its place in the global
-    batch: the same image gets the same crop and flips whichever rank holds it, whatever else uses
-    the global RNG.
+    each, so N processes together see exactly what one process sees. `augment` ("crop", "flip" or "none",
+    see `augment.py`) runs on the data's device, once per batch: each image's crop and flips come from
+    the batch's seed (drawn from `generator`) and its place in the global batch, so the same image gets
+    the same crop and flips whichever rank holds it, whatever else uses the global RNG.
     """
     order = torch.as_tensor(indices, dtype=torch.long)
     if shuffle:
         order = order[torch.randperm(len(order), generator=generator)]
     stop = len(order) - (len(order) % batch_size if drop_last and len(order) > batch_size else 0)
     device = data.images.device
-    transform = augmentation(augment, *data.images.shape[-2:])
     rank, world = shard
     for start in range(0, stop, batch_size):
         batch = order[start:start + batch_size]
         first = rank * len(batch) // world  # this rank's slice of the global batch
         idx = batch[first:(rank + 1) * len(batch) // world].to(device)
-        x, y = data.images[idx], data.masks[idx]
-        if transform is not None:
+        x, y = data.images[idx].float(), data.masks[idx]  # cropped on float: bilinear, no rounding to uint8
+        if augment != "none":
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            pairs = []
-            with torch.random.fork_rng(devices=[]):  # the transforms draw from the CPU generator
-                for place, (xi, yi) in enumerate(zip(x, y), start=first):
-                    # the CPU generator alone: torch.manual_seed would also seed every GPU, at ~0.3 ms an image
-                    torch.default_generator.manual_seed(seed + place)
-                    pairs.append(transform(tv_tensors.Image(xi), tv_tensors.Mask(yi)))
-            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-        yield x.float().div_(127.5).sub_(1.0).contiguous(), y.long()
+            x, y = augmented(x, y, augment, seed, first, len(batch))
+        # clamped: a bilinear blend of 255s may come out a rounding error above 255
+        yield x.div_(127.5).sub_(1.0).clamp_(-1.0, 1.0).contiguous(), y.long()

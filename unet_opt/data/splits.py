@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from sklearn.model_selection import train_test_split
+import numpy as np
 
 from unet_opt.errors import UserError
+
+
+def take_out(names: list[str], count: int, seed: int) -> tuple[list[str], list[str]]:
+    """(the rest, `count` names drawn at random): scikit-learn's `train_test_split(names, test_size=count,
+    random_state=seed)`, draw for draw (one seeded permutation, the first `count` out), without importing
+    scikit-learn (a second) before the first trial."""
+    order = np.random.RandomState(seed).permutation(len(names))
+    return [names[i] for i in order[count:]], [names[i] for i in order[:count]]
 
 
 def split_sizes(count: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -21,8 +29,8 @@ def make_split(names: list[str], val_fraction: float, test_fraction: float, seed
     """Test first (it must never depend on the val fraction), then val out of the rest."""
     names = sorted(names)
     n_val, n_test = split_sizes(len(names), val_fraction, test_fraction)
-    rest, test = train_test_split(names, test_size=n_test, random_state=seed)
-    train, val = train_test_split(rest, test_size=n_val, random_state=seed)
+    rest, test = take_out(names, n_test, seed)
+    train, val = take_out(rest, n_val, seed)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import optuna
 
+from unet_opt import writer
 from unet_opt.config import Config
 from unet_opt.data import SegmentationData, load_data, split_indices
 from unet_opt.distributed import Placement
 from unet_opt.paths import Paths
+from unet_opt.ranks import RankGroup
 from unet_opt.runs import Fit
 from unet_opt.study.storage import study_setup
 from unet_opt.tracking import Tracker
+from unet_opt.writer import ArtifactWriter
 
 
 class DataCache:
@@ -51,6 +54,17 @@ class SearchContext:
     deadline: float  # time.time() after which no trial starts
     cache: DataCache
     fit: Fit  # what trains a trial on each rank: `train.fit_on_ranks`, or a test's stand-in
+    ranks: RankGroup  # the worker's rank processes, kept across its trials
+    writer: ArtifactWriter | None  # draws and logs each trial's files in the background; None: here
+
+    def __enter__(self) -> SearchContext:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """The rank processes go at once; the writer is waited for, so that every trial has its files."""
+        self.ranks.close()
+        if self.writer is not None:
+            self.writer.close()
 
     @classmethod
     def build(cls, cfg: Config, paths: Paths, study: optuna.Study, storage: optuna.storages.BaseStorage,
@@ -61,4 +75,5 @@ class SearchContext:
         cache = DataCache(paths.cache)
         cache.put(cfg, first_data)
         return cls(cfg, paths, study, storage, tracker, parent_id, split_indices(split_names, first_data.names),
-                   split_names, placement, deadline, cache, fit)
+                   split_names, placement, deadline, cache, fit, RankGroup(placement, start=True),
+                   ArtifactWriter(tracker.uri) if writer.draws_in_background(placement) else None)

@@ -133,7 +133,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         data = ctx.cache.get(cfg)  # checked and cached here; other processes read the same cache
         with progress.bar(cfg.train.epochs, f"trial #{trial.number}", "epoch", leave=False) as epochs:
             on_epoch = runs.logging_callback(ctx.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
-            result = runs.train(spec, ctx.placement, data, ctx.paths.cache, on_epoch, ctx.fit)
+            result = runs.train(spec, ctx.placement, data, ctx.paths.cache, on_epoch, ctx.fit, ctx.ranks)
         if result.stop_reason == "nan_loss":
             state, reason = TrialState.PRUNED, "nan_loss"
         elif result.stop_reason == "callback":
@@ -153,7 +153,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         log.debug("trial %d failed", trial.number, exc_info=True)
 
     try:
-        runs.record(spec, result, ctx.cache.get(cfg), ctx.tracker, run_id, ctx.placement.main_device)
+        runs.record(spec, result, ctx.cache.get(cfg), ctx.tracker, run_id, ctx.placement.main_device, ctx.writer)
     except Exception as e:
         log.warning("trial %d: could not write its artifacts (%s)", trial.number, e)
     finish_trial(ctx, trial, run_id, state, value, reason, result)

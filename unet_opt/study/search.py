@@ -110,7 +110,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         if workers == 1:
             ctx = SearchContext.build(cfg, paths, study, storage, tracker, parent_id, placement, deadline,
                                       first_data, fit)
-            outcome = work(ctx)
+            with ctx:
+                outcome = work(ctx)
         else:
             outcome = run_workers(WorkerPlan(cfg, paths, parent_id, deadline, verbose, fit), placements, ours)
         summary.failed_out, summary.stopped_reason = outcome.failed_out, outcome.stopped_reason

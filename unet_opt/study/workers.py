@@ -107,7 +107,8 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
     ctx = SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
                               first, plan.fit)
     try:
-        outcome = work(ctx)
+        with ctx:
+            outcome = work(ctx)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     if outcome.stopped_reason:

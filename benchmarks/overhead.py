@@ -1,0 +1,138 @@
+"""What a search spends outside training: start-up, per-trial overhead, and the epoch itself.
+
+Runs `unet-opt search` on tiny trials (2 epochs at 32x48, 24 images, batch 4, no pruning) in a new folder,
+as a user would, and reads back from both stores when the first trial started and how long every epoch
+took (MLflow's `epoch_seconds`). Then:
+- before the first trial: from the command's start (imports, store creation, data) to the first trial;
+- per-trial overhead: (command wall time - time before the first trial - epoch time) / trials, for one
+  process and for `--procs 2` (rank processes, their start and their data included);
+- epoch: the bare PyTorch loop against unet-opt's `fit` at the same settings, in pairs (one of each,
+  alternating, so the drifting load of a shared machine weighs on both), medians of the pairs.
+Targets on the 2-core reference machine: <= 2 s before the first trial, <= 0.1 s per trial in one
+process, <= 0.5 s per trial with 2 ranks. Each figure is printed with its ratio to the target.
+
+    python benchmarks/overhead.py [--trials 8] [--trials-2 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+BIN = Path(sys.executable).parent
+SPACE = """
+[data]
+dataset = "synthetic"
+synthetic_images = 24
+image_size = 32
+augment = "flip"
+[model]
+base_channels = 16
+depth = 3
+[train]
+epochs = 2
+batch_size = 4
+[search]
+pruner = "none"
+[space.lr]
+type = "float"
+low = 1e-4
+high = 1e-2
+log = true
+"""
+
+
+def search(folder: Path, trials: int, *extra: str) -> dict[str, float]:
+    """Run one search in `folder` (new) and measure it from outside, then from its stores."""
+    folder.mkdir()
+    (folder / "tiny.toml").write_text(SPACE)
+    started_at, started = datetime.datetime.now(), time.perf_counter()
+    subprocess.run([str(BIN / "unet-opt"), "search", "--space", "tiny.toml", "--trials", str(trials), *extra],
+                   cwd=folder, check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    with contextlib.closing(sqlite3.connect(folder / "studies" / "unet-opt.db")) as db:
+        first, last = db.execute("SELECT min(datetime_start), max(datetime_complete) FROM trials").fetchone()
+        done = db.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    with contextlib.closing(sqlite3.connect(folder / "mlruns" / "mlflow.db")) as db:
+        epochs, count = db.execute("SELECT sum(value), count(*) FROM metrics WHERE key = 'epoch_seconds'").fetchone()
+    before = (datetime.datetime.fromisoformat(first) - started_at).total_seconds()
+    loop = (datetime.datetime.fromisoformat(last) - datetime.datetime.fromisoformat(first)).total_seconds()
+    if done != trials:
+        raise SystemExit(f"expected {trials} complete trials, the study has {done}")
+    return {"wall": wall, "before": before, "epochs": epochs, "epoch_count": count,
+            "per_trial": (wall - before - epochs) / trials, "in_loop": (loop - epochs) / trials,
+            "after": wall - before - loop}
+
+
+def epoch_pairs(pairs: int) -> tuple[float, float]:
+    """(median seconds of unet-opt's epoch, of the bare loop's) at the tiny search's settings, one process."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import torch
+    from throughput import bare_loop
+
+    from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
+    from unet_opt.data import load_data, make_split, split_indices
+    from unet_opt.distributed import Group
+    from unet_opt.model import build_model
+    from unet_opt.train import fit
+
+    data_cfg, model_cfg = DataConfig(synthetic_images=24, image_size=32, augment="flip"), ModelConfig(16, 3)
+    cfg = TrainConfig(lr=1e-3, batch_size=4, epochs=pairs + 1, patience=99)
+    data = load_data(data_cfg, model_cfg.depth)
+    split = split_indices(make_split(data.names, 0.15, 0.15, 0), data.names)
+    device = torch.device("cpu")
+    model = build_model(model_cfg, data.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = data.images[:4].float() / 127.5 - 1, data.masks[:4].long()
+    steps = len(split["train"]) // 4
+    ours, bare = [], []
+
+    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
+        if epoch > 1:  # the first warms up
+            ours.append(metrics["epoch_seconds"])
+            started = time.perf_counter()
+            bare_loop(model, optimizer, x, y, steps, device, cfg)
+            with torch.inference_mode():  # the bare twin of validation: forward passes over as many images
+                for _ in range(0, len(split["val"]), 4):
+                    model(x)
+            bare.append(time.perf_counter() - started)
+        return False
+
+    fit(Config(data=data_cfg, model=model_cfg, train=cfg), data, split, on_epoch=on_epoch, group=Group(device))
+    return median(ours), median(bare)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8, help="trials of the one-process search")
+    parser.add_argument("--trials-2", type=int, default=6, help="trials of the --procs 2 search")
+    parser.add_argument("--pairs", type=int, default=10, help="epoch pairs, unet-opt and bare")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="unet-opt-overhead-") as tmp:
+        one = search(Path(tmp) / "one", args.trials)
+        two = search(Path(tmp) / "two", args.trials_2, "--device", "cpu", "--procs", "2")
+    ours, bare = epoch_pairs(args.pairs)
+    print("overhead: tiny trials (2 epochs at 32x48, 24 images, batch 4, no pruning), a new folder each\n")
+    print("| measure | value | target | ratio to target |\n| --- | --- | --- | --- |")
+    for label, value, target in (
+            ("before the first trial (imports, stores, data)", one["before"], 2.0),
+            (f"per-trial overhead, 1 process ({args.trials} trials)", one["per_trial"], 0.1),
+            (f"per-trial overhead, --procs 2 ({args.trials_2} trials)", two["per_trial"], 0.5)):
+        print(f"| {label} | {value:.2f} s | <= {target:g} s | {value / target:.2f} |")
+    print(f"| epoch, unet-opt `fit` / bare loop (median of {args.pairs} pairs) | {ours * 1000:.0f} / "
+          f"{bare * 1000:.0f} ms | | {ours / bare:.2f} |")
+    for name, r in (("1 process", one), ("--procs 2", two)):
+        print(f"\n{name}: wall {r['wall']:.1f} s = {r['before']:.1f} s before the first trial + "
+              f"{r['epochs']:.1f} s in {r['epoch_count']} epochs + {r['wall'] - r['before'] - r['epochs']:.1f} s else")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Rank processes kept across trials: reused after a trial that failed on every rank, restarted after one
+died, and never left behind."""
+
+import os
+from functools import partial
+from pathlib import Path
+
+import fits
+import pytest
+from conftest import children_of, run_search
+
+from unet_opt import writer
+from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.data import make_split, split_indices
+from unet_opt.distributed import Placement
+from unet_opt.ranks import RankFailed, RankGroup, launch
+from unet_opt.train import fit_on_ranks
+
+TWO = Placement("cpu", 2, threads=1)
+
+
+def trial_args(lr: float = 0.01, epochs: int = 2) -> tuple:
+    cfg = Config(data=DataConfig(synthetic_images=24, image_size=32, augment="crop"),
+                 model=ModelConfig(base_channels=8, depth=3),
+                 train=TrainConfig(lr=lr, batch_size=4, epochs=epochs, patience=9))
+    names = [f"{i:05d}" for i in range(24)]
+    return cfg, split_indices(make_split(names, 0.15, 0.15, 0), names), None, None
+
+
+def curves(result) -> list[float]:
+    return [h[key] for h in result.history for key in ("train_loss", "val_loss", "val_dice")]
+
+
+@pytest.mark.slow
+def test_a_trial_after_a_failed_one_on_the_same_ranks_gives_what_fresh_ranks_give():
+    epochs: list[int] = []
+    with RankGroup(TWO) as ranks:
+        with pytest.raises(RankFailed, match="ValueError: every rank failed after training"):
+            ranks.run(fits.train_then_raise, trial_args(lr=0.05), None)
+        pids = ranks.pids
+        assert len(pids) == 2 and ranks.starts == 1  # every rank came back: the group stays
+        reused = ranks.run(fit_on_ranks, trial_args(), lambda epoch, metrics, best: epochs.append(epoch) or False)
+        assert ranks.pids == pids and ranks.starts == 1
+        assert reused.model is not None and epochs == [1, 2]  # rank 0 still relays its epochs
+    fresh = launch(TWO, fit_on_ranks, trial_args(), None)
+    assert curves(reused) == curves(fresh)  # the same processes, ops and order of sums: the same bits
+    assert children_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_its_trial_and_the_next_trial_gets_new_ranks():
+    with RankGroup(TWO) as ranks:
+        with pytest.raises(RankFailed, match="rank 1 died \\(killed by SIGKILL\\)"):
+            ranks.run(fits.kill_rank_1, trial_args(), None)
+        assert ranks.pids == [] and children_of(os.getpid()) == []  # rank 0, stuck in a collective, went too
+        result = ranks.run(fit_on_ranks, trial_args(), None)
+        assert result.epochs_run == 2 and ranks.starts == 2
+    assert children_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+def test_a_search_starts_its_ranks_once_for_all_its_trials(home, tmp_path_factory, monkeypatch):
+    pids = tmp_path_factory.mktemp("pids")  # each rank notes its pid in every trial
+    monkeypatch.setattr(writer, "draws_in_background", lambda placement: True)  # as on GPUs
+    run_search(home, 3, 'search.pruner="none"', fit=partial(fits.note_pid_and_train, str(pids)), procs=2)
+    assert len(list(pids.iterdir())) == 2  # 3 trials, the same 2 processes
+    assert children_of(os.getpid()) == []  # ranks and the artifact writer are gone once the search returns
+    artifacts = sorted(p.name for p in Path(home, "mlruns", "artifacts").rglob("*.png"))
+    assert artifacts.count("learning_curves.png") == 3  # every trial's files, drawn in the background
