@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from unet_opt.paths import create_atomically
-from unet_opt.tracking import Tracker, new_store, newest_schema_revision, schema_revision, schema_template_path
+from unet_opt.store_template import new_store, newest_schema_revision, schema_revision, schema_template_path
+from unet_opt.tracking import Tracker
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.processes import is_dead_here, worker_id
 from unet_opt.relocate import relocate_store
+from unet_opt.store_template import new_store
 
 log = logging.getLogger(__name__)
 
@@ -58,103 +57,6 @@ def one_opener_at_a_time(folder: Path | None):
         yield
     finally:
         os.close(handle)  # releases the lock
-
-
-def new_store(path: Path) -> None:
-    """A migrated MLflow database at `path`: a copy of this MLflow version's empty one, kept in the user's
-    cache (milliseconds), or made by MLflow's migrations where there is none (1-2 s). Its "Default"
-    experiment keeps files in the folder's artifacts/0, not in `./mlruns/0` of whatever directory the
-    command ran in, and is dated now, not when the cached copy was made."""
-    if not copy_schema_template(path):
-        migrate(path)
-    now = int(time.time() * 1000)
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
-                   "WHERE experiment_id = 0", ((path.parent / "artifacts" / "0").as_uri(), now, now))
-
-
-def migrate(path: Path) -> None:
-    """MLflow's own making of a database at `path`: its tables, every migration since MLflow 1.0, the
-    Default experiment. Not through `MlflowClient`, which would keep its store of this URI for the rest
-    of the process, open on a file that is moved away next."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    SqlAlchemyStore(f"sqlite:///{path}", (path.parent / "artifacts").as_uri()).engine.dispose()
-
-
-def cache_folder() -> Path:
-    """unet-opt's folder in the user's cache: $XDG_CACHE_HOME/unet-opt, else ~/.cache/unet-opt."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "unet-opt"
-
-
-def schema_template_path() -> Path:
-    """The cached empty database of the installed MLflow version: one file per version."""
-    return cache_folder() / f"mlflow-schema-{mlflow.__version__}.db"
-
-
-def newest_schema_revision() -> str | None:
-    """The alembic revision a database of the installed MLflow must have; None where it cannot be told
-    (MLflow moved its helper), and then no template is used."""
-    try:
-        from mlflow.store.db.utils import _get_latest_schema_revision
-
-        return _get_latest_schema_revision()
-    except Exception:
-        log.debug("the MLflow schema revision is unknown; stores are made by migrations", exc_info=True)
-        return None
-
-
-def schema_revision(path: Path) -> str | None:
-    """The alembic revision of the MLflow database at `path` when it is whole (SQLite's integrity check)
-    and holds the Default experiment; None for a damaged, cut short, empty or foreign file."""
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as db:
-            if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
-                return None
-            if db.execute("SELECT count(*) FROM experiments WHERE experiment_id = 0").fetchone() != (1,):
-                return None
-            versions = db.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite3.Error:
-        return None
-    return versions[0][0] if len(versions) == 1 else None
-
-
-def build_schema_template(template: Path, revision: str) -> None:
-    """The empty database, migrated by MLflow at a temporary name in the cache, checked, then renamed into
-    place: a kill leaves the former template or the new one, never a partial one."""
-    def build(partial: Path) -> None:
-        migrate(partial)
-        if schema_revision(partial) != revision:
-            raise RuntimeError(f"MLflow made a database at revision {schema_revision(partial)}, not {revision}")
-
-    template.parent.mkdir(parents=True, exist_ok=True)
-    create_atomically(template, build, replace=True)
-
-
-def copy_schema_template(path: Path) -> bool:
-    """`path` made a copy of the installed MLflow's empty database, kept in the user's cache and built
-    there when it is missing, damaged or of another schema revision. The copy itself is checked, so a
-    template changed or damaged at any moment is never what a store starts from. False where there is no
-    good copy to be had (an unwritable cache): `path` is then left absent, to be migrated."""
-    revision = newest_schema_revision()
-    if revision is None:
-        return False
-    for attempt in range(2):
-        try:
-            template = schema_template_path()  # Path.home() fails where the user has no home
-            if attempt or not template.is_file():
-                build_schema_template(template, revision)
-            shutil.copyfile(template, path)
-        except Exception as e:  # a read-only or full cache, or no home folder: the store is migrated in place
-            log.debug("no MLflow schema template in the user's cache (%s: %s)", type(e).__name__, e)
-            path.unlink(missing_ok=True)
-            return False
-        if schema_revision(path) == revision:
-            return True
-        path.unlink(missing_ok=True)
-        log.debug("the MLflow schema template %s is damaged or out of date; rebuilding it", template)
-    return False
 
 
 def point_at_own_folder(tracking_uri: str, artifact_root: Path) -> None:
