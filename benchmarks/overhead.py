@@ -6,6 +6,7 @@ took (MLflow's `epoch_seconds`). Then:
 - before the first trial: from the command's start (imports, store creation, data) to the first trial;
 - per-trial overhead: (command wall time - time before the first trial - epoch time) / trials, for one
   process and for `--procs 2` (rank processes, their start and their data included);
+- drawing: one trial's figures and files, timed alone (the per-trial overhead's largest part on a CPU);
 - epoch: the bare PyTorch loop against unet-opt's `fit` at the same settings, in pairs (one of each,
   alternating, so the drifting load of a shared machine weighs on both), medians of the pairs.
 Targets on the 2-core reference machine: <= 2 s before the first trial, <= 0.1 s per trial in one
@@ -110,6 +111,29 @@ def epoch_pairs(pairs: int) -> tuple[float, float]:
     return median(ours), median(bare)
 
 
+def drawing_seconds(repeat: int = 5) -> float:
+    """Median seconds to draw and write one tiny trial's files (what a CPU trial does after training; on
+    GPUs the writer process does it), the drawing libraries already imported."""
+    import numpy as np
+
+    from unet_opt.artifacts import RunReport, SplitReport, write_report
+    from unet_opt.data import ClassTable
+
+    classes, rng = ClassTable.drone(), np.random.default_rng(0)
+    masks = rng.integers(0, len(classes), (4, 32, 48), dtype=np.uint8)
+    split = SplitReport(rng.integers(0, 500, (len(classes),) * 2), list(classes.names), list(classes.colors),
+                        rng.integers(0, 255, (4, 32, 48, 3), dtype=np.uint8), masks, masks[::-1].copy(), epoch=2)
+    history = [{"train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_dice": 0.2 * e, "lr": 1e-3} for e in (1, 2)]
+    report = RunReport("[train]\n", "val_dice", history, 2, [split])
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat + 1):
+            started = time.perf_counter()
+            write_report(Path(tmp), report)
+            times.append(time.perf_counter() - started)
+    return median(times[1:])  # the first pays for the imports
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="trials of the one-process search")
@@ -120,6 +144,7 @@ def main() -> None:
         one = search(Path(tmp) / "one", args.trials)
         two = search(Path(tmp) / "two", args.trials_2, "--device", "cpu", "--procs", "2")
     ours, bare = epoch_pairs(args.pairs)
+    drawing = drawing_seconds()
     print("overhead: tiny trials (2 epochs at 32x48, 24 images, batch 4, no pruning), a new folder each\n")
     print("| measure | value | target | ratio to target |\n| --- | --- | --- | --- |")
     for label, value, target in (
@@ -127,6 +152,8 @@ def main() -> None:
             (f"per-trial overhead, 1 process ({args.trials} trials)", one["per_trial"], 0.1),
             (f"per-trial overhead, --procs 2 ({args.trials_2} trials)", two["per_trial"], 0.5)):
         print(f"| {label} | {value:.2f} s | <= {target:g} s | {value / target:.2f} |")
+    print(f"| of which: drawing one trial's files (in line on the CPU, a writer process on GPUs) | "
+          f"{drawing:.2f} s | | |")
     print(f"| epoch, unet-opt `fit` / bare loop (median of {args.pairs} pairs) | {ours * 1000:.0f} / "
           f"{bare * 1000:.0f} ms | | {ours / bare:.2f} |")
     for name, r in (("1 process", one), ("--procs 2", two)):

@@ -2,6 +2,9 @@
 died, and never left behind."""
 
 import os
+import subprocess
+import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from unet_opt import writer
 from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.data import make_split, split_indices
 from unet_opt.distributed import Placement
-from unet_opt.ranks import RankFailed, RankGroup, launch
+from unet_opt.ranks import RankFailed, RankGroup, launch, remove_stale_rendezvous
 from unet_opt.train import fit_on_ranks
 
 TWO = Placement("cpu", 2, threads=1)
@@ -67,3 +70,15 @@ def test_a_search_starts_its_ranks_once_for_all_its_trials(home, tmp_path_factor
     assert children_of(os.getpid()) == []  # ranks and the artifact writer are gone once the search returns
     artifacts = sorted(p.name for p in Path(home, "mlruns", "artifacts").rglob("*.png"))
     assert artifacts.count("learning_curves.png") == 3  # every trial's files, drawn in the background
+
+
+def test_a_killed_launcher_s_rendezvous_folder_is_removed_by_the_next_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"unet-opt-ranks-{dead.stdout.strip()}-abc"
+    mine = tmp_path / f"unet-opt-ranks-{os.getpid()}-def"  # a live launcher's (this test's) is kept
+    for folder in (stale, mine):
+        folder.mkdir()
+        (folder / "store").touch()
+    remove_stale_rendezvous()
+    assert not stale.exists() and mine.exists()

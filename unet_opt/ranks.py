@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ from unet_opt.processes import die_with_parent
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
+
+RENDEZVOUS_PREFIX = "unet-opt-ranks-"  # + the launcher's pid: a folder per group, for the processes to meet
 
 OnEpoch = Callable[[int, dict[str, float], float], bool]  # (epoch, metrics, best so far) -> stop?
 Target = Callable[..., Any]  # target(group, on_epoch, *args) -> result, importable by name
@@ -109,7 +112,8 @@ class RankGroup:
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-        self.rendezvous = tempfile.mkdtemp(prefix="unet-opt-ranks-")
+        remove_stale_rendezvous()
+        self.rendezvous = tempfile.mkdtemp(prefix=f"{RENDEZVOUS_PREFIX}{os.getpid()}-")
         for rank in range(self.placement.procs):
             parent_end, child_end = context.Pipe()
             process = context.Process(target=rank_main, name=f"rank-{rank}",
@@ -175,6 +179,14 @@ def launch(placement: Placement, target: Target, args: tuple, on_epoch: OnEpoch 
     """One run on fresh ranks (a retrain, a baseline, a benchmark): `RankGroup.run` once."""
     with RankGroup(placement) as ranks:
         return ranks.run(target, args, on_epoch)
+
+
+def remove_stale_rendezvous() -> None:
+    """The rendezvous folders of killed launchers (SIGKILL leaves no time to remove them), by their pid."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RENDEZVOUS_PREFIX}*"):
+        pid = folder.name.removeprefix(RENDEZVOUS_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def describe_exit(process: multiprocessing.process.BaseProcess) -> str:
