@@ -100,9 +100,10 @@ def pytest_configure(config):
     runtime.setup()  # as the CLI entry does, before any test module imports MLflow
 
 
-def children_of(pid: int) -> list[str]:
+def children_of(pid: int, with_pid: bool = False) -> list[str]:
     """Command lines of the live processes whose parent is `pid`, but for multiprocessing's resource
-    tracker (one per process that ever spawned, it lives as long as that process)."""
+    tracker (one per process that ever spawned, it lives as long as that process); `with_pid`: each
+    preceded by its pid."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -113,7 +114,7 @@ def children_of(pid: int) -> list[str]:
                 continue
             state, ppid = stat.rsplit(")", 1)[1].split()[:2]
             if int(ppid) == pid and state != "Z" and "resource_tracker" not in command:
-                found.append(command)
+                found.append(f"{entry.name} {command}" if with_pid else command)
     return found
 
 

@@ -2,9 +2,11 @@
 died, and never left behind."""
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from functools import partial
 from pathlib import Path
 
@@ -82,3 +84,34 @@ def test_a_killed_launcher_s_rendezvous_folder_is_removed_by_the_next_group(tmp_
         (folder / "store").touch()
     remove_stale_rendezvous()
     assert not stale.exists() and mine.exists()
+
+
+@pytest.mark.slow
+def test_a_rank_whose_launcher_died_while_it_was_starting_ends(tmp_path):
+    # the parent-death signal is asked for only once a rank's imports are done: a launcher killed
+    # before that must not leave the rank waiting for it for ever
+    script = tmp_path / "launcher.py"
+    script.write_text("import time\nfrom unet_opt.distributed import Placement\nfrom unet_opt.ranks import RankGroup\n"
+                      "if __name__ == '__main__':\n    RankGroup(Placement('cpu', 2, threads=1), start=True)\n"
+                      "    time.sleep(600)\n")
+    launcher = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while len(ranks := [int(c.split()[0]) for c in children_of(launcher.pid, with_pid=True)]) < 2:
+        assert time.monotonic() < deadline, "the ranks never started"
+        time.sleep(0.01)
+    os.kill(ranks[1], signal.SIGSTOP)  # held before it gets far into its imports
+    time.sleep(5)  # while rank 0 gets ready and dies with the launcher
+    launcher.kill()
+    launcher.wait()
+    os.kill(ranks[1], signal.SIGCONT)  # rank 1 would wait for rank 0 in the rendezvous (for 10 minutes)
+    deadline = time.monotonic() + 60
+    while (alive := [pid for pid in ranks if is_running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == []
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import socket
@@ -27,8 +28,12 @@ def is_dead_here(worker: str | None) -> bool:
 
 
 def die_with_parent() -> None:
-    """Ask Linux to kill this process when the process that started it dies (SIGKILL included)."""
+    """Ask Linux to kill this process when the process that started it dies (SIGKILL included); if it
+    died already, while this one was starting (its imports take seconds), end now."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the launcher's cleanup is all there is
         pass
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # reparented: the launcher is gone
+        os._exit(1)
