@@ -78,3 +78,29 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert processes_in(tmp_path) == []  # and then gone
     for run_id in ids:
         assert {a.path for a in client.list_artifacts(run_id)} == {"config.toml", "learning_curves.png"}
+
+
+def test_a_ctrl_c_while_the_writer_starts_does_not_end_it(tmp_path):
+    # a terminal's Ctrl-C reaches every process of the group, the writer too, even while it imports
+    script = f"""
+import os, signal
+from pathlib import Path
+from unet_opt.artifacts import RunReport
+from unet_opt.tracking import Tracker
+from unet_opt.writer import ArtifactWriter
+tracker = Tracker("sqlite:///{tmp_path}/mlruns/mlflow.db", "s", Path("{tmp_path}/mlruns/artifacts"))
+run_id = tracker.start_run("r", {{}}, {{}})
+writer = ArtifactWriter(tracker.uri)
+writer.start()
+os.kill(writer.process.pid, signal.SIGINT)
+writer.submit(run_id, RunReport("a = 1\\\\n", "val_dice", [{{"train_loss": 1.0, "val_dice": 0.5}}], 1))
+process = writer.process
+writer.close()
+print(run_id, process.exitcode)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    run_id, code = done.stdout.split()
+    assert code == "0" and "KeyboardInterrupt" not in done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert {a.path for a in client.list_artifacts(run_id)} == {"config.toml", "learning_curves.png"}

@@ -18,7 +18,7 @@ from unet_opt import writer
 from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.data import make_split, split_indices
 from unet_opt.distributed import Placement
-from unet_opt.ranks import RankFailed, RankGroup, launch, remove_stale_rendezvous
+from unet_opt.ranks import RankFailed, RankGroup, broke_the_group, launch, remove_stale_rendezvous
 from unet_opt.train import fit_on_ranks
 
 TWO = Placement("cpu", 2, threads=1)
@@ -115,3 +115,12 @@ def is_running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_errors_of_the_process_group_itself_restart_it():
+    # gloo reports a timed-out collective as a plain RuntimeError: such a group is out of step for good
+    timeout = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Timed out waiting 600000ms")
+    closed = RuntimeError("Application timeout caused pair closure")
+    assert broke_the_group(timeout) and broke_the_group(closed)
+    assert not broke_the_group(ValueError("every rank failed after training"))
+    assert not broke_the_group(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))

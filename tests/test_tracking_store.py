@@ -181,3 +181,14 @@ def test_create_atomically_can_replace_a_cached_file(tmp_path):
     create_atomically(tmp_path / "x.db", lambda path: path.write_text("second"), replace=True)
     assert (tmp_path / "x.db").read_text() == "second"
     assert [p.name for p in tmp_path.iterdir()] == ["x.db"]
+
+
+def test_a_template_holding_more_than_the_empty_schema_is_rebuilt(tmp_path, cache):
+    create_atomically(tmp_path / "first.db", new_store)  # makes the template
+    template = schema_template_path()
+    with contextlib.closing(sqlite3.connect(template)) as db, db:  # an experiment planted in it
+        db.execute("INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                   "VALUES (7, 'planted', 'file:///elsewhere', 'active')")
+    create_atomically(tmp_path / "second.db", new_store)
+    with contextlib.closing(sqlite3.connect(tmp_path / "second.db")) as db:
+        assert db.execute("SELECT name FROM experiments").fetchall() == [("Default",)]

@@ -146,7 +146,11 @@ class RankGroup:
                 except EOFError:
                     raise RankFailed(f"rank {rank} died ({describe_exit(self.processes[rank])})") from None
                 if kind == "epoch":
-                    item.send_bytes(pickle.dumps(bool(on_epoch(*payload)) if on_epoch is not None else False))
+                    answer = pickle.dumps(bool(on_epoch(*payload)) if on_epoch is not None else False)
+                    try:
+                        item.send_bytes(answer)
+                    except OSError:  # it died right after its report
+                        raise RankFailed(f"rank {rank} died ({describe_exit(self.processes[rank])})") from None
                     continue
                 del waiting[rank]
                 if kind == "error":
@@ -232,10 +236,20 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
             value = target(group, on_epoch, *args)
             reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
         except Exception as e:  # reported; a failed collective leaves the group unusable, anything else not
-            reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not isinstance(e, dist.DistError)))
+            reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not broke_the_group(e)))
             del e
         release_memory(device)
         conn.send_bytes(pickle.dumps(reply))
+
+
+def broke_the_group(error: Exception) -> bool:
+    """Whether an error came from the process group itself (a timed-out or broken collective): then the
+    ranks are out of step and must be restarted. Gloo reports these as plain RuntimeErrors."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in DISTRIBUTED_WORDS)
+
+
+DISTRIBUTED_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "pair closure", "process group")
 
 
 def relay_to(conn: Connection) -> OnEpoch:

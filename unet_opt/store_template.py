@@ -71,12 +71,14 @@ def newest_schema_revision() -> str | None:
 
 def schema_revision(path: Path) -> str | None:
     """The alembic revision of the MLflow database at `path` when it is whole (SQLite's integrity check)
-    and holds the Default experiment; None for a damaged, cut short, empty or foreign file."""
+    and holds the Default experiment and nothing else; None for a damaged, cut short, used or foreign file."""
     try:
         with contextlib.closing(sqlite3.connect(path)) as db:
             if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
                 return None
-            if db.execute("SELECT count(*) FROM experiments WHERE experiment_id = 0").fetchone() != (1,):
+            if db.execute("SELECT count(*), min(experiment_id) FROM experiments").fetchone() != (1, 0):
+                return None  # the Default experiment, and nothing else
+            if db.execute("SELECT count(*) FROM runs").fetchone() != (0,):
                 return None
             versions = db.execute("SELECT version_num FROM alembic_version").fetchall()
     except sqlite3.Error:

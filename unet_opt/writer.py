@@ -66,7 +66,14 @@ class ArtifactWriter:
         verbose = logging.getLogger("unet_opt").isEnabledFor(logging.DEBUG)
         process = context.Process(target=writer_main, name="artifact-writer",
                                   args=(child_end, self.tracking_uri, verbose))
-        process.start()
+        # ignored from its first instant (an ignored signal stays ignored through exec): a terminal's
+        # Ctrl-C, sent to every process of the group, must not end it while it imports
+        stops = {stop: signal.signal(stop, signal.SIG_IGN) for stop in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            process.start()
+        finally:
+            for stop, handler in stops.items():
+                signal.signal(stop, handler)
         child_end.close()
         self.process, self.conn = process, conn
 
