@@ -126,7 +126,8 @@ def test_trial_artifacts_title_the_matrix_with_the_best_epoch(tmp_path, monkeypa
                             ["a", "b"], DRONE, False)
     result = FitResult(history=[{"train_loss": 1.0, "val_dice": 0.5}] * 4, best_epoch=3, confusion=drone_matrix(),
                        model=build_model(ModelConfig(base_channels=4, depth=2), len(DRONE)))
-    artifacts.write_trial_artifacts(tmp_path, result, data, [0, 1], "", "val_dice")
-    artifacts.write_model_report(tmp_path, drone_matrix(), data, result.model, [0], prefix="test_", epoch=3)
+    report = artifacts.trial_report(result, data, [0, 1], "", "val_dice")  # as runs.record builds it
+    report.splits.append(artifacts.split_report(drone_matrix(), data, result.model, [0], "test_", 3))
+    artifacts.write_report(tmp_path, report)
     assert titles == ["val split, epoch 3", "test split, epoch 3"]
     assert (tmp_path / "predictions.png").is_file() and (tmp_path / "learning_curves.png").is_file()

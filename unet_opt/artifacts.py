@@ -112,14 +112,3 @@ def write_report(folder: Path, report: RunReport) -> list[Path]:
     for split in report.splits:
         written += write_split(folder, split)
     return written
-
-
-def write_model_report(folder: Path, matrix: np.ndarray, data: SegmentationData, model: torch.nn.Module,
-                       indices: list[int], prefix: str = "", epoch: int | None = None) -> list[Path]:
-    """The files of one split (`prefix` "test_"; none for val), scored with the weights of `epoch`."""
-    return write_split(folder, split_report(matrix, data, model, indices, prefix, epoch))
-
-
-def write_trial_artifacts(folder: Path, result: FitResult, data: SegmentationData, val_indices: list[int],
-                          config_toml: str, metric: str) -> list[Path]:
-    return write_report(folder, trial_report(result, data, val_indices, config_toml, metric))
