@@ -62,6 +62,33 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
 
 
 
+def test_a_kill_between_making_the_parent_run_and_recording_it_leaves_one_parent_run(home, cli, monkeypatch):
+    """SIGKILL right after the new study's parent run is made in MLflow, before the study records it (and before
+    the run has its params): the same command takes that run up at once, rather than waiting for a setup that
+    will never finish and then making a second parent run."""
+    script = (f"import sys, os, signal; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "from pathlib import Path\nimport optuna, mlflow\nfrom conftest import run_search\n"
+              "real = optuna.Study.set_user_attr\n"
+              "def killed(study, key, value):\n"
+              "    if key == 'mlflow_parent_run_id': os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    real(study, key, value)\n"
+              "optuna.Study.set_user_attr = killed\n"
+              "mlflow.tracking.MlflowClient.log_batch = lambda *a, **k: None  # killed before the params, too\n"
+              "run_search(Path('.'), 1)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    monkeypatch.setattr("unet_opt.study.storage.SETUP_WAIT_SECONDS", 3)
+    code, _, err = cli("search", "--trials", "1", *FAST)
+    assert code == 0, err
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
+    assert load(home).user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.data.params["sampler"] == "tpe" and parent.info.status == "FINISHED"
+    [trial] = [r for r in runs if "optuna.trial" in r.data.tags]
+    assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
 def test_a_trial_asked_for_but_never_claimed_is_closed_after_the_grace_period(home, cli, monkeypatch):
     """A SIGKILL between Optuna's ask and the worker recording itself leaves a RUNNING trial with no worker and
     no heartbeat. The same command waits out the grace period, closes it and still runs the trials asked for."""
@@ -271,6 +298,25 @@ def test_same_seed_same_params_and_values(home, monkeypatch, cli):
         assert run.data.tags["sampler_seed"] == "7" and run.data.tags["seed"] == "0"  # seeds are tagged
     # the same sampled params and the same trial values, to the last bit
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(home, sig):
+    """Python drops an exception raised inside a `__del__` or a weakref callback ("Exception ignored in ...").
+    A Ctrl-C that landed there during the start (seen in a WeakKeyDictionary callback at 4 s) used to be lost,
+    and the search ran to its end. Here the signal is sent from inside a finalizer while the stores are set up."""
+    script = (f"import sys, os; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+              "import time\nfrom conftest import FAST\nimport unet_opt.study.search as search\n"
+              "class Finalized:\n"
+              f"    def __del__(self):\n        os.kill(os.getpid(), {int(sig)})\n        time.sleep(0.1)\n"
+              "real = search.check_stores_agree\n"
+              "def checked(*args):\n    Finalized()\n    return real(*args)\n"
+              "search.check_stores_agree = checked\n"
+              "from unet_opt.cli import main\nmain(['search', '--trials', '2', *FAST])\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not [t for t in load(home).trials if t.state.name in ("COMPLETE", "PRUNED")]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unet_opt import progress
+from unet_opt import progress, runtime
 from unet_opt.artifacts import split_report, trial_report, write_report
 from unet_opt.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.config import Config, to_toml
@@ -68,6 +68,7 @@ def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = ""
     metric = cfg.search.goal.metric
 
     def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
+        runtime.raise_lost_stop()
         tracker.log_metrics(run_id, metrics, step=epoch)
         shown = f"  {metric} {metrics[metric]:.4f}" if metric in metrics else ""
         log.log(progress.line_level(), "%s  epoch %d/%d%s  train_loss %.3f  (%.1f s)", label, epoch,

@@ -152,6 +152,20 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return run.info.run_id
 
+    def adopt_or_create_parent(self, study: str, params: dict[str, Any]) -> str:
+        """The parent run for a study that records none yet. A process killed between creating the parent run
+        and recording it in the study left one behind: that run is taken (the oldest, if several), so that the
+        study keeps one parent run throughout. Otherwise a new one is made."""
+        left = self.parent_runs(study)
+        if not left:
+            return self.open_parent(None, study, params)
+        log.info("study '%s' takes up the parent run %s that another command made for it", study, left[0])
+        present = self.client.get_run(left[0]).data.params  # that command may have been stopped before its params
+        missing = [Param(k, str(v)) for k, v in params.items() if k not in present]
+        if missing:
+            self.client.log_batch(left[0], params=missing)
+        return left[0]
+
     def start_run(self, name: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         """A run tagged with the process that owns it (`worker`: host:pid), so that a later command can
         tell a run whose process died from one still going."""
@@ -242,9 +256,10 @@ class Tracker:
             return False
 
     def parent_runs(self, study: str) -> list[str]:
-        """The ids of the parent runs of studies named `study` in this experiment."""
+        """The ids of the parent runs of studies named `study` in this experiment, oldest first."""
         runs = self.client.search_runs([self.experiment_id], f"tags.`unet_opt.role` = 'study' and "
-                                       f"tags.`optuna.study` = '{study}'", max_results=10)
+                                       f"tags.`optuna.study` = '{study}'", max_results=10,
+                                       order_by=["attributes.start_time ASC"])
         return [r.info.run_id for r in runs]
 
     def running_runs(self) -> list[mlflow.entities.Run]:

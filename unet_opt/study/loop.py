@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from unet_opt import progress
+from unet_opt import progress, runtime
 from unet_opt.processes import is_dead_here
 from unet_opt.study.context import SearchContext
 from unet_opt.study.objective import run_trial
@@ -37,6 +37,7 @@ def work(ctx: SearchContext) -> Outcome:
     outcome, failures, target, said_waiting = Outcome(), 0, ctx.cfg.search.trials, False
     with progress.bar(target, "trials", "trial", initial=min(count_finished(ctx.study), target)) as trials:
         while True:
+            runtime.raise_lost_stop()
             close_stale_trials(ctx.study, ctx.storage, ctx.tracker)
             finished, running = count_finished(ctx.study), count_running(ctx.study)
             trials.update(min(finished, target) - trials.n)  # other workers' and machines' trials too

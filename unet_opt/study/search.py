@@ -82,8 +82,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     search_params = {"space": cfg.source, "data": cfg.data.dataset, "sampler": cfg.search.sampler,
                      "pruner": cfg.search.pruner, "brackets": cfg.search.brackets, "metric": cfg.search.metric,
                      "seed": cfg.search.seed, "startup_trials": cfg.search.startup_trials}
-    study, cfg = join_or_create_study(storage, cfg, name, first_data.names,
-                                      lambda: tracker.open_parent(None, name, search_params))
+    study, cfg = join_or_create_study(storage, cfg, name, first_data.names, tracker, search_params)
     close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
     close_runs_of_ended_trials(study, tracker)
     tracker.fail_runs_of_dead_processes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.exc
@@ -15,6 +15,9 @@ from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS, Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.study.pruning import make_pruner, make_sampler
+
+if TYPE_CHECKING:
+    from unet_opt.tracking import Tracker  # for the annotation only: this module needs no MLflow
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
@@ -105,13 +108,13 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
 
 
 def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name: str, names: list[str],
-                         open_parent: Any) -> tuple[optuna.Study, Config]:
+                         tracker: Tracker, search_params: dict[str, Any]) -> tuple[optuna.Study, Config]:
     """The study `name`: created here (config, split, parent run stored at once), or joined; and the
     config its trials run with (`cfg`, or for a study of an older version, what it began with).
 
     Creating a study is atomic in the storage, so when the same command starts on several machines
     at once exactly one of them sets the study up and the others wait for it: one split, one parent run.
-    `open_parent()` creates the MLflow parent run and returns its id.
+    The parent run is made last (with `search_params`), so once it exists in MLflow the setup is done.
     """
     direction = optuna.study.StudyDirection[cfg.search.goal.direction.upper()]
     try:
@@ -126,7 +129,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     if not created:
         waited = time.monotonic()
         while "mlflow_parent_run_id" not in study.user_attrs and not study.get_trials(deepcopy=False) \
-                and time.monotonic() - waited < SETUP_WAIT_SECONDS:
+                and not tracker.parent_runs(name) and time.monotonic() - waited < SETUP_WAIT_SECONDS:
             time.sleep(0.5)  # another machine is setting it up right now
     setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
     if not created and "config" in setup:
@@ -144,7 +147,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         store_setup(storage, name, "split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
                                                        cfg.data.split_seed))
     if "mlflow_parent_run_id" not in study.user_attrs:
-        study.set_user_attr("mlflow_parent_run_id", open_parent())
+        study.set_user_attr("mlflow_parent_run_id", tracker.adopt_or_create_parent(name, search_params))
     return study, cfg
 
 
