@@ -62,22 +62,34 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
 
 
 
-def test_a_kill_between_making_the_parent_run_and_recording_it_leaves_one_parent_run(home, cli, monkeypatch):
-    """SIGKILL right after the new study's parent run is made in MLflow, before the study records it (and before
-    the run has its params): the same command takes that run up at once, rather than waiting for a setup that
-    will never finish and then making a second parent run."""
+# where a new study's setup is SIGKILLed: the module and function to patch, and the key at which it kills
+SETUP_KILL_POINTS = {"after the study is created": ("unet_opt.study.storage", "store_setup", "config"),
+                     "after its parent run is made": ("optuna", "Study.set_user_attr", "mlflow_parent_run_id")}
+
+
+@pytest.mark.parametrize("point", list(SETUP_KILL_POINTS))
+def test_a_study_whose_setup_was_killed_is_set_up_by_the_same_command_at_once(home, cli, monkeypatch, point):
+    """SIGKILL while a new study is being set up, by the command that created it. The same command does not
+    wait for a setup that will never finish (it used to, for 30 s) and ends with one parent run: the one the
+    killed command made in MLflow (before the run had its params) is taken up, not made a second time."""
+    module, function, key = SETUP_KILL_POINTS[point]
+    owner, _, name = f"{module}.{function}".rpartition(".")
     script = (f"import sys, os, signal; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-              "from pathlib import Path\nimport optuna, mlflow\nfrom conftest import run_search\n"
-              "real = optuna.Study.set_user_attr\n"
-              "def killed(study, key, value):\n"
-              "    if key == 'mlflow_parent_run_id': os.kill(os.getpid(), signal.SIGKILL)\n"
-              "    real(study, key, value)\n"
-              "optuna.Study.set_user_attr = killed\n"
+              f"from pathlib import Path\nimport {module}, mlflow\nfrom conftest import run_search\n"
+              f"real = {owner}.{name}\n"
+              "def killed(*args):\n"
+              f"    if {key!r} in args: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    real(*args)\n"
+              f"{owner}.{name} = killed\n"
               "mlflow.tracking.MlflowClient.log_batch = lambda *a, **k: None  # killed before the params, too\n"
               "run_search(Path('.'), 1)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
-    monkeypatch.setattr("unet_opt.study.storage.SETUP_WAIT_SECONDS", 3)
+
+    def no_waiting(seconds):
+        raise AssertionError("waited for the setup of a command that is dead")
+
+    monkeypatch.setattr("unet_opt.study.storage.time", SimpleNamespace(monotonic=time.monotonic, sleep=no_waiting))
     code, _, err = cli("search", "--trials", "1", *FAST)
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
@@ -87,6 +99,7 @@ def test_a_kill_between_making_the_parent_run_and_recording_it_leaves_one_parent
     assert parent.data.params["sampler"] == "tpe" and parent.info.status == "FINISHED"
     [trial] = [r for r in runs if "optuna.trial" in r.data.tags]
     assert trial.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert load(home).trials[0].state.name in ("COMPLETE", "PRUNED")
 
 
 def test_a_trial_asked_for_but_never_claimed_is_closed_after_the_grace_period(home, cli, monkeypatch):

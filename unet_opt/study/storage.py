@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,10 +15,13 @@ from optuna.trial import TrialState
 from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS, Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.processes import is_dead_here, worker_id
 from unet_opt.study.pruning import make_pruner, make_sampler
 
 if TYPE_CHECKING:
     from unet_opt.tracking import Tracker  # for the annotation only: this module needs no MLflow
+
+log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
@@ -107,6 +111,22 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
                         f"run it with its original settings or start a new study with --study NEW_NAME")
 
 
+def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker) -> None:
+    """The command that created `study` (here or on another machine) may be setting it up right now: wait
+    until its parent run exists, at most SETUP_WAIT_SECONDS, and not at all for a process of this machine
+    that died. What it left unset is then set by the caller."""
+    name, started, said = study.study_name, time.monotonic(), False
+    while time.monotonic() - started < SETUP_WAIT_SECONDS:
+        if "mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False) \
+                or tracker.parent_runs(name) or is_dead_here(study_setup(storage, name).get("creator")):
+            return
+        if not said and time.monotonic() - started > 2:  # longer than a plain race: say why nothing happens
+            log.info("waiting for the command that created study '%s' to set it up (at most %d s)", name,
+                     SETUP_WAIT_SECONDS)
+            said = True
+        time.sleep(0.5)
+
+
 def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name: str, names: list[str],
                          tracker: Tracker, search_params: dict[str, Any]) -> tuple[optuna.Study, Config]:
     """The study `name`: created here (config, split, parent run stored at once), or joined; and the
@@ -120,6 +140,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     try:
         storage.create_new_study([direction], name)
         created = True
+        store_setup(storage, name, "creator", worker_id())  # a later command need not wait for a dead creator
     except optuna.exceptions.DuplicatedStudyError:
         created = False
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg), pruner=make_pruner(cfg))
@@ -127,10 +148,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         raise UserError(f"study '{name}' {study.direction.name.lower()}s its metric but search.metric = "
                         f"{cfg.search.metric} is to {cfg.search.goal.direction}; use another --study name")
     if not created:
-        waited = time.monotonic()
-        while "mlflow_parent_run_id" not in study.user_attrs and not study.get_trials(deepcopy=False) \
-                and not tracker.parent_runs(name) and time.monotonic() - waited < SETUP_WAIT_SECONDS:
-            time.sleep(0.5)  # another machine is setting it up right now
+        wait_for_its_setup(study, storage, tracker)
     setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
     if not created and "config" in setup:
         older = {k: v for k, v in RECIPE_BEFORE_ITS_FIELDS.items() if k not in setup["config"]}
