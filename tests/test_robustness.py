@@ -14,7 +14,7 @@ import fits
 import optuna
 import pytest
 import torch
-from conftest import FAST, free_port, interruptible, run_search, written_files
+from conftest import FAST, free_port, interruptible, processes_in, run_search, written_files
 from mlflow.tracking import MlflowClient
 
 from unet_opt.checkpoint import FORMAT, load_checkpoint
@@ -63,7 +63,8 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
 
 
 # where a new study's setup is SIGKILLed: the module and function to patch, and the key at which it kills
-SETUP_KILL_POINTS = {"after the study is created": ("unet_opt.study.storage", "store_setup", "config"),
+SETUP_KILL_POINTS = {"as the study is created": ("unet_opt.study.storage", "store_setup", "creator"),
+                     "after the study is created": ("unet_opt.study.storage", "store_setup", "config"),
                      "after its parent run is made": ("optuna", "Study.set_user_attr", "mlflow_parent_run_id")}
 
 
@@ -90,6 +91,8 @@ def test_a_study_whose_setup_was_killed_is_set_up_by_the_same_command_at_once(ho
         raise AssertionError("waited for the setup of a command that is dead")
 
     monkeypatch.setattr("unet_opt.study.storage.time", SimpleNamespace(monotonic=time.monotonic, sleep=no_waiting))
+    monkeypatch.setattr("unet_opt.study.storage.UNRECORDED_CREATOR_SECONDS", 0)  # 5 s: a creator that is alive
+    # records itself in milliseconds; one killed before that leaves no trace
     code, _, err = cli("search", "--trials", "1", *FAST)
     assert code == 0, err
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
@@ -313,23 +316,34 @@ def test_same_seed_same_params_and_values(home, monkeypatch, cli):
     assert results[0] == results[1]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(home, sig):
+# where a stop signal lands in a finalizer: the function that makes one, and the command's extra options
+DROPPED_STOPS = {"SIGINT while the stores are set up": (signal.SIGINT, "check_stores_agree", []),
+                 "SIGTERM while the stores are set up": (signal.SIGTERM, "check_stores_agree", []),
+                 "SIGTERM while workers search": (signal.SIGTERM, "run_workers", ["--workers", "2"])}
+
+
+@pytest.mark.parametrize("case", list(DROPPED_STOPS))
+def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path, case):
     """Python drops an exception raised inside a `__del__` or a weakref callback ("Exception ignored in ...").
     A Ctrl-C that landed there during the start (seen in a WeakKeyDictionary callback at 4 s) used to be lost,
-    and the search ran to its end. Here the signal is sent from inside a finalizer while the stores are set up."""
+    and the search ran to its end. Here the signal is sent from inside a finalizer as the search's process
+    sets up its stores, or as it starts its workers (which the signal, sent to it alone, does not reach)."""
+    sig, where, options = DROPPED_STOPS[case]
     script = (f"import sys, os; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
               "import time\nfrom conftest import FAST\nimport unet_opt.study.search as search\n"
               "class Finalized:\n"
               f"    def __del__(self):\n        os.kill(os.getpid(), {int(sig)})\n        time.sleep(0.1)\n"
-              "real = search.check_stores_agree\n"
-              "def checked(*args):\n    Finalized()\n    return real(*args)\n"
-              "search.check_stores_agree = checked\n"
-              "from unet_opt.cli import main\nmain(['search', '--trials', '2', *FAST])\n")
+              f"real = search.{where}\n"
+              "def dropping(*args):\n    Finalized()\n    return real(*args)\n"
+              f"search.{where} = dropping\n"
+              f"from unet_opt.cli import main\nmain(['search', '--trials', '2', *FAST, *{options!r}])\n")
+    home = tmp_path / "project"  # not the test's working folder: no process is to be left in it
+    home.mkdir()
     proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], proc.stderr
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert not [t for t in load(home).trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert not [t for t in load(home).trials if t.state.name in ("COMPLETE", "PRUNED")], proc.stderr
+    assert processes_in(home) == []
 
 
 @pytest.mark.slow

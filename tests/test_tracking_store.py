@@ -173,17 +173,7 @@ def test_the_cache_follows_xdg_cache_home_or_the_home_folder(tmp_path, monkeypat
     for unset in ("", "relative/path"):  # the XDG rule: a relative path is ignored
         monkeypatch.setenv("XDG_CACHE_HOME", unset)
         monkeypatch.setenv("HOME", str(tmp_path / "me"))
-        (tmp_path / "me").mkdir(exist_ok=True)
         assert schema_template_path().parent == tmp_path / "me" / ".cache" / "unet-opt"
-
-
-def test_a_home_folder_that_does_not_exist_is_not_made_for_the_cache(tmp_path, monkeypatch, migrations):
-    monkeypatch.setenv("XDG_CACHE_HOME", "")
-    monkeypatch.setenv("HOME", str(tmp_path / "nonexistent"))  # as a service account's HOME often is
-    t = tracker(tmp_path / "project")
-    assert t.client.get_run(t.start_run("r", {}, {})).info.status == "RUNNING"
-    assert [Path(m).parent.parent.name for m in migrations] == ["project"]  # migrated in place
-    assert not (tmp_path / "nonexistent").exists()
 
 
 def test_create_atomically_can_replace_a_cached_file(tmp_path):

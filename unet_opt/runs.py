@@ -68,7 +68,7 @@ def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = ""
     metric = cfg.search.goal.metric
 
     def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
-        runtime.raise_lost_stop()
+        runtime.raise_pending_stop()
         tracker.log_metrics(run_id, metrics, step=epoch)
         shown = f"  {metric} {metrics[metric]:.4f}" if metric in metrics else ""
         log.log(progress.line_level(), "%s  epoch %d/%d%s  train_loss %.3f  (%.1f s)", label, epoch,

@@ -27,7 +27,6 @@ ENVIRONMENT = {
 FORCED = {"MPLBACKEND": "Agg"}  # figures are files, even where a notebook terminal set an inline backend
 
 stop_signal: int | None = None  # the SIGINT or SIGTERM that is stopping this process
-lost_stop = False  # a stop that Python dropped because it was raised inside a `__del__` or a weakref callback
 
 
 def redact_passwords(record: logging.LogRecord) -> bool:
@@ -65,23 +64,20 @@ def on_stop_signal(signum: int, frame: object) -> None:
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def keep_lost_stop(unraisable: object) -> None:
+def hide_dropped_stop(unraisable: object) -> None:
     """`sys.unraisablehook`. A stop raised while a `__del__` or a weakref callback runs (a garbage-collected
-    database connection, a temporary file) cannot leave it: Python prints "Exception ignored in ..." and
-    carries on, so Ctrl-C would do nothing. It is kept instead, and raised again at the next safe point."""
-    global lost_stop
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and stop_signal is not None:  # Terminated is one too
-        lost_stop = True
-    else:
+    database connection, a temporary file) cannot leave it: Python prints "Exception ignored in ..." with a
+    traceback and carries on. `raise_pending_stop` raises it again at the next safe point: no traceback."""
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and stop_signal is not None):  # Terminated too
         sys.__unraisablehook__(unraisable)
 
 
-def raise_lost_stop() -> None:
-    """Raise the stop that `keep_lost_stop` kept, if any: called where a stop is safe (between trials, at
-    each epoch's end), so a search stops within an epoch of the signal even when Python dropped it."""
-    global lost_stop
-    if lost_stop:
-        lost_stop = False
+def raise_pending_stop() -> None:
+    """Raise the stop this process received, where stopping is safe: between trials, at each epoch's end,
+    while waiting for workers. A stop raised as it arrived never gets here (nothing resumes after one);
+    one that Python dropped in a finalizer, or that a library turned into an error that was handled (a
+    trial recorded FAIL), does, so a Ctrl-C is never lost."""
+    if stop_signal is not None:
         raise Terminated() if stop_signal == signal.SIGTERM else KeyboardInterrupt()
 
 
@@ -90,9 +86,9 @@ def handle_stop_signals() -> None:
     progress is recorded as interrupted and its run KILLED, instead of the process vanishing mid-write.
     Both are remembered in `stop_signal`: one that lands inside an import or a library's own handler can
     surface as some other error, which is then still reported as the stop it is."""
-    global stop_signal, lost_stop
-    stop_signal, lost_stop = None, False
-    sys.unraisablehook = keep_lost_stop
+    global stop_signal
+    stop_signal = None
+    sys.unraisablehook = hide_dropped_stop
     signal.signal(signal.SIGTERM, on_stop_signal)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
         signal.signal(signal.SIGINT, on_stop_signal)

@@ -49,11 +49,7 @@ def migrate(path: Path) -> None:
 def cache_folder() -> Path:
     """unet-opt's folder in the user's cache: $XDG_CACHE_HOME/unet-opt, else ~/.cache/unet-opt."""
     base = os.environ.get("XDG_CACHE_HOME", "")
-    if os.path.isabs(base):
-        return Path(base) / "unet-opt"
-    if not Path.home().is_dir():  # a service account's HOME=/nonexistent: no folder is made there
-        raise FileNotFoundError(f"the home folder {Path.home()} does not exist")
-    return Path.home() / ".cache" / "unet-opt"
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "unet-opt"
 
 
 def schema_template_path() -> Path:
@@ -112,7 +108,7 @@ def copy_schema_template(path: Path) -> bool:
         return False
     for attempt in range(2):
         try:
-            template = schema_template_path()  # fails where the user has no home folder
+            template = schema_template_path()  # Path.home() fails where the user has no home
             if attempt or not template.is_file():
                 build_schema_template(template, revision)
             shutil.copyfile(template, path)

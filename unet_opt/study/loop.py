@@ -37,7 +37,7 @@ def work(ctx: SearchContext) -> Outcome:
     outcome, failures, target, said_waiting = Outcome(), 0, ctx.cfg.search.trials, False
     with progress.bar(target, "trials", "trial", initial=min(count_finished(ctx.study), target)) as trials:
         while True:
-            runtime.raise_lost_stop()
+            runtime.raise_pending_stop()
             close_stale_trials(ctx.study, ctx.storage, ctx.tracker)
             finished, running = count_finished(ctx.study), count_running(ctx.study)
             trials.update(min(finished, target) - trials.n)  # other workers' and machines' trials too

@@ -27,6 +27,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
 GRACE_SECONDS = 30
 SETUP_WAIT_SECONDS = 30  # how long a second machine waits for the first to finish setting up a new study
+UNRECORDED_CREATOR_SECONDS = 5  # a live creator records itself at once; after this long, no one will
 DEAD_WORKER = "worker died (killed or crashed)"
 
 
@@ -111,14 +112,17 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
                         f"run it with its original settings or start a new study with --study NEW_NAME")
 
 
-def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage, tracker: Tracker) -> None:
+def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     """The command that created `study` (here or on another machine) may be setting it up right now: wait
-    until its parent run exists, at most SETUP_WAIT_SECONDS, and not at all for a process of this machine
-    that died. What it left unset is then set by the caller."""
+    until it records its parent run, at most SETUP_WAIT_SECONDS. Not at all for a creator that is a dead
+    process of this machine, nor for one that never recorded itself (killed as it created the study, or
+    the study was made by other tools), which a live one does in milliseconds. What it left unset is then
+    set by the caller."""
     name, started, said = study.study_name, time.monotonic(), False
     while time.monotonic() - started < SETUP_WAIT_SECONDS:
-        if "mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False) \
-                or tracker.parent_runs(name) or is_dead_here(study_setup(storage, name).get("creator")):
+        creator = study_setup(storage, name).get("creator")
+        if "mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False) or is_dead_here(creator) \
+                or (creator is None and time.monotonic() - started > UNRECORDED_CREATOR_SECONDS):
             return
         if not said and time.monotonic() - started > 2:  # longer than a plain race: say why nothing happens
             log.info("waiting for the command that created study '%s' to set it up (at most %d s)", name,
@@ -134,7 +138,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
 
     Creating a study is atomic in the storage, so when the same command starts on several machines
     at once exactly one of them sets the study up and the others wait for it: one split, one parent run.
-    The parent run is made last (with `search_params`), so once it exists in MLflow the setup is done.
+    The parent run is made last (with `search_params`); one that a killed creator made is taken up.
     """
     direction = optuna.study.StudyDirection[cfg.search.goal.direction.upper()]
     try:
@@ -148,7 +152,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         raise UserError(f"study '{name}' {study.direction.name.lower()}s its metric but search.metric = "
                         f"{cfg.search.metric} is to {cfg.search.goal.direction}; use another --study name")
     if not created:
-        wait_for_its_setup(study, storage, tracker)
+        wait_for_its_setup(study, storage)
     setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
     if not created and "config" in setup:
         older = {k: v for k, v in RECIPE_BEFORE_ITS_FIELDS.items() if k not in setup["config"]}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import time
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as EventType
 
 import optuna
 import torch
@@ -44,20 +46,26 @@ class WorkerPlan:
 def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -> Outcome:
     """Start one worker process per placement and wait for them; their worker ids are added to `ids`."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
-    processes = [context.Process(target=worker_main, name=f"worker-{i}", args=(i, plan, placement))
+    ready = [context.Event() for _ in placements]
+    processes = [context.Process(target=worker_main, name=f"worker-{i}", args=(i, plan, placement, ready[i]))
                  for i, placement in enumerate(placements)]
-    for p in processes:
-        p.start()
-        ids.append(f"{socket.gethostname()}:{p.pid}")
     try:
         for p in processes:
-            p.join()
+            p.start()
+            ids.append(f"{socket.gethostname()}:{p.pid}")
+        while alive := [p for p in processes if p.is_alive()]:
+            runtime.raise_pending_stop()
+            multiprocessing.connection.wait([p.sentinel for p in alive], timeout=1.0)
     except KeyboardInterrupt:
-        # a terminal's Ctrl-C reached the workers too; a signal sent to this process alone is passed on
-        stop_workers(processes)
+        # a terminal's Ctrl-C reached the workers too; a signal sent to this process alone is passed on.
+        # A worker still starting has no trial to record: it is ended at once (a SIGINT would end it
+        # mid-import with a traceback).
+        for p in (p for p, started in zip(processes, ready) if p.pid is not None and not started.is_set()):
+            p.kill()
+        stop_workers([p for p, started in zip(processes, ready) if started.is_set()])
         raise
     finally:
-        for p in processes:
+        for p in (p for p in processes if p.pid is not None):  # those started
             if p.is_alive():
                 p.kill()
             p.join()
@@ -88,15 +96,26 @@ def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: fl
         p.join(max(0.0, end - clock()))
 
 
-def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
+def worker_main(index: int, plan: WorkerPlan, placement: Placement, ready: EventType) -> None:
     """One worker process: its own storage and MLflow connections, the shared study and parent run, a
     sampler seeded for this worker. It dies with the launching process, as the trial's ranks do."""
     die_with_parent()
     runtime.setup(plan.verbose, prefix=f"[w{index}] ")
     runtime.handle_stop_signals()
+    ready.set()  # from here a stop records the trial in progress
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if placement.device == "cpu" and placement.procs == 1 and placement.threads:
         torch.set_num_threads(placement.threads)
+    try:
+        outcome = search_as_worker(plan, placement)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if outcome.stopped_reason:
+        log.info("stopped: %s", outcome.stopped_reason)
+    raise SystemExit(1 if outcome.failed_out else 0)
+
+
+def search_as_worker(plan: WorkerPlan, placement: Placement) -> Outcome:
     cfg, paths = plan.cfg, plan.paths
     name = study_name(cfg)
     storage = open_storage(paths.storage_url(cfg.search.storage))
@@ -104,13 +123,6 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement) -> None:
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg),
                               pruner=make_pruner(cfg))
     first = load_data(cfg.data, cfg.model.depth, paths.cache)
-    ctx = SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
-                              first, plan.fit)
-    try:
-        with ctx:
-            outcome = work(ctx)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    if outcome.stopped_reason:
-        log.info("stopped: %s", outcome.stopped_reason)
-    raise SystemExit(1 if outcome.failed_out else 0)
+    with SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
+                             first, plan.fit) as ctx:
+        return work(ctx)
