@@ -22,6 +22,7 @@ from unet_opt.config import to_toml
 from unet_opt.data import ClassTable
 from unet_opt.errors import UserError
 from unet_opt.model import build_model
+from unet_opt.processes import worker_id
 from unet_opt.space_file import load_config
 
 # where the first trial's process dies with SIGKILL: a stand-in fit from tests/fits.py
@@ -65,10 +66,13 @@ def test_sigkill_then_the_same_command_recovers(home, cli, point):
 # where a new study's setup is SIGKILLed: the module and function to patch, and the key at which it kills
 SETUP_KILL_POINTS = {"as the study is created": ("unet_opt.study.storage", "store_setup", "creator"),
                      "after the study is created": ("unet_opt.study.storage", "store_setup", "config"),
-                     "after its parent run is made": ("optuna", "Study.set_user_attr", "mlflow_parent_run_id")}
+                     "after its parent run is made": ("optuna", "Study.set_user_attr", "mlflow_parent_run_id"),
+                     # a container restarted after an OOM kill: same host name, and the command gets the same pid
+                     "by a process whose pid this one now has": ("unet_opt.study.storage", "store_setup", "config")}
 
 
-@pytest.mark.parametrize("point", list(SETUP_KILL_POINTS))
+@pytest.mark.parametrize("point", [pytest.param(point, marks=[pytest.mark.slow] if i % 2 else []) for i, point
+                                   in enumerate(SETUP_KILL_POINTS)])  # half of them in the quick suite
 def test_a_study_whose_setup_was_killed_is_set_up_by_the_same_command_at_once(home, cli, monkeypatch, point):
     """SIGKILL while a new study is being set up, by the command that created it. The same command does not
     wait for a setup that will never finish (it used to, for 30 s) and ends with one parent run: the one the
@@ -86,6 +90,9 @@ def test_a_study_whose_setup_was_killed_is_set_up_by_the_same_command_at_once(ho
               "run_search(Path('.'), 1)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
+    if point == "by a process whose pid this one now has":
+        storage = load(home)._storage
+        storage.set_study_system_attr(load(home)._study_id, "unet_opt:creator", worker_id())
 
     def no_waiting(seconds):
         raise AssertionError("waited for the setup of a command that is dead")
@@ -322,7 +329,8 @@ DROPPED_STOPS = {"SIGINT while the stores are set up": (signal.SIGINT, "check_st
                  "SIGTERM while workers search": (signal.SIGTERM, "run_workers", ["--workers", "2"])}
 
 
-@pytest.mark.parametrize("case", list(DROPPED_STOPS))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=[pytest.mark.slow] if "workers" in case else [])
+                                  for case in DROPPED_STOPS])
 def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path, case):
     """Python drops an exception raised inside a `__del__` or a weakref callback ("Exception ignored in ...").
     A Ctrl-C that landed there during the start (seen in a WeakKeyDictionary callback at 4 s) used to be lost,
@@ -344,6 +352,33 @@ def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not [t for t in load(home).trials if t.state.name in ("COMPLETE", "PRUNED")], proc.stderr
     assert processes_in(home) == []
+
+
+def test_a_stop_that_no_safe_point_raises_again_still_ends_the_command_as_stopped(searched_home):
+    """A Ctrl-C dropped in a finalizer where no safe point follows (`studies` has none) used to end the
+    command with exit 0 and nothing said; with Python's "Exception ignored" hidden, it would vanish."""
+    script = ("import os, signal, time\nimport unet_opt.study.summary as summary\n"
+              "class Finalized:\n"
+              "    def __del__(self):\n        os.kill(os.getpid(), signal.SIGINT)\n        time.sleep(0.1)\n"
+              "real = summary.list_studies\n"
+              "def dropping(*args):\n    Finalized()\n    return real(*args)\n"
+              "summary.list_studies = dropping\n"
+              "from unet_opt.cli import main\nmain(['studies'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=searched_home, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 130 and proc.stderr.strip().splitlines()[-1] == "interrupted", proc.stderr
+
+
+def test_a_parent_run_killed_once_the_trials_were_done_ends_finished_with_the_same_command(home, cli):
+    """SIGTERM to a `--workers` launcher whose workers then finish their trials within the grace: the study
+    is complete but its parent run was ended KILLED, and the same command ("nothing to do") left it so."""
+    run_search(home, 1)
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    parent = load(home).user_attrs["mlflow_parent_run_id"]
+    client.set_terminated(parent, "KILLED")
+    code, out, err = cli("search", "--trials", "1", *FAST)
+    assert code == 0 and "already has 1 finished trial" in out, err
+    assert client.get_run(parent).info.status == "FINISHED"
 
 
 @pytest.mark.slow

@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         # the signal landed inside an import or a library that turned it into another error
         logging.getLogger("unet_opt").debug("after the stop signal", exc_info=True)
         code = stopped(runtime.stop_signal == signal.SIGTERM)
+    if not code and runtime.stop_signal is not None:  # a stop that no safe point raised again: still said
+        code = stopped(runtime.stop_signal == signal.SIGTERM)
     sys.exit(code or 0)
 
 

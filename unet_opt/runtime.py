@@ -76,7 +76,7 @@ def raise_pending_stop() -> None:
     """Raise the stop this process received, where stopping is safe: between trials, at each epoch's end,
     while waiting for workers. A stop raised as it arrived never gets here (nothing resumes after one);
     one that Python dropped in a finalizer, or that a library turned into an error that was handled (a
-    trial recorded FAIL), does, so a Ctrl-C is never lost."""
+    trial recorded FAIL), does. One that no safe point raised still ends the command as stopped (`cli.main`)."""
     if stop_signal is not None:
         raise Terminated() if stop_signal == signal.SIGTERM else KeyboardInterrupt()
 

@@ -51,7 +51,8 @@ def close_runs_of_ended_trials(study: optuna.Study, tracker: Tracker) -> None:
 
 def finish_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
     """A study with no trial running: the parent's files are written again when missing or stale, and a
-    parent left RUNNING (its search was killed while logging them) ends FINISHED."""
+    parent not FINISHED (its search was killed while logging them, or stopped once its trials were done)
+    ends FINISHED."""
     if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return  # another process is searching right now: its own end writes the files
     run = tracker.client.get_run(parent_id)
@@ -59,7 +60,7 @@ def finish_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Co
     if run.data.tags.get(FILES_TAG) != files_cover(study) or not set(STUDY_FILES) <= present:
         log.info("writing the study's plots and tables again (they were missing or stale)")
         log_study_artifacts(study, tracker, parent_id, cfg)
-    if run.info.status == "RUNNING":
+    if run.info.status != "FINISHED":  # also a parent KILLED by a stop that came once the work was done
         tracker.end(parent_id, "FINISHED")
 
 

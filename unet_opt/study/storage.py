@@ -117,11 +117,13 @@ def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage
     until it records its parent run, at most SETUP_WAIT_SECONDS. Not at all for a creator that is a dead
     process of this machine, nor for one that never recorded itself (killed as it created the study, or
     the study was made by other tools), which a live one does in milliseconds. What it left unset is then
-    set by the caller."""
+    set by the caller. (A creator with this process's own host:pid was a former process: a restarted
+    container gets the same host name and pid.)"""
     name, started, said = study.study_name, time.monotonic(), False
     while time.monotonic() - started < SETUP_WAIT_SECONDS:
         creator = study_setup(storage, name).get("creator")
-        if "mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False) or is_dead_here(creator) \
+        gone = is_dead_here(creator) or creator == worker_id()  # this process did not create it: a former one
+        if "mlflow_parent_run_id" in study.user_attrs or study.get_trials(deepcopy=False) or gone \
                 or (creator is None and time.monotonic() - started > UNRECORDED_CREATOR_SECONDS):
             return
         if not said and time.monotonic() - started > 2:  # longer than a plain race: say why nothing happens
