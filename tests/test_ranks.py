@@ -124,3 +124,15 @@ def test_errors_of_the_process_group_itself_restart_it():
     assert broke_the_group(timeout) and broke_the_group(closed)
     assert not broke_the_group(ValueError("every rank failed after training"))
     assert not broke_the_group(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+
+@pytest.mark.slow
+def test_a_terminal_s_ctrl_c_while_the_ranks_import_does_not_end_them():
+    """A terminal's Ctrl-C reaches every process of the group; a rank used to ignore it only once it had
+    imported torch, and one still importing ended with a traceback."""
+    with RankGroup(TWO, start=True) as ranks:
+        for pid in ranks.pids:  # they are importing torch now
+            os.kill(pid, signal.SIGINT)
+        result = ranks.run(fit_on_ranks, trial_args(), None)
+        assert result.epochs_run == 2 and ranks.starts == 1
+    assert children_of(os.getpid()) == []

@@ -114,14 +114,21 @@ class RankGroup:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         remove_stale_rendezvous()
         self.rendezvous = tempfile.mkdtemp(prefix=f"{RENDEZVOUS_PREFIX}{os.getpid()}-")
-        for rank in range(self.placement.procs):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=rank_main, name=f"rank-{rank}",
-                                      args=(rank, self.placement, f"file://{self.rendezvous}/store", child_end))
-            process.start()
-            child_end.close()
-            self.processes.append(process)
-            self.conns.append(parent_end)
+        # a terminal's Ctrl-C reaches every process of the group: a rank ignores it from its first instant
+        # (an ignored signal stays ignored through exec), not only once it has imported torch, which would
+        # end it with a traceback. The launcher is deaf to it for the milliseconds the starts take.
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for rank in range(self.placement.procs):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=rank_main, name=f"rank-{rank}",
+                                          args=(rank, self.placement, f"file://{self.rendezvous}/store", child_end))
+                process.start()
+                child_end.close()
+                self.processes.append(process)
+                self.conns.append(parent_end)
+        finally:
+            signal.signal(signal.SIGINT, handler)
         self.starts += 1
 
     def collect(self, on_epoch: OnEpoch | None) -> Any:
@@ -215,7 +222,7 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
     """One rank: join the group, then run each call sent until the connection closes."""
     die_with_parent()
     runtime.setup(prefix=f"[rank {rank}] ")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it ends the ranks
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as it started: Ctrl-C is the launcher's, which ends the ranks
     if placement.threads:
         torch.set_num_threads(placement.threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
