@@ -323,6 +323,19 @@ def test_same_seed_same_params_and_values(home, monkeypatch, cli):
     assert results[0] == results[1]
 
 
+def command_dropping_a_stop(sig: int, module: str, function: str, argv: list[str]) -> str:
+    """Python source running `unet-opt ARGV` with `module.function` patched to send `sig` to its own process
+    from inside a `__del__` first: the handler's exception is raised there, and Python drops it."""
+    return ("import os, time\n"
+            f"import {module} as patched\n"
+            "class Finalized:\n"
+            f"    def __del__(self):\n        os.kill(os.getpid(), {int(sig)})\n        time.sleep(0.1)\n"
+            f"real = patched.{function}\n"
+            "def dropping(*args):\n    Finalized()\n    return real(*args)\n"
+            f"patched.{function} = dropping\n"
+            f"from unet_opt.cli import main\nmain({argv!r})\n")
+
+
 # where a stop signal lands in a finalizer: the function that makes one, and the command's extra options
 DROPPED_STOPS = {"SIGINT while the stores are set up": (signal.SIGINT, "check_stores_agree", []),
                  "SIGTERM while the stores are set up": (signal.SIGTERM, "check_stores_agree", []),
@@ -337,14 +350,7 @@ def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path
     and the search ran to its end. Here the signal is sent from inside a finalizer as the search's process
     sets up its stores, or as it starts its workers (which the signal, sent to it alone, does not reach)."""
     sig, where, options = DROPPED_STOPS[case]
-    script = (f"import sys, os; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-              "import time\nfrom conftest import FAST\nimport unet_opt.study.search as search\n"
-              "class Finalized:\n"
-              f"    def __del__(self):\n        os.kill(os.getpid(), {int(sig)})\n        time.sleep(0.1)\n"
-              f"real = search.{where}\n"
-              "def dropping(*args):\n    Finalized()\n    return real(*args)\n"
-              f"search.{where} = dropping\n"
-              f"from unet_opt.cli import main\nmain(['search', '--trials', '2', *FAST, *{options!r}])\n")
+    script = command_dropping_a_stop(sig, "unet_opt.study.search", where, ["search", "--trials", "2", *FAST, *options])
     home = tmp_path / "project"  # not the test's working folder: no process is to be left in it
     home.mkdir()
     proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
@@ -357,13 +363,7 @@ def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path
 def test_a_stop_that_no_safe_point_raises_again_still_ends_the_command_as_stopped(searched_home):
     """A Ctrl-C dropped in a finalizer where no safe point follows (`studies` has none) used to end the
     command with exit 0 and nothing said; with Python's "Exception ignored" hidden, it would vanish."""
-    script = ("import os, signal, time\nimport unet_opt.study.summary as summary\n"
-              "class Finalized:\n"
-              "    def __del__(self):\n        os.kill(os.getpid(), signal.SIGINT)\n        time.sleep(0.1)\n"
-              "real = summary.list_studies\n"
-              "def dropping(*args):\n    Finalized()\n    return real(*args)\n"
-              "summary.list_studies = dropping\n"
-              "from unet_opt.cli import main\nmain(['studies'])\n")
+    script = command_dropping_a_stop(signal.SIGINT, "unet_opt.study.summary", "list_studies", ["studies"])
     proc = subprocess.run([sys.executable, "-c", script], cwd=searched_home, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 130 and proc.stderr.strip().splitlines()[-1] == "interrupted", proc.stderr
