@@ -1,12 +1,15 @@
-"""This machine's processes: the id a worker records, whether it is still alive, dying with a parent."""
+"""This machine's processes: the id a worker records, whether it is still alive, dying with a parent,
+children that start deaf to stop signals."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import socket
+from collections.abc import Iterator
 
 
 def worker_id() -> str:
@@ -37,3 +40,16 @@ def die_with_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:  # reparented: the launcher is gone
         os._exit(1)
+
+
+@contextlib.contextmanager
+def children_ignoring(*stops: signal.Signals) -> Iterator[None]:
+    """Child processes started in this block ignore `stops` from their first instant (an ignored signal
+    stays ignored through exec): a terminal's Ctrl-C, sent to every process of the group, must not end one
+    with a traceback while it imports. This process ignores them too, for the milliseconds the starts take."""
+    handlers = {stop: signal.signal(stop, signal.SIG_IGN) for stop in stops}
+    try:
+        yield
+    finally:
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from unet_opt import runtime
 from unet_opt.distributed import Group, Placement
-from unet_opt.processes import die_with_parent
+from unet_opt.processes import children_ignoring, die_with_parent
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
@@ -114,11 +114,7 @@ class RankGroup:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
         remove_stale_rendezvous()
         self.rendezvous = tempfile.mkdtemp(prefix=f"{RENDEZVOUS_PREFIX}{os.getpid()}-")
-        # a terminal's Ctrl-C reaches every process of the group: a rank ignores it from its first instant
-        # (an ignored signal stays ignored through exec), not only once it has imported torch, which would
-        # end it with a traceback. The launcher is deaf to it for the milliseconds the starts take.
-        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with children_ignoring(signal.SIGINT):  # Ctrl-C is the launcher's to handle: it ends the ranks
             for rank in range(self.placement.procs):
                 parent_end, child_end = context.Pipe()
                 process = context.Process(target=rank_main, name=f"rank-{rank}",
@@ -127,8 +123,6 @@ class RankGroup:
                 child_end.close()
                 self.processes.append(process)
                 self.conns.append(parent_end)
-        finally:
-            signal.signal(signal.SIGINT, handler)
         self.starts += 1
 
     def collect(self, on_epoch: OnEpoch | None) -> Any:
@@ -222,7 +216,6 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
     """One rank: join the group, then run each call sent until the connection closes."""
     die_with_parent()
     runtime.setup(prefix=f"[rank {rank}] ")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as it started: Ctrl-C is the launcher's, which ends the ranks
     if placement.threads:
         torch.set_num_threads(placement.threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
@@ -249,14 +242,14 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
         conn.send_bytes(pickle.dumps(reply))
 
 
+DISTRIBUTED_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "pair closure", "process group")
+
+
 def broke_the_group(error: Exception) -> bool:
     """Whether an error came from the process group itself (a timed-out or broken collective): then the
     ranks are out of step and must be restarted. Gloo reports these as plain RuntimeErrors."""
     text = str(error).lower()
     return isinstance(error, dist.DistError) or any(word in text for word in DISTRIBUTED_WORDS)
-
-
-DISTRIBUTED_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "pair closure", "process group")
 
 
 def relay_to(conn: Connection) -> OnEpoch:

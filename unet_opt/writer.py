@@ -25,6 +25,7 @@ from pathlib import Path
 from unet_opt import runtime
 from unet_opt.artifacts import RunReport, write_report
 from unet_opt.distributed import Placement
+from unet_opt.processes import children_ignoring
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,8 @@ class ArtifactWriter:
         verbose = logging.getLogger("unet_opt").isEnabledFor(logging.DEBUG)
         process = context.Process(target=writer_main, name="artifact-writer",
                                   args=(child_end, self.tracking_uri, verbose))
-        # ignored from its first instant (an ignored signal stays ignored through exec): a terminal's
-        # Ctrl-C, sent to every process of the group, must not end it while it imports
-        stops = {stop: signal.signal(stop, signal.SIG_IGN) for stop in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with children_ignoring(signal.SIGINT, signal.SIGTERM):  # the launcher decides when it stops
             process.start()
-        finally:
-            for stop, handler in stops.items():
-                signal.signal(stop, handler)
         child_end.close()
         self.process, self.conn = process, conn
 
@@ -95,9 +90,7 @@ class ArtifactWriter:
 
 def writer_main(conn: Connection, tracking_uri: str, verbose: bool) -> None:
     """Receive reports as they come (so that the launcher never waits on a full pipe) and write them in turn."""
-    runtime.setup(verbose)
-    for stop in (signal.SIGINT, signal.SIGTERM):  # the launcher decides when to stop; this finishes its queue
-        signal.signal(stop, signal.SIG_IGN)
+    runtime.setup(verbose)  # it ignores SIGINT and SIGTERM as it started: it finishes its queue, then ends
     reports: queue.Queue = queue.Queue()
 
     def receive() -> None:
