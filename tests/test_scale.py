@@ -157,8 +157,9 @@ def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_ar
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", [[], ['train.loss="ce+dice"', 'train.class_weights="inverse"', 'train.schedule="poly"',
-                                         "train.grad_clip=1.0"], ['train.loss="focal"', 'train.optimizer="sgd"']],
-                         ids=["ce", "ce+dice, weighted, poly, clipped", "focal, sgd"])
+                                         "train.grad_clip=1.0", "data.eval_size=64"],
+                                    ['train.loss="focal"', 'train.optimizer="sgd"']],
+                         ids=["ce", "ce+dice, weighted, poly, clipped, scored at 64 px", "focal, sgd"])
 def test_two_gloo_processes_train_a_trial_as_one_process_does(home, cli, recipe):
     """The same trial (same sampled params, seed, data and global batch) on 1 and on 2 processes.
 

@@ -338,19 +338,20 @@ def test_the_summary_names_the_ui_command_for_this_search_s_store(tmp_path, monk
 
 
 def test_a_study_made_before_the_recipe_fields_resumes_and_retrains_with_its_own_recipe(home, cli):
-    """Its stored config lacks train.loss and the rest: it trained with unweighted cross-entropy at a
-    constant rate, and goes on (and retrains) so, not with today's defaults; nor is it refused as changed."""
+    """Its stored config lacks train.loss, data.eval_size and the rest: it trained with unweighted
+    cross-entropy at a constant rate, each trial scored at its own frame, and goes on (and retrains) so, not
+    with today's defaults; nor is it refused as changed."""
     from mlflow.tracking import MlflowClient
 
-    from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS
+    from unet_opt.config import BEFORE_THE_FIELD_EXISTED
     from unet_opt.study.storage import store_setup
 
     assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
     setup = study_setup(study._storage, "default")
-    fields = {k.split(".")[1] for k in RECIPE_BEFORE_ITS_FIELDS}
+    fields = {k.split(".")[1] for k in BEFORE_THE_FIELD_EXISTED}
     store_setup(study._storage, "default", "config",
-                {k: v for k, v in setup["config"].items() if k not in RECIPE_BEFORE_ITS_FIELDS})
+                {k: v for k, v in setup["config"].items() if k not in BEFORE_THE_FIELD_EXISTED})
     store_setup(study._storage, "default", "config_toml", "\n".join(
         line for line in setup["config_toml"].splitlines() if line.split(" = ")[0] not in fields))
     code, _, err = cli("search", "--trials", "2", "--pruner", "none", *FAST)
@@ -360,6 +361,8 @@ def test_a_study_made_before_the_recipe_fields_resumes_and_retrains_with_its_own
     runs = [r for r in client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id])
             if r.info.run_name.startswith(("trial-0001", "retrain"))]
     assert len(runs) == 2
-    for run in runs:
-        assert {k: run.data.params[k] for k in ("train.loss", "train.class_weights", "train.schedule")} == \
-            {"train.loss": "ce", "train.class_weights": "none", "train.schedule": "constant"}, run.info.run_name
+    for run in runs:  # trained with its old recipe, and scored at each trial's own frame as it was
+        assert {k: run.data.params[k] for k in ("train.loss", "train.class_weights", "train.schedule",
+                                                "data.eval_size")} == \
+            {"train.loss": "ce", "train.class_weights": "none", "train.schedule": "constant",
+             "data.eval_size": "-1"}, run.info.run_name

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from unet_opt.data import SegmentationData, batches
 from unet_opt.metrics import per_class
-from unet_opt.train import FitResult, predict_classes
+from unet_opt.train import FitResult, at_frame, predict_classes
 
 OVERLAY_IMAGES = 4
 
@@ -38,9 +39,19 @@ def write_per_class_csv(matrix: np.ndarray, names: list[str], path: Path) -> Non
 
 @torch.inference_mode()
 def predict_indices(model: torch.nn.Module, data: SegmentationData, indices: list[int]) -> np.ndarray:
+    """The model's classes for `indices`, at the evaluation frame they are scored at."""
     model.eval()
-    out = [predict_classes(model(x), data.binary).cpu() for x, _ in batches(data, indices, 8)]
+    out = [predict_classes(at_frame(model(x), data.scored_frame), data.binary).cpu() for x, _ in batches(data, indices, 8)]
     return torch.cat(out).numpy().astype(np.uint8)
+
+
+def shown_images(data: SegmentationData, indices: list[int]) -> np.ndarray:
+    """(n, He, We, 3) uint8: the images at the evaluation frame, beside the masks they are scored by."""
+    images = data.images[indices]
+    if tuple(images.shape[-2:]) != data.scored_frame:
+        images = F.interpolate(images.float(), size=data.scored_frame, mode="bilinear", align_corners=False)
+        images = images.round().clamp(0, 255).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).numpy()
 
 
 @dataclass
@@ -50,9 +61,9 @@ class SplitReport:
     matrix: np.ndarray
     names: list[str]
     colors: list[tuple[int, int, int]]
-    images: np.ndarray  # (n, H, W, 3) uint8: the first few images of the split
-    truths: np.ndarray  # (n, H, W)
-    preds: np.ndarray  # (n, H, W)
+    images: np.ndarray  # (n, H, W, 3) uint8: the first few images of the split, at the evaluation frame
+    truths: np.ndarray  # (n, H, W): their masks at that frame
+    preds: np.ndarray  # (n, H, W): the model's classes at that frame
     prefix: str = ""  # "test_"; none for val
     epoch: int | None = None  # whose weights scored it, for the matrix's title
 
@@ -74,7 +85,7 @@ def split_report(matrix: np.ndarray, data: SegmentationData, model: torch.nn.Mod
     shown = indices[:OVERLAY_IMAGES]
     data_cpu = data.to(torch.device("cpu"))
     return SplitReport(np.asarray(matrix), list(data.classes.names), list(data.classes.colors),
-                       data_cpu.images[shown].permute(0, 2, 3, 1).numpy(), data_cpu.masks[shown].numpy(),
+                       shown_images(data_cpu, shown), data_cpu.scored_masks[shown].numpy(),
                        predict_indices(model.cpu(), data_cpu, shown), prefix, epoch)
 
 

@@ -13,7 +13,7 @@ from unet_opt.config import Config, to_toml
 from unet_opt.data import ClassTable
 from unet_opt.errors import UserError
 from unet_opt.model import build_model
-from unet_opt.space_file import config_from_text
+from unet_opt.space_file import stored_config
 
 FORMAT = "unet-opt-checkpoint/1"
 ARTIFACT = "checkpoint/model.pt"  # where a run keeps its checkpoint, for `evaluate RUN` and models:/ URIs
@@ -54,7 +54,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path} is not a unet-opt checkpoint; pass a file written by `unet-opt retrain`")
     try:
-        cfg = config_from_text(raw["config_toml"], f"{path} (config)")
+        cfg = stored_config(raw["config_toml"], f"{path} (config)")
         classes = ClassTable(tuple(raw["class_names"]), tuple(tuple(c) for c in raw["class_colors"]))
         model = build_model(cfg.model, 1 if raw["binary"] else len(classes))
         model.load_state_dict(raw["state_dict"])  # strict: every weight present, with its shape

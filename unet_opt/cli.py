@@ -217,19 +217,23 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 @option("--data", "dataset", show_default="the model's own data set", help="Data to evaluate on.")
 @option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
         help="Images to score: a split stored with the model, or all of them.")
+@option("--frame", type=click.Choice(["eval", "native"]), default="eval", show_default=True,
+        help="Where to score: eval, the frame the model was judged at (its study's evaluation frame); native, "
+             "each photo at its own size against its original mask (a data folder's figure to quote).")
 @option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
         help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
 @overwrite_option
 @tracking_option
 @click.pass_obj
 @verbose_option
-def evaluate(session: Session, model, dataset, split, out, overwrite, tracking_uri) -> int:
+def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tracking_uri) -> int:
     """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
     from unet_opt.inference import EVALUATION_FILES, check_outputs, evaluate_checkpoint, resolve_model
 
     check_outputs([out / name for name in EVALUATION_FILES], overwrite)
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
-    ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset)
+    ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset, frame)
+    click.echo(f"scored at {ev.frame}")
     print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
     click.echo("")
     print_table(["class", "dice", "iou", "precision", "recall", "pixels"],

@@ -24,6 +24,11 @@ class DataConfig:
     """Mask value left out of the loss and the metrics (drone: 0, "unlabeled"); -1 for none."""
     image_size: int = 64
     """Training height in pixels; the width follows the data's aspect ratio."""
+    eval_size: int = 0
+    """Height of the frame every trial of a study is scored at (the width follows the aspect): the model's
+    logits are resized to it and compared with masks decoded at it, so trials of any image_size answer
+    the same question. 0: the largest image_size the study's space can draw, fixed when the study is
+    created; -1: each trial's own frame (how studies made before this field were scored)."""
     aspect: str = field(default="data", metadata={"choices": ("data", "square")})
     """"data": width from the images' aspect ratio (3:2 -> 64x96); "square": NxN."""
     augment: str = field(default="crop", metadata={"choices": ("none", "flip", "crop")})
@@ -146,11 +151,13 @@ class Goal:
         return best is None or (value > best if self.maximize else value < best)
 
 
-# What a study made before the recipe fields existed trained with: its stored config lacks them, and it
-# resumes and retrains with these rather than with today's defaults
-RECIPE_BEFORE_ITS_FIELDS = {"train.loss": "ce", "train.class_weights": "none", "train.optimizer": "adam",
+# What a study (or checkpoint) made before these fields existed did: its stored config lacks them, and it
+# resumes, retrains and is evaluated with these rather than with today's defaults (the training recipe;
+# scoring every trial at its own frame)
+BEFORE_THE_FIELD_EXISTED = {"train.loss": "ce", "train.class_weights": "none", "train.optimizer": "adam",
                             "train.momentum": 0.9, "train.schedule": "constant", "train.warmup_epochs": 0,
-                            "train.grad_clip": 0.0, "model.encoder": "none", "model.pretrained": ""}
+                            "train.grad_clip": 0.0, "model.encoder": "none", "model.pretrained": "",
+                            "data.eval_size": -1}
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}
 SHORT_NAMES = {"lr": "train.lr", "batch_size": "train.batch_size", "epochs": "train.epochs",
@@ -191,6 +198,20 @@ class Config:
     def get(self, dotted: str) -> Any:
         section, key = dotted.split(".")
         return getattr(getattr(self, section), key)
+
+    def values_of(self, dotted: str) -> list:
+        """Every value a field may take: its fixed value, or the searched range's values (or its ends)."""
+        p = self.space.get(dotted)
+        if p is None:
+            return [self.get(dotted)]
+        return p.values() or [p.low, p.high]
+
+    def with_eval_size(self) -> "Config":
+        """`data.eval_size = 0` resolved: the largest image_size the space can draw. Derived here only, from
+        the config alone, so that every process and machine of a study finds the same frame."""
+        if self.data.eval_size:
+            return self
+        return self.replace({"data.eval_size": max(self.values_of("data.image_size"))})
 
     def replace(self, values: dict[str, Any]) -> "Config":
         """A copy with `{"train.lr": 0.003, ...}` applied (values already checked)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,10 @@ from unet_opt.artifacts import write_confusion_csv, write_per_class_csv
 from unet_opt.checkpoint import ARTIFACT, Checkpoint, load_checkpoint
 from unet_opt.data import frame_size, load_data, split_indices
 from unet_opt.data.images import read_rgb, resize_mask, resize_rgb, write_png
+from unet_opt.data.layouts import find_source
 from unet_opt.errors import UserError
-from unet_opt.metrics import per_class
+from unet_opt.metrics import per_class, scores_from_matrix
+from unet_opt.native import native_loss_and_matrix
 from unet_opt.paths import sqlite_file
 from unet_opt.train import predict_classes, split_metrics
 
@@ -45,22 +47,41 @@ class Evaluation:
     metrics: dict[str, float]
     per_class: list[dict[str, float | str]]
     written: list[Path]
+    frame: str  # where it was scored: "64x96 (...)" or "each photo's own size"
 
 
 EVALUATION_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
+FRAMES = ("eval", "native")
 
 
 def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str = "test",
-                        dataset: str | None = None) -> Evaluation:
+                        dataset: str | None = None, frame: str = "eval") -> Evaluation:
     """Score the model on one split of its data (or of another folder) and write the confusion matrix
-    (PNG and CSV) and the per-class table into `out` (checked with `check_outputs` beforehand)."""
+    (PNG and CSV) and the per-class table into `out` (checked with `check_outputs` beforehand).
+
+    `frame` "eval": at the frame the model was judged at (its study's evaluation frame), as its run
+    logged it; "native": each photo at its own size, against its original mask."""
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
-    data = load_data(cfg.data, cfg.model.depth, cache_dir)
+    if frame == "native" and cfg.data.dataset == "synthetic":
+        raise UserError("--frame native scores against the photos' own masks, and the synthetic data set has "
+                        "none; pass --data FOLDER, or leave --frame at eval")
+    data_cfg = cfg.data if frame == "eval" else replace(cfg.data, eval_size=-1)  # native: images at the model's frame
+    data = load_data(data_cfg, cfg.model.depth, cache_dir)
     if split == "all":
         indices = list(range(len(data.names)))
     else:
         indices = split_indices(ck.split, data.names, "pass --split all to score every image of other data")[split]
-    metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
+    if frame == "native":
+        source = find_source(Path(cfg.data.dataset).expanduser(), cfg.data.num_classes)
+        loss, matrix = native_loss_and_matrix(ck.model, data, indices, source, cfg.data)
+        scores = scores_from_matrix(matrix, data.binary)
+        metrics = {f"{split}_loss": loss, **{f"{split}_{k}": v for k, v in scores.items()}}
+        where = "each photo's own size"
+    else:
+        metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
+        h, w = data.scored_frame
+        judged = "its own training frame" if cfg.data.eval_size < 0 else "its study's evaluation frame"
+        where = f"{h}x{w} ({judged})"
     names = list(data.classes.names)
     pc = per_class(matrix)
     rows = [{"class": n, "dice": pc["dice"][i], "iou": pc["iou"][i], "precision": pc["precision"][i],
@@ -70,7 +91,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split))  # a checkpoint keeps no epoch
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
-    return Evaluation({"images": len(indices), **metrics}, rows, written)
+    return Evaluation({"images": len(indices), **metrics}, rows, written, where)
 
 
 def prediction_files(image: Path, out_dir: Path) -> list[Path]:

@@ -16,13 +16,13 @@ from typing import Any
 import optuna
 
 from unet_opt import progress, runs
-from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS, Config
+from unet_opt.config import Config
 from unet_opt.data import check_splittable, load_data, make_split, split_indices
 from unet_opt.distributed import Placement, check_divisible
 from unet_opt.encoders import check_pretrained
 from unet_opt.errors import UserError
 from unet_opt.paths import Paths
-from unet_opt.space_file import config_from_text
+from unet_opt.space_file import stored_config
 from unet_opt.study.reconcile import close_runs_of_ended_trials
 from unet_opt.study.storage import load_existing
 from unet_opt.tracking import Tracker
@@ -57,8 +57,7 @@ def best_trial_config(study: optuna.Study, setup: dict[str, Any],
         raise UserError(f"study '{study.study_name}' holds no stored config (made by an older unet-opt); "
                         f"run a new search with --study NEW_NAME")
     best = study.best_trial
-    base = config_from_text(setup["config_toml"], f"study '{study.study_name}' (stored config)")
-    base = base.replace({k: v for k, v in RECIPE_BEFORE_ITS_FIELDS.items() if k not in setup.get("config", {})})
+    base = stored_config(setup["config_toml"], f"study '{study.study_name}' (stored config)")
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     n_epochs = epochs or best.user_attrs.get("best_epoch") or base.train.epochs
     return base.for_trial(best.params, best.number).replace({"train.epochs": n_epochs}), best
@@ -99,6 +98,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
 
 
 def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: runs.Fit = fit_on_ranks) -> RunSummary:
+    cfg = cfg.with_eval_size()  # scored at the frame a study of the same space file would score it at
     check_divisible([cfg.train.batch_size], placement.procs, searched=False)
     check_splittable(cfg.data)
     check_pretrained([cfg.model.encoder], cfg.model.pretrained)

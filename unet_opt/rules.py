@@ -10,24 +10,16 @@ from unet_opt.errors import UserError
 SEED_LIMIT = 2**32 - 1  # NumPy's and Optuna's seeds are 32-bit
 
 
-def values_of(cfg: Config, dotted: str) -> list:
-    """Every value a field may take: its fixed value, or the searched range's values (or its ends)."""
-    p = cfg.space.get(dotted)
-    if p is None:
-        return [cfg.get(dotted)]
-    return p.values() or [p.low, p.high]
-
-
 def at_least(dotted: str, low: int) -> Callable[[Config], str | None]:
     def rule(cfg: Config) -> str | None:
-        bad = [v for v in values_of(cfg, dotted) if v < low]
+        bad = [v for v in cfg.values_of(dotted) if v < low]
         return f"{dotted} = {bad[0]} is too small; use at least {low}" if bad else None
     return rule
 
 
 def non_negative(dotted: str, positive: bool = False) -> Callable[[Config], str | None]:
     def rule(cfg: Config) -> str | None:
-        bad = [v for v in values_of(cfg, dotted) if v < 0 or (positive and v == 0)]
+        bad = [v for v in cfg.values_of(dotted) if v < 0 or (positive and v == 0)]
         return f"{dotted} = {bad[0]} must be {'positive' if positive else 'zero or more'}" if bad else None
     return rule
 
@@ -46,7 +38,7 @@ def multiple_of(dotted: str, multiple_for: Callable[[Config], int], rule_text: C
         multiple = multiple_for(cfg)
         p = cfg.space.get(dotted)
         searched_int = p is not None and p.type == "int"
-        bad: list = [v for v in values_of(cfg, dotted) if v % multiple]
+        bad: list = [v for v in cfg.values_of(dotted) if v % multiple]
         if searched_int and (p.step or 1) % multiple:
             bad.insert(0, f"step = {p.step or 1}")
         if not bad:
@@ -61,7 +53,7 @@ def multiple_of(dotted: str, multiple_for: Callable[[Config], int], rule_text: C
 
 def at_most(dotted: str, high: int) -> Callable[[Config], str | None]:
     def rule(cfg: Config) -> str | None:
-        bad = [v for v in values_of(cfg, dotted) if v > high]
+        bad = [v for v in cfg.values_of(dotted) if v > high]
         return f"{dotted} = {bad[0]} is too large; use at most {high}" if bad else None
     return rule
 
@@ -100,8 +92,8 @@ RULES: list[Callable[[Config], str | None]] = [
         ("train.epochs", 1), ("train.patience", 1), ("search.trials", 1), ("data.image_size", 8),
         ("train.batch_size", 4), ("search.startup_trials", 0), ("search.brackets", 1), ("train.warmup_epochs", 0)]),
     *(at_most(dotted, high) for dotted, high in [
-        ("model.depth", 6), ("data.image_size", 4096), ("data.synthetic_images", 100_000), ("data.num_classes", 255),
-        ("model.base_channels", 1024), ("train.epochs", 10_000), ("train.batch_size", 4096),
+        ("model.depth", 6), ("data.image_size", 4096), ("data.eval_size", 4096), ("data.synthetic_images", 100_000),
+        ("data.num_classes", 255), ("model.base_channels", 1024), ("train.epochs", 10_000), ("train.batch_size", 4096),
         ("search.trials", 100_000), ("search.startup_trials", 100_000), ("search.brackets", 8), ("train.momentum", 0.99),
         ("train.seed", SEED_LIMIT - 100_000), ("search.seed", SEED_LIMIT), ("data.split_seed", SEED_LIMIT)]),
     *(non_negative(dotted) for dotted in ("train.seed", "search.seed", "data.split_seed")),
@@ -111,15 +103,18 @@ RULES: list[Callable[[Config], str | None]] = [
     fraction("data.val_fraction"),
     fraction("data.test_fraction"),
     multiple_of("train.batch_size", lambda cfg: 4, lambda m: "multiples of 4", 8),
-    multiple_of("data.image_size", lambda cfg: 2 ** max(values_of(cfg, "model.depth")),
+    multiple_of("data.image_size", lambda cfg: 2 ** max(cfg.values_of("model.depth")),
                 lambda m: f"multiples of 2**depth = {m}", 64),
+    lambda cfg: None if cfg.data.eval_size in (-1, 0) or cfg.data.eval_size >= 8 else
+    f"data.eval_size = {cfg.data.eval_size} must be a height of 8 or more, 0 (the largest image_size) or -1 "
+    f"(each trial's own frame)",
     study_name_is_safe,
     one_foreground_rule,
     ignore_index_is_a_class,
     lambda cfg: "model.pretrained needs a model.encoder, e.g. resnet18" if cfg.model.pretrained and set(
-        values_of(cfg, "model.encoder")) == {"none"} else None,
-    lambda cfg: "train.warmup_epochs must be fewer than train.epochs" if 0 < max(values_of(
-        cfg, "train.warmup_epochs")) >= min(values_of(cfg, "train.epochs")) else None,
+        cfg.values_of("model.encoder")) == {"none"} else None,
+    lambda cfg: "train.warmup_epochs must be fewer than train.epochs" if 0 < max(cfg.values_of(
+        "train.warmup_epochs")) >= min(cfg.values_of("train.epochs")) else None,
 ]
 
 

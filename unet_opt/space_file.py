@@ -13,14 +13,22 @@ import tomllib
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from unet_opt.config import PARAM_TYPES, SECTIONS, SHORT_NAMES, Config, Param, toml_value
+from unet_opt.config import (
+    BEFORE_THE_FIELD_EXISTED,
+    PARAM_TYPES,
+    SECTIONS,
+    SHORT_NAMES,
+    Config,
+    Param,
+    toml_value,
+)
 from unet_opt.errors import UserError
 from unet_opt.rules import validate
 
 # Fields that define the data, the split or where things run: trials that differed in them would not be
 # comparable (or not possible), so they take one value per study.
-NOT_SEARCHABLE = {"data.dataset", "data.num_classes", "data.ignore_index", "data.binary", "data.foreground",
-                  "data.val_fraction", "data.test_fraction", "data.split_seed", "data.synthetic_images",
+NOT_SEARCHABLE = {"data.dataset", "data.num_classes", "data.eval_size", "data.ignore_index", "data.binary",
+                  "data.foreground", "data.val_fraction", "data.test_fraction", "data.split_seed", "data.synthetic_images",
                   "train.device", "model.pretrained"}
 
 
@@ -98,6 +106,15 @@ def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = N
     cfg = Config(space=space, source=where).replace(values)
     validate(cfg, f"{where} with the command line's values" if overrides or sets else where)
     return cfg
+
+
+def stored_config(text: str, where: str) -> Config:
+    """A resolved config that a study or a checkpoint stored, of any version: the fields its version did not
+    have yet take what that version did (`BEFORE_THE_FIELD_EXISTED`), not today's defaults."""
+    cfg = config_from_text(text, where)
+    raw = tomllib.loads(text)
+    return cfg.replace({dotted: value for dotted, value in BEFORE_THE_FIELD_EXISTED.items()
+                        if dotted.split(".")[1] not in raw.get(dotted.split(".")[0], {})})
 
 
 def parse_set(item: str) -> tuple[str, Any]:

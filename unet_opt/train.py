@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unet_opt.config import Config, TrainConfig
@@ -52,6 +53,14 @@ def predict_classes(logits: torch.Tensor, binary: bool) -> torch.Tensor:
     return (logits[:, 0] > 0).long() if binary else logits.argmax(dim=1)
 
 
+def at_frame(logits: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
+    """(B, C, H, W) logits resized (bilinear, on their device) to the frame they are scored at; as they are
+    when they are at it already."""
+    if tuple(logits.shape[-2:]) == tuple(frame):
+        return logits
+    return F.interpolate(logits, size=tuple(frame), mode="bilinear", align_corners=False)
+
+
 def autocast(device: torch.device, cfg: TrainConfig):
     if device.type == "cuda" and cfg.amp:
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -80,7 +89,8 @@ def place(data: SegmentationData, device: torch.device) -> SegmentationData:
 @torch.inference_mode()
 def loss_and_matrix(model: nn.Module, data: SegmentationData, indices: list[int], batch_size: int,
                     cfg: TrainConfig | None = None, group: Group | None = None) -> tuple[float, np.ndarray]:
-    """(mean loss per image, confusion matrix) over `indices`, in eval mode.
+    """(mean loss per image, confusion matrix) over `indices`, in eval mode, at the data's evaluation frame:
+    the logits are resized to it and scored against its masks, whatever frame the model runs at.
 
     In a process group each rank scores its shard with `batch_size / world` per step; the loss sums and
     the confusion matrices are summed over the ranks before anything is derived from them.
@@ -91,12 +101,13 @@ def loss_and_matrix(model: nn.Module, data: SegmentationData, indices: list[int]
     model.eval()
     matrix = ConfusionMatrix(2 if data.binary else data.num_classes, IGNORE, device)
     loss_sum = torch.zeros((), device=device)
-    for x, y in batches(data, group.shard(indices), max(1, batch_size // group.world)):
+    for x, y in batches(data, group.shard(indices), max(1, batch_size // group.world), scored=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, cfg):
             logits = model(x)
+        logits = at_frame(logits.float(), y.shape[-2:])
         # plain cross-entropy whatever the trial trains with, so that val_loss compares trials
-        loss_sum += segmentation_loss(logits.float(), y, data.binary) * len(x)
+        loss_sum += segmentation_loss(logits, y, data.binary) * len(x)
         matrix.update(predict_classes(logits, data.binary), y)
     group.sum_(loss_sum, matrix.counts)
     return loss_sum.item() / max(1, len(indices)), matrix.matrix()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 
 from unet_opt import writer
 from unet_opt.config import Config
-from unet_opt.data import SegmentationData, load_data, split_indices
+from unet_opt.data import DataCache, split_indices
 from unet_opt.distributed import Placement
 from unet_opt.paths import Paths
 from unet_opt.ranks import RankGroup
@@ -17,25 +16,6 @@ from unet_opt.runs import Fit
 from unet_opt.study.storage import study_setup
 from unet_opt.tracking import Tracker
 from unet_opt.writer import ArtifactWriter
-
-
-class DataCache:
-    """Data sets by the config that shapes them, so trials with the same image size share one."""
-
-    def __init__(self, cache_dir: Path, max_entries: int = 4):
-        self.entries: dict[str, SegmentationData] = {}
-        self.cache_dir, self.max_entries = cache_dir, max_entries
-
-    def get(self, cfg: Config) -> SegmentationData:
-        key = repr((cfg.data, cfg.model.depth))
-        if key not in self.entries:
-            self.put(cfg, load_data(cfg.data, cfg.model.depth, self.cache_dir))
-        return self.entries[key]
-
-    def put(self, cfg: Config, data: SegmentationData) -> None:
-        if len(self.entries) >= self.max_entries:
-            self.entries.pop(next(iter(self.entries)))
-        self.entries[repr((cfg.data, cfg.model.depth))] = data
 
 
 @dataclass(frozen=True)
@@ -69,11 +49,10 @@ class SearchContext:
     @classmethod
     def build(cls, cfg: Config, paths: Paths, study: optuna.Study, storage: optuna.storages.BaseStorage,
               tracker: Tracker, parent_id: str, placement: Placement, deadline: float,
-              first_data: SegmentationData, fit: Fit) -> SearchContext:
-        """`first_data`: the base config's data, already loaded and checked; trials at its size reuse it."""
+              cache: DataCache, fit: Fit) -> SearchContext:
+        """`cache`: the worker's data cache, holding the base config's data (loaded and checked already)."""
         split_names = study_setup(storage, study.study_name)["split"]
-        cache = DataCache(paths.cache)
-        cache.put(cfg, first_data)
-        return cls(cfg, paths, study, storage, tracker, parent_id, split_indices(split_names, first_data.names),
+        names = cache.get(cfg.data, cfg.model.depth).names
+        return cls(cfg, paths, study, storage, tracker, parent_id, split_indices(split_names, names),
                    split_names, placement, deadline, cache, fit, RankGroup(placement, start=True),
                    ArtifactWriter(tracker.uri) if writer.draws_in_background(placement) else None)

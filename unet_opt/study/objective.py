@@ -130,7 +130,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
 
     result, state, value, reason = FitResult(), TrialState.FAIL, None, ""
     try:
-        data = ctx.cache.get(cfg)  # checked and cached here; other processes read the same cache
+        data = ctx.cache.get(cfg.data, cfg.model.depth)  # checked and cached here; other processes read the same cache
         with progress.bar(cfg.train.epochs, f"trial #{trial.number}", "epoch", leave=False) as epochs:
             on_epoch = runs.logging_callback(ctx.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
             result = runs.train(spec, ctx.placement, data, ctx.paths.cache, on_epoch, ctx.fit, ctx.ranks)
@@ -153,7 +153,8 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         log.debug("trial %d failed", trial.number, exc_info=True)
 
     try:
-        runs.record(spec, result, ctx.cache.get(cfg), ctx.tracker, run_id, ctx.placement.main_device, ctx.writer)
+        data = ctx.cache.get(cfg.data, cfg.model.depth)
+        runs.record(spec, result, data, ctx.tracker, run_id, ctx.placement.main_device, ctx.writer)
     except Exception as e:
         log.warning("trial %d: could not write its artifacts (%s)", trial.number, e)
     finish_trial(ctx, trial, run_id, state, value, reason, result)

@@ -15,13 +15,12 @@ from pathlib import Path
 import optuna
 
 from unet_opt.config import Config
-from unet_opt.data import check_splittable, load_data
+from unet_opt.data import DataCache, check_splittable
 from unet_opt.distributed import Placement, check_divisible, plan
 from unet_opt.encoders import check_pretrained
 from unet_opt.errors import Terminated
 from unet_opt.paths import Paths, check_store, redact_url
 from unet_opt.processes import worker_id
-from unet_opt.rules import values_of
 from unet_opt.runs import Fit
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import close_stale_trials, work
@@ -66,11 +65,12 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     placements = placement.split(workers) if workers > 1 else [placement]
     check_divisible(batch_sizes(cfg), placements[0].procs)
     check_splittable(cfg.data)  # before the cache is filled
-    check_pretrained(values_of(cfg, "model.encoder"), cfg.model.pretrained)
+    check_pretrained(cfg.values_of("model.encoder"), cfg.model.pretrained)
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
     check_store(paths.storage_url(cfg.search.storage), "--storage", "studies", "an Optuna study storage")
     check_store(tracking_uri, "--tracking-uri", "experiments", "an MLflow store")
-    first_data = load_data(cfg.data, cfg.model.depth, paths.cache)  # bad data fails here, before anything else
+    cache = DataCache(paths.cache)
+    names = cache.get(cfg.data, cfg.model.depth).names  # bad data fails here, before anything else
     if tracking_uri.startswith("sqlite"):  # a server is checked first, so that an unreachable one leaves no files
         storage = open_storage(paths.storage_url(cfg.search.storage))
         tracker = Tracker(tracking_uri, name, paths.artifacts)
@@ -82,7 +82,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     search_params = {"space": cfg.source, "data": cfg.data.dataset, "sampler": cfg.search.sampler,
                      "pruner": cfg.search.pruner, "brackets": cfg.search.brackets, "metric": cfg.search.metric,
                      "seed": cfg.search.seed, "startup_trials": cfg.search.startup_trials}
-    study, cfg = join_or_create_study(storage, cfg, name, first_data.names, tracker, search_params)
+    study, cfg = join_or_create_study(storage, cfg, name, names, tracker, search_params)
     close_stale_trials(study, storage, tracker)  # the two stores made to agree after any kill
     close_runs_of_ended_trials(study, tracker)
     tracker.fail_runs_of_dead_processes()
@@ -108,7 +108,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     try:
         if workers == 1:
             ctx = SearchContext.build(cfg, paths, study, storage, tracker, parent_id, placement, deadline,
-                                      first_data, fit)
+                                      cache, fit)
             with ctx:
                 outcome = work(ctx)
         else:

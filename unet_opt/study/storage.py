@@ -12,7 +12,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from unet_opt.config import RECIPE_BEFORE_ITS_FIELDS, Config, to_toml
+from unet_opt.config import BEFORE_THE_FIELD_EXISTED, Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.processes import is_dead_here, worker_id
@@ -156,11 +156,13 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     if not created:
         wait_for_its_setup(study, storage)
     setup = study_setup(storage, name)  # what is missing (a new study, or its creator died setting it up) is set here
-    if not created and "config" in setup:
-        older = {k: v for k, v in RECIPE_BEFORE_ITS_FIELDS.items() if k not in setup["config"]}
-        # a study made before these fields existed goes on with what it trained with, unless they were set
-        cfg = cfg.replace({k: v for k, v in older.items() if k not in cfg.space and cfg.get(k) == Config().get(k)})
-        check_same_study({**older, **setup["config"]}, comparable(cfg), name)
+    stored = setup.get("config")
+    older = {} if stored is None else {k: v for k, v in BEFORE_THE_FIELD_EXISTED.items() if k not in stored}
+    # a study made before these fields existed goes on as it trained and was scored, unless they were set
+    cfg = cfg.replace({k: v for k, v in older.items() if k not in cfg.space and cfg.get(k) == Config().get(k)})
+    cfg = cfg.with_eval_size()  # the study's one evaluation frame, stored with its config below
+    if stored is not None:
+        check_same_study({**older, **stored}, comparable(cfg), name)
     if "config" not in setup:
         study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
         store_setup(storage, name, "config", comparable(cfg))

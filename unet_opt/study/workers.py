@@ -17,7 +17,7 @@ import torch
 
 from unet_opt import runtime
 from unet_opt.config import Config
-from unet_opt.data import load_data
+from unet_opt.data import DataCache
 from unet_opt.distributed import Placement
 from unet_opt.paths import Paths
 from unet_opt.processes import die_with_parent
@@ -122,7 +122,6 @@ def search_as_worker(plan: WorkerPlan, placement: Placement) -> Outcome:
     tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg),
                               pruner=make_pruner(cfg))
-    first = load_data(cfg.data, cfg.model.depth, paths.cache)
     with SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
-                             first, plan.fit) as ctx:
+                             DataCache(paths.cache), plan.fit) as ctx:
         return work(ctx)
