@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from unet_opt.config import DataConfig, ModelConfig
-from unet_opt.data import batches, cache, load_data, make_split, split_indices
-from unet_opt.data.classes import ClassTable
-from unet_opt.data.layouts import find_source
-from unet_opt.data.synthetic import scene
-from unet_opt.losses import segmentation_loss
-from unet_opt.model import build_model
+from unet_opt.config.schema import DataConfig, ModelConfig
+from unet_opt.core.data import batches, cache, load_data, make_split, split_indices
+from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.data.layouts import find_source
+from unet_opt.core.data.synthetic import scene
+from unet_opt.core.losses import segmentation_loss
+from unet_opt.core.model import build_model
 
 
 def write_photos(root: Path, photos: int, large: int) -> None:

@@ -48,12 +48,12 @@ from unittest import mock
 import torch
 from overhead import search  # benchmarks/overhead.py: this script's folder is on sys.path
 
-from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import SegmentationData, batches, frame_size, load_data
-from unet_opt.distributed import Placement, plan
+from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.core.data import SegmentationData, batches, frame_size, load_data
+from unet_opt.core.train import fit_on_ranks, place
 from unet_opt.errors import UserError
-from unet_opt.ranks import launch
-from unet_opt.train import fit_on_ranks, place
+from unet_opt.parallel.placement import Placement, plan
+from unet_opt.parallel.ranks import launch
 
 FULL = dict(image_size=256, base_channels=64, depth=4, batch_per_gpu=16, images_per_gpu=320, epochs=5, trials=10)
 QUICK = dict(image_size=64, base_channels=16, depth=3, batch_per_gpu=4, images_per_gpu=32, epochs=3, trials=3)

@@ -79,11 +79,11 @@ def epoch_pairs(pairs: int) -> tuple[float, float]:
     import torch
     from throughput import bare_loop
 
-    from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-    from unet_opt.data import load_data, make_split, split_indices
-    from unet_opt.distributed import Group
-    from unet_opt.model import build_model
-    from unet_opt.train import fit
+    from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+    from unet_opt.core.data import load_data, make_split, split_indices
+    from unet_opt.core.model import build_model
+    from unet_opt.core.train import fit
+    from unet_opt.parallel.placement import Group
 
     data_cfg, model_cfg = DataConfig(synthetic_images=24, image_size=32, augment="flip"), ModelConfig(16, 3)
     cfg = TrainConfig(lr=1e-3, batch_size=4, epochs=pairs + 1, patience=99)
@@ -116,8 +116,8 @@ def drawing_seconds(repeat: int = 5) -> float:
     GPUs the writer process does it), the drawing libraries already imported."""
     import numpy as np
 
-    from unet_opt.artifacts import RunReport, SplitReport, write_report
-    from unet_opt.data import ClassTable
+    from unet_opt.core.data import ClassTable
+    from unet_opt.tracking.report_files import RunReport, SplitReport, write_report
 
     classes, rng = ClassTable.drone(), np.random.default_rng(0)
     masks = rng.integers(0, len(classes), (4, 32, 48), dtype=np.uint8)

@@ -56,7 +56,7 @@ SMALL = ("person", "car", "pool", "tree")
 
 def new_defaults() -> dict:
     """The recipe fields of the defaults that a space file without them gets."""
-    from unet_opt.config import ModelConfig, TrainConfig
+    from unet_opt.config.schema import ModelConfig, TrainConfig
 
     train, model = TrainConfig(), ModelConfig()
     return {f"train.{k}": getattr(train, k) for k in ("loss", "class_weights", "optimizer", "schedule",
@@ -64,9 +64,9 @@ def new_defaults() -> dict:
 
 
 def fit_once(recipe: dict, lr: float, epochs: int, data, split) -> dict:
-    from unet_opt.metrics import per_class
-    from unet_opt.space_file import load_config
-    from unet_opt.train import fit
+    from unet_opt.config.space_file import load_config
+    from unet_opt.core.metrics import per_class
+    from unet_opt.core.train import fit
 
     values = {**TODAY, **recipe, "train.lr": lr, "train.epochs": epochs, "train.patience": epochs,
               "data.image_size": 64, "train.batch_size": 8}
@@ -81,9 +81,9 @@ def fit_once(recipe: dict, lr: float, epochs: int, data, split) -> dict:
 
 
 def fits(args) -> None:
-    from unet_opt.data import load_data
-    from unet_opt.data.splits import make_split, split_indices
-    from unet_opt.space_file import load_config
+    from unet_opt.config.space_file import load_config
+    from unet_opt.core.data import load_data
+    from unet_opt.core.data.splits import make_split, split_indices
 
     cfg = load_config("default", {"data.image_size": 64}, [])
     data = load_data(cfg.data, cfg.model.depth)

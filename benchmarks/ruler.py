@@ -24,10 +24,10 @@ from statistics import median
 
 import torch
 
-from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import load_data, make_split, split_indices
-from unet_opt.model import build_model
-from unet_opt.train import fit, loss_and_matrix
+from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.core.data import load_data, make_split, split_indices
+from unet_opt.core.model import build_model
+from unet_opt.core.train import fit, loss_and_matrix
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data import write_photos  # noqa: E402  (benchmarks/data.py: generated photos in the Kaggle layout)
@@ -75,7 +75,7 @@ def native_run(folder: Path, checkpoint: Path, home: Path, photos: int) -> tuple
     (subset / "class_dict_seg.csv").symlink_to(folder / "class_dict_seg.csv")
     code = ("import atexit, resource, sys\n"
             "atexit.register(lambda: print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
-            "from unet_opt.cli import main\n"
+            "from unet_opt.cli.app import main\n"
             f"main(['--home', {str(home)!r}, 'evaluate', {str(checkpoint)!r}, '--frame', 'native', '--split', 'all',"
             f" '--data', {str(subset)!r}, '--out', {str(home / f'out-{photos}')!r}])\n")
     # the cache at the model's frame is filled first, so that the timed run scores and does nothing else
@@ -110,7 +110,7 @@ def main() -> None:
         print(share_row("data folder, 1500x1000 photos", r), flush=True)
         if args.skip_native:
             return
-        from unet_opt.checkpoint import save_checkpoint
+        from unet_opt.runs.checkpoint import save_checkpoint
 
         cfg = Config(data=DataConfig(dataset=str(folder), image_size=64), model=ModelConfig(base_channels=16, depth=4))
         data = load_data(cfg.data, 4, home / "studies" / "cache")

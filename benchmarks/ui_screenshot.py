@@ -86,7 +86,7 @@ def study_runs(home: Path, experiment: str | None = None) -> tuple[str, dict]:
     the first that holds trial runs (named trial-NNNN; the parent is named after the study), whatever its name."""
     from mlflow import MlflowClient
 
-    from unet_opt.paths import Paths
+    from unet_opt.config.paths import Paths
 
     client = MlflowClient(tracking_uri=Paths.resolve(home).tracking_uri())
     for exp in client.search_experiments():
@@ -100,7 +100,7 @@ def study_runs(home: Path, experiment: str | None = None) -> tuple[str, dict]:
 
 def runs_table_url(server: str, experiment_id: str) -> str:
     """The page `unet-opt ui` points to: the study's runs table in its ranked view."""
-    from unet_opt.ui import ranked_table_url
+    from unet_opt.tracking.ui import ranked_table_url
 
     return ranked_table_url(server, experiment_id)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from unet_opt import runtime
-from unet_opt.cli import main
+from unet_opt.cli.app import main
 
 # Tiny trials: one image size, few epochs, few images. A trial takes a second or two on a CPU.
 FAST_SETS = ["space.image_size.choices=[32]", "space.epochs.low=2", "space.epochs.high=3",
@@ -50,11 +50,11 @@ def cli(capsys):
 def run_search(home: Path, trials: int, *sets: str, fit=None, **placement):
     """`unet-opt search --trials N --set ...` as a library call, with a stand-in `fit` injected (the CLI
     has no way to pass one). Returns the summary."""
-    from unet_opt.distributed import plan
-    from unet_opt.paths import Paths
-    from unet_opt.space_file import load_config
+    from unet_opt.config.paths import Paths
+    from unet_opt.config.space_file import load_config
+    from unet_opt.core.train import fit_on_ranks
+    from unet_opt.parallel.placement import plan
     from unet_opt.study.search import run_search as run
-    from unet_opt.train import fit_on_ranks
 
     runtime.setup()  # as the CLI does: log to this test's stderr
     cfg = load_config("default", {"search.trials": trials}, [*FAST_SETS, *sets])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from unet_opt.data.classes import ClassTable
+from unet_opt.core.data.classes import ClassTable
 
 TABLE = ClassTable(("unlabeled", "road", "grass", "roof", "car"),
                    ((0, 0, 0), (128, 64, 128), (0, 102, 0), (70, 70, 70), (9, 143, 150)))

@@ -6,7 +6,7 @@ import signal
 from dataclasses import fields
 from pathlib import Path
 
-from unet_opt.train import FitResult, fit_on_ranks
+from unet_opt.core.train import FitResult, fit_on_ranks
 
 
 def fail_on_call(calls: list, failing: int, error: BaseException, *args):

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from unet_opt.data import IGNORE, SegmentationData, batches
-from unet_opt.data.augment import SCALE, STRETCH, draw
-from unet_opt.data.classes import ClassTable
+from unet_opt.core.data import IGNORE, SegmentationData, batches
+from unet_opt.core.data.augment import SCALE, STRETCH, draw
+from unet_opt.core.data.classes import ClassTable
 
 DRAWN = 4000
 
@@ -143,5 +143,5 @@ def test_same_seed_same_batches_and_rank_slices_put_together_are_the_single_proc
 
 def test_the_data_package_does_not_import_torchvision():
     # torchvision imports torch._dynamo: seconds of start-up in every process that batches data
-    code = "import sys, unet_opt.data; assert 'torchvision' not in sys.modules, 'torchvision imported'"
+    code = "import sys, unet_opt.core.data; assert 'torchvision' not in sys.modules, 'torchvision imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

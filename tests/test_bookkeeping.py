@@ -55,9 +55,9 @@ def test_the_writer_finishes_what_it_was_handed_when_its_search_is_killed(tmp_pa
     script = f"""
 import os, signal, time
 from pathlib import Path
-from unet_opt.artifacts import RunReport
-from unet_opt.tracking import Tracker
-from unet_opt.writer import ArtifactWriter
+from unet_opt.tracking.report_files import RunReport
+from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.writer import ArtifactWriter
 tracker = Tracker("sqlite:///{tmp_path}/mlruns/mlflow.db", "s", Path("{tmp_path}/mlruns/artifacts"))
 writer = ArtifactWriter(tracker.uri)
 ids = [tracker.start_run(f"r{{i}}", {{}}, {{}}) for i in range(5)]
@@ -85,9 +85,9 @@ def test_a_ctrl_c_while_the_writer_starts_does_not_end_it(tmp_path):
     script = f"""
 import os, signal
 from pathlib import Path
-from unet_opt.artifacts import RunReport
-from unet_opt.tracking import Tracker
-from unet_opt.writer import ArtifactWriter
+from unet_opt.tracking.report_files import RunReport
+from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.writer import ArtifactWriter
 tracker = Tracker("sqlite:///{tmp_path}/mlruns/mlflow.db", "s", Path("{tmp_path}/mlruns/artifacts"))
 run_id = tracker.start_run("r", {{}}, {{}})
 writer = ArtifactWriter(tracker.uri)

@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import load_data, make_split, split_indices
-from unet_opt.train import fit
+from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.core.data import load_data, make_split, split_indices
+from unet_opt.core.train import fit
 
 
 def test_python_dash_m_runs_the_cli():
@@ -15,7 +15,7 @@ def test_python_dash_m_runs_the_cli():
 
 def test_report_and_studies_import_no_torch():
     # `report` and `studies` only read the study storage: they must start fast
-    code = "import sys, unet_opt.cli, unet_opt.study.summary; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    code = "import sys, unet_opt.cli.app, unet_opt.study.summary; print('torch' in sys.modules, 'mlflow' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["False", "False"], proc.stdout + proc.stderr
 
@@ -38,7 +38,7 @@ COMMANDS = [("search",), ("report",), ("studies",), ("ui",), ("train",), ("retra
 def test_every_option_shows_its_default_one_way_and_v_follows_the_command(cli, command):
     import click
 
-    from unet_opt.cli import cli as group
+    from unet_opt.cli.app import cli as group
 
     ctx = click.Context(group)
     found = group

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 
 from unet_opt import runtime
-from unet_opt.config import Config, to_toml
+from unet_opt.config.paths import create_atomically, redact_url, sqlite_file
+from unet_opt.config.schema import Config, to_toml
+from unet_opt.config.space_file import find_space, load_config, parse_set
 from unet_opt.errors import UserError
-from unet_opt.paths import create_atomically, redact_url, sqlite_file
-from unet_opt.space_file import find_space, load_config, parse_set
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from unet_opt.config import DataConfig
-from unet_opt.data import IGNORE, SegmentationData, batches, frame_size, load_data, make_split, split_indices, synthetic
-from unet_opt.data.classes import ClassTable
+from unet_opt.config.schema import DataConfig
+from unet_opt.core.data import IGNORE, SegmentationData, batches, frame_size, load_data, make_split, split_indices, synthetic
+from unet_opt.core.data.classes import ClassTable
 from unet_opt.errors import UserError
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score, precision_score, recall_score
 
-from unet_opt.metrics import ConfusionMatrix, per_class, scores_from_matrix
+from unet_opt.core.metrics import ConfusionMatrix, per_class, scores_from_matrix
 
 IGNORE = 255
 

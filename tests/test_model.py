@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from unet_opt.config import ModelConfig
-from unet_opt.model import UNet, build_model
+from unet_opt.config.schema import ModelConfig
+from unet_opt.core.model import UNet, build_model
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])

@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from unet_opt import artifacts, plots
-from unet_opt.config import ModelConfig
-from unet_opt.data import IGNORE, SegmentationData
-from unet_opt.data.classes import ClassTable
-from unet_opt.model import build_model
-from unet_opt.train import FitResult
+from unet_opt.config.schema import ModelConfig
+from unet_opt.core.data import IGNORE, SegmentationData
+from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.model import build_model
+from unet_opt.core.train import FitResult
+from unet_opt.tracking import plots
+from unet_opt.tracking import report_files as artifacts
 
 DRONE = ClassTable.drone()
 NAMES, COLORS = list(DRONE.names), list(DRONE.colors)

@@ -11,9 +11,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _artifact_repos_cache as artifact_repos_cache
 from PIL import Image
 
-from unet_opt.relocate import LOCATION_COLUMNS, local_path, relocate_store
-from unet_opt.tracking import Tracker
-from unet_opt.ui import serve_ui
+from unet_opt.tracking.relocate import LOCATION_COLUMNS, local_path, relocate_store
+from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.ui import serve_ui
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

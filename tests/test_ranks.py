@@ -14,12 +14,12 @@ import fits
 import pytest
 from conftest import children_of, run_search
 
-from unet_opt import writer
-from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import make_split, split_indices
-from unet_opt.distributed import Placement
-from unet_opt.ranks import RankFailed, RankGroup, broke_the_group, launch, remove_stale_rendezvous
-from unet_opt.train import fit_on_ranks
+from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.core.data import make_split, split_indices
+from unet_opt.core.train import fit_on_ranks
+from unet_opt.parallel.placement import Placement
+from unet_opt.parallel.ranks import RankFailed, RankGroup, broke_the_group, launch, remove_stale_rendezvous
+from unet_opt.tracking import writer
 
 TWO = Placement("cpu", 2, threads=1)
 
@@ -91,7 +91,8 @@ def test_a_rank_whose_launcher_died_while_it_was_starting_ends(tmp_path):
     # the parent-death signal is asked for only once a rank's imports are done: a launcher killed
     # before that must not leave the rank waiting for it for ever
     script = tmp_path / "launcher.py"
-    script.write_text("import time\nfrom unet_opt.distributed import Placement\nfrom unet_opt.ranks import RankGroup\n"
+    script.write_text("import time\nfrom unet_opt.parallel.placement import Placement\n"
+                      "from unet_opt.parallel.ranks import RankGroup\n"
                       "if __name__ == '__main__':\n    RankGroup(Placement('cpu', 2, threads=1), start=True)\n"
                       "    time.sleep(600)\n")
     launcher = subprocess.Popen([sys.executable, str(script)])

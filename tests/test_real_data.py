@@ -10,9 +10,9 @@ from conftest import written_files
 from datasets import TABLE, make_dataset, nearest
 from mlflow.tracking import MlflowClient
 
-from unet_opt.config import DataConfig
-from unet_opt.data import IGNORE, load_data
-from unet_opt.data import cache as cache_module
+from unet_opt.config.schema import DataConfig
+from unet_opt.core.data import IGNORE, load_data
+from unet_opt.core.data import cache as cache_module
 
 LAYOUTS = [("kaggle", False), ("tu-graz", True), ("generic", False), ("generic", True)]
 
@@ -58,7 +58,7 @@ def test_cache_is_decoded_once_and_keyed_by_content(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_two_processes_filling_one_cache_at_once(tmp_path):
     make_dataset(tmp_path / "data", "tu-graz", count=12)
-    code = ("import sys; from unet_opt.config import DataConfig; from unet_opt.data import load_data; "
+    code = ("import sys; from unet_opt.config.schema import DataConfig; from unet_opt.core.data import load_data; "
             f"d = load_data(DataConfig(dataset={str(tmp_path / 'data')!r}, num_classes=5, image_size=48), 3, "
             f"cache_dir=__import__('pathlib').Path({str(tmp_path / 'cache')!r})); print(int(d.masks.sum()))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]

@@ -11,13 +11,13 @@ import torch
 from conftest import FAST, written_files
 from PIL import Image
 
-from unet_opt.config import ModelConfig, TrainConfig
-from unet_opt.data import IGNORE
-from unet_opt.encoders import ENCODERS
+from unet_opt.config.schema import ModelConfig, TrainConfig
+from unet_opt.core.data import IGNORE
+from unet_opt.core.encoders import ENCODERS
+from unet_opt.core.losses import class_weights, segmentation_loss
+from unet_opt.core.model import build_model
+from unet_opt.core.optim import lr_factor, make_optimizer, make_schedule
 from unet_opt.errors import UserError
-from unet_opt.losses import class_weights, segmentation_loss
-from unet_opt.model import build_model
-from unet_opt.optim import lr_factor, make_optimizer, make_schedule
 
 
 def two_pixels(p_first: float, p_second: float, extra_ignored: bool = False):

@@ -16,10 +16,10 @@ from conftest import FAST, run_search, written_files
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from unet_opt.checkpoint import load_checkpoint, save_checkpoint
-from unet_opt.data import ClassTable
-from unet_opt.model import build_model
-from unet_opt.space_file import load_config
+from unet_opt.config.space_file import load_config
+from unet_opt.core.data import ClassTable
+from unet_opt.core.model import build_model
+from unet_opt.runs.checkpoint import load_checkpoint, save_checkpoint
 
 
 def retrain_runs(home):
@@ -158,8 +158,8 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
 def test_a_killed_retrain_s_run_ends_failed_when_the_next_command_opens_the_experiment(searched_home, cli):
     # a retrain whose process is SIGKILLed after its first epoch leaves its run RUNNING...
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-              "import fits\nfrom pathlib import Path\nfrom unet_opt.distributed import plan\n"
-              "from unet_opt.paths import Paths\nfrom unet_opt.retrain import retrain_best\n"
+              "import fits\nfrom pathlib import Path\nfrom unet_opt.parallel.placement import plan\n"
+              "from unet_opt.config.paths import Paths\nfrom unet_opt.study.retrain import retrain_best\n"
               "paths = Paths.resolve('.')\n"
               "retrain_best(paths, paths.storage_url(), paths.tracking_uri(), None, plan('cpu', None, None), "
               "epochs=3, fit=fits.die_after_first_epoch)\n")

@@ -17,13 +17,13 @@ import torch
 from conftest import FAST, free_port, interruptible, processes_in, run_search, written_files
 from mlflow.tracking import MlflowClient
 
-from unet_opt.checkpoint import FORMAT, load_checkpoint
-from unet_opt.config import to_toml
-from unet_opt.data import ClassTable
+from unet_opt.config.schema import to_toml
+from unet_opt.config.space_file import load_config
+from unet_opt.core.data import ClassTable
+from unet_opt.core.model import build_model
 from unet_opt.errors import UserError
-from unet_opt.model import build_model
-from unet_opt.processes import worker_id
-from unet_opt.space_file import load_config
+from unet_opt.parallel.processes import worker_id
+from unet_opt.runs.checkpoint import FORMAT, load_checkpoint
 
 # where the first trial's process dies with SIGKILL: a stand-in fit from tests/fits.py
 KILL_POINTS = {"before the first epoch": "die", "after the first epoch": "die_after_first_epoch",
@@ -172,8 +172,8 @@ def test_unreachable_store_is_one_line_without_the_password(home, cli, flag, url
 
 
 def test_ui_binds_localhost_unless_told(home, cli):
-    from unet_opt.cli import ui
-    from unet_opt.ui import serve_ui
+    from unet_opt.cli.app import ui
+    from unet_opt.tracking.ui import serve_ui
 
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
@@ -196,7 +196,7 @@ def test_ui_binds_localhost_unless_told(home, cli):
 def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_home):
     from mlflow.tracking import MlflowClient
 
-    from unet_opt.ui import serve_ui
+    from unet_opt.tracking.ui import serve_ui
 
     uri = f"sqlite:///{searched_home}/mlruns/mlflow.db"
     experiment = MlflowClient(uri).get_experiment_by_name("unet-opt-default")
@@ -236,7 +236,7 @@ def test_ui_on_an_address_not_of_this_machine_is_an_error_naming_the_address(hom
 
 
 def test_ui_passes_allowed_hosts_to_the_mlflow_server(home):
-    from unet_opt.ui import serve_ui
+    from unet_opt.tracking.ui import serve_ui
 
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
@@ -333,7 +333,7 @@ def command_dropping_a_stop(sig: int, module: str, function: str, argv: list[str
             f"real = patched.{function}\n"
             "def dropping(*args):\n    Finalized()\n    return real(*args)\n"
             f"patched.{function} = dropping\n"
-            f"from unet_opt.cli import main\nmain({argv!r})\n")
+            f"from unet_opt.cli.app import main\nmain({argv!r})\n")
 
 
 # where a stop signal lands in a finalizer: the function that makes one, and the command's extra options
@@ -405,7 +405,7 @@ def test_real_sigint_records_the_trial_and_exits_130(home):
 
 @pytest.mark.slow
 def test_tracking_store_dropping_mid_trial_is_recorded(home, cli, monkeypatch):
-    from unet_opt.tracking import Tracker
+    from unet_opt.tracking.tracker import Tracker
 
     real, calls = Tracker.log_metrics, []
 

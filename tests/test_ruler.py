@@ -15,14 +15,14 @@ from datasets import make_dataset
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import confusion_matrix, f1_score
 
-from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import IGNORE, load_data, make_split, relabel, split_indices, synthetic
-from unet_opt.data.classes import ClassTable
-from unet_opt.metrics import scores_from_matrix
-from unet_opt.native import resized_bands
-from unet_opt.space_file import load_config, stored_config
+from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.config.space_file import load_config, stored_config
+from unet_opt.core.data import IGNORE, load_data, make_split, relabel, split_indices, synthetic
+from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.metrics import scores_from_matrix
+from unet_opt.core.native import resized_bands
+from unet_opt.core.train import fit
 from unet_opt.study.storage import study_setup
-from unet_opt.train import fit
 
 
 def sklearn_dice(truth: torch.Tensor, pred: torch.Tensor) -> float:
@@ -125,7 +125,7 @@ def test_evaluate_native_scores_each_photo_at_its_own_size(home, cli):
     matrix = np.array([[int(v) for v in row[1:]] for row in rows])
     # every labelled pixel of the photos at 90x132 (class 0, "unlabeled", is ignored), and the same counts
     # as the prediction resized to the photo's size at once and scored by scikit-learn
-    from unet_opt.checkpoint import load_checkpoint
+    from unet_opt.runs.checkpoint import load_checkpoint
 
     ck = load_checkpoint(Path(checkpoint))
     data = load_data(DataConfig(dataset=str(home / "data"), num_classes=5, image_size=32, eval_size=-1), 3,

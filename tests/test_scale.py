@@ -22,14 +22,14 @@ import torch
 from conftest import FAST, children_of, interruptible, run_search
 from mlflow.tracking import MlflowClient
 
-from unet_opt.config import DataConfig
-from unet_opt.data import batches, load_data
-from unet_opt.distributed import Placement, check_divisible
+from unet_opt.config.schema import DataConfig
+from unet_opt.core.data import batches, load_data
 from unet_opt.errors import UserError
+from unet_opt.parallel.placement import Placement, check_divisible
 from unet_opt.study.objective import is_surplus
 from unet_opt.study.storage import open_storage
 from unet_opt.study.workers import stop_workers
-from unet_opt.tracking import Tracker
+from unet_opt.tracking.tracker import Tracker
 
 # one image size and a fixed epoch count: trials of two runs are comparable epoch by epoch
 EXACT_SETS = ["space.epochs.low=3", "space.epochs.high=3", 'data.augment="crop"', 'search.pruner="none"']

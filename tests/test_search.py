@@ -13,8 +13,8 @@ import pytest
 from conftest import FAST, run_search
 from mlflow.tracking import MlflowClient
 
-from unet_opt.config import Config
-from unet_opt.space_file import load_config
+from unet_opt.config.schema import Config
+from unet_opt.config.space_file import load_config
 from unet_opt.study.pruning import make_pruner, max_epochs
 from unet_opt.study.storage import study_setup
 
@@ -324,7 +324,7 @@ def test_two_stores_that_do_not_belong_together_are_refused(searched_home, cli, 
 
 
 def test_the_summary_names_the_ui_command_for_this_search_s_store(tmp_path, monkeypatch):
-    from unet_opt.paths import Paths
+    from unet_opt.config.paths import Paths
     from unet_opt.study.search import ui_command_line
 
     cfg = load_config("default", {}, [])
@@ -343,7 +343,7 @@ def test_a_study_made_before_the_recipe_fields_resumes_and_retrains_with_its_own
     with today's defaults; nor is it refused as changed."""
     from mlflow.tracking import MlflowClient
 
-    from unet_opt.config import BEFORE_THE_FIELD_EXISTED
+    from unet_opt.config.schema import BEFORE_THE_FIELD_EXISTED
     from unet_opt.study.storage import store_setup
 
     assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0

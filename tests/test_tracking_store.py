@@ -11,9 +11,9 @@ import mlflow.store.db.utils
 import pytest
 from mlflow.tracking import MlflowClient
 
-from unet_opt.paths import create_atomically
-from unet_opt.store_template import new_store, newest_schema_revision, schema_revision, schema_template_path
-from unet_opt.tracking import Tracker
+from unet_opt.config.paths import create_atomically
+from unet_opt.tracking.store_template import new_store, newest_schema_revision, schema_revision, schema_template_path
+from unet_opt.tracking.tracker import Tracker
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from unet_opt.config import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.data import load_data, make_split, split_indices
-from unet_opt.train import fit, loss_and_matrix
+from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
+from unet_opt.core.data import load_data, make_split, split_indices
+from unet_opt.core.train import fit, loss_and_matrix
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import signal
 import sys
 import warnings
 
+from unet_opt.config.paths import redact_url
 from unet_opt.errors import Terminated
-from unet_opt.paths import redact_url
 
 ENVIRONMENT = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no progress bars mixed into our output

@@ -6,16 +6,16 @@ from dataclasses import dataclass
 
 import optuna
 
-from unet_opt import writer
-from unet_opt.config import Config
-from unet_opt.data import DataCache, split_indices
-from unet_opt.distributed import Placement
-from unet_opt.paths import Paths
-from unet_opt.ranks import RankGroup
-from unet_opt.runs import Fit
+from unet_opt.config.paths import Paths
+from unet_opt.config.schema import Config
+from unet_opt.core.data import DataCache, split_indices
+from unet_opt.parallel.placement import Placement
+from unet_opt.parallel.ranks import RankGroup
+from unet_opt.runs.runner import Fit
 from unet_opt.study.storage import study_setup
-from unet_opt.tracking import Tracker
-from unet_opt.writer import ArtifactWriter
+from unet_opt.tracking import writer
+from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.writer import ArtifactWriter
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ import optuna
 from optuna.trial import TrialState
 
 from unet_opt import progress, runtime
-from unet_opt.processes import is_dead_here
+from unet_opt.parallel.processes import is_dead_here
 from unet_opt.study.context import SearchContext
 from unet_opt.study.objective import run_trial
 from unet_opt.study.storage import DEAD_WORKER, GRACE_SECONDS, count_finished, count_running
-from unet_opt.tracking import Tracker
+from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

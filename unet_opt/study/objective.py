@@ -13,16 +13,17 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from unet_opt import progress, runs
-from unet_opt.config import Param
-from unet_opt.paths import redact_url
-from unet_opt.processes import worker_id
+from unet_opt import progress
+from unet_opt.config.paths import redact_url
+from unet_opt.config.schema import Param
+from unet_opt.core.train import FitResult
+from unet_opt.parallel.processes import worker_id
+from unet_opt.runs import runner as runs
 from unet_opt.study.context import SearchContext
 from unet_opt.study.pruning import prune_reason
 from unet_opt.study.reconcile import MLFLOW_STATUS
 from unet_opt.study.storage import FINISHED, HEARTBEAT_SECONDS, best_value
 from unet_opt.study.summary import describe_parent
-from unet_opt.train import FitResult
 
 log = logging.getLogger(__name__)
 

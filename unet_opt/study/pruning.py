@@ -11,7 +11,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from unet_opt.config import Config
+from unet_opt.config.schema import Config
 
 MIN_STUDY_PEERS = 4  # the study-wide bottom-quarter rule judges a trial only against this many others or more
 

@@ -12,11 +12,11 @@ import logging
 import optuna
 from optuna.trial import TrialState
 
-from unet_opt.config import Config
+from unet_opt.config.paths import redact_url
+from unet_opt.config.schema import Config
 from unet_opt.errors import UserError
-from unet_opt.paths import redact_url
 from unet_opt.study.summary import FILES_TAG, STUDY_FILES, files_cover, log_study_artifacts
-from unet_opt.tracking import Tracker
+from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -14,23 +14,23 @@ from pathlib import Path
 
 import optuna
 
-from unet_opt.config import Config
-from unet_opt.data import DataCache, check_splittable
-from unet_opt.distributed import Placement, check_divisible, plan
-from unet_opt.encoders import check_pretrained
+from unet_opt.config.paths import Paths, check_store, redact_url
+from unet_opt.config.schema import Config
+from unet_opt.core.data import DataCache, check_splittable
+from unet_opt.core.encoders import check_pretrained
+from unet_opt.core.train import fit_on_ranks
 from unet_opt.errors import Terminated
-from unet_opt.paths import Paths, check_store, redact_url
-from unet_opt.processes import worker_id
-from unet_opt.runs import Fit
+from unet_opt.parallel.placement import Placement, check_divisible, plan
+from unet_opt.parallel.processes import worker_id
+from unet_opt.runs.runner import Fit
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import close_stale_trials, work
 from unet_opt.study.reconcile import check_stores_agree, close_runs_of_ended_trials, finish_parent
 from unet_opt.study.storage import count_finished, join_or_create_study, open_storage, study_name
 from unet_opt.study.summary import Summary, fill_summary, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
-from unet_opt.tracking import Tracker
-from unet_opt.train import fit_on_ranks
-from unet_opt.ui import how_to_open
+from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.ui import how_to_open
 
 log = logging.getLogger(__name__)
 

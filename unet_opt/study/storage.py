@@ -12,14 +12,14 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from unet_opt.config import BEFORE_THE_FIELD_EXISTED, Config, to_toml
+from unet_opt.config.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.config.schema import BEFORE_THE_FIELD_EXISTED, Config, to_toml
 from unet_opt.errors import UserError
-from unet_opt.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
-from unet_opt.processes import is_dead_here, worker_id
+from unet_opt.parallel.processes import is_dead_here, worker_id
 from unet_opt.study.pruning import make_pruner, make_sampler
 
 if TYPE_CHECKING:
-    from unet_opt.tracking import Tracker  # for the annotation only: this module needs no MLflow
+    from unet_opt.tracking.tracker import Tracker  # for the annotation only: this module needs no MLflow
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         store_setup(storage, name, "config", comparable(cfg))
         store_setup(storage, name, "config_toml", to_toml(cfg, redact_url))
     if "split" not in setup:
-        from unet_opt.data.splits import make_split  # here: `report` and `studies` need no torch
+        from unet_opt.core.data.splits import make_split  # here: `report` and `studies` need no torch
 
         store_setup(storage, name, "split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
                                                        cfg.data.split_seed))

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from unet_opt.config import Config, to_toml
-from unet_opt.paths import redact_url
+from unet_opt.config.paths import redact_url
+from unet_opt.config.schema import Config, to_toml
 from unet_opt.study.storage import DEAD_WORKER, best_value, load_existing, open_storage
 
 if TYPE_CHECKING:  # MLflow is imported only by the commands that log
-    from unet_opt.tracking import Tracker
+    from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,17 @@ import optuna
 import torch
 
 from unet_opt import runtime
-from unet_opt.config import Config
-from unet_opt.data import DataCache
-from unet_opt.distributed import Placement
-from unet_opt.paths import Paths
-from unet_opt.processes import die_with_parent
-from unet_opt.runs import Fit
+from unet_opt.config.paths import Paths
+from unet_opt.config.schema import Config
+from unet_opt.core.data import DataCache
+from unet_opt.parallel.placement import Placement
+from unet_opt.parallel.processes import die_with_parent
+from unet_opt.runs.runner import Fit
 from unet_opt.study.context import SearchContext
 from unet_opt.study.loop import MAX_FAILURES_IN_A_ROW, Outcome, work
 from unet_opt.study.pruning import make_pruner, make_sampler
 from unet_opt.study.storage import open_storage, study_name
-from unet_opt.tracking import Tracker
+from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,64 @@
+"""`unet-opt data check|prepare`: inspect a data folder, or decode it into the cache ahead of a search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from unet_opt.cli.options import Session, option, sets_option, verbose_option
+from unet_opt.config.space_file import load_config
+from unet_opt.errors import UserError
+
+
+@click.group()
+def data() -> None:
+    """Inspect a data folder, or decode it into the cache ahead of a search."""
+
+
+@data.command("check")
+@click.argument("path", type=click.Path(path_type=Path))
+@option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
+        help="Classes in the masks when the folder has no class table.")
+@option("--ignore-index", type=click.IntRange(min=-1), default=0, show_default=True,
+        help="Mask value left out of the rare classes (data.ignore_index; -1 for none).")
+@verbose_option
+def data_check(path: Path, num_classes: int, ignore_index: int) -> int:
+    """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
+    from unet_opt.core.data.check import check, print_report
+
+    report = check(path, num_classes)
+    if not report.layout:  # nothing to describe: the problem is the whole answer
+        from unet_opt.core.data.layouts import problems_error
+
+        raise problems_error(path, report.problems)
+    print_report(report, ignore_index)
+    if report.problems:
+        raise UserError(f"{len(report.problems)} problem(s) in {path}; fix the files listed above")
+    click.echo("no problems found")
+    return 0
+
+
+@data.command("prepare")
+@click.argument("path", type=click.Path(path_type=Path))
+@option("--image-size", "sizes", type=click.IntRange(min=8), multiple=True, required=True,
+        help="Height to decode for (repeatable: one cache per size).")
+@option("--space", default="default", show_default=True, help="Space file whose [data] and [model] apply.")
+@sets_option
+@click.pass_obj
+@verbose_option
+def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
+    """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar."""
+    from unet_opt import progress
+    from unet_opt.core.data import load_data
+    from unet_opt.core.data.layouts import find_source
+
+    paths = session.paths
+    for size in sizes:
+        cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size}, sets)
+        pairs = len(find_source(path, cfg.data.num_classes).pairs)
+        with progress.bar(pairs, f"decoding for height {size}", "image") as decoded:
+            data_set = load_data(cfg.data, cfg.model.depth, paths.cache, decoded.update)
+        h, w = data_set.images.shape[-2:]
+        click.echo(f"{len(data_set.names)} images cached at {h}x{w} under {paths.cache}")
+    return 0

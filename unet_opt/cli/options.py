@@ -1,0 +1,79 @@
+"""Click options that several commands share, declared once, with their defaults shown one way.
+
+Options whose default comes from the space file's config are `None` in click (so that a space file can
+set them) and name that default in `show_default`; `Option` prints it as click prints any default:
+`[default: 30]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import click
+
+from unet_opt import runtime
+from unet_opt.config.paths import Paths
+
+
+class Option(click.Option):
+    """A click option whose `show_default` string is shown as a value, `[default: 30]`, like any other
+    default, rather than in click's parentheses for described defaults, `[default: (30)]`."""
+
+    def get_help_extra(self, ctx: click.Context):
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str) and "default" in extra:
+            extra["default"] = self.show_default
+        return extra
+
+
+def option(*names: str, **settings):
+    """`click.option` with `Option`: every option of the CLI is declared with this."""
+    return click.option(*names, cls=Option, **settings)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the group's options give every command."""
+
+    paths: Paths
+    verbose: bool
+
+
+def be_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`-v` after the command name (`unet-opt search -v`) does what it does before it."""
+    if value and isinstance(ctx.obj, Session):
+        ctx.obj = replace(ctx.obj, verbose=True)
+        runtime.setup(verbose=True)
+
+
+verbose_option = option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,
+                        help="Also show debug messages and tracebacks.")
+storage_option = option("--storage", envvar="UNET_OPT_STORAGE", show_envvar=True,
+                        show_default="sqlite:///studies/unet-opt.db", help="Optuna storage URL.")
+tracking_option = option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+                         show_default="sqlite:///mlruns/mlflow.db", help="MLflow tracking URI.")
+overwrite_option = option("--overwrite", is_flag=True, help="Replace output files that exist already.")
+sets_option = option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override any field, e.g. --set train.patience=3 (repeatable).")
+space_option = option("--space", default="default", show_default=True,
+                      help="Search-space TOML file, or a built-in name: default, drone, drone-cpu, binary.")
+data_option = option("--data", show_default="synthetic", help="'synthetic' (embedded) or a data folder.")
+
+
+def placement_options(command):
+    """--device, --gpus and --procs: where one run trains (a trial, a retrain, a baseline)."""
+    for declared in reversed([
+        option("--device", type=click.Choice(["auto", "cpu", "cuda"]), show_default="auto",
+               help="Where to train: auto takes a GPU when there is one."),
+        option("--gpus", metavar="all|N", show_default="all", help="GPUs one run trains on, one DDP process each."),
+        option("--procs", type=click.IntRange(min=1), show_default="1",
+               help="With --device cpu: processes one run trains on (DDP over gloo)."),
+    ]):
+        command = declared(command)
+    return command
+
+
+def placement_of(device: str | None, gpus: str | None, procs: int | None):
+    from unet_opt.parallel.placement import plan
+
+    return plan(device or "auto", gpus, procs)

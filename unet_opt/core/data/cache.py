@@ -1,0 +1,199 @@
+"""Decode once: every image and mask is decoded and resized once per frame size into uint8 arrays
+under `studies/cache/<key>/`, then memory-mapped; later epochs, trials and runs never decode again.
+
+The key is a hash of the files' content (a digest per file, remembered by path, size and mtime so
+unchanged files are not re-read), the frame size and the class table. A cache is filled in a
+temporary folder and renamed into place, so two processes filling it at once cannot corrupt it:
+the second rename finds the folder there and its own copy is dropped. Its `done` file holds a
+checksum of the arrays, checked once per process when the entry is opened: a damaged entry (zeroed,
+truncated, flipped bytes) is rebuilt with one warning instead of training on wrong pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from unet_opt.core.data.layouts import Source, problems_error
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of pairs just done
+LOOKUP_ROWS = 256  # rows of a colour mask looked up in the class table at once
+VERIFIED: set[Path] = set()  # entries whose checksum this process has checked
+
+
+def _header_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as e:
+        problems.append(f"{path} cannot be read ({type(e).__name__}); replace or remove it")
+        return None
+
+
+def read_sizes(source: Source) -> tuple[list[tuple[int, int]], list[str]]:
+    """(width, height) of every image from its header, and problems: unreadable files, size mismatches."""
+    sizes, problems = [], []
+    for _, image, mask in source.pairs:
+        size, mask_size = _header_size(image, problems), _header_size(mask, problems)
+        if size and mask_size and size != mask_size:
+            problems.append(f"{image} is {size[0]}x{size[1]} but its mask {mask} is {mask_size[0]}x{mask_size[1]}; "
+                            f"they must match")
+        if size:
+            sizes.append(size)
+    return sizes, problems
+
+
+def decode_image(path: Path, height: int, width: int) -> np.ndarray:
+    with Image.open(path) as im:
+        im.draft("RGB", (width, height))  # JPEG: decode at 1/2..1/8 scale if that still covers the frame
+        return np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def decode_mask(path: Path, height: int, width: int, source: Source) -> tuple[np.ndarray | None, str | None]:
+    """(class indices (H, W) uint8, None) or (None, the problem). Nearest neighbour: classes never blend."""
+    num_classes = len(source.classes)
+    with Image.open(path) as im:
+        if source.colour_masks:
+            # resize first (nearest keeps colours exact), then look the pixels up in the table, a band of rows
+            # at a time: a mask at a photo's own size (`evaluate --frame native`) is 24 M pixels
+            rgb = np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.NEAREST))
+            keys = np.array([(r << 16) | (g << 8) | b for r, g, b in source.classes.colors])
+            order = np.argsort(keys)
+            classes = np.empty((height, width), np.uint8)
+            for top in range(0, height, LOOKUP_ROWS):
+                band = rgb[top:top + LOOKUP_ROWS].astype(np.int64)
+                packed = (band[..., 0] << 16) | (band[..., 1] << 8) | band[..., 2]
+                pos = np.clip(np.searchsorted(keys[order], packed), 0, len(keys) - 1)
+                known = keys[order][pos] == packed
+                if not known.all():
+                    v = int(packed[~known][0])
+                    return None, (f"{path}: colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) is not in the class "
+                                  f"table {source.table}; add it or fix the mask")
+                classes[top:top + LOOKUP_ROWS] = order[pos]
+            return classes, None
+        if im.mode in ("RGB", "RGBA"):
+            return None, f"{path} is a colour mask but this layout expects class indices; convert it"
+        full = np.asarray(im)
+        if full.max() >= num_classes:
+            return None, (f"{path}: mask value {int(full.max())} is not a class (there are {num_classes}, 0.."
+                          f"{num_classes - 1}); fix the mask or data.num_classes")
+        return np.asarray(Image.fromarray(full.astype(np.uint8)).resize((width, height), Image.Resampling.NEAREST)), None
+
+
+def _file_digests(paths: list[Path], index_path: Path) -> tuple[dict[str, str], dict]:
+    """Content digest per file, reusing the index's entry when path, size and mtime are unchanged."""
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    digests = {}
+    for p in paths:
+        st = p.stat()
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        entry = index.get(str(p.resolve()))
+        if not entry or entry[0] != stamp:
+            h = hashlib.blake2b(digest_size=16)
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            entry = [stamp, h.hexdigest()]
+            index[str(p.resolve())] = entry
+        digests[str(p)] = entry[1]
+    return digests, index
+
+
+def cache_key(source: Source, digests: dict[str, str], height: int, width: int) -> str:
+    content = [[n, digests[str(i)], digests[str(m)]] for n, i, m in source.pairs]
+    spec = [height, width, source.colour_masks, list(source.classes.names), list(source.classes.colors), content]
+    return hashlib.blake2b(json.dumps(spec).encode(), digest_size=12).hexdigest()
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def prepare(source: Source, height: int, width: int, cache_root: Path,
+            progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, Path]:
+    """(images (N, H, W, 3), masks (N, H, W)) memory-mapped from the cache, filling it first if needed."""
+    paths = [p for _, i, m in source.pairs for p in (i, m)]
+    digests, index = _file_digests(paths, cache_root / "digests.json")
+    folder = cache_root / cache_key(source, digests, height, width)
+    if (folder / "done").is_file() and folder not in VERIFIED and not entry_is_sound(folder):
+        log.warning("the decoded-image cache %s is damaged; decoding the images again", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    if not (folder / "done").is_file():
+        _fill(source, height, width, folder, progress)
+        _write_json(cache_root / "digests.json", index)
+    elif progress:
+        progress(len(source.pairs))
+    VERIFIED.add(folder)
+    return (np.load(folder / "images.npy", mmap_mode="c"), np.load(folder / "masks.npy", mmap_mode="c"), folder)
+
+
+def checksums(images: np.ndarray, masks: np.ndarray) -> dict[str, str]:
+    return {name: hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).hexdigest()
+            for name, a in (("images", images), ("masks", masks))}
+
+
+def entry_is_sound(folder: Path) -> bool:
+    """The arrays load and match the checksums written when the entry was made."""
+    try:
+        expected = json.loads((folder / "done").read_text())
+        arrays = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
+        return isinstance(expected, dict) and checksums(*arrays) == expected
+    except (OSError, ValueError, EOFError):  # missing, empty, truncated or unreadable
+        return False
+
+
+def _fill(source: Source, height: int, width: int, folder: Path, progress: Progress | None) -> None:
+    created = [d for d in (folder.parent.parent, folder.parent) if not d.exists()]
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    n = len(source.pairs)
+    try:
+        tmp.mkdir(parents=True)
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, height, width, 3))
+        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, height, width))
+        problems = []
+        for i, (_, image, mask) in enumerate(source.pairs):
+            try:
+                images[i] = decode_image(image, height, width)
+            except (UnidentifiedImageError, OSError) as e:
+                problems.append(f"{image} cannot be decoded ({type(e).__name__}); replace or remove it")
+            try:
+                decoded, problem = decode_mask(mask, height, width, source)
+            except (UnidentifiedImageError, OSError) as e:
+                decoded, problem = None, f"{mask} cannot be decoded ({type(e).__name__}); replace or remove it"
+            if problem:
+                problems.append(problem)
+            else:
+                masks[i] = decoded
+            if progress:
+                progress(1)
+        if problems:
+            raise problems_error(source.root, problems)
+        images.flush()
+        masks.flush()
+        (tmp / "done").write_text(json.dumps(checksums(images, masks)))
+        del images, masks
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished the same cache first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(created):  # leave no empty studies/ behind for bad data
+            if d.exists() and not any(d.iterdir()):
+                d.rmdir()
+        raise

@@ -1,0 +1,90 @@
+"""`unet-opt data check`: what a data folder holds, its rare classes and everything wrong with it, without
+training."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import UnidentifiedImageError
+
+from unet_opt.cli.console import print_table
+from unet_opt.core.data.cache import decode_image, decode_mask, read_sizes
+from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.data.layouts import scan
+
+CHECK_HEIGHT = 128  # masks are sampled at this height (nearest) to count class pixels quickly
+RARE = 0.005  # a class under 0.5% of the pixels scores a Dice near 0 unless the training weighs it up
+
+
+@dataclass
+class Report:
+    path: Path
+    layout: str = ""
+    root: Path | None = None
+    pairs: int = 0
+    colour_masks: bool = False
+    sizes: Counter = field(default_factory=Counter)  # (width, height) -> images
+    classes: ClassTable | None = None
+    frequencies: np.ndarray | None = None  # share of pixels per class
+    problems: list[str] = field(default_factory=list)
+
+
+def check(path: Path, num_classes: int, progress=None) -> Report:
+    source, problems = scan(path, num_classes)
+    report = Report(path, problems=problems)
+    if source is None:
+        return report
+    report.layout, report.root, report.pairs = source.layout, source.root, len(source.pairs)
+    report.colour_masks, report.classes = source.colour_masks, source.classes
+    sizes, header_problems = read_sizes(source)
+    report.sizes, report.problems = Counter(sizes), problems + header_problems
+    counts = np.zeros(len(source.classes), np.int64)
+    for _, image, mask in source.pairs:
+        try:  # decoded fully, as the cache will: a truncated file has a sound header
+            decode_image(image, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2)
+        except (UnidentifiedImageError, OSError) as e:
+            report.problems.append(f"{image} cannot be decoded ({type(e).__name__}); replace or remove it")
+        try:
+            decoded, problem = decode_mask(mask, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2, source)
+        except (UnidentifiedImageError, OSError) as e:
+            decoded, problem = None, f"{mask} cannot be decoded ({type(e).__name__}); replace or remove it"
+        if problem:
+            report.problems.append(problem)
+        else:
+            counts += np.bincount(decoded.ravel(), minlength=len(counts))[: len(counts)]
+        if progress:
+            progress(1)
+    report.frequencies = counts / max(1, counts.sum())
+    return report
+
+
+def rare_classes_advice(report: Report, ignore_index: int = 0) -> str | None:
+    """The classes present in under RARE of the pixels, and what helps them, as one paragraph."""
+    if report.classes is None or report.frequencies is None:
+        return None
+    rare = [f"{name} {100 * f:.2g}%" for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))
+            if 0 < f < RARE and i != ignore_index]
+    if not rare:
+        return None
+    return (f"rare classes (under {100 * RARE:g}% of the pixels): {', '.join(rare)}. Unweighted, they score a "
+            f"Dice near 0; train.class_weights = \"inverse\" (the default) weighs them up, train.loss = "
+            f"\"ce+dice\" counts each class alike, and a larger data.image_size (384 px or more, on a GPU) "
+            f"makes small objects more than a few pixels wide. search/drone.toml searches these.")
+
+
+def print_report(report: Report, ignore_index: int = 0) -> None:
+    click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
+               f"{'colour' if report.colour_masks else 'class-index'} masks)")
+    click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
+    if report.classes is not None and report.frequencies is not None:
+        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3g}%"]
+                                               for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
+    advice = rare_classes_advice(report, ignore_index)
+    if advice:
+        click.echo(advice)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")

@@ -1,0 +1,120 @@
+"""Recognising a data folder: Kaggle, TU Graz or generic layout; image/mask pairs; the class table.
+
+Structural problems (no layout, empty folders, unpaired files, a bad class table) are found here,
+from file names and headers alone, before anything is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from unet_opt.core.data.classes import ClassTable, default_table, read_class_csv
+from unet_opt.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    name: str
+    images: str  # folder of photos, relative to the root
+    masks: str  # folder of masks
+    tables: tuple[str, ...]  # where a class table may lie
+    colour_masks: bool | None  # None: decided from the masks themselves
+
+
+LAYOUTS = (
+    FolderLayout("kaggle", "original_images", "label_images_semantic", ("class_dict_seg.csv", "class_dict.csv"), False),
+    FolderLayout("tu-graz", "training_set/images", "training_set/gt/semantic/label_images",
+           ("class_dict.csv", "training_set/gt/semantic/class_dict.csv", "class_dict_seg.csv"), True),
+    FolderLayout("generic", "images", "masks", ("classes.csv", "class_dict.csv", "class_dict_seg.csv"), None),
+)
+
+
+@dataclass
+class Source:
+    layout: str
+    root: Path
+    pairs: list[tuple[str, Path, Path]]  # (name, image, mask), sorted by name
+    colour_masks: bool
+    classes: ClassTable
+    table: Path | None
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
+    """The layout at `path`, or in the one folder below it that has one (up to 3 levels down)."""
+    for depth in range(4):
+        roots = [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
+        found = [(root, layout) for root in roots if root.is_dir()
+                 for layout in LAYOUTS if (root / layout.images).is_dir() and (root / layout.masks).is_dir()]
+        if found:
+            return found[0]
+    return None
+
+
+def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
+    """(the source, every structural problem found); the source is None when nothing usable was found."""
+    if not path.exists():
+        return None, [f"data folder {path} does not exist; pass the folder holding the images and masks"]
+    if not path.is_dir():
+        return None, [f"data path {path} is not a folder; pass the folder holding the images and masks"]
+    detected = _detect(path)
+    if detected is None:
+        return None, [f"no known layout in {path}: expected original_images/ + label_images_semantic/ (Kaggle), "
+                      f"training_set/images/ + training_set/gt/semantic/label_images/ (TU Graz) or images/ + masks/"]
+    root, layout = detected
+    images, masks = _files(root / layout.images), _files(root / layout.masks)
+    problems = []
+    if not images:
+        problems.append(f"{root / layout.images} holds no image (.jpg, .png, ...); put the photos there")
+    if not masks:
+        problems.append(f"{root / layout.masks} holds no mask (.png); put the masks there")
+    problems += [f"{images[n]} has no mask ({root / layout.masks}/{n}.png)" for n in sorted(images.keys() - masks.keys())]
+    problems += [f"{masks[n]} has no image ({root / layout.images}/{n}.jpg)" for n in sorted(masks.keys() - images.keys())]
+    table_path = next((root / t for t in layout.tables if (root / t).is_file()), None)
+    classes = None
+    try:
+        classes = read_class_csv(table_path) if table_path else default_table(num_classes)
+    except UserError as e:
+        problems.append(str(e))
+    colour = layout.colour_masks
+    if colour is None and masks:
+        first = next(iter(masks.values()))
+        try:
+            with Image.open(first) as im:
+                colour = im.mode in ("RGB", "RGBA")
+        except (UnidentifiedImageError, OSError):
+            problems.append(f"{first} cannot be read; replace or remove it")
+    if colour and table_path is None:
+        problems.append(f"{root} has colour masks but no class table; add {layout.tables[0]} with rows name, r, g, b")
+    if classes is not None and len(classes) != num_classes:
+        problems.append(f"data.num_classes = {num_classes} but {table_path or 'the data'} has {len(classes)} classes; "
+                        f"use --set data.num_classes={len(classes)}")
+    if classes is None or not images:
+        return None, problems
+    pairs = [(n, images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]
+    return Source(layout.name, root, pairs, bool(colour), classes, table_path), problems
+
+
+def problems_error(path: Path, problems: list[str]) -> UserError:
+    """Many problems, one line: the first few, a count, and where to see them all."""
+    shown = "; ".join(problems[:3])
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    if len(problems) == 1:
+        return UserError(problems[0])
+    return UserError(f"{len(problems)} problems with the data in {path}: {shown}{more} "
+                     f"(`unet-opt data check {path}` lists them all)")
+
+
+def find_source(path: Path, num_classes: int) -> Source:
+    source, problems = scan(path, num_classes)
+    if problems:
+        raise problems_error(path, problems)
+    return source

@@ -1,0 +1,260 @@
+"""The rank processes of a run on several devices, started once and kept for every trial of a worker.
+
+`RankGroup(placement)` starts `placement.procs` processes (one per GPU with NCCL, or CPU processes with
+gloo) the first time it runs something; they join one process group and wait for work. `run(target,
+args, on_epoch)` sends every rank the same call `target(group, on_epoch, *args)`, answers rank 0's epoch
+reports with `on_epoch` here (which talks to Optuna and MLflow), and returns rank 0's result. A trial
+then costs a message, not a process start, an import of torch and a load of its data.
+
+A rank whose call raises reports it. When every rank has reported within a short grace, they are all
+back at the same point and keep serving. A rank that dies, or that does not report while another did
+(it waits in a collective the failed one never joined), takes the whole group down: its processes are
+killed, `run` raises RankFailed and the next call starts a new group. Between calls each rank lets go
+of what the trial held (GPU memory back to the driver); its data stays loaded while its shape holds.
+With one process everything runs in the caller's process, with no process group at all.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from unet_opt import runtime
+from unet_opt.parallel.placement import Group, Placement
+from unet_opt.parallel.processes import children_ignoring, die_with_parent
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
+GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
+
+RENDEZVOUS_PREFIX = "unet-opt-ranks-"  # + the launcher's pid: a folder per group, for the processes to meet
+
+OnEpoch = Callable[[int, dict[str, float], float], bool]  # (epoch, metrics, best so far) -> stop?
+Target = Callable[..., Any]  # target(group, on_epoch, *args) -> result, importable by name
+
+
+class RankFailed(RuntimeError):
+    """One process of a multi-process run failed; the message names the rank and its error. `intact`:
+    every rank came back from the failed call, so the group can serve the next one."""
+
+    def __init__(self, message: str, intact: bool = False):
+        super().__init__(message)
+        self.intact = intact
+
+
+class RankGroup:
+    """One worker's rank processes; use as a context manager, so that none outlives the worker."""
+
+    def __init__(self, placement: Placement, start: bool = False):
+        """`start`: start the processes now (they import torch while the caller goes on), not on first use."""
+        self.placement = placement
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.conns: list[Connection] = []
+        self.rendezvous = ""
+        self.starts = 0  # how many times the processes were started: 1 unless a failure restarted them
+        if start and placement.procs > 1:
+            self.start()
+
+    def __enter__(self) -> RankGroup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.pid is not None]
+
+    def run(self, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
+        """`target(group, on_epoch, *args)` on every rank; rank 0's result."""
+        if self.placement.procs == 1:
+            return self.run_here(target, args, on_epoch)
+        if any(not p.is_alive() for p in self.processes):  # one died between trials
+            self.close()
+        if not self.processes:
+            self.start()
+        try:
+            job = pickle.dumps((target, args, on_epoch is not None))
+            for conn in self.conns:
+                conn.send_bytes(job)
+            return self.collect(on_epoch)
+        except RankFailed as e:
+            if not e.intact:
+                self.close()
+            raise
+        except BaseException:  # Ctrl-C, or on_epoch failed: the ranks are mid-trial, they cannot go on
+            self.close()
+            raise
+
+    def run_here(self, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
+        device = torch.device("cpu")
+        if self.placement.device == "cuda":
+            device = torch.device("cuda", self.placement.gpu_ids[0] if self.placement.gpu_ids else 0)
+            torch.cuda.set_device(device)  # a worker's kernels and caches go to its own GPU
+        try:
+            return target(Group(device), on_epoch, *args)
+        finally:
+            release_memory(device)
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+        remove_stale_rendezvous()
+        self.rendezvous = tempfile.mkdtemp(prefix=f"{RENDEZVOUS_PREFIX}{os.getpid()}-")
+        with children_ignoring(signal.SIGINT):  # Ctrl-C is the launcher's to handle: it ends the ranks
+            for rank in range(self.placement.procs):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=rank_main, name=f"rank-{rank}",
+                                          args=(rank, self.placement, f"file://{self.rendezvous}/store", child_end))
+                process.start()
+                child_end.close()
+                self.processes.append(process)
+                self.conns.append(parent_end)
+        self.starts += 1
+
+    def collect(self, on_epoch: OnEpoch | None) -> Any:
+        """Serve rank 0's epoch reports until every rank has answered, or one failed."""
+        waiting = dict(enumerate(self.conns))
+        value, errors, deadline = None, {}, None
+        while waiting:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            sentinels = {self.processes[rank].sentinel: rank for rank in waiting}
+            ready = wait([*waiting.values(), *sentinels], timeout)
+            if not ready:  # the grace is over: a rank is stuck where the failed one never came
+                break
+            for item in ready:
+                rank = sentinels.get(item)
+                if rank is not None:  # a process ended; its last message, if any, is read first
+                    if rank in waiting and not waiting[rank].poll():
+                        raise RankFailed(f"rank {rank} died ({describe_exit(self.processes[rank])})")
+                    continue
+                rank = self.conns.index(item)
+                try:
+                    kind, payload = pickle.loads(item.recv_bytes())
+                except EOFError:
+                    raise RankFailed(f"rank {rank} died ({describe_exit(self.processes[rank])})") from None
+                if kind == "epoch":
+                    answer = pickle.dumps(bool(on_epoch(*payload)) if on_epoch is not None else False)
+                    try:
+                        item.send_bytes(answer)
+                    except OSError:  # it died right after its report
+                        raise RankFailed(f"rank {rank} died ({describe_exit(self.processes[rank])})") from None
+                    continue
+                del waiting[rank]
+                if kind == "error":
+                    errors[rank] = payload
+                    deadline = deadline or time.monotonic() + GRACE_SECONDS
+                elif rank == 0:
+                    value = payload
+        if errors:
+            rank, (message, _) = next(iter(errors.items()))
+            every_rank_back = not waiting and all(clean for _, clean in errors.values())
+            raise RankFailed(f"rank {rank} failed: {message}", intact=every_rank_back)
+        return value
+
+    def close(self) -> None:
+        """Kill the processes (they hold nothing worth saving between trials) and wait for them."""
+        for process in self.processes:
+            if process.is_alive():
+                process.kill()
+        for process in self.processes:
+            process.join()
+        for conn in self.conns:
+            conn.close()
+        self.processes, self.conns = [], []
+        if self.rendezvous:
+            shutil.rmtree(self.rendezvous, ignore_errors=True)
+            self.rendezvous = ""
+
+
+def launch(placement: Placement, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
+    """One run on fresh ranks (a retrain, a baseline, a benchmark): `RankGroup.run` once."""
+    with RankGroup(placement) as ranks:
+        return ranks.run(target, args, on_epoch)
+
+
+def remove_stale_rendezvous() -> None:
+    """The rendezvous folders of killed launchers (SIGKILL leaves no time to remove them), by their pid."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{RENDEZVOUS_PREFIX}*"):
+        pid = folder.name.removeprefix(RENDEZVOUS_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def describe_exit(process: multiprocessing.process.BaseProcess) -> str:
+    process.join(1)  # its exit code is known a moment after its connection closed
+    code = process.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def release_memory(device: torch.device) -> None:
+    """What a finished trial held on a GPU goes back: tensors held in reference cycles, then the cached
+    blocks. (Not on the CPU: there a full collection only costs time, a third of a second a trial.)"""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection) -> None:
+    """One rank: join the group, then run each call sent until the connection closes."""
+    die_with_parent()
+    runtime.setup(prefix=f"[rank {rank}] ")
+    if placement.threads:
+        torch.set_num_threads(placement.threads)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
+    device = torch.device("cpu")
+    if placement.device == "cuda":
+        device = torch.device("cuda", placement.gpu_ids[rank])
+        torch.cuda.set_device(device)
+    dist.init_process_group(placement.backend, init_method=rendezvous, rank=rank, world_size=placement.procs,
+                            timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
+    group = Group(device, rank, placement.procs)
+    while True:
+        try:
+            target, args, relay = pickle.loads(conn.recv_bytes())
+        except EOFError:  # the launcher closed the group
+            return
+        on_epoch = relay_to(conn) if rank == 0 and relay else None
+        try:
+            value = target(group, on_epoch, *args)
+            reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
+        except Exception as e:  # reported; a failed collective leaves the group unusable, anything else not
+            reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not broke_the_group(e)))
+            del e
+        release_memory(device)
+        conn.send_bytes(pickle.dumps(reply))
+
+
+DISTRIBUTED_WORDS = ("gloo", "nccl", "timed out", "timeout", "connection", "pair closure", "process group")
+
+
+def broke_the_group(error: Exception) -> bool:
+    """Whether an error came from the process group itself (a timed-out or broken collective): then the
+    ranks are out of step and must be restarted. Gloo reports these as plain RuntimeErrors."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in DISTRIBUTED_WORDS)
+
+
+def relay_to(conn: Connection) -> OnEpoch:
+    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
+        conn.send_bytes(pickle.dumps(("epoch", (epoch, metrics, best))))
+        return pickle.loads(conn.recv_bytes())
+
+    return on_epoch
