@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --device cpu --procs 2 --quick   # smoke run of the same path on a CPU
 
 Progress goes to stderr; stdout gets one line naming the GPU(s), torch, CUDA and NCCL, then a markdown
-table. Every training run goes through unet-opt's own `ranks.launch` and `train.fit_on_ranks` (one
+table. Every training run goes through unet-opt's own `ranks.launch` and `train.fit` (one
 process: in this one; several: one rank per GPU, DDP over NCCL, SyncBatchNorm) on synthetic 256x384
 frames (tiled from 32 generated scenes: generating one costs ~30 ms of CPU in every rank), crop
 augmentation, UNet base 64 depth 4, 16 images per GPU per step, 320 per GPU per epoch, 5 epochs, bf16
@@ -17,7 +17,7 @@ autotuning, or compilation). The rows:
    (n x images/s on 1), target >= 0.90.
 2. bf16 autocast against float32 (amp off; cuDNN may use TF32, PyTorch's default), 1 GPU: images/s, speed-up.
 3. channels_last against the default memory layout, both bf16, 1 GPU.
-4. the data set held on the GPU (what `train.place` does when it fits) against pinned host memory.
+4. the data set held on the GPU (what `DataCache.placed` does when it fits) against pinned host memory.
 5. torch.compile against eager, 1 GPU; then its compile time = first epoch - median later epoch.
 6. the crop augmentation's share of a training step: `data.batches` with augment "crop" minus "none",
    per batch, on data already on the device (synchronised), over the step time of row 1's 1-GPU run.
@@ -34,7 +34,6 @@ whose run fails shows its error's one line as its value, and the script goes on.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import subprocess
 import sys
@@ -43,14 +42,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from statistics import median
-from unittest import mock
 
 import torch
 from overhead import search  # benchmarks/overhead.py: this script's folder is on sys.path
 
+from unet_opt import runtime
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.core.data import SegmentationData, batches, frame_size, load_data
-from unet_opt.core.train import fit_on_ranks, place
+from unet_opt.core.data import DataCache, SegmentationData, batches, frame_size, load_data
+from unet_opt.core.train import FitJob, fit
 from unet_opt.errors import UserError
 from unet_opt.parallel.placement import Placement, plan
 from unet_opt.parallel.ranks import launch
@@ -109,9 +108,15 @@ def dataset(cfg: Config, images: int) -> SegmentationData:
     return _data[key]
 
 
-def train_on_rank(group, on_epoch, cfg: Config, split: dict[str, list[int]], images: int):
-    """What every rank runs (sent by name to rank processes): `fit_on_ranks` on its copy of the data."""
-    return fit_on_ranks(group, on_epoch, cfg, split, None, dataset(cfg, images))
+PINNED = {"on": False}  # row 4: the 1-process run (in this process) keeps its data in pinned host memory
+
+
+def train_on_rank(group, job: FitJob, cache: DataCache, on_epoch):
+    """What every rank runs (a `Fit`, sent by name to rank processes): `fit` on its copy of the data, placed
+    as unet-opt places it (on the GPU when it fits), or pinned for row 4."""
+    data = dataset(job.cfg, len(job.split["train"]) + len(job.split["val"]))
+    data = data.pinned() if PINNED["on"] else cache.placed(data, group.device)
+    return fit(job.cfg, data, job.split, on_epoch=on_epoch, group=group)
 
 
 def setup(args: argparse.Namespace, n: int, **options) -> tuple[Config, dict[str, list[int]], int]:
@@ -132,7 +137,7 @@ def placement_of(args: argparse.Namespace, n: int) -> Placement:
 
 def train(args: argparse.Namespace, n: int, pinned: bool = False, **options) -> dict[str, float]:
     """One run on n devices: median images/s and epoch seconds after the first, the first's, peak MiB."""
-    cfg, split, images = setup(args, n, **options)
+    cfg, split, _ = setup(args, n, **options)
     placement = placement_of(args, n)
     changes = [f"{k}={v}" for k, v in options.items()] + ["data in pinned host memory"] * pinned
     log(f"  {placement.describe()}{': ' * bool(changes)}{', '.join(changes)}")
@@ -143,10 +148,11 @@ def train(args: argparse.Namespace, n: int, pinned: bool = False, **options) -> 
         log(f"    epoch {epoch}: {metrics['images_per_second']:8.1f} images/s  ({metrics['epoch_seconds']:.1f} s)")
         return False
 
-    # with one process `launch` runs fit here, so patching this module's `place` reaches it
-    host = mock.patch("unet_opt.train.place", lambda data, device: data.pinned()) if pinned else contextlib.nullcontext()
-    with host:
-        result = launch(placement, train_on_rank, (cfg, split, images), on_epoch)
+    PINNED["on"] = pinned  # with one process `launch` runs the fit here, where this flag is seen
+    try:
+        result = launch(placement, train_on_rank, FitJob(cfg, split), on_epoch, DataCache(None))
+    finally:
+        PINNED["on"] = False
     later = history[1:] or history
     return {"speed": median(m["images_per_second"] for m in later), "first": history[0]["epoch_seconds"],
             "later": median(m["epoch_seconds"] for m in later), "peak": result.peak_memory_mb}
@@ -162,7 +168,7 @@ def augment_cost(args: argparse.Namespace, pairs: int = 5) -> float:
     "crop" minus one with "none", alternating, median of `pairs`, over the batches of an epoch."""
     cfg, split, images = setup(args, 1)
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
-    data = place(dataset(cfg, images), device)  # the copy the 1-GPU runs trained on
+    data = DataCache(None).placed(dataset(cfg, images), device)  # as the 1-GPU runs trained on it
 
     def epoch(kind: str) -> float:
         generator = torch.Generator().manual_seed(0)
@@ -255,6 +261,7 @@ def main() -> None:
         parser.error(str(e))
     args.device, cuda, started = full.device, full.device == "cuda", time.perf_counter()
     unit = "GPU" if cuda else "process"
+    runtime.setup_torch()  # as a search's process does: cuDNN autotuning (the rank processes set their own)
 
     log("scaling, bf16 and channels_last on CUDA:")
     runs = {n: attempt(train, args, n) for n in range(1, full.procs + 1)}

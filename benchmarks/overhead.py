@@ -81,9 +81,9 @@ def epoch_pairs(pairs: int) -> tuple[float, float]:
 
     from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
     from unet_opt.core.data import load_data, make_split, split_indices
+    from unet_opt.core.group import Group
     from unet_opt.core.model import build_model
     from unet_opt.core.train import fit
-    from unet_opt.parallel.placement import Group
 
     data_cfg, model_cfg = DataConfig(synthetic_images=24, image_size=32, augment="flip"), ModelConfig(16, 3)
     cfg = TrainConfig(lr=1e-3, batch_size=4, epochs=pairs + 1, patience=99)

@@ -27,7 +27,8 @@ import torch
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import load_data, make_split, split_indices
 from unet_opt.core.model import build_model
-from unet_opt.core.train import fit, loss_and_matrix
+from unet_opt.core.scoring import loss_and_matrix
+from unet_opt.core.train import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from data import write_photos  # noqa: E402  (benchmarks/data.py: generated photos in the Kaggle layout)

@@ -26,10 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import load_data
+from unet_opt.core.group import Group
 from unet_opt.core.losses import segmentation_loss
 from unet_opt.core.model import build_model
 from unet_opt.core.train import autocast, fit
-from unet_opt.parallel.placement import Group
 
 
 def sync(device: torch.device) -> None:

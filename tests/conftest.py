@@ -52,13 +52,13 @@ def run_search(home: Path, trials: int, *sets: str, fit=None, **placement):
     has no way to pass one). Returns the summary."""
     from unet_opt.config.paths import Paths
     from unet_opt.config.space_file import load_config
-    from unet_opt.core.train import fit_on_ranks
+    from unet_opt.core.train import fit_job
     from unet_opt.parallel.placement import plan
     from unet_opt.study.search import run_search as run
 
     runtime.setup()  # as the CLI does: log to this test's stderr
     cfg = load_config("default", {"search.trials": trials}, [*FAST_SETS, *sets])
-    return run(cfg, Paths.resolve(home), plan("cpu", None, placement.get("procs")), fit=fit or fit_on_ranks)
+    return run(cfg, Paths.resolve(home), plan("cpu", None, placement.get("procs")), fit=fit or fit_job)
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,13 @@
-"""Stand-ins for `train.fit_on_ranks` that tests inject (`run_search(..., fit=...)`). Module-level, so
-that spawned rank processes can import them by name; bind their first arguments with functools.partial."""
+"""Stand-ins for `core.train.fit_job` that tests inject (`run_search(..., fit=...)`). Module-level, so that
+spawned rank processes can import them by name; bind their first arguments with functools.partial. Each
+takes what a `Fit` takes: (group, job, cache, on_epoch)."""
 
 import os
 import signal
 from dataclasses import fields
 from pathlib import Path
 
-from unet_opt.core.train import FitResult, fit_on_ranks
+from unet_opt.core.train import FitResult, fit_job
 
 
 def fail_on_call(calls: list, failing: int, error: BaseException, *args):
@@ -14,26 +15,26 @@ def fail_on_call(calls: list, failing: int, error: BaseException, *args):
     calls.append(1)
     if len(calls) == failing:
         raise error
-    return fit_on_ranks(*args)
+    return fit_job(*args)
 
 
 def always_fail(error: BaseException, *args):
     raise error
 
 
-def fail_rank_once(mark: str, group, on_epoch, *args):
+def fail_rank_once(mark: str, group, *args):
     """Rank 1 of a group raises mid-trial, once (the mark file says it did); every other fit trains."""
     if group.rank == 1 and not os.path.exists(mark):
         Path(mark).touch()
         raise RuntimeError("rank 1 broke mid-epoch")
-    return fit_on_ranks(group, on_epoch, *args)
+    return fit_job(group, *args)
 
 
-def note_pid_and_train(folder: str, group, on_epoch, *args):
+def note_pid_and_train(folder: str, group, *args):
     """Each rank writes its pid into `folder` before training, so a test can find the rank processes."""
     if group.world > 1:
         Path(folder, str(os.getpid())).touch()
-    return fit_on_ranks(group, on_epoch, *args)
+    return fit_job(group, *args)
 
 
 def die(*args):
@@ -41,12 +42,12 @@ def die(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_after_first_epoch(group, on_epoch, *args):
+def die_after_first_epoch(group, job, cache, on_epoch):
     def on_epoch_then_die(epoch, metrics, best):
         on_epoch(epoch, metrics, best)
         die()
 
-    return fit_on_ranks(group, on_epoch_then_die, *args)
+    return fit_job(group, job, cache, on_epoch_then_die)
 
 
 class FitThatActsWhenDrawn(FitResult):
@@ -63,25 +64,25 @@ class FitThatActsWhenDrawn(FitResult):
 
 
 def die_while_logging_artifacts(*args):
-    return FitThatActsWhenDrawn(fit_on_ranks(*args), die)
+    return FitThatActsWhenDrawn(fit_job(*args), die)
 
 
 def interrupt_while_logging_artifacts(*args):
     def ctrl_c():
         raise KeyboardInterrupt
 
-    return FitThatActsWhenDrawn(fit_on_ranks(*args), ctrl_c)
+    return FitThatActsWhenDrawn(fit_job(*args), ctrl_c)
 
 
-def train_then_raise(group, on_epoch, *args):
+def train_then_raise(group, *args):
     """Every rank trains a whole trial (its RNGs, caches and data all used) and then raises: the ranks are
     all back, and a trial that follows on them must not tell."""
-    fit_on_ranks(group, on_epoch, *args)
+    fit_job(group, *args)
     raise ValueError("every rank failed after training")
 
 
-def kill_rank_1(group, on_epoch, *args):
+def kill_rank_1(group, *args):
     """Rank 1 dies with SIGKILL where training would start; rank 0 waits for it in the first collective."""
     if group.rank == 1:
         die()
-    return fit_on_ranks(group, on_epoch, *args)
+    return fit_job(group, *args)

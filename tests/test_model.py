@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from unet_opt.config.schema import ModelConfig
-from unet_opt.core.model import UNet, build_model
+from unet_opt.core.model import build_model
+from unet_opt.core.unet import UNet
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])

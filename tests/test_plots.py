@@ -13,8 +13,9 @@ from unet_opt.core.data import IGNORE, SegmentationData
 from unet_opt.core.data.classes import ClassTable
 from unet_opt.core.model import build_model
 from unet_opt.core.train import FitResult
+from unet_opt.runs.reports import split_report, trial_report
 from unet_opt.tracking import plots
-from unet_opt.tracking import report_files as artifacts
+from unet_opt.tracking.report_files import write_report
 
 DRONE = ClassTable.drone()
 NAMES, COLORS = list(DRONE.names), list(DRONE.colors)
@@ -127,8 +128,8 @@ def test_trial_artifacts_title_the_matrix_with_the_best_epoch(tmp_path, monkeypa
                             ["a", "b"], DRONE, False)
     result = FitResult(history=[{"train_loss": 1.0, "val_dice": 0.5}] * 4, best_epoch=3, confusion=drone_matrix(),
                        model=build_model(ModelConfig(base_channels=4, depth=2), len(DRONE)))
-    report = artifacts.trial_report(result, data, [0, 1], "", "val_dice")  # as runs.record builds it
-    report.splits.append(artifacts.split_report(drone_matrix(), data, result.model, [0], "test_", 3))
-    artifacts.write_report(tmp_path, report)
+    report = trial_report(result, data, [0, 1], "", "val_dice")  # as Runner.record builds it
+    report.splits.append(split_report(drone_matrix(), data, result.model, [0], "test_", 3))
+    write_report(tmp_path, report)
     assert titles == ["val split, epoch 3", "test split, epoch 3"]
     assert (tmp_path / "predictions.png").is_file() and (tmp_path / "learning_curves.png").is_file()

@@ -15,21 +15,22 @@ import pytest
 from conftest import children_of, run_search
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.core.data import make_split, split_indices
-from unet_opt.core.train import fit_on_ranks
+from unet_opt.core.data import DataCache, make_split, split_indices
+from unet_opt.core.train import FitJob, fit_job
 from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.ranks import RankFailed, RankGroup, broke_the_group, launch, remove_stale_rendezvous
-from unet_opt.tracking import writer
+from unet_opt.runs import runner
 
 TWO = Placement("cpu", 2, threads=1)
 
 
-def trial_args(lr: float = 0.01, epochs: int = 2) -> tuple:
+def trial_job(lr: float = 0.01, epochs: int = 2) -> FitJob:
     cfg = Config(data=DataConfig(synthetic_images=24, image_size=32, augment="crop"),
                  model=ModelConfig(base_channels=8, depth=3),
                  train=TrainConfig(lr=lr, batch_size=4, epochs=epochs, patience=9))
     names = [f"{i:05d}" for i in range(24)]
-    return cfg, split_indices(make_split(names, 0.15, 0.15, 0), names), None, None
+    split = split_indices(make_split(names, 0.15, 0.15, 0), names)
+    return FitJob(cfg, {"train": split["train"], "val": split["val"]})
 
 
 def curves(result) -> list[float]:
@@ -39,26 +40,26 @@ def curves(result) -> list[float]:
 @pytest.mark.slow
 def test_a_trial_after_a_failed_one_on_the_same_ranks_gives_what_fresh_ranks_give():
     epochs: list[int] = []
-    with RankGroup(TWO) as ranks:
+    with RankGroup(TWO, DataCache(None)) as ranks:
         with pytest.raises(RankFailed, match="ValueError: every rank failed after training"):
-            ranks.run(fits.train_then_raise, trial_args(lr=0.05), None)
+            ranks.run(fits.train_then_raise, trial_job(lr=0.05), None)
         pids = ranks.pids
         assert len(pids) == 2 and ranks.starts == 1  # every rank came back: the group stays
-        reused = ranks.run(fit_on_ranks, trial_args(), lambda epoch, metrics, best: epochs.append(epoch) or False)
+        reused = ranks.run(fit_job, trial_job(), lambda epoch, metrics, best: epochs.append(epoch) or False)
         assert ranks.pids == pids and ranks.starts == 1
         assert reused.model is not None and epochs == [1, 2]  # rank 0 still relays its epochs
-    fresh = launch(TWO, fit_on_ranks, trial_args(), None)
+    fresh = launch(TWO, fit_job, trial_job(), None, DataCache(None))
     assert curves(reused) == curves(fresh)  # the same processes, ops and order of sums: the same bits
     assert children_of(os.getpid()) == []
 
 
 @pytest.mark.slow
 def test_a_killed_rank_fails_its_trial_and_the_next_trial_gets_new_ranks():
-    with RankGroup(TWO) as ranks:
+    with RankGroup(TWO, DataCache(None)) as ranks:
         with pytest.raises(RankFailed, match="rank 1 died \\(killed by SIGKILL\\)"):
-            ranks.run(fits.kill_rank_1, trial_args(), None)
+            ranks.run(fits.kill_rank_1, trial_job(), None)
         assert ranks.pids == [] and children_of(os.getpid()) == []  # rank 0, stuck in a collective, went too
-        result = ranks.run(fit_on_ranks, trial_args(), None)
+        result = ranks.run(fit_job, trial_job(), None)
         assert result.epochs_run == 2 and ranks.starts == 2
     assert children_of(os.getpid()) == []
 
@@ -66,7 +67,7 @@ def test_a_killed_rank_fails_its_trial_and_the_next_trial_gets_new_ranks():
 @pytest.mark.slow
 def test_a_search_starts_its_ranks_once_for_all_its_trials(home, tmp_path_factory, monkeypatch):
     pids = tmp_path_factory.mktemp("pids")  # each rank notes its pid in every trial
-    monkeypatch.setattr(writer, "draws_in_background", lambda placement: True)  # as on GPUs
+    monkeypatch.setattr(runner, "draws_in_background", lambda placement: True)  # as on GPUs
     run_search(home, 3, 'search.pruner="none"', fit=partial(fits.note_pid_and_train, str(pids)), procs=2)
     assert len(list(pids.iterdir())) == 2  # 3 trials, the same 2 processes
     assert children_of(os.getpid()) == []  # ranks and the artifact writer are gone once the search returns
@@ -93,7 +94,9 @@ def test_a_rank_whose_launcher_died_while_it_was_starting_ends(tmp_path):
     script = tmp_path / "launcher.py"
     script.write_text("import time\nfrom unet_opt.parallel.placement import Placement\n"
                       "from unet_opt.parallel.ranks import RankGroup\n"
-                      "if __name__ == '__main__':\n    RankGroup(Placement('cpu', 2, threads=1), start=True)\n"
+                      "from unet_opt.core.data import DataCache\n"
+                      "if __name__ == '__main__':\n"
+                      "    RankGroup(Placement('cpu', 2, threads=1), DataCache(None), start=True)\n"
                       "    time.sleep(600)\n")
     launcher = subprocess.Popen([sys.executable, str(script)])
     deadline = time.monotonic() + 60
@@ -131,9 +134,9 @@ def test_errors_of_the_process_group_itself_restart_it():
 def test_a_terminal_s_ctrl_c_while_the_ranks_import_does_not_end_them():
     """A terminal's Ctrl-C reaches every process of the group; a rank used to ignore it only once it had
     imported torch, and one still importing ended with a traceback."""
-    with RankGroup(TWO, start=True) as ranks:
+    with RankGroup(TWO, DataCache(None), start=True) as ranks:
         for pid in ranks.pids:  # they are importing torch now
             os.kill(pid, signal.SIGINT)
-        result = ranks.run(fit_on_ranks, trial_args(), None)
+        result = ranks.run(fit_job, trial_job(), None)
         assert result.epochs_run == 2 and ranks.starts == 1
     assert children_of(os.getpid()) == []

@@ -118,7 +118,7 @@ def test_a_trial_asked_for_but_never_claimed_is_closed_after_the_grace_period(ho
     run_search(home, 1)
     study = load(home)
     study._storage.create_new_trial(study._study_id)  # RUNNING, no worker: what such a kill leaves
-    monkeypatch.setattr("unet_opt.study.loop.GRACE_SECONDS", 2)
+    monkeypatch.setattr("unet_opt.study.ledger.GRACE_SECONDS", 2)
     code, _, err = cli("search", "--trials", "2", *FAST)
     assert code == 0, err
     trials = load(home).trials
@@ -131,7 +131,7 @@ def test_an_interrupt_between_asking_and_claiming_a_trial_fails_it(home, cli, mo
     def interrupted(*_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("unet_opt.study.objective.is_surplus", interrupted)
+    monkeypatch.setattr("unet_opt.study.ledger.is_surplus", interrupted)
     code, _, err = cli("search", "--trials", "2", *FAST)
     assert code == 130, err
     [trial] = load(home).trials

@@ -26,7 +26,7 @@ from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import batches, load_data
 from unet_opt.errors import UserError
 from unet_opt.parallel.placement import Placement, check_divisible
-from unet_opt.study.objective import is_surplus
+from unet_opt.study.ledger import is_surplus
 from unet_opt.study.storage import open_storage
 from unet_opt.study.workers import stop_workers
 from unet_opt.tracking.tracker import Tracker

@@ -4,7 +4,8 @@ import pytest
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import load_data, make_split, split_indices
-from unet_opt.core.train import fit, loss_and_matrix
+from unet_opt.core.scoring import loss_and_matrix
+from unet_opt.core.train import fit
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ before MLflow, Optuna or matplotlib are imported, so their settings come from th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 
 from unet_opt.config.paths import redact_url
 from unet_opt.errors import Terminated
@@ -56,6 +58,39 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
     # heartbeats are used with ask/tell (our own Heartbeat thread), which Optuna warns about every trial
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     warnings.filterwarnings("ignore", message=".*experimental")  # Optuna's ExperimentalWarning (heartbeats)
+
+
+def setup_torch(threads: int = 0) -> None:
+    """The process-wide torch settings of a process that trains: its CPU threads (0: torch's default) and
+    cuDNN autotuning (a run's input sizes are fixed, so cuDNN picks the fastest kernels once). Called once
+    by each process that trains (a search's worker, a retrain, a rank), not at import: torch is not
+    imported by commands that do not train."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = True
+
+
+def quiet_optuna() -> None:
+    """Optuna's own log lines at warnings only: trial ends are our lines' to say. Called where a process
+    first opens a study storage, since importing Optuna sets its level to INFO (so `setup`, which runs
+    before any import of it, cannot)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@contextlib.contextmanager
+def optuna_errors_only() -> Iterator[None]:
+    """Optuna's warnings silenced for a block (its plots warn "no complete trials", which the page says)."""
+    logger = logging.getLogger("optuna")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def on_stop_signal(signum: int, frame: object) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from unet_opt.cli.console import print_table
 from unet_opt.cli.options import Session, option, sets_option, verbose_option
 from unet_opt.config.space_file import load_config
 from unet_opt.errors import UserError
@@ -25,7 +26,7 @@ def data() -> None:
 @verbose_option
 def data_check(path: Path, num_classes: int, ignore_index: int) -> int:
     """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
-    from unet_opt.core.data.check import check, print_report
+    from unet_opt.core.data.check import check
 
     report = check(path, num_classes)
     if not report.layout:  # nothing to describe: the problem is the whole answer
@@ -62,3 +63,20 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
         h, w = data_set.images.shape[-2:]
         click.echo(f"{len(data_set.names)} images cached at {h}x{w} under {paths.cache}")
     return 0
+
+
+def print_report(report, ignore_index: int = 0) -> None:
+    """`report`: a `core.data.check.Report` (imported by the command: it needs NumPy and Pillow)."""
+    from unet_opt.core.data.check import rare_classes_advice
+
+    click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
+               f"{'colour' if report.colour_masks else 'class-index'} masks)")
+    click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
+    if report.classes is not None and report.frequencies is not None:
+        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3g}%"]
+                                               for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
+    advice = rare_classes_advice(report, ignore_index)
+    if advice:
+        click.echo(advice)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")

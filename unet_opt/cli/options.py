@@ -14,6 +14,8 @@ import click
 from unet_opt import runtime
 from unet_opt.config.paths import Paths
 
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # a user's mistake, Ctrl-C, SIGTERM
+
 
 class Option(click.Option):
     """A click option whose `show_default` string is shown as a value, `[default: 30]`, like any other

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unet_opt.config.schema import ModelConfig
-from unet_opt.core.model import Block
+from unet_opt.core.unet import Block
 from unet_opt.errors import UserError
 
 ENCODERS = next(f for f in fields(ModelConfig) if f.name == "encoder").metadata["choices"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from unet_opt.core.data import IGNORE
-from unet_opt.parallel.placement import Group
+from unet_opt.core.group import Group
 
 FOCAL_GAMMA = 2.0  # Lin et al. (2017): down-weights pixels the model already gets right
 MAX_CLASS_WEIGHT = 50.0  # times the average pixel's weight

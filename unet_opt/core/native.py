@@ -22,7 +22,7 @@ from unet_opt.core.data.cache import decode_mask
 from unet_opt.core.data.layouts import Source
 from unet_opt.core.losses import segmentation_loss
 from unet_opt.core.metrics import ConfusionMatrix
-from unet_opt.core.train import predict_classes
+from unet_opt.core.scoring import predict_classes
 from unet_opt.errors import UserError
 
 BAND_BYTES = 2**24  # float logits held at once while resizing: 16 MB

@@ -1,17 +1,19 @@
 """The rank processes of a run on several devices, started once and kept for every trial of a worker.
 
-`RankGroup(placement)` starts `placement.procs` processes (one per GPU with NCCL, or CPU processes with
-gloo) the first time it runs something; they join one process group and wait for work. `run(target,
-args, on_epoch)` sends every rank the same call `target(group, on_epoch, *args)`, answers rank 0's epoch
-reports with `on_epoch` here (which talks to Optuna and MLflow), and returns rank 0's result. A trial
-then costs a message, not a process start, an import of torch and a load of its data.
+`RankGroup(placement, cache)` starts `placement.procs` processes (one per GPU with NCCL, or CPU processes
+with gloo) the first time it runs something; they join one process group and wait for work. `run(fit, job,
+on_epoch)` sends every rank the same `FitJob` and has each call `fit(group, job, its data cache, on_epoch)`,
+answers rank 0's epoch reports with `on_epoch` here (which talks to Optuna and MLflow), and returns rank
+0's result. A trial then costs a message, not a process start, an import of torch and a load of its data:
+each rank keeps a data cache of its own, over the same decode-once cache folder as the caller's.
 
 A rank whose call raises reports it. When every rank has reported within a short grace, they are all
 back at the same point and keep serving. A rank that dies, or that does not report while another did
 (it waits in a collective the failed one never joined), takes the whole group down: its processes are
 killed, `run` raises RankFailed and the next call starts a new group. Between calls each rank lets go
 of what the trial held (GPU memory back to the driver); its data stays loaded while its shape holds.
-With one process everything runs in the caller's process, with no process group at all.
+With one process everything runs in the caller's process, on the caller's data cache, with no process
+group at all.
 """
 
 from __future__ import annotations
@@ -25,26 +27,24 @@ import signal
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from unet_opt import runtime
-from unet_opt.parallel.placement import Group, Placement
+from unet_opt.core.data import DataCache
+from unet_opt.core.group import Group
+from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch
+from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.processes import children_ignoring, die_with_parent
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
 
 RENDEZVOUS_PREFIX = "unet-opt-ranks-"  # + the launcher's pid: a folder per group, for the processes to meet
-
-OnEpoch = Callable[[int, dict[str, float], float], bool]  # (epoch, metrics, best so far) -> stop?
-Target = Callable[..., Any]  # target(group, on_epoch, *args) -> result, importable by name
 
 
 class RankFailed(RuntimeError):
@@ -59,9 +59,11 @@ class RankFailed(RuntimeError):
 class RankGroup:
     """One worker's rank processes; use as a context manager, so that none outlives the worker."""
 
-    def __init__(self, placement: Placement, start: bool = False):
-        """`start`: start the processes now (they import torch while the caller goes on), not on first use."""
-        self.placement = placement
+    def __init__(self, placement: Placement, cache: DataCache, start: bool = False):
+        """`cache`: the caller's data cache (runs in this process use it; rank processes make their own over
+        its folder). `start`: start the processes now (they import torch while the caller goes on), not on
+        first use."""
+        self.placement, self.cache = placement, cache
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[Connection] = []
         self.rendezvous = ""
@@ -79,18 +81,18 @@ class RankGroup:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None]
 
-    def run(self, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
-        """`target(group, on_epoch, *args)` on every rank; rank 0's result."""
+    def run(self, fit: Fit, job: FitJob, on_epoch: OnEpoch | None) -> FitResult:
+        """`fit` of `job` on every rank; rank 0's result."""
         if self.placement.procs == 1:
-            return self.run_here(target, args, on_epoch)
+            return self.run_here(fit, job, on_epoch)
         if any(not p.is_alive() for p in self.processes):  # one died between trials
             self.close()
         if not self.processes:
             self.start()
         try:
-            job = pickle.dumps((target, args, on_epoch is not None))
+            message = pickle.dumps((fit, job, on_epoch is not None))
             for conn in self.conns:
-                conn.send_bytes(job)
+                conn.send_bytes(message)
             return self.collect(on_epoch)
         except RankFailed as e:
             if not e.intact:
@@ -100,13 +102,12 @@ class RankGroup:
             self.close()
             raise
 
-    def run_here(self, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
-        device = torch.device("cpu")
-        if self.placement.device == "cuda":
-            device = torch.device("cuda", self.placement.gpu_ids[0] if self.placement.gpu_ids else 0)
+    def run_here(self, fit: Fit, job: FitJob, on_epoch: OnEpoch | None) -> FitResult:
+        device = self.placement.main_device
+        if device.type == "cuda":
             torch.cuda.set_device(device)  # a worker's kernels and caches go to its own GPU
         try:
-            return target(Group(device), on_epoch, *args)
+            return fit(Group(device), job, self.cache, on_epoch)
         finally:
             release_memory(device)
 
@@ -118,14 +119,15 @@ class RankGroup:
             for rank in range(self.placement.procs):
                 parent_end, child_end = context.Pipe()
                 process = context.Process(target=rank_main, name=f"rank-{rank}",
-                                          args=(rank, self.placement, f"file://{self.rendezvous}/store", child_end))
+                                          args=(rank, self.placement, f"file://{self.rendezvous}/store", child_end,
+                                                self.cache.cache_dir))
                 process.start()
                 child_end.close()
                 self.processes.append(process)
                 self.conns.append(parent_end)
         self.starts += 1
 
-    def collect(self, on_epoch: OnEpoch | None) -> Any:
+    def collect(self, on_epoch: OnEpoch | None) -> FitResult:
         """Serve rank 0's epoch reports until every rank has answered, or one failed."""
         waiting = dict(enumerate(self.conns))
         value, errors, deadline = None, {}, None
@@ -180,10 +182,10 @@ class RankGroup:
             self.rendezvous = ""
 
 
-def launch(placement: Placement, target: Target, args: tuple, on_epoch: OnEpoch | None) -> Any:
-    """One run on fresh ranks (a retrain, a baseline, a benchmark): `RankGroup.run` once."""
-    with RankGroup(placement) as ranks:
-        return ranks.run(target, args, on_epoch)
+def launch(placement: Placement, fit: Fit, job: FitJob, on_epoch: OnEpoch | None, cache: DataCache) -> FitResult:
+    """One run on fresh ranks (a benchmark, a test): `RankGroup.run` once."""
+    with RankGroup(placement, cache) as ranks:
+        return ranks.run(fit, job, on_epoch)
 
 
 def remove_stale_rendezvous() -> None:
@@ -212,12 +214,11 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection) -> None:
-    """One rank: join the group, then run each call sent until the connection closes."""
+def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection, cache_dir: Path | None) -> None:
+    """One rank: join the group, then run each job sent until the connection closes."""
     die_with_parent()
     runtime.setup(prefix=f"[rank {rank}] ")
-    if placement.threads:
-        torch.set_num_threads(placement.threads)
+    runtime.setup_torch(placement.threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
     device = torch.device("cpu")
     if placement.device == "cuda":
@@ -225,15 +226,15 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
         torch.cuda.set_device(device)
     dist.init_process_group(placement.backend, init_method=rendezvous, rank=rank, world_size=placement.procs,
                             timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
-    group = Group(device, rank, placement.procs)
+    group, cache = Group(device, rank, placement.procs), DataCache(cache_dir)  # the data stays for the next job
     while True:
         try:
-            target, args, relay = pickle.loads(conn.recv_bytes())
+            fit, job, relay = pickle.loads(conn.recv_bytes())
         except EOFError:  # the launcher closed the group
             return
         on_epoch = relay_to(conn) if rank == 0 and relay else None
         try:
-            value = target(group, on_epoch, *args)
+            value = fit(group, job, cache, on_epoch)
             reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
         except Exception as e:  # reported; a failed collective leaves the group unusable, anything else not
             reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not broke_the_group(e)))

@@ -15,7 +15,7 @@ from unet_opt.core.data.images import read_rgb, resize_mask, resize_rgb, write_p
 from unet_opt.core.data.layouts import find_source
 from unet_opt.core.metrics import per_class, scores_from_matrix
 from unet_opt.core.native import native_loss_and_matrix
-from unet_opt.core.train import predict_classes, split_metrics
+from unet_opt.core.scoring import predict_classes, split_metrics
 from unet_opt.errors import UserError
 from unet_opt.runs.checkpoint import ARTIFACT, Checkpoint, load_checkpoint
 from unet_opt.tracking import plots

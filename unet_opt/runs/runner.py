@@ -1,37 +1,50 @@
 """One path for "train one config, test it, checkpoint, log, register": a trial, `retrain` and `train`.
 
-`train` runs `fit` on every rank of a placement through `ranks.RankGroup`, so a retrain and a
-baseline use every GPU exactly as a trial does; `record` then leaves behind what the run's spec asks
-for: the report files, test metrics, a checkpoint and a registered model. What differs between the
-three kinds of run is data, a `RunSpec`, not code.
+A process that trains runs makes one `Runner` and keeps it for all of them: its pre-flight checks passed,
+its data cache, its rank processes (kept across trials) and, in a search on GPUs, the writer that draws a
+run's files in the background. `Runner.train` runs `fit` on every rank of the placement, so a retrain
+and a baseline use every GPU exactly as a trial does; `Runner.record` then leaves behind what the run's
+spec asks for: the report files, test metrics, a checkpoint and a registered model. What differs
+between the three kinds of run is data, a `RunSpec`, not code.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from unet_opt import progress, runtime
-from unet_opt.config.paths import redact_url
+from unet_opt.config.paths import Paths, redact_url
 from unet_opt.config.schema import Config, to_toml
-from unet_opt.core.data import SegmentationData, batches
-from unet_opt.core.train import FitResult, fit_on_ranks, split_metrics
-from unet_opt.parallel.placement import Placement
-from unet_opt.parallel.ranks import OnEpoch, RankGroup, launch
+from unet_opt.core.data import DataCache, SegmentationData, batches, check_splittable
+from unet_opt.core.encoders import check_pretrained
+from unet_opt.core.scoring import split_metrics
+from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, fit_job
+from unet_opt.errors import UserError
+from unet_opt.parallel.placement import Placement, check_divisible
+from unet_opt.parallel.ranks import RankGroup
 from unet_opt.runs.checkpoint import save_checkpoint, stage_checkpoint
-from unet_opt.tracking.report_files import split_report, trial_report, write_report
+from unet_opt.runs.reports import split_report, trial_report
+from unet_opt.tracking.report_files import write_report
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.writer import ArtifactWriter
+from unet_opt.tracking.writer import ArtifactWriter, draws_in_background
 
 log = logging.getLogger(__name__)
 
-Fit = Callable[..., FitResult]  # `fit_on_ranks` or a test's stand-in; module-level, so spawned ranks import it
+
+def preflight(cfg: Config, placement: Placement, searched: bool = False) -> None:
+    """What can go wrong with a config before anything is written or trained, checked the same way for a
+    search, a retrain and a baseline: its batch size splits evenly over the processes, the data has images
+    enough for its split, its encoder has its pretrained weights. `searched`: every value the space can
+    draw is checked (a search); else the config's own values (a run of one config)."""
+    values = cfg.values_of if searched else (lambda dotted: [cfg.get(dotted)])
+    check_divisible(values("train.batch_size"), placement.procs, searched=searched and "train.batch_size" in cfg.space)
+    check_splittable(cfg.data)
+    check_pretrained(values("model.encoder"), cfg.model.pretrained)
 
 
 @dataclass(frozen=True)
@@ -61,13 +74,114 @@ class RunRecord:
     version: str = ""
 
 
+@dataclass
+class RunSummary:
+    """What the CLI prints about a retrain or a baseline run."""
+
+    experiment: str
+    run_id: str
+    fit: FitResult
+    test: dict[str, float]
+    checkpoint: Path | None
+    model_name: str = ""
+    version: str = ""
+    trial: int | None = None  # the retrained trial
+
+
+class Runner:
+    """One process's means of training runs; use it as a context manager, so that its rank processes and
+    its writer end with it (the writer after writing every file it was handed)."""
+
+    def __init__(self, paths: Paths, placement: Placement, fit: Fit = fit_job, *, keep_ranks: bool = False,
+                 files_in_background: bool = False):
+        """`keep_ranks`: start the rank processes now (they import torch while the caller goes on) and keep
+        them for every run. `files_in_background`: draw each run's files in a writer process where that
+        pays (on GPUs; `writer.draws_in_background`). `fit` trains a run on each rank: `fit_job`, or a
+        test's stand-in."""
+        runtime.setup_torch(placement.threads if placement.procs == 1 else 0)
+        self.paths, self.placement, self.fit = paths, placement, fit
+        self.cache = DataCache(paths.cache)
+        self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
+        self.files_in_background = files_in_background and draws_in_background(placement)
+        self.tracker: Tracker | None = None
+        self.writer: ArtifactWriter | None = None
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """The rank processes go at once; the writer is waited for, so that every run has its files."""
+        self.ranks.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def check(self, cfg: Config, searched: bool = False) -> SegmentationData:
+        """The pre-flight checks (`preflight`), then the data set, loaded into this process's cache: bad data
+        fails here, before any store is opened or anything is written."""
+        preflight(cfg, self.placement, searched)
+        return self.data(cfg)
+
+    def use_tracker(self, tracker: Tracker) -> None:
+        """Where runs are logged, once the stores are open."""
+        self.tracker = tracker
+        if self.files_in_background:
+            self.writer = ArtifactWriter(tracker.uri)
+
+    def data(self, cfg: Config) -> SegmentationData:
+        """The data set a run of `cfg` trains on, from this process's cache (checked when first loaded)."""
+        return self.cache.get(cfg.data, cfg.model.depth)
+
+    def train(self, spec: RunSpec, on_epoch: OnEpoch | None) -> FitResult:
+        """`fit` on every rank of the placement. One process trains on this process's data cache; rank
+        processes use theirs (and keep their data for the next run)."""
+        return self.ranks.run(self.fit, FitJob(spec.cfg, spec.fit_split), on_epoch)
+
+    def record(self, spec: RunSpec, result: FitResult, run_id: str) -> RunRecord:
+        """The run's files (config, curves, the validation report), then what the spec asks for: the test
+        metrics and report, a checkpoint, a registered model. Scoring runs on rank 0's device. With a
+        writer, the files are drawn and logged in its process while the caller goes on."""
+        outcome, cfg, data, tracker = RunRecord(result), spec.cfg, self.data(spec.cfg), self.tracker
+        report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
+        if result.model is not None and spec.test:
+            model = result.model.to(self.placement.main_device)
+            outcome.test, matrix = split_metrics(model, data, spec.split["test"], cfg.train)
+            tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
+            report.splits.append(split_report(matrix, data, model, spec.split["test"], "test_", result.best_epoch))
+        if self.writer is not None and spec.checkpoint is None:
+            self.writer.submit(run_id, report)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = Path(tmp)
+                write_report(folder, report)
+                if result.model is not None and spec.checkpoint is not None:
+                    save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary,
+                                    spec.split_names)
+                    stage_checkpoint(spec.checkpoint, folder)
+                    outcome.checkpoint = spec.checkpoint
+                tracker.log_files(run_id, folder)
+        if result.model is not None and spec.register_as:
+            example = next(batches(data, spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
+            outcome.version = tracker.log_model(run_id, result.model.cpu(), example, spec.register_as)
+            tracker.set_tags(run_id, {"registered_model": f"{spec.register_as}/{outcome.version}"})
+        if result.peak_memory_mb:  # on GPUs
+            tracker.log_metrics(run_id, {"peak_memory_mb": result.peak_memory_mb}, step=result.epochs_run)
+        if result.epochs_run:  # a run that failed before its first epoch has no stop to describe
+            tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
+                                      "epochs_run": result.epochs_run,
+                                      "early_stopped": str(result.stop_reason == "early_stopping").lower()})
+        return outcome
+
+
 def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = "",
                      decide: OnEpoch | None = None, epochs: tqdm | None = None) -> OnEpoch:
     """`on_epoch` that logs the epoch's metrics to the run and shows them on the terminal (a line, or
     the `epochs` bar when it is live), then lets `decide` (a trial's pruning) answer whether to stop."""
     metric = cfg.search.goal.metric
 
-    def on_epoch(epoch: int, metrics: dict[str, float], best: float) -> bool:
+    def on_epoch(epoch: int, metrics: dict[str, float], best: float | None) -> bool:
         runtime.raise_pending_stop()
         tracker.log_metrics(run_id, metrics, step=epoch)
         shown = f"  {metric} {metrics[metric]:.4f}" if metric in metrics else ""
@@ -82,45 +196,14 @@ def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = ""
     return on_epoch
 
 
-def train(spec: RunSpec, placement: Placement, data: SegmentationData, cache_dir: Path | None,
-          on_epoch: OnEpoch | None, fit: Fit = fit_on_ranks, ranks: RankGroup | None = None) -> FitResult:
-    """`fit` on every rank of `placement`: on the worker's `ranks`, kept across trials, or on new ones.
-    One process trains on `data` itself; rank processes load theirs (and keep it for the next trial)."""
-    args = (spec.cfg, spec.fit_split, cache_dir, data if placement.procs == 1 else None)
-    return ranks.run(fit, args, on_epoch) if ranks is not None else launch(placement, fit, args, on_epoch)
-
-
-def record(spec: RunSpec, result: FitResult, data: SegmentationData, tracker: Tracker, run_id: str,
-           device: torch.device, writer: ArtifactWriter | None = None) -> RunRecord:
-    """The run's files (config, curves, the validation report), then what the spec asks for: the test
-    metrics and report, a checkpoint, a registered model. Scoring runs on `device`. With a `writer` (a
-    search's), the files are drawn and logged in its process while the caller goes on."""
-    outcome = RunRecord(result)
+def train_and_record(runner: Runner, spec: RunSpec, run_id: str) -> RunRecord:
+    """A retrain's or a baseline's run, start to end: trained with a bar of its epochs, then recorded; the
+    run ends FINISHED, KILLED on Ctrl-C, FAILED on anything else."""
     cfg = spec.cfg
-    report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
-    if result.model is not None and spec.test:
-        outcome.test, matrix = split_metrics(result.model.to(device), data, spec.split["test"], cfg.train)
-        tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
-        report.splits.append(split_report(matrix, data, result.model, spec.split["test"], "test_", result.best_epoch))
-    if writer is not None and spec.checkpoint is None:
-        writer.submit(run_id, report)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            write_report(folder, report)
-            if result.model is not None and spec.checkpoint is not None:
-                save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary, spec.split_names)
-                stage_checkpoint(spec.checkpoint, folder)
-                outcome.checkpoint = spec.checkpoint
-            tracker.log_files(run_id, folder)
-    if result.model is not None and spec.register_as:
-        example = next(batches(data.to(torch.device("cpu")), spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
-        outcome.version = tracker.log_model(run_id, result.model.cpu(), example, spec.register_as)
-        tracker.set_tags(run_id, {"registered_model": f"{spec.register_as}/{outcome.version}"})
-    if result.peak_memory_mb:  # on GPUs
-        tracker.log_metrics(run_id, {"peak_memory_mb": result.peak_memory_mb}, step=result.epochs_run)
-    if result.epochs_run:  # a run that failed before its first epoch has no stop to describe
-        tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
-                                  "epochs_run": result.epochs_run,
-                                  "early_stopped": str(result.stop_reason == "early_stopping").lower()})
-    return outcome
+    with runner.tracker.closing(run_id):
+        with progress.bar(cfg.train.epochs, "training", "epoch") as epochs:
+            result = runner.train(spec, logging_callback(runner.tracker, run_id, cfg, epochs=epochs))
+        if result.model is None and spec.register_as:
+            raise UserError(f"the retrain diverged ({result.stop_reason}) in its first epoch; retrain with "
+                            f"another --epochs or pick another trial's settings")
+        return runner.record(spec, result, run_id)

@@ -1,6 +1,7 @@
-"""One trial: ask Optuna, sample the space into a trial config, train it through `runs`, record it in
-both stores. A trial always ends recorded (COMPLETE, PRUNED or FAIL with its reason); a failing trial
-never stops the search, Ctrl-C records it as interrupted and is raised on.
+"""One trial: ask Optuna, sample the space into a trial config, train it through the worker's `Runner`,
+record it in both stores through the study's `TrialLedger`. A trial always ends recorded (COMPLETE, PRUNED
+or FAIL with its reason); a failing trial never stops the search, Ctrl-C records it as interrupted and is
+raised on.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from unet_opt import progress
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Param
 from unet_opt.core.train import FitResult
-from unet_opt.parallel.processes import worker_id
-from unet_opt.runs import runner as runs
+from unet_opt.runs.runner import RunSpec, logging_callback
 from unet_opt.study.context import SearchContext
+from unet_opt.study.ledger import INTERRUPTED, Outcome
 from unet_opt.study.pruning import prune_reason
-from unet_opt.study.reconcile import MLFLOW_STATUS
-from unet_opt.study.storage import FINISHED, HEARTBEAT_SECONDS, best_value
+from unet_opt.study.storage import HEARTBEAT_SECONDS, best_value
 from unet_opt.study.summary import describe_parent
 
 log = logging.getLogger(__name__)
+
 
 def suggest(trial: optuna.Trial, space: dict[str, Param]) -> dict[str, Any]:
     """The space file's params -> `suggest_*` calls -> {"train.lr": 0.003, ...}."""
@@ -64,46 +65,21 @@ class Heartbeat:
         self.thread.join()
 
 
-def is_surplus(study: optuna.Study, number: int, target: int) -> bool:
-    """Trial `number` is not needed when the trials numbered before it, finished or running, already reach
-    `target`. Counting by number settles a race of two workers that both saw room for one more trial."""
-    ahead = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)) if t.number < number]
-    return len(ahead) >= target
-
-
 def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
-    """One trial, which always ends recorded; None when it turned out to be one too many (another worker
-    asked at the same moment) and went back to Optuna's queue as WAITING, to be the first trial that a
-    later, larger --trials runs."""
-    study, storage = ctx.study, ctx.storage
-    trial = study.ask()
-    try:
-        if is_surplus(study, trial.number, ctx.cfg.search.trials):
-            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
-            return None
-        trial.set_user_attr("worker", worker_id())  # a killed worker's trial is found by its pid on this machine,
-    except KeyboardInterrupt:  # asked for but not claimed yet: no other worker would ever close it
-        if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        raise
-    with Heartbeat(storage, trial._trial_id):  # and by its missing heartbeat from any other
+    """One trial, which always ends recorded; None when it turned out to be one too many (see
+    `TrialLedger.ask`)."""
+    trial = ctx.ledger.ask(ctx.cfg.search.trials)
+    if trial is None:
+        return None
+    with Heartbeat(ctx.ledger.storage, trial._trial_id):  # a killed worker's trial is found by its missing beat
         try:
             return train_and_record(ctx, trial, position)
         except KeyboardInterrupt:  # before or after the training, while its run opens or its files are written
-            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                trial.set_user_attr("fail_reason", "interrupted")
-                study.tell(trial, state=TrialState.FAIL)
-                if "mlflow_run_id" in trial.user_attrs:
-                    ctx.tracker.end_if_running(trial.user_attrs["mlflow_run_id"], "KILLED",
-                                               {"optuna.state": "FAIL", "optuna.state_reason": "interrupted"})
-                    ctx.tracker.name_by_state(trial.user_attrs["mlflow_run_id"], trial.number, "interrupted")
+            ctx.ledger.fail(trial, INTERRUPTED)
             raise
         except Exception as e:  # the tracking store failed around the training: still record the trial
             reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
-            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
+            ctx.ledger.fail(trial, reason)
             log.warning("trial #%d FAIL  [%s]", trial.number, reason)
             return TrialState.FAIL
 
@@ -111,15 +87,13 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
 def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> TrialState:
     params = suggest(trial, ctx.cfg.space)
     cfg = ctx.cfg.for_trial(params, trial.number)
-    metric = cfg.search.goal.metric
+    metric, runner = cfg.search.goal.metric, ctx.runner
     shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     log.info("trial %d/%d (#%d): %s", position, cfg.search.trials, trial.number, shown)
-    run_id = ctx.tracker.start_trial(
-        ctx.parent_id, ctx.study.study_name, trial.number, params=cfg.params(),
-        tags={"seed": cfg.train.seed, "sampler_seed": cfg.search.seed, "processes": ctx.placement.procs,
-              "devices": ctx.placement.describe()})  # `worker` is tagged by start_run
-    trial.set_user_attr("mlflow_run_id", run_id)
-    spec = runs.RunSpec(cfg, ctx.split, ctx.split_names)
+    run_id = ctx.ledger.open_run(trial, cfg.params(), {  # `worker` is tagged by start_run
+        "seed": cfg.train.seed, "sampler_seed": cfg.search.seed, "processes": runner.placement.procs,
+        "devices": runner.placement.describe()})
+    spec = RunSpec(cfg, ctx.split, ctx.split_names)
 
     def report_and_ask(epoch: int, metrics: dict[str, float], best: float | None) -> bool:
         # the pruner sees the trial's best so far, which is what the trial will be scored by:
@@ -129,59 +103,45 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         trial.report(best, epoch)
         return trial.should_prune()
 
-    result, state, value, reason = FitResult(), TrialState.FAIL, None, ""
+    result = FitResult()
     try:
-        data = ctx.cache.get(cfg.data, cfg.model.depth)  # checked and cached here; other processes read the same cache
         with progress.bar(cfg.train.epochs, f"trial #{trial.number}", "epoch", leave=False) as epochs:
-            on_epoch = runs.logging_callback(ctx.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
-            result = runs.train(spec, ctx.placement, data, ctx.paths.cache, on_epoch, ctx.fit, ctx.ranks)
-        if result.stop_reason == "nan_loss":
-            state, reason = TrialState.PRUNED, "nan_loss"
-        elif result.stop_reason == "callback":
-            rule = prune_reason(ctx.study.pruner)
-            state, reason = TrialState.PRUNED, f"pruned after epoch {result.epochs_run}: {rule}"
-        else:
-            state, value, reason = TrialState.COMPLETE, result.best_metrics[metric], result.stop_reason
+            on_epoch = logging_callback(runner.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
+            result = runner.train(spec, on_epoch)
+        outcome = outcome_of(result, metric, ctx.study.pruner)
     except KeyboardInterrupt:
-        finish_trial(ctx, trial, run_id, TrialState.FAIL, None, "interrupted", result, "KILLED")
+        ctx.ledger.fail(trial, INTERRUPTED, (result.best_epoch, result.epochs_run))
         log.info("trial #%d interrupted", trial.number)
         raise
     except torch.OutOfMemoryError:
-        reason = f"out_of_memory at batch_size={cfg.train.batch_size}"
+        outcome = Outcome(TrialState.FAIL, f"out_of_memory at batch_size={cfg.train.batch_size}")
         torch.cuda.empty_cache()
     except Exception as e:  # a failing trial never kills the search
-        reason = f"{type(e).__name__}: {redact_url(str(e))}"
+        outcome = Outcome(TrialState.FAIL, f"{type(e).__name__}: {redact_url(str(e))}")
         log.debug("trial %d failed", trial.number, exc_info=True)
 
     try:
-        data = ctx.cache.get(cfg.data, cfg.model.depth)
-        runs.record(spec, result, data, ctx.tracker, run_id, ctx.placement.main_device, ctx.writer)
+        runner.record(spec, result, run_id)
     except Exception as e:
         log.warning("trial %d: could not write its artifacts (%s)", trial.number, e)
-    finish_trial(ctx, trial, run_id, state, value, reason, result)
+    value_columns = {f"best_{metric}": result.best_metrics[metric], "best_epoch": result.best_epoch} \
+        if outcome.state != TrialState.FAIL and result.best_epoch else {}  # the trial's value, as Optuna has it
+    ctx.ledger.finish(trial, outcome, value_columns)
     best = best_value(ctx.study)
     if best is not None:
-        ctx.tracker.log_metrics(ctx.parent_id, {"best_value": best}, step=trial.number)
-    describe_parent(ctx.study, ctx.tracker, ctx.parent_id, cfg)
-    log.info("trial #%d %s%s  [%s]%s", trial.number, state.name,
-             f" {metric} {value:.4f} (best epoch {result.best_epoch})" if value is not None else "", reason,
-             f"  study best {best:.4f}" if best is not None else "")
-    return state
+        runner.tracker.log_metrics(ctx.ledger.parent_id, {"best_value": best}, step=trial.number)
+    describe_parent(ctx.study, runner.tracker, ctx.ledger.parent_id, cfg)
+    log.info("trial #%d %s%s  [%s]%s", trial.number, outcome.state.name,
+             f" {metric} {outcome.value:.4f} (best epoch {result.best_epoch})" if outcome.value is not None else "",
+             outcome.reason, f"  study best {best:.4f}" if best is not None else "")
+    return outcome.state
 
 
-def finish_trial(ctx: SearchContext, trial: optuna.Trial, run_id: str, state: TrialState, value: float | None,
-                 reason: str, result: FitResult, mlflow_status: str | None = None) -> None:
-    """Record the outcome in both stores: Optuna first (it decides the count), then the MLflow run."""
-    for key, v in (("stop_reason" if state != TrialState.FAIL else "fail_reason", reason),
-                   ("best_epoch", result.best_epoch), ("epochs_run", result.epochs_run)):
-        trial.set_user_attr(key, v)
-    ctx.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    metric = ctx.cfg.search.goal.metric
-    if state != TrialState.FAIL and result.best_epoch:  # the trial's value as a column, as Optuna has it
-        ctx.tracker.log_metrics(run_id, {f"best_{metric}": result.best_metrics[metric],
-                                         "best_epoch": result.best_epoch}, step=result.best_epoch)
-    ctx.tracker.set_tags(run_id, {"optuna.state": state.name, "optuna.state_reason": reason})
-    if state != TrialState.COMPLETE:  # told apart from complete trials in the runs table as it opens
-        shown = "interrupted" if reason == "interrupted" else state.name.lower()
-        ctx.tracker.name_by_state(run_id, trial.number, shown)
-    ctx.tracker.end(run_id, mlflow_status or MLFLOW_STATUS[state])
+def outcome_of(result: FitResult, metric: str, pruner: optuna.pruners.BasePruner) -> Outcome:
+    """A trial's ending, from how its training stopped: COMPLETE with its best epoch's value, or PRUNED."""
+    epochs = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
+    if result.stop_reason == "nan_loss":
+        return Outcome(TrialState.PRUNED, "nan_loss", **epochs)
+    if result.stop_reason == "callback":
+        return Outcome(TrialState.PRUNED, f"pruned after epoch {result.epochs_run}: {prune_reason(pruner)}", **epochs)
+    return Outcome(TrialState.COMPLETE, result.stop_reason, result.best_metrics[metric], **epochs)

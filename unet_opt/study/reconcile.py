@@ -1,8 +1,9 @@
-"""The two stores made to agree whenever a command opens a study: each trial's MLflow run follows the
-trial's Optuna state, and the parent run's end-of-search files cover the study as it is.
+"""The study's parent run made to agree with the study whenever a command opens it: its end-of-search
+files cover the study as it is, and a pair of stores that do not belong together is refused. (Each
+trial's own run is brought in line by `ledger.TrialLedger.mirror_ended`.)
 
-A process killed between Optuna's `tell` and MLflow's end of run, or during the end-of-search logging,
-leaves MLflow behind Optuna; Optuna decides, MLflow is brought in line.
+A process killed during the end-of-search logging leaves MLflow behind Optuna; Optuna decides, MLflow is
+brought in line.
 """
 
 from __future__ import annotations
@@ -19,34 +20,6 @@ from unet_opt.study.summary import FILES_TAG, STUDY_FILES, files_cover, log_stud
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
-
-MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
-
-
-def mlflow_status(trial: optuna.trial.FrozenTrial) -> str:
-    """FINISHED for a complete or pruned trial, KILLED for an interrupted one, FAILED otherwise."""
-    if trial.user_attrs.get("fail_reason") == "interrupted":
-        return "KILLED"
-    return MLFLOW_STATUS.get(trial.state, "FAILED")
-
-
-def close_runs_of_ended_trials(study: optuna.Study, tracker: Tracker) -> None:
-    """Trial runs still RUNNING in MLflow whose trial has ended in Optuna end as the trial did."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for run in tracker.running_runs():
-        tags = run.data.tags
-        if tags.get("optuna.study") != study.study_name or not tags.get("optuna.trial", "").isdigit():
-            continue
-        trial = trials.get(int(tags["optuna.trial"]))
-        if trial is None or not trial.state.is_finished():
-            continue
-        reason = trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason") or ""
-        tracker.set_tags(run.info.run_id, {"optuna.state": trial.state.name, "optuna.state_reason": reason})
-        tracker.end(run.info.run_id, mlflow_status(trial))
-        if trial.state != optuna.trial.TrialState.COMPLETE:
-            tracker.name_by_state(run.info.run_id, trial.number, trial.state.name.lower())
-        log.warning("trial #%d's MLflow run was left RUNNING after the trial ended %s; closed", trial.number,
-                    trial.state.name)
 
 
 def finish_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:

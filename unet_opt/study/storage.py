@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy.exc
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
+from unet_opt import runtime
 from unet_opt.config.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.config.schema import BEFORE_THE_FIELD_EXISTED, Config, to_toml
 from unet_opt.errors import UserError
@@ -33,6 +35,7 @@ DEAD_WORKER = "worker died (killed or crashed)"
 
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """RDB storage with heartbeats (SQLite, PostgreSQL, MySQL). `must_exist`: never create a database."""
+    runtime.quiet_optuna()  # every use of Optuna starts here
     path = sqlite_file(url)
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
     if path:
@@ -177,9 +180,8 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     return study, cfg
 
 
-def load_existing(storage_url: str, name: str | None) -> tuple[optuna.Study, dict[str, Any]]:
-    """A study that must already exist (by name, or the only one in the storage), and its setup."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def load_existing(storage_url: str, name: str | None) -> tuple[optuna.Study, dict[str, Any], BaseStorage]:
+    """A study that must already exist (by name, or the only one in the storage), its setup and its storage."""
     storage = open_storage(storage_url, must_exist=True)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name is None:
@@ -190,7 +192,7 @@ def load_existing(storage_url: str, name: str | None) -> tuple[optuna.Study, dic
     if name not in names:
         raise UserError(f"no study named '{name}' in {redact_url(storage_url)}; "
                         f"known: {', '.join(names) or 'none'} (see `unet-opt studies`)")
-    return optuna.load_study(study_name=name, storage=storage), study_setup(storage, name)
+    return optuna.load_study(study_name=name, storage=storage), study_setup(storage, name), storage
 
 
 def count_finished(study: optuna.Study) -> int:

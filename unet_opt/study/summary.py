@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from unet_opt import runtime
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Config, to_toml
 from unet_opt.study.storage import DEAD_WORKER, best_value, load_existing, open_storage
@@ -60,7 +61,7 @@ def fill_summary(summary: Summary, study: optuna.Study) -> Summary:
 
 def study_report(storage_url: str, name: str | None) -> dict[str, Any]:
     """The JSON `unet-opt report --json` prints."""
-    study, setup = load_existing(storage_url, name)
+    study, setup, _ = load_existing(storage_url, name)
     trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     best = None
     if any(t["state"] == "COMPLETE" for t in trials):
@@ -151,7 +152,6 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
     from optuna import visualization as vis
 
     parts, first = [], True
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page itself
     notes = {"intermediate values": "<p>Each trial's best value so far after each epoch: what the pruner judges "
                                     "and what the trial is scored by (the per-epoch values are in each trial's "
                                     "run).</p>"}
@@ -160,8 +160,8 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
                         ("parallel coordinates", vis.plot_parallel_coordinate),
                         ("intermediate values", vis.plot_intermediate_values)):
         try:
-            with warnings.catch_warnings():  # "too few trials to compute importances": the page says so instead
-                warnings.simplefilter("ignore", UserWarning)
+            with warnings.catch_warnings(), runtime.optuna_errors_only():  # "no complete trials", "too few trials
+                warnings.simplefilter("ignore", UserWarning)  # to compute importances": the page says so instead
                 figure = plot(study)
         except Exception as e:  # e.g. importances need two complete trials
             parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Event as EventType
 
 import optuna
-import torch
 
 from unet_opt import runtime
 from unet_opt.config.paths import Paths
 from unet_opt.config.schema import Config
-from unet_opt.core.data import DataCache
+from unet_opt.core.train import Fit
 from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.processes import die_with_parent
-from unet_opt.runs.runner import Fit
+from unet_opt.runs.runner import Runner
 from unet_opt.study.context import SearchContext
-from unet_opt.study.loop import MAX_FAILURES_IN_A_ROW, Outcome, work
+from unet_opt.study.ledger import TrialLedger
+from unet_opt.study.loop import MAX_FAILURES_IN_A_ROW, WorkerEnd, work
 from unet_opt.study.pruning import make_pruner, make_sampler
 from unet_opt.study.storage import open_storage, study_name
 from unet_opt.tracking.tracker import Tracker
@@ -43,7 +43,7 @@ class WorkerPlan:
     fit: Fit
 
 
-def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -> Outcome:
+def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -> WorkerEnd:
     """Start one worker process per placement and wait for them; their worker ids are added to `ids`."""
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     ready = [context.Event() for _ in placements]
@@ -69,7 +69,7 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
             if p.is_alive():
                 p.kill()
             p.join()
-    outcome = Outcome()
+    outcome = WorkerEnd()
     codes = [p.exitcode for p in processes]
     outcome.failed_out = any(code == 1 for code in codes)
     if outcome.failed_out:
@@ -103,9 +103,6 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement, ready: Event
     runtime.setup(plan.verbose, prefix=f"[w{index}] ")
     runtime.handle_stop_signals()
     ready.set()  # from here a stop records the trial in progress
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if placement.device == "cpu" and placement.procs == 1 and placement.threads:
-        torch.set_num_threads(placement.threads)
     try:
         outcome = search_as_worker(plan, placement)
     except KeyboardInterrupt:
@@ -115,13 +112,15 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement, ready: Event
     raise SystemExit(1 if outcome.failed_out else 0)
 
 
-def search_as_worker(plan: WorkerPlan, placement: Placement) -> Outcome:
+def search_as_worker(plan: WorkerPlan, placement: Placement) -> WorkerEnd:
     cfg, paths = plan.cfg, plan.paths
     name = study_name(cfg)
-    storage = open_storage(paths.storage_url(cfg.search.storage))
-    tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg),
-                              pruner=make_pruner(cfg))
-    with SearchContext.build(cfg, paths, study, storage, tracker, plan.parent_id, placement, plan.deadline,
-                             DataCache(paths.cache), plan.fit) as ctx:
-        return work(ctx)
+    with Runner(paths, placement, plan.fit, keep_ranks=True, files_in_background=True) as runner:
+        runner.data(cfg)  # checked by the launcher; loaded here while the stores open
+        storage = open_storage(paths.storage_url(cfg.search.storage))
+        tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
+        runner.use_tracker(tracker)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg),
+                                  pruner=make_pruner(cfg))
+        ledger = TrialLedger(study, storage, tracker, plan.parent_id)
+        return work(SearchContext.open(cfg, ledger, runner, plan.deadline))

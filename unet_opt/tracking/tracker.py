@@ -176,12 +176,6 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=items[i:i + PARAM_BATCH])
         return run.info.run_id
 
-    def start_trial(self, parent_id: str, study: str, number: int, params: dict[str, Any],
-                    tags: dict[str, Any]) -> str:
-        return self.start_run(f"trial-{number:04d}", params,
-                              {"mlflow.parentRunId": parent_id, "optuna.study": study, "optuna.trial": number,
-                               "optuna.state": "RUNNING", **tags})
-
     def log_model(self, run_id: str, model: Any, input_example: Any, registered_name: str,
                   alias: str = "champion") -> str:
         """Log the PyTorch model and register it; returns the version. The signature leaves the batch, the
@@ -275,19 +269,21 @@ class Tracker:
                 log.warning("MLflow run %s (%s) was left running by a dead process; marked FAILED",
                             run.info.run_id, run.info.run_name)
 
-    def name_by_state(self, run_id: str, number: int, state: str) -> None:
-        """`trial-0007 (pruned)`, `(fail)`, `(interrupted)`: a trial that did not complete says so in the runs
-        table as it opens, without a column."""
-        self.client.update_run(run_id, name=f"trial-{number:04d} ({state})")
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
 
-    def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> None:
-        """Close a run a dead process left RUNNING (it may also have been deleted by the user)."""
+    def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> bool:
+        """Tag and end a run that is still RUNNING (a dead process's, or one whose end was not recorded);
+        whether it was. A run deleted by its user is left alone."""
         try:
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.set_tags(run_id, tags)
-                self.end(run_id, status)
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                return False
         except mlflow.exceptions.MlflowException:
-            log.warning("MLflow run %s of a stale trial is gone; nothing to close", run_id)
+            log.warning("MLflow run %s is gone; nothing to close", run_id)
+            return False
+        self.set_tags(run_id, tags)
+        self.end(run_id, status)
+        return True
 
 
 def run_id_of(model: str, tracking_uri: str) -> str:

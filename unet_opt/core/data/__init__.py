@@ -118,6 +118,20 @@ class DataCache:
         self.frames: dict[tuple, SegmentationData] = {}  # (data, height, width) -> images and masks at that frame
         self.sets: dict[tuple, SegmentationData] = {}  # (data, training frame, evaluation frame) -> a data set
         self.sources: dict[str, tuple[Source | None, float]] = {}  # a folder's pairs and aspect, checked once
+        self.on_device: tuple[SegmentationData, torch.device, SegmentationData] | None = None  # (data, where, copy)
+
+    def placed(self, data: SegmentationData, device: torch.device) -> SegmentationData:
+        """`data` where `device` trains on it: on a GPU the whole data set when it takes under a third of the
+        free memory, else in pinned host memory; kept for this process's next runs on the same data set,
+        until another replaces it. On the CPU, `data` itself."""
+        if device.type != "cuda":
+            return data
+        if self.on_device is None or self.on_device[0] is not data or self.on_device[1] != device:
+            self.on_device = None  # the previous copy goes before the next is made
+            torch.cuda.empty_cache()
+            free, _ = torch.cuda.mem_get_info(device)
+            self.on_device = (data, device, data.to(device) if data.nbytes < free / 3 else data.pinned())
+        return self.on_device[2]
 
     def get(self, cfg: DataConfig, depth: int) -> SegmentationData:
         source, aspect = self.source(cfg)

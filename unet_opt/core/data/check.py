@@ -7,11 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from unet_opt.cli.console import print_table
 from unet_opt.core.data.cache import decode_image, decode_mask, read_sizes
 from unet_opt.core.data.classes import ClassTable
 from unet_opt.core.data.layouts import scan
@@ -74,17 +72,3 @@ def rare_classes_advice(report: Report, ignore_index: int = 0) -> str | None:
             f"Dice near 0; train.class_weights = \"inverse\" (the default) weighs them up, train.loss = "
             f"\"ce+dice\" counts each class alike, and a larger data.image_size (384 px or more, on a GPU) "
             f"makes small objects more than a few pixels wide. search/drone.toml searches these.")
-
-
-def print_report(report: Report, ignore_index: int = 0) -> None:
-    click.echo(f"layout: {report.layout} at {report.root}  ({report.pairs} image/mask pairs, "
-               f"{'colour' if report.colour_masks else 'class-index'} masks)")
-    click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
-    if report.classes is not None and report.frequencies is not None:
-        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3g}%"]
-                                               for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
-    advice = rare_classes_advice(report, ignore_index)
-    if advice:
-        click.echo(advice)
-    for problem in report.problems:
-        click.echo(f"problem: {problem}")

@@ -1,0 +1,133 @@
+"""The commands of a model: `train` (a baseline), `retrain --best`, `evaluate`, `predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from unet_opt.cli.console import print_table
+from unet_opt.cli.options import (
+    Session,
+    data_option,
+    option,
+    overwrite_option,
+    placement_of,
+    placement_options,
+    sets_option,
+    storage_option,
+    tracking_option,
+    verbose_option,
+)
+from unet_opt.config.rules import check_name
+from unet_opt.config.space_file import load_config
+
+
+@click.command()
+@option("--space", default="default", show_default=True,
+        help="TOML file (or default, drone, drone-cpu, binary); its fixed values are used, its [space] ignored.")
+@data_option
+@tracking_option
+@placement_options
+@sets_option
+@click.pass_obj
+@verbose_option
+def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets) -> int:
+    """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split."""
+    flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
+    cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
+    placement = placement_of(cfg.train.device, gpus, procs)
+    from unet_opt.runs.baseline import train_baseline
+
+    r = train_baseline(cfg, session.paths, placement)
+    click.echo(f"\nstopped: {r.fit.stop_reason} after {r.fit.epochs_run} epochs; best epoch {r.fit.best_epoch}")
+    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.fit.best_metrics, **r.test}.items()
+                                      if k.startswith(("val_", "test_")) and k != "val_loss"])
+    click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
+    if r.checkpoint:
+        click.echo(f"checkpoint: {r.checkpoint}")
+    return 0
+
+
+@click.command()
+@option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
+@option("--study", show_default="the only study in the storage", help="Study name.")
+@storage_option
+@tracking_option
+@option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
+        help="Epochs to train.")
+@option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
+@placement_options
+@click.pass_obj
+@verbose_option
+def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, device, gpus, procs) -> int:
+    """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
+    if model_name is not None:
+        check_name(model_name, "--name")
+    placement = placement_of(device, gpus, procs)
+    from unet_opt.study.retrain import retrain_best
+
+    paths = session.paths
+    r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
+                     epochs, model_name)
+    click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {r.fit.epochs_run} epochs")
+    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
+    click.echo(f"MLflow run:       {r.run_id}")
+    click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version})")
+    click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
+    return 0
+
+
+@click.command()
+@click.argument("model")
+@option("--data", "dataset", show_default="the model's own data set", help="Data to evaluate on.")
+@option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+        help="Images to score: a split stored with the model, or all of them.")
+@option("--frame", type=click.Choice(["eval", "native"]), default="eval", show_default=True,
+        help="Where to score: eval, the frame the model was judged at (its study's evaluation frame); native, "
+             "each photo at its own size against its original mask (a data folder's figure to quote).")
+@option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
+        help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
+@overwrite_option
+@tracking_option
+@click.pass_obj
+@verbose_option
+def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tracking_uri) -> int:
+    """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
+    from unet_opt.runs.inference import EVALUATION_FILES, check_outputs, evaluate_checkpoint, resolve_model
+
+    check_outputs([out / name for name in EVALUATION_FILES], overwrite)
+    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
+    ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset, frame)
+    click.echo(f"scored at {ev.frame}")
+    print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
+    click.echo("")
+    print_table(["class", "dice", "iou", "precision", "recall", "pixels"],
+                [[str(r["class"]), *(f"{r[k]:.4f}" for k in ("dice", "iou", "precision", "recall")), str(r["pixels"])]
+                 for r in ev.per_class])
+    click.echo("\nwritten: " + ", ".join(str(p) for p in ev.written))
+    return 0
+
+
+@click.command()
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True,
+        help="Folder for the masks, colour masks and overlays.")
+@overwrite_option
+@tracking_option
+@click.pass_obj
+@verbose_option
+def predict(session: Session, model, images, out, overwrite, tracking_uri) -> int:
+    """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
+    from unet_opt.core.data.images import read_rgb
+    from unet_opt.runs.inference import check_outputs, predict_image, prediction_files, resolve_model
+
+    for image in images:  # every image and every output is checked before anything is written
+        read_rgb(image)
+    check_outputs([path for image in images for path in prediction_files(image, out)], overwrite)
+    ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
+    for image in images:
+        written = predict_image(ck, image, out)
+        click.echo(f"{image}: " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,127 @@
+"""The commands of a study: `search`, `report`, `studies`, `ui`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from unet_opt.cli.console import fmt, print_summary, print_table
+from unet_opt.cli.options import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Session,
+    data_option,
+    option,
+    placement_of,
+    placement_options,
+    sets_option,
+    space_option,
+    storage_option,
+    tracking_option,
+    verbose_option,
+)
+from unet_opt.config.space_file import load_config
+
+
+@click.command()
+@option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
+@option("--timeout", type=click.FloatRange(min=0, min_open=True), show_default="none",
+        help="Start no new trial after S seconds.")
+@space_option
+@data_option
+@option("--study", show_default="the space file's name",
+        help="Study name; its MLflow experiment is unet-opt-<study>.")
+@storage_option
+@tracking_option
+@option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
+@option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]), show_default="hyperband",
+        help="Optuna pruner.")
+@option("--seed", type=int, show_default="0", help="Sampler seed.")
+@placement_options
+@option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+        help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
+@sets_option
+@click.pass_obj
+@verbose_option
+def search(session: Session, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
+           device, gpus, procs, workers, sets) -> int:
+    """Run (or continue) a study until it has --trials finished trials."""
+    flags = {"search.trials": trials, "search.timeout": timeout, "data.dataset": data, "search.study": study,
+             "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
+             "search.pruner": pruner, "search.seed": seed, "train.device": device}
+    cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
+    placement = placement_of(cfg.train.device, gpus, procs)
+    from unet_opt.study.search import run_search  # heavy imports only once the input is known to be good
+
+    started = time.monotonic()
+    summary = run_search(cfg, session.paths, placement, workers, session.verbose)
+    print_summary(summary, time.monotonic() - started)
+    if summary.interrupted:
+        return EXIT_TERMINATED if summary.terminated else EXIT_INTERRUPTED
+    return 1 if summary.failed_out else 0
+
+
+@click.command()
+@option("--study", show_default="the only study in the storage", help="Study name.")
+@storage_option
+@option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.pass_obj
+@verbose_option
+def report(session: Session, study, storage, as_json) -> int:
+    """The best trial and a table of every trial of a study."""
+    from unet_opt.study.summary import study_report
+
+    rep = study_report(session.paths.storage_url(storage), study)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return 0
+    metric = rep["metric"] or "value"
+    best = rep["best"]
+    click.echo(f"study '{rep['study']}' ({rep['direction']} {metric}), {len(rep['trials'])} trials")
+    if best:
+        params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
+    names = sorted({k for t in rep["trials"] for k in t["params"]})
+    header = ["#", "state", metric, "epochs", *names, "reason"]
+    rows = [[str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
+             "" if t["epochs_run"] is None else str(t["epochs_run"]),
+             *[fmt(t["params"].get(n, "")) for n in names], t["reason"] or ""] for t in rep["trials"]]
+    print_table(header, rows)
+    return 0
+
+
+@click.command()
+@storage_option
+@click.pass_obj
+@verbose_option
+def studies(session: Session, storage) -> int:
+    """Every study in the storage, with trial counts by state and the best value."""
+    from unet_opt.study.summary import list_studies
+
+    rows = list_studies(session.paths.storage_url(storage))
+    if not rows:
+        click.echo("no studies yet; run `unet-opt search`")
+        return 0
+    print_table(["study", "trials", "complete", "pruned", "fail", "running", "best", "started"],
+                [[r["study"], str(r["trials"]), str(r["COMPLETE"]), str(r["PRUNED"]), str(r["FAIL"]),
+                  str(r["RUNNING"]), "" if r["best"] is None else f"{r['best']:.4f}", r["started"]] for r in rows])
+    return 0
+
+
+@click.command()
+@option("--host", default="127.0.0.1", show_default=True,
+        help="Address to listen on; 0.0.0.0 is every interface (add --allowed-hosts).")
+@option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@option("--allowed-hosts", default="", show_default="localhost and private addresses", metavar="HOST[:PORT],...",
+        help="Host names browsers may use to reach it (MLflow refuses others).")
+@tracking_option
+@click.pass_obj
+@verbose_option
+def ui(session: Session, host, port, allowed_hosts, tracking_uri) -> int:
+    """The MLflow UI over this folder's mlruns/, with a link to each study's ranked runs table."""
+    from unet_opt.tracking.ui import serve_ui
+
+    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port, click.echo,
+                    allowed_hosts=allowed_hosts)
