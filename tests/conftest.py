@@ -2,6 +2,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,12 @@ def processes_in(folder) -> list[str]:
         except OSError:
             continue
     return found
+
+
+def wait_until(condition, timeout: float = 60.0, every: float = 0.05):
+    """`condition()`'s first true value, asked every `every` seconds for at most `timeout` seconds (its last
+    value after that): tests wait for what they need, not for a guessed number of seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(every)
+    return value

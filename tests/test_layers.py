@@ -8,6 +8,8 @@ from pathlib import Path
 import unet_opt
 
 PACKAGE = Path(unet_opt.__file__).parent
+
+
 # bottom to top: a module may import its own layer and the layers before it
 LAYERS = ["__init__", "errors", "config", "progress", "runtime", "core", "parallel", "tracking", "runs", "study",
           "cli", "__main__"]

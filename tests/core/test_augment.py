@@ -29,6 +29,18 @@ def summary(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([values.mean()[None], values.quantile(torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=values.dtype))])
 
 
+def coordinate_data(n: int, height: int, width: int) -> SegmentationData:
+    """Images whose red and green channels are their pixels' row and column, masks the pixel's number
+    (odd numbers only, so an interpolated mask shows) and IGNORE on the top two rows."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    assert 2 * height * width < IGNORE and 30 * (height - 1) <= 255 and 20 * (width - 1) <= 255
+    image = torch.stack([rows * 30, cols * 20, torch.zeros_like(rows)]).to(torch.uint8)
+    mask = 2 * (rows * width + cols) + 1
+    mask[:2] = IGNORE
+    images, masks = image.repeat(n, 1, 1, 1), mask.to(torch.uint8).repeat(n, 1, 1)
+    return SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
+
+
 @pytest.mark.parametrize("height, width", [(64, 96), (40, 40), (24, 36), (16, 24)])
 def test_crops_are_distributed_as_torchvisions(height, width):
     ours = draw(7, DRAWN, height, width)[0].double()
@@ -71,18 +83,6 @@ def test_parameters_depend_on_the_seed_and_the_place_only():
     # the first 10 of 64 images get what the first 10 of 10 get: a rank's slice needs no other image's draws
     assert torch.equal(boxes[:10], fewer_boxes) and torch.equal(flips[:10], fewer_flips)
     assert not torch.equal(draw(12, 64, 64, 96)[0], boxes)
-
-
-def coordinate_data(n: int, height: int, width: int) -> SegmentationData:
-    """Images whose red and green channels are their pixels' row and column, masks the pixel's number
-    (odd numbers only, so an interpolated mask shows) and IGNORE on the top two rows."""
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    assert 2 * height * width < IGNORE and 30 * (height - 1) <= 255 and 20 * (width - 1) <= 255
-    image = torch.stack([rows * 30, cols * 20, torch.zeros_like(rows)]).to(torch.uint8)
-    mask = 2 * (rows * width + cols) + 1
-    mask[:2] = IGNORE
-    images, masks = image.repeat(n, 1, 1, 1), mask.to(torch.uint8).repeat(n, 1, 1)
-    return SegmentationData(images, masks, [str(i) for i in range(n)], ClassTable.drone(), binary=False)
 
 
 def test_a_mask_pixel_is_the_nearest_source_pixel_of_the_image_content():

@@ -1,16 +1,29 @@
 """Bad input to any command: one `error:` line, exit code 2, no traceback, nothing written."""
 
 import os
+import urllib.error
 
 import pytest
 import torch
-from conftest import written_files
+from conftest import FAST, written_files
 
 BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
+
+
 FLOAT_SIZE = "[space.image_size]\ntype = 'float'\nlow = 32.0\nhigh = 64.0\n"
+
+
 SEARCHED_CLASSES = "[space.\"data.num_classes\"]\ntype = 'int'\nlow = 2\nhigh = 24\n"
+
+
 SEARCHED_DATA = "[space.\"data.dataset\"]\ntype = 'categorical'\nchoices = ['synthetic', 'd']\n"
+
+
 WIDE_STEP = "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.01\nstep = 0.5\n"
+
+
+def offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
 
 @pytest.mark.parametrize("args, files, message", [
@@ -152,3 +165,48 @@ def test_a_tracking_uri_naming_the_study_storage_is_refused_before_either_store_
     code, _, err = cli("search", "--tracking-uri", f"sqlite:///{home}/other.db")
     assert code == 2 and "other.db is not an MLflow store" in err
     assert written_files(home) == before  # no studies/unet-opt.db made first
+
+
+@pytest.mark.parametrize("content", ["garbage", "whole model", "another network"])
+def test_a_bad_weights_file_is_one_error_line_before_anything_is_written(home, cli, content):
+    import torchvision
+
+    path = home / "weights.pt"
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save(torchvision.models.resnet18() if content == "whole model" else
+                   torchvision.models.mobilenet_v3_large().state_dict(), path)
+    code, _, err = cli("search", "--trials", "1", *FAST, "--set", 'model.encoder="resnet18"',
+                       "--set", f'model.pretrained="{path}"')
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "model.pretrained: " in err, err
+    assert written_files(home) == ["weights.pt"]
+
+
+def test_imagenet_weights_offline_are_one_error_line_and_nothing_written(home, cli, monkeypatch):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    code, out, err = cli("search", "--trials", "1", *FAST, "--set", 'model.encoder="resnet18"',
+                         "--set", 'model.pretrained="imagenet"')
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: model.pretrained = \"imagenet\": cannot download https://download.pytorch.org/")
+    assert "model.pretrained=PATH" in err and written_files(home) == []
+
+
+@pytest.mark.parametrize("sets,message", [
+    (['model.pretrained="imagenet"'], "model.pretrained needs a model.encoder"),
+    (['model.encoder="resnet18"', 'model.pretrained="absent.pt"'], "model.pretrained: no file absent.pt"),
+    (['train.loss="lovasz"'], "train.loss"),
+    (["train.momentum=1.5"], "train.momentum = 1.5 is too large"),
+    (["train.grad_clip=-1"], "train.grad_clip = -1"),
+    (["train.warmup_epochs=5"], "train.warmup_epochs must be fewer than train.epochs"),
+])
+def test_bad_recipe_settings_are_one_error_line(home, cli, sets, message):
+    code, _, err = cli("search", "--trials", "1", *FAST, *(arg for s in sets for arg in ("--set", s)))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert written_files(home) == []
+
+
+def test_the_pretrained_weights_cannot_be_searched(home, cli):
+    (home / "s.toml").write_text('[space."model.pretrained"]\ntype = "categorical"\nchoices = ["imagenet", "x.pt"]\n')
+    code, _, err = cli("search", "--space", "s.toml", *FAST)
+    assert code == 2 and "model.pretrained cannot be searched" in err and len(err.strip().splitlines()) == 1, err

@@ -9,7 +9,7 @@ import pytest
 
 
 def load_screenshot_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ui_screenshot.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "ui_screenshot.py"
     spec = importlib.util.spec_from_file_location("ui_screenshot", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

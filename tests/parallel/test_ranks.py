@@ -6,19 +6,25 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 
 import fits
 import pytest
-from conftest import children_of, run_search
+from conftest import children_of, run_search, wait_until
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import DataCache, make_split, split_indices
 from unet_opt.core.train import FitJob, fit_job
 from unet_opt.parallel.placement import Placement
-from unet_opt.parallel.ranks import RankFailed, RankGroup, broke_the_group, launch, remove_stale_rendezvous
+from unet_opt.parallel.ranks import (
+    RENDEZVOUS_PREFIX,
+    RankFailed,
+    RankGroup,
+    broke_the_group,
+    launch,
+    remove_stale_rendezvous,
+)
 from unet_opt.runs import runner
 
 TWO = Placement("cpu", 2, threads=1)
@@ -35,6 +41,13 @@ def trial_job(lr: float = 0.01, epochs: int = 2) -> FitJob:
 
 def curves(result) -> list[float]:
     return [h[key] for h in result.history for key in ("train_loss", "val_loss", "val_dice")]
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.slow
@@ -99,26 +112,21 @@ def test_a_rank_whose_launcher_died_while_it_was_starting_ends(tmp_path):
                       "    RankGroup(Placement('cpu', 2, threads=1), DataCache(None), start=True)\n"
                       "    time.sleep(600)\n")
     launcher = subprocess.Popen([sys.executable, str(script)])
-    deadline = time.monotonic() + 60
-    while len(ranks := [int(c.split()[0]) for c in children_of(launcher.pid, with_pid=True)]) < 2:
-        assert time.monotonic() < deadline, "the ranks never started"
-        time.sleep(0.01)
+
+    def rank_pids() -> list[int]:
+        pids = [int(c.split()[0]) for c in children_of(launcher.pid, with_pid=True)]
+        return pids if len(pids) == 2 else []
+
+    ranks = wait_until(rank_pids, every=0.01)
+    assert ranks, "the ranks never started"
     os.kill(ranks[1], signal.SIGSTOP)  # held before it gets far into its imports
-    time.sleep(5)  # while rank 0 gets ready and dies with the launcher
-    launcher.kill()
+    # rank 0 gets ready (imported, its parent-death signal asked for) and opens the rendezvous's store
+    store = f"{RENDEZVOUS_PREFIX}{launcher.pid}-*/store"
+    assert wait_until(lambda: list(Path(tempfile.gettempdir()).glob(store))), "rank 0 never reached the rendezvous"
+    launcher.kill()  # rank 0 dies with it
     launcher.wait()
     os.kill(ranks[1], signal.SIGCONT)  # rank 1 would wait for rank 0 in the rendezvous (for 10 minutes)
-    deadline = time.monotonic() + 60
-    while (alive := [pid for pid in ranks if is_running(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert alive == []
-
-
-def is_running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    assert wait_until(lambda: not any(is_running(pid) for pid in ranks), every=0.2)
 
 
 def test_errors_of_the_process_group_itself_restart_it():

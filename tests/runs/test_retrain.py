@@ -1,5 +1,8 @@
 """From the best trial to a registered model: retrain, evaluate, predict."""
 
+import contextlib
+import io
+import shutil
 import subprocess
 import sys
 from functools import partial
@@ -12,10 +15,11 @@ import mlflow.pytorch
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, run_search, written_files
+from conftest import run_search, written_files
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from unet_opt.cli.app import main
 from unet_opt.config.space_file import load_config
 from unet_opt.core.data import ClassTable
 from unet_opt.core.model import build_model
@@ -29,12 +33,35 @@ def retrain_runs(home):
     return client, runs
 
 
-def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, monkeypatch):
-    assert cli("search", "--trials", "2", "--pruner", "none", *FAST)[0] == 0
-    code, out, err = cli("retrain", "--best")
-    assert code == 0, err
-    assert "Successfully registered" not in out + err  # MLflow's own lines: the summary says it once
-    client, runs = retrain_runs(home)
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory) -> tuple[Path, str]:
+    """`unet-opt search --trials 2 --pruner none` then `unet-opt retrain --best` in a new folder, once for the
+    tests below: (the folder, what retrain printed). Each test works in a copy of it."""
+    folder = tmp_path_factory.mktemp("retrained")
+    with pytest.MonkeyPatch.context() as patch:
+        for var in ("MLFLOW_TRACKING_URI", "UNET_OPT_HOME", "UNET_OPT_STORAGE"):
+            patch.delenv(var, raising=False)
+        patch.chdir(folder)
+        run_search(folder, 2, 'search.pruner="none"')
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as done:
+            main(["retrain", "--best"])
+    assert done.value.code == 0, err.getvalue()
+    return folder, out.getvalue() + err.getvalue()
+
+
+@pytest.fixture
+def champion(retrained, home) -> Path:
+    """`home` holding a copy of the retrained folder (a copied project folder works on its own files)."""
+    for name in ("studies", "mlruns"):
+        shutil.copytree(retrained[0] / name, home / name)
+    return home
+
+
+@pytest.mark.slow
+def test_retrain_registers_a_champion_with_its_test_files(retrained, champion):
+    assert "Successfully registered" not in retrained[1]  # MLflow's own lines: the summary says it once
+    client, runs = retrain_runs(champion)
     run = runs[0]
     # the registered version points at the retrain run and carries the champion alias
     version = client.get_model_version_by_alias("unet-opt-default", "champion")
@@ -44,8 +71,11 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     assert {"test_confusion_matrix.png", "test_confusion_matrix.csv", "test_per_class.csv", "test_predictions.png",
             "learning_curves.png", "config.toml", "checkpoint"} <= names
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home}/mlruns/mlflow.db")  # undone after the test
-    mlflow.set_tracking_uri(f"sqlite:///{home}/mlruns/mlflow.db")
+
+@pytest.mark.slow
+def test_the_registered_model_loads_in_mlflow_and_takes_any_size(champion, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{champion}/mlruns/mlflow.db")  # undone after the test
+    mlflow.set_tracking_uri(f"sqlite:///{champion}/mlruns/mlflow.db")
     model = mlflow.pytorch.load_model("models:/unet-opt-default@champion")
     logits = model(torch.rand(2, 3, 32, 48) * 2 - 1)
     # the MLflow model predicts one logit per drone class
@@ -54,22 +84,29 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     pyfunc = mlflow.pyfunc.load_model("models:/unet-opt-default@champion")
     assert pyfunc.predict(np.zeros((1, 3, 128, 192), np.float32)).shape == (1, 24, 128, 192)
 
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_retrain_s_test_dice_from_the_registry_and_the_checkpoint(champion, cli):
+    _, runs = retrain_runs(champion)
+    run, test_dice = runs[0], runs[0].data.metrics["test_dice"]
     # evaluate reproduces the test Dice the retrain logged, to 4 decimals
-    test_dice = run.data.metrics["test_dice"]
     code, out, _ = cli("evaluate", "models:/unet-opt-default@champion", "--split", "test")
     assert code == 0
     shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("test_dice ")))
     assert round(shown, 4) == round(test_dice, 4)
-    assert (home / "evaluation" / "confusion_matrix.png").is_file()
-
+    assert (champion / "evaluation" / "confusion_matrix.png").is_file()
     # the standalone checkpoint loads with weights_only=True and gives the same scores
-    ckpt = next((home / "studies" / "checkpoints").glob("*.pt"))
+    ckpt = next((champion / "studies" / "checkpoints").glob("*.pt"))
     assert load_checkpoint(ckpt).cfg.train.epochs == int(run.data.params["train.epochs"])
     code, _, err = cli("evaluate", str(ckpt))  # evaluation/ holds the files of the first evaluate
     assert code == 2 and "confusion_matrix.png exists already; pass --overwrite" in err
     code, out, _ = cli("evaluate", str(ckpt), "--overwrite")
     assert code == 0 and f"{test_dice:.4g}"[:5] in out
 
+
+@pytest.mark.slow
+def test_predict_writes_masks_at_each_image_s_own_size_and_never_over_a_file(champion, cli):
+    home = champion
     # masks at each input's own size, for a 3:2 photo and a square one
     Image.fromarray(np.full((120, 180, 3), 90, np.uint8)).save(home / "wide.jpg")
     Image.fromarray(np.full((77, 77, 3), 160, np.uint8)).save(home / "square.png")
@@ -91,10 +128,12 @@ def test_retrain_registers_a_champion_that_evaluate_and_predict_use(home, cli, m
     assert code == 2 and "p/wide_mask.png exists already" in err
     assert cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", "p", "--overwrite")[0] == 0
 
-    # the same seed retrains to the same test Dice
+
+@pytest.mark.slow
+def test_the_same_seed_retrains_to_the_same_test_dice(champion, cli):
     assert cli("retrain", "--best", "--name", "again")[0] == 0
-    _, runs = retrain_runs(home)
-    assert runs[1].data.metrics["test_dice"] == test_dice
+    _, runs = retrain_runs(champion)
+    assert runs[1].data.metrics["test_dice"] == runs[0].data.metrics["test_dice"]
 
 
 def test_binary_prediction_is_zero_or_one_at_full_size(home, cli):
@@ -109,18 +148,22 @@ def test_binary_prediction_is_zero_or_one_at_full_size(home, cli):
     assert mask.shape == (90, 60) and set(np.unique(mask)) <= {0, 1}
 
 
+def searched(*case):  # needs the session's searched folder: one full search, so in the slow selection
+    return pytest.param(*case, marks=pytest.mark.slow)
+
+
 @pytest.mark.parametrize("setup, args, message", [
     ("none", ["retrain", "--best"], "no study storage"),
-    ("search", ["retrain", "--best", "--study", "nope"], "no study named 'nope'"),
+    searched("search", ["retrain", "--best", "--study", "nope"], "no study named 'nope'"),
     ("failed", ["retrain", "--best"], "has no complete trial"),
     ("none", ["evaluate", "missing.pt"], "model file missing.pt does not exist"),
     ("none", ["evaluate", "models:/unet-opt-default@champion"], "no MLflow store"),
-    ("search", ["evaluate", "models:/nope@champion"], "model 'models:/nope@champion' not found"),
-    ("search", ["evaluate", "not-a-checkpoint.txt"], "is not a unet-opt checkpoint"),
-    ("search", ["predict", "models:/unet-opt-default@champion", "broken.jpg"], "broken.jpg cannot be read"),
-    ("search", ["predict", "models:/unet-opt-default@champion", "absent.jpg"], "absent.jpg does not exist"),
-    ("search", ["retrain", "--best", "--device", "cpu", "--procs", "5"],
-     "cannot be split evenly over 5 processes; use a process or GPU count that divides it"),
+    searched("search", ["evaluate", "models:/nope@champion"], "model 'models:/nope@champion' not found"),
+    searched("search", ["evaluate", "not-a-checkpoint.txt"], "is not a unet-opt checkpoint"),
+    searched("search", ["predict", "models:/unet-opt-default@champion", "broken.jpg"], "broken.jpg cannot be read"),
+    searched("search", ["predict", "models:/unet-opt-default@champion", "absent.jpg"], "absent.jpg does not exist"),
+    searched("search", ["retrain", "--best", "--device", "cpu", "--procs", "5"],
+             "cannot be split evenly over 5 processes; use a process or GPU count that divides it"),
 ])
 def test_bad_input_to_model_commands(home, cli, request, setup, args, message):
     if setup == "search":
@@ -157,7 +200,7 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
 @pytest.mark.slow
 def test_a_killed_retrain_s_run_ends_failed_when_the_next_command_opens_the_experiment(searched_home, cli):
     # a retrain whose process is SIGKILLed after its first epoch leaves its run RUNNING...
-    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
               "import fits\nfrom pathlib import Path\nfrom unet_opt.parallel.placement import plan\n"
               "from unet_opt.config.paths import Paths\nfrom unet_opt.study.retrain import retrain_best\n"
               "paths = Paths.resolve('.')\n"

@@ -1,3 +1,5 @@
+"""`fit`: the epoch loop, its callback, early stopping, divergence and determinism."""
+
 import math
 
 import pytest

@@ -1,3 +1,5 @@
+"""The plain UNet: shapes, gradients, widths, and the input sizes it takes."""
+
 import pytest
 import torch
 

@@ -1,3 +1,5 @@
+"""Data sets in memory: synthetic scenes, frames, relabelling, splits, batches and augmentation."""
+
 import numpy as np
 import pytest
 import torch

@@ -11,6 +11,7 @@ def terminal(monkeypatch):
     monkeypatch.setattr(progress, "live", lambda: True)
 
 
+@pytest.mark.slow
 def test_a_search_on_a_terminal_shows_trials_and_epochs_as_bars(home, capsys, terminal):
     sets = ('search.pruner="none"', "space.epochs.low=2", "space.epochs.high=2")
     run_search(home, 1, *sets)
@@ -24,6 +25,7 @@ def test_a_search_on_a_terminal_shows_trials_and_epochs_as_bars(home, capsys, te
     assert "1/2" in err and "2/2" in err and "trial #0:" not in err
 
 
+@pytest.mark.slow
 def test_elsewhere_the_search_prints_plain_lines(home, capsys):
     run_search(home, 1, 'search.pruner="none"', "space.epochs.low=2", "space.epochs.high=2")
     err = capsys.readouterr().err

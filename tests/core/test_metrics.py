@@ -1,3 +1,5 @@
+"""The confusion matrix and its scores, checked against scikit-learn."""
+
 import numpy as np
 import pytest
 import torch

@@ -60,6 +60,31 @@ def default_experiment(path: Path) -> tuple:
                           "FROM experiments WHERE experiment_id = 0").fetchone()
 
 
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def scribble(path: Path) -> None:  # a page in the middle overwritten: the size and header are intact
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = b"\xff" * 4096
+    path.write_bytes(bytes(data))
+
+
+def old_revision(path: Path) -> None:  # a whole database, but of another schema revision
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+
+
+def make_at_once(folder: Path, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=60)
+        t = tracker(folder)
+        t.client.get_run(t.start_run("r", {}, {}))
+        results.put("ok")
+    except Exception as e:
+        results.put(f"{type(e).__name__}: {e}")
+
+
 def test_the_second_store_is_a_copy_of_the_cached_template_and_works(tmp_path, cache, monkeypatch):
     tracker(tmp_path / "a")
     template = schema_template_path()
@@ -94,21 +119,6 @@ def test_a_store_from_the_template_equals_one_made_by_mlflow(tmp_path, cache):
     assert schema(schema_template_path()) == schema(tmp_path / "migrated" / "mlflow.db")
 
 
-def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def scribble(path: Path) -> None:  # a page in the middle overwritten: the size and header are intact
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 4096] = b"\xff" * 4096
-    path.write_bytes(bytes(data))
-
-
-def old_revision(path: Path) -> None:  # a whole database, but of another schema revision
-    with contextlib.closing(sqlite3.connect(path)) as db, db:
-        db.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
-
-
 @pytest.mark.parametrize("damage", [truncate, scribble, old_revision, lambda p: p.write_bytes(b""),
                                     lambda p: p.write_text("not a database")],
                          ids=["truncated", "scribbled", "old revision", "empty", "text"])
@@ -128,16 +138,6 @@ def test_a_damaged_or_outdated_template_is_rebuilt_not_copied(tmp_path, cache, m
 
     tracker(tmp_path / "c")
     assert len(migrations) == 1  # and copied from then on
-
-
-def make_at_once(folder: Path, barrier, results) -> None:
-    try:
-        barrier.wait(timeout=60)
-        t = tracker(folder)
-        t.client.get_run(t.start_run("r", {}, {}))
-        results.put("ok")
-    except Exception as e:
-        results.put(f"{type(e).__name__}: {e}")
 
 
 @pytest.mark.slow

@@ -1,3 +1,5 @@
+"""Configuration: space files, `--set`, precedence, validation, TOML round trips, paths and password redaction."""
+
 import logging
 from pathlib import Path
 
@@ -6,7 +8,7 @@ import pytest
 from unet_opt import runtime
 from unet_opt.config.paths import create_atomically, redact_url, sqlite_file
 from unet_opt.config.schema import Config, to_toml
-from unet_opt.config.space_file import find_space, load_config, parse_set
+from unet_opt.config.space_file import find_space, load_config, parse_set, stored_config
 from unet_opt.errors import UserError
 
 
@@ -160,3 +162,14 @@ def test_log_lines_and_tracebacks_never_show_a_password(capsys):
         log.debug("trial failed at %s", "http://me:s3cret@host:5000", exc_info=True)
     err = capsys.readouterr().err
     assert "s3cret" not in err and "http://me:***@host:5000" in err and "postgresql://me:***@db" in err
+
+
+def test_the_evaluation_frame_is_the_largest_size_the_space_draws_unless_set():
+    cfg = load_config("default")  # image sizes 32, 48, 64
+    assert cfg.data.eval_size == 0 and cfg.with_eval_size().data.eval_size == 64
+    assert load_config("default", sets=["data.image_size=32"]).with_eval_size().data.eval_size == 32  # not searched
+    assert load_config("default", sets=["data.eval_size=48"]).with_eval_size().data.eval_size == 48
+    # a config stored before the field existed (a checkpoint, a study) scores at its own frame, as it was judged
+    old = "[data]\nimage_size = 32\n[model]\nbase_channels = 8\n"
+    assert stored_config(old, "old checkpoint").data.eval_size == -1
+    assert stored_config("[data]\neval_size = 64\n", "a new checkpoint").data.eval_size == 64

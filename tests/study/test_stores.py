@@ -1,0 +1,112 @@
+"""The stores: created at once by several processes, damaged, foreign or unreachable."""
+
+import multiprocessing
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+from conftest import FAST, written_files
+
+from unet_opt.errors import UserError
+from unet_opt.study.storage import open_storage
+from unet_opt.tracking.tracker import Tracker
+
+
+def open_at_once(open_store, barrier, results) -> None:
+    barrier.wait()
+    try:
+        open_store()
+        results.put("ok")
+    except Exception as e:
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def open_together(open_store, processes: int = 3) -> list[str]:
+    """`open_store()` in several processes at the same moment: `--workers`, a second terminal or
+    `unet-opt status` all open the stores, and on new databases each one creates the tables."""
+    context = multiprocessing.get_context("fork")  # opening a store needs no torch: fork is safe and fast
+    barrier, results = context.Barrier(processes), context.Queue()
+    started = [context.Process(target=open_at_once, args=(open_store, barrier, results)) for _ in range(processes)]
+    for p in started:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in started]
+    for p in started:
+        p.join(30)
+    return outcomes
+
+
+def failing_once(error: Exception):
+    calls = []
+
+    def storage(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            raise error
+        return "storage"
+
+    return storage, calls
+
+
+@pytest.mark.parametrize("flag, url", [
+    ("--tracking-uri", "http://mlflow-user:s3cret@127.0.0.1:9"),
+    ("--storage", "postgresql://optuna:s3cret@127.0.0.1:9/optuna"),
+])
+def test_unreachable_store_is_one_line_without_the_password(home, cli, flag, url):
+    code, out, err = cli("search", flag, url, *FAST)
+    assert code == 2 and err.startswith("error: cannot ") and len(err.strip().splitlines()) == 1, err
+    assert "s3cret" not in out + err and ":***@" in err
+    assert written_files(home) == []  # checked before any training, nothing written
+
+
+@pytest.mark.parametrize("store", ["studies/unet-opt.db", "mlruns/mlflow.db"])
+def test_a_damaged_store_is_named_with_the_way_out(home, cli, store):
+    (home / store).parent.mkdir()
+    (home / store).write_bytes(b"this is not a database" * 100)
+    code, _, err = cli("search", "--trials", "1", *FAST)
+    # not "start the server": the file, that it is damaged, and what to do
+    assert code == 2 and f"{home / store} is damaged or unreadable" in err and "move it away" in err, err
+    assert "server" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_store_of_the_other_kind_is_refused_and_left_as_it_was(searched_home, cli):
+    mlflow_db, study_db = searched_home / "mlruns" / "mlflow.db", searched_home / "studies" / "unet-opt.db"
+    before = mlflow_db.read_bytes(), study_db.read_bytes()
+    code, _, err = cli("report", "--storage", f"sqlite:///{mlflow_db}")
+    assert code == 2 and "is not an Optuna study storage" in err and "--storage" in err, err
+    code, _, err = cli("search", "--tracking-uri", f"sqlite:///{study_db}", *FAST)
+    assert code == 2 and "is not an MLflow store" in err and "--tracking-uri" in err, err
+    assert (mlflow_db.read_bytes(), study_db.read_bytes()) == before  # no tables added to either
+
+
+@pytest.mark.slow
+def test_processes_opening_one_new_study_database_at_once_all_open_it(tmp_path):
+    for round_ in range(4):  # the slower ones used to fail with "table studies already exists"
+        assert open_together(lambda: open_storage(f"sqlite:///{tmp_path}/{round_}.db")) == ["ok"] * 3
+
+
+@pytest.mark.slow
+def test_processes_opening_one_new_mlflow_database_at_once_all_open_it_and_leave_it_sound(tmp_path):
+    for round_ in range(3):  # racing migrations used to fail and could leave the database unusable for good
+        uri, artifacts = f"sqlite:///{tmp_path}/{round_}/mlflow.db", tmp_path / str(round_) / "artifacts"
+        assert open_together(lambda: Tracker(uri, "default", artifacts)) == ["ok"] * 3
+        tracker = Tracker(uri, "default", artifacts)
+        run = tracker.client.create_run(tracker.experiment_id)
+        tracker.client.log_metric(run.info.run_id, "val_dice", 0.5, step=1)
+
+
+def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_are_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    url = "postgresql://optuna@127.0.0.1:9/optuna"  # a new SQLite file is built aside, alone: servers race
+    raced = sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+    storage, calls = failing_once(raced)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    assert open_storage(url) == "storage" and len(calls) == 2
+
+    unreadable = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("unable to open database file"))
+    storage, calls = failing_once(unreadable)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    with pytest.raises(UserError, match="unable to open database file.*check --storage"):
+        open_storage(url)
+    assert len(calls) == 1  # a real error is reported at once, not retried

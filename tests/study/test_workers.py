@@ -1,0 +1,125 @@
+"""Several workers on one study: only the trials still needed, different trials, stopped together."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from conftest import FAST, children_of, interruptible
+from mlflow.tracking import MlflowClient
+
+from unet_opt.study.ledger import is_surplus
+from unet_opt.study.workers import stop_workers
+
+
+def child_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(f"unet-opt-{experiment}")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
+    return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_two_workers_asking_at_once_start_only_the_trials_still_needed():
+    study = optuna.create_study()
+    for _ in range(4):
+        study.tell(study.ask(), 0.5)
+    running = study.ask()  # 4 finished + 1 running: both workers see room for a 6th trial and ask
+    first, second = study.ask(), study.ask()
+    assert not is_surplus(study, running.number, 6) and not is_surplus(study, first.number, 6)
+    assert is_surplus(study, second.number, 6)
+    study._storage.set_trial_state_values(second._trial_id, optuna.trial.TrialState.WAITING)
+    study.tell(running, state=optuna.trial.TrialState.FAIL)  # a trial fails: room for one more
+    assert study.ask().number == second.number  # the queued trial is the one taken, no number is skipped
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(home, cli):
+    code, out, err = cli("search", "--trials", "6", "--workers", "2", *FAST)
+    assert code == 0, err
+    assert "6/6 finished trials, 6 run now" in out
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and len({t.number for t in study.trials}) == len(study.trials)
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "FAIL")]
+    # (a trial that both workers asked for at once goes back to the queue as WAITING, claimed by no one)
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both workers ran trials
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == len(params)  # the two workers never drew the same trial
+    parents, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    assert len(parents) == 1 and len(children) == 6
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert children_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+def test_two_commands_at_once_on_one_study_draw_different_trials(home):
+    # the README's many-machines recipe on one machine: the same command twice, started together
+    args = [sys.executable, "-m", "unet_opt", "search", "--trials", "4", "--pruner", "none", *FAST]
+    commands = [subprocess.Popen(args, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    outputs = [c.communicate(timeout=300)[0] for c in commands]
+    assert [c.returncode for c in commands] == [0, 0], outputs
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(finished) >= 4 and len(set(params)) == len(params), params
+
+
+def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker():
+    clock = [0.0]
+
+    class Stubborn:  # a worker that ignores SIGINT: every join waits out its whole timeout
+        pid = 0
+
+        def join(self, timeout=None):
+            clock[0] += timeout
+
+        def is_alive(self):
+            return True
+
+    signals = []
+    stop_workers([Stubborn() for _ in range(3)], grace=5.0, after_nudge=60.0, clock=lambda: clock[0],
+                 send_signal=lambda pid, sig: signals.append(sig))
+    assert clock[0] == 65.0 and signals == [signal.SIGINT] * 3  # then the caller kills them
+
+
+@pytest.mark.slow
+def test_sigint_to_the_launcher_stops_every_worker(home):
+    # SIGINT to the launching process alone (not a terminal's Ctrl-C, which reaches all): it passes it on
+    args = ["search", "--trials", "20", "--workers", "2", "--pruner", "none", *FAST,
+            "--set", "space.epochs.high=100", "--set", "space.epochs.low=100",
+            "--set", "train.patience=1000"]  # trials of ~10 s, not stopped early: SIGINT finds both running
+    search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, preexec_fn=interruptible,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{home}/studies/unet-opt.db"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and search.poll() is None:
+        try:
+            study = optuna.load_study(study_name="default", storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            if len(trials) >= 2 and any(t.state.name == "RUNNING" for t in trials):  # both workers are up
+                break
+        except Exception:  # the storage or the study is not there yet
+            pass
+        time.sleep(0.5)
+    search.send_signal(signal.SIGINT)
+    try:  # the launcher gives its workers 5 + 60 s before killing them, then records the study
+        out = search.communicate(timeout=180)[0]
+    except subprocess.TimeoutExpired:
+        search.kill()
+        pytest.fail("the search was still running 180 s after SIGINT:\n" + search.communicate()[0][-4000:])
+    assert search.returncode == 130, out
+    trials = optuna.load_study(study_name="default", storage=storage).trials
+    assert "interrupted" in out and len(trials) < 20
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    failed = [t for t in trials if t.state.name == "FAIL"]  # the trials that were running, one per worker
+    assert 1 <= len(failed) <= 2 and {t.user_attrs["fail_reason"] for t in failed} == {"interrupted"}
+    _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    assert sorted(c.data.tags["optuna.trial"] for c in children if c.info.status == "KILLED") == \
+        sorted(str(t.number) for t in failed)
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
