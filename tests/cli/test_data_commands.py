@@ -84,7 +84,9 @@ def test_data_check_and_prepare(home, cli):
     code, out, _ = cli("data", "prepare", "data", "--image-size", "32", "--image-size", "48",
                        "--space", "drone", "--set", "data.num_classes=5", "--set", "model.depth=3")
     assert code == 0 and "6 images cached at 32x48" in out and "6 images cached at 48x72" in out
-    assert len([p for p in (home / "studies" / "cache").iterdir() if p.is_dir()]) == 2
+    # and the frame a study of drone.toml scores at (its largest image size): decoded once, for both
+    assert out.count("(masks also at 640x960, the evaluation frame)") == 2
+    assert len([p for p in (home / "studies" / "cache").iterdir() if p.is_dir()]) == 3
     (home / "data/training_set/images/000.jpg").unlink()
     code, out, err = cli("data", "check", "data", "--num-classes", "5")
     assert code == 2 and "problem: " in out and "000.png has no image" in out and err.startswith("error: 1 problem")

@@ -5,14 +5,13 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST
+from conftest import FAST, wait_until
 from mlflow.tracking import MlflowClient
 
 
@@ -54,16 +53,16 @@ def mlflow_server(tmp_path_factory):
          "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--artifacts-destination", str(folder / "artifacts"),
          "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
+    def up() -> bool:
         try:
             urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
+            return True
         except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("the MLflow server did not start")
-            time.sleep(0.5)
+            return server.poll() is not None  # it died: stop waiting
+
+    if not wait_until(up, timeout=120, every=0.5) or server.poll() is not None:
+        server.kill()
+        pytest.fail("the MLflow server did not start")
     yield url
     server.terminate()
     server.wait(30)

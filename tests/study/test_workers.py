@@ -4,11 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
-from conftest import FAST, children_of, interruptible
+from conftest import FAST, children_of, interruptible, wait_until
 from mlflow.tracking import MlflowClient
 
 from unet_opt.study.ledger import is_surplus
@@ -97,16 +96,14 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
     search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, preexec_fn=interruptible,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{home}/studies/unet-opt.db"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and search.poll() is None:
+    def both_workers_up() -> bool:
         try:
-            study = optuna.load_study(study_name="default", storage=storage)
-            trials = study.get_trials(deepcopy=False)
-            if len(trials) >= 2 and any(t.state.name == "RUNNING" for t in trials):  # both workers are up
-                break
+            trials = optuna.load_study(study_name="default", storage=storage).get_trials(deepcopy=False)
         except Exception:  # the storage or the study is not there yet
-            pass
-        time.sleep(0.5)
+            return False
+        return (len(trials) >= 2 and any(t.state.name == "RUNNING" for t in trials)) or search.poll() is not None
+
+    wait_until(both_workers_up, timeout=180, every=0.5)
     search.send_signal(signal.SIGINT)
     try:  # the launcher gives its workers 5 + 60 s before killing them, then records the study
         out = search.communicate(timeout=180)[0]

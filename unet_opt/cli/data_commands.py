@@ -55,13 +55,18 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
     from unet_opt.core.data.layouts import find_source
 
     paths = session.paths
+    # the evaluation frame a study of this space file scores at (its largest image size), decoded too
+    eval_size = load_config(space, {"data.dataset": str(path)}, sets).with_eval_size().data.eval_size
     for size in sizes:
-        cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size}, sets)
+        cfg = load_config(space, {"data.dataset": str(path), "data.image_size": size, "data.eval_size": eval_size},
+                          sets)
         pairs = len(find_source(path, cfg.data.num_classes).pairs)
         with progress.bar(pairs, f"decoding for height {size}", "image") as decoded:
             data_set = load_data(cfg.data, cfg.model.depth, paths.cache, decoded.update)
         h, w = data_set.images.shape[-2:]
-        click.echo(f"{len(data_set.names)} images cached at {h}x{w} under {paths.cache}")
+        scored = "" if data_set.eval_masks is None else \
+            f" (masks also at {data_set.scored_frame[0]}x{data_set.scored_frame[1]}, the evaluation frame)"
+        click.echo(f"{len(data_set.names)} images cached at {h}x{w}{scored} under {paths.cache}")
     return 0
 
 
