@@ -86,3 +86,12 @@ def kill_rank_1(group, *args):
     if group.rank == 1:
         die()
     return fit_job(group, *args)
+
+
+def stop_after_first_epoch(group, job, cache, on_epoch):
+    """Every trial is stopped after its first epoch, as a pruner stops one: it ends PRUNED."""
+    def stop(epoch, metrics, best):
+        on_epoch(epoch, metrics, best)
+        return True
+
+    return fit_job(group, job, cache, stop)

@@ -25,7 +25,6 @@ from unet_opt.parallel.ranks import (
     launch,
     remove_stale_rendezvous,
 )
-from unet_opt.runs import runner
 
 TWO = Placement("cpu", 2, threads=1)
 
@@ -78,9 +77,8 @@ def test_a_killed_rank_fails_its_trial_and_the_next_trial_gets_new_ranks():
 
 
 @pytest.mark.slow
-def test_a_search_starts_its_ranks_once_for_all_its_trials(home, tmp_path_factory, monkeypatch):
+def test_a_search_starts_its_ranks_once_for_all_its_trials(home, tmp_path_factory):
     pids = tmp_path_factory.mktemp("pids")  # each rank notes its pid in every trial
-    monkeypatch.setattr(runner, "draws_in_background", lambda placement: True)  # as on GPUs
     run_search(home, 3, 'search.pruner="none"', fit=partial(fits.note_pid_and_train, str(pids)), procs=2)
     assert len(list(pids.iterdir())) == 2  # 3 trials, the same 2 processes
     assert children_of(os.getpid()) == []  # ranks and the artifact writer are gone once the search returns

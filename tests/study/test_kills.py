@@ -53,9 +53,9 @@ def check_both_stores(folder, output: str) -> None:
         if run is not None:
             assert run.data.tags["optuna.state"] == t.state.name, output
             assert (run.info.run_name == f"trial-{t.number:04d}") == (t.state.name == "COMPLETE"), output
-        if t.state.name in ("COMPLETE", "PRUNED"):  # its files, drawn in the background, all there
-            expected = {"config.toml"} | ({"learning_curves.png", "predictions.png"} if t.user_attrs["best_epoch"]
-                                          else set())
+        if t.state.name in ("COMPLETE", "PRUNED"):  # its files, written in the background, all there
+            drawn = {"learning_curves.png", "predictions.png"} if t.state.name == "COMPLETE" else {"figures.npz"}
+            expected = {"config.toml"} | (drawn if t.user_attrs["best_epoch"] else set())
             assert expected <= {a.path for a in client.list_artifacts(run.info.run_id)}, output
 
 

@@ -1,11 +1,15 @@
 """The background writer of a run's files: it finishes what it was handed, whatever happens to its launcher."""
 
+import os
 import signal
 import subprocess
 import sys
 
+import pytest
 from conftest import processes_in, wait_until
 from mlflow.tracking import MlflowClient
+
+from unet_opt.tracking.writer import LOWEST_PRIORITY, ArtifactWriter
 
 
 def test_the_writer_finishes_what_it_was_handed_when_its_search_is_killed(tmp_path):
@@ -59,3 +63,15 @@ print(run_id, process.exitcode)
     assert code == "0" and "KeyboardInterrupt" not in done.stderr
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.toml", "learning_curves.png"}
+
+
+@pytest.mark.slow
+def test_the_writer_of_trials_on_the_cpu_draws_at_the_lowest_priority(tmp_path):
+    # it draws in the time training leaves idle, instead of taking cores from training
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db", low_priority=True)
+    writer.start()
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, writer.process.pid) == LOWEST_PRIORITY == 19
+    finally:
+        writer.close()
+    assert writer.process is None  # it ended once its connection closed

@@ -19,7 +19,7 @@ from unet_opt import __version__, runtime
 from unet_opt.cli.data_commands import data
 from unet_opt.cli.model_commands import evaluate, predict, retrain, train
 from unet_opt.cli.options import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Session, option
-from unet_opt.cli.study_commands import report, search, studies, ui
+from unet_opt.cli.study_commands import figures, report, search, studies, ui
 from unet_opt.config.paths import Paths, redact_url
 from unet_opt.errors import Terminated, UserError
 
@@ -40,7 +40,7 @@ def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
     ctx.obj = Session(Paths.resolve(home), verbose)
 
 
-for command in (search, report, studies, ui, train, retrain, evaluate, predict, data):
+for command in (search, report, studies, figures, ui, train, retrain, evaluate, predict, data):
     cli.add_command(command)
 
 

@@ -111,6 +111,32 @@ def studies(session: Session, storage) -> int:
 
 
 @click.command()
+@option("--study", show_default="the only study in the storage", help="Study name.")
+@option("--trial", "numbers", type=click.IntRange(min=0), multiple=True, show_default="every trial without them",
+        help="Trial number (repeatable).")
+@storage_option
+@tracking_option
+@click.pass_obj
+@verbose_option
+def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
+    """Draw the figures of pruned (or failed) trials into their MLflow runs: their curves, confusion matrix
+    and predictions, which a search draws only for complete trials."""
+    from unet_opt.study.figures import draw_figures
+
+    paths = session.paths
+    done = draw_figures(paths.storage_url(storage), paths.tracking_uri(tracking_uri), paths.artifacts, study, numbers)
+    for number in numbers:
+        if number in done.skipped:
+            click.echo(f"trial #{number}: {done.skipped[number]}")
+    if done.drawn:
+        shown = ", ".join(f"#{n}" for n in done.drawn)
+        click.echo(f"study '{done.study}': figures drawn into the runs of {len(done.drawn)} trial(s): {shown}")
+    elif not numbers:
+        click.echo(f"study '{done.study}': every trial's figures are drawn already")
+    return 0
+
+
+@click.command()
 @option("--host", default="127.0.0.1", show_default=True,
         help="Address to listen on; 0.0.0.0 is every interface (add --allowed-hosts).")
 @option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")

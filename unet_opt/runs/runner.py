@@ -31,7 +31,7 @@ from unet_opt.runs.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.runs.reports import split_report, trial_report
 from unet_opt.tracking.report_files import write_report
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.writer import ArtifactWriter, draws_in_background
+from unet_opt.tracking.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,14 @@ class Runner:
     def __init__(self, paths: Paths, placement: Placement, fit: Fit = fit_job, *, keep_ranks: bool = False,
                  files_in_background: bool = False):
         """`keep_ranks`: start the rank processes now (they import torch while the caller goes on) and keep
-        them for every run. `files_in_background`: draw each run's files in a writer process where that
-        pays (on GPUs; `writer.draws_in_background`). `fit` trains a run on each rank: `fit_job`, or a
-        test's stand-in."""
+        them for every run. `files_in_background`: draw and log each run's files in a writer process, at
+        the lowest priority when runs train on the CPU (a search's trials). `fit` trains a run on each
+        rank: `fit_job`, or a test's stand-in."""
         runtime.setup_torch(placement.threads if placement.procs == 1 else 0)
         self.paths, self.placement, self.fit = paths, placement, fit
         self.cache = DataCache(paths.cache)
         self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
-        self.files_in_background = files_in_background and draws_in_background(placement)
+        self.files_in_background = files_in_background
         self.tracker: Tracker | None = None
         self.writer: ArtifactWriter | None = None
 
@@ -128,7 +128,7 @@ class Runner:
         """Where runs are logged, once the stores are open."""
         self.tracker = tracker
         if self.files_in_background:
-            self.writer = ArtifactWriter(tracker.uri)
+            self.writer = ArtifactWriter(tracker.uri, low_priority=self.placement.device == "cpu")
 
     def data(self, cfg: Config) -> SegmentationData:
         """The data set a run of `cfg` trains on, from this process's cache (checked when first loaded)."""
@@ -139,12 +139,15 @@ class Runner:
         processes use theirs (and keep their data for the next run)."""
         return self.ranks.run(self.fit, FitJob(spec.cfg, spec.fit_split), on_epoch)
 
-    def record(self, spec: RunSpec, result: FitResult, run_id: str) -> RunRecord:
+    def record(self, spec: RunSpec, result: FitResult, run_id: str, figures: bool = True) -> RunRecord:
         """The run's files (config, curves, the validation report), then what the spec asks for: the test
         metrics and report, a checkpoint, a registered model. Scoring runs on rank 0's device. With a
-        writer, the files are drawn and logged in its process while the caller goes on."""
+        writer, the files are drawn and logged in its process while the caller goes on. Without `figures`
+        (a trial that did not complete) only the tables are written, and what `unet-opt figures` draws
+        them from later."""
         outcome, cfg, data, tracker = RunRecord(result), spec.cfg, self.data(spec.cfg), self.tracker
         report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
+        report.figures = figures
         if result.model is not None and spec.test:
             model = result.model.to(self.placement.main_device)
             outcome.test, matrix = split_metrics(model, data, spec.split["test"], cfg.train)

@@ -1,9 +1,10 @@
-"""A trial's files drawn and logged in a background process, while the next trial trains on its GPUs.
+"""A trial's files drawn and logged in a background process, while the next trial trains.
 
 Drawing a trial's figures takes about a second of matplotlib on a CPU core: `ArtifactWriter.submit`
 hands the run's `RunReport` (plain arrays) to one writer process per worker and returns at once. The
-writer draws the files into a temporary folder and logs them to the run. Trials on the CPU draw their
-files themselves (`draws_in_background`).
+writer draws the files into a temporary folder and logs them to the run. When trials train on the CPU
+the writer runs at the lowest scheduling priority (`low_priority`), so that it draws in the time training
+leaves idle instead of taking cores from it.
 
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
 when its connection closes and every report it was given is written, so it finishes its queue even when
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -23,27 +25,20 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from unet_opt import runtime
-from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.processes import children_ignoring
 from unet_opt.tracking.report_files import RunReport, write_report
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 300.0  # seconds a finishing search waits for the files still to be written
-
-
-def draws_in_background(placement: Placement) -> bool:
-    """On GPUs a trial leaves the CPU cores free for a writer. On the CPU, training takes every core and a
-    writer only slows it down: measured, the quick start took 309 s with a writer (and one core less for
-    training) against 128 s drawing in line."""
-    return placement.device == "cuda"
+LOWEST_PRIORITY = 19
 
 
 class ArtifactWriter:
     """One worker's writer process, started with the first report."""
 
-    def __init__(self, tracking_uri: str):
-        self.tracking_uri = tracking_uri
+    def __init__(self, tracking_uri: str, low_priority: bool = False):
+        self.tracking_uri, self.low_priority = tracking_uri, low_priority
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
 
@@ -69,6 +64,8 @@ class ArtifactWriter:
                                   args=(child_end, self.tracking_uri, verbose))
         with children_ignoring(signal.SIGINT, signal.SIGTERM):  # the launcher decides when it stops
             process.start()
+        if self.low_priority:  # from its first imports on: nice 19 (within this command's process group)
+            os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
         child_end.close()
         self.process, self.conn = process, conn
 
