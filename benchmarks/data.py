@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from unet_opt.config.schema import DataConfig, ModelConfig
-from unet_opt.core.data import batches, cache, load_data, make_split, split_indices
+from unet_opt.core.data import batches, images, load_data, make_split, split_indices
 from unet_opt.core.data.classes import ClassTable
 from unet_opt.core.data.layouts import find_source
 from unet_opt.core.data.synthetic import scene
@@ -67,8 +67,8 @@ def main() -> None:
         # cold cache, per image: the large photos and the others apart
         large = [p for p in source.pairs[: args.large]]
         small = [p for p in source.pairs[args.large:]]
-        t_large = timed(lambda: [cache.decode_image(i, height, width) for _, i, _ in large]) / max(1, len(large))
-        t_small = timed(lambda: [cache.decode_image(i, height, width) for _, i, _ in small]) / max(1, len(small))
+        t_large = timed(lambda: [images.decode_image(i, height, width) for _, i, _ in large]) / max(1, len(large))
+        t_small = timed(lambda: [images.decode_image(i, height, width) for _, i, _ in small]) / max(1, len(small))
         t_cold = timed(lambda: load_data(cfg, depth, cache_dir))
         data = load_data(cfg, depth, cache_dir)
         split = split_indices(make_split(data.names, 0.15, 0.15, 42), data.names)
@@ -83,8 +83,8 @@ def main() -> None:
         def decoding_epoch():
             for i in train:
                 _, image, mask = source.pairs[i]
-                cache.decode_image(image, height, width)
-                cache.decode_mask(mask, height, width, source)
+                images.decode_image(image, height, width)
+                images.decode_mask(mask, height, width, source)
             warm_epoch()  # the same batching and augmentation on top
 
         t_warm, t_decode = timed(warm_epoch), timed(decoding_epoch)

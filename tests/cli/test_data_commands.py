@@ -40,12 +40,33 @@ def corrupt(root, kind):
     if kind == "bad class table row":
         (root / "class_dict_seg.csv").write_text("name, r, g, b\nunlabeled, 0, 0, 0\nroad, 128, sixty, 128\n")
         return "class_dict_seg.csv, line 3"
+    if kind == "decompression bomb":
+        write_bomb(images / "002.jpg")
+        return "002.jpg claims more pixels than Pillow opens"
+    if kind == "zero-byte file":
+        (masks / "003.png").write_bytes(b"")
+        return "003.png cannot be read"
+    if kind == "dangling link":
+        (images / "004.jpg").unlink()
+        (images / "004.jpg").symlink_to(root / "gone.jpg")
+        return "004.jpg is a link to"
     raise ValueError(kind)
+
+
+def write_bomb(path, side: int = 20000) -> None:
+    """A small PNG whose header claims side x side pixels: what a decompression bomb looks like to a reader."""
+    import struct
+    import zlib
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    chunk = b"IHDR" + header
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk
+                     + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
 
 
 @pytest.mark.parametrize("kind", ["unreadable image", "image without mask", "mask without image", "size mismatch",
                                   "mask value too large", "colour not in table", "empty folder",
-                                  "bad class table row"])
+                                  "bad class table row", "decompression bomb", "zero-byte file", "dangling link"])
 def test_bad_data_is_named_before_training(home, cli, kind):
     make_dataset(home / "data", "kaggle")
     expected = corrupt(home / "data", kind)
@@ -117,3 +138,28 @@ def test_data_check_names_the_rare_classes_and_what_helps_them(home, cli):
     assert line.startswith("rare classes (under 0.5% of the pixels): car 0.017%.") and "roof" not in line
     assert "unlabeled" not in line  # the ignored class is not one to train for
     assert 'train.class_weights = "inverse"' in line and "search/drone.toml" in line
+
+
+def test_data_check_names_each_problem_once_and_goes_on_past_a_decompression_bomb(home, cli):
+    make_dataset(home / "data", "kaggle", count=8)
+    root = home / "data"
+    for kind in ("decompression bomb", "zero-byte file", "dangling link"):
+        corrupt(root, kind)
+    code, out, err = cli("data", "check", "data", "--num-classes", "5")
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    # one line per broken file, none of them a traceback or a made-up partner
+    assert code == 2 and err.startswith("error: 3 problem(s)") and len(problems) == 3, out + err
+    assert sum("002.jpg claims more pixels than Pillow opens" in line for line in problems) == 1
+    assert sum("003.png" in line for line in problems) == 1  # unreadable header: not "cannot be decoded" too
+    assert sum("004.jpg is a link to" in line and "gone.jpg" in line for line in problems) == 1
+    assert "has no image" not in out and "has no mask" not in out  # the link's partner is not named missing
+    code, _, err = cli("data", "prepare", "data", "--image-size", "32", "--set", "data.num_classes=5")
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert not (home / "studies").exists()  # one line, nothing decoded into the cache
+
+
+def test_data_check_warns_about_photos_too_large_to_decode_cheaply(home, cli, monkeypatch):
+    make_dataset(home / "data", "generic", count=4, height=48, width=72)
+    monkeypatch.setattr("unet_opt.core.data.images.LARGE_PIXELS", 48 * 72 - 1)  # these photos count as huge
+    code, out, _ = cli("data", "check", "data", "--num-classes", "5")
+    assert code == 0 and "warning: 4 photo(s) above 0 M pixels, the largest" in out and "at 72x48" in out

@@ -118,6 +118,15 @@ def test_sqlite_file_is_the_database_of_a_sqlite_url_only():
     ("postgresql://bob@db/x?sslmode=require&sslpassword=Zq9", "postgresql://bob@db/x?sslmode=require&sslpassword=***"),
     ("(psycopg.OperationalError) connection to postgresql://me:s3cret@10.0.0.1/x failed: timeout",
      "(psycopg.OperationalError) connection to postgresql://me:***@10.0.0.1/x failed: timeout"),
+    # libpq's keyword form, a URL-encoded option, a repr, quoted passwords with a space
+    ("host=db port=5432 password=s3cret dbname=x", "host=db port=5432 password=*** dbname=x"),
+    ("postgresql://me@db/x?options=-c%20password%3Ds3cret&sslmode=require",
+     "postgresql://me@db/x?options=-c%20password%3D***&sslmode=require"),
+    ("postgresql://me@db/x?options=-c%20password%3Ds3cret%20-c%20search_path%3Dy",
+     "postgresql://me@db/x?options=-c%20password%3D***%20-c%20search_path%3Dy"),
+    ("Connection(host='db', password='s3cret', port=5432)", "Connection(host='db', password=***, port=5432)"),
+    ("host=db password='s3 cret' dbname=x", "host=db password=*** dbname=x"),
+    ('{"password" : "s3cret", "user": "me"} password = "s3 cret"', '{"password" : ***, "user": "me"} password = ***'),
 ])
 def test_redact_url_hides_passwords_in_urls_and_in_any_text(text, shown):
     assert redact_url(text) == shown

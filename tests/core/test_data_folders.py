@@ -11,6 +11,7 @@ from datasets import TABLE, make_dataset, nearest
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import IGNORE, load_data
 from unet_opt.core.data import cache as cache_module
+from unet_opt.core.data import images as images_module
 
 LAYOUTS = [("kaggle", False), ("tu-graz", True), ("generic", False), ("generic", True)]
 
@@ -39,7 +40,7 @@ def test_cache_is_decoded_once_and_keyed_by_content(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(cache_module, "decode_image", no_decoding)
+    monkeypatch.setattr(images_module, "decode_image", no_decoding)
     again = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
     # the second load reads the memory-mapped cache only
     assert np.array_equal(again.masks.numpy(), first.masks.numpy())

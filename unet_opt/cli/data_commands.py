@@ -83,5 +83,7 @@ def print_report(report, ignore_index: int = 0) -> None:
     advice = rare_classes_advice(report, ignore_index)
     if advice:
         click.echo(advice)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}")
     for problem in report.problems:
         click.echo(f"problem: {problem}")

@@ -57,18 +57,23 @@ class Paths:
         return f"sqlite:///{path}"
 
 
-# user:password@ in any URL (a password may hold '#', '/' or '?'), and password-like query parameters
-# (an '@' inside a password is taken as part of it while another '@' follows before the path)
+# user:password@ in any URL (a password may hold '#', '/' or '?'; an '@' inside one is taken as part of it
+# while another '@' follows before the path)
 USERINFO_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):(?:[^\s@]|@(?=[^\s@/]*@))+@")
-SECRET_PARAMETER = re.compile(r"([?&;](?:[a-z_]*(?:password|passwd|pwd|secret|token|apikey|api_key)[a-z_]*|"
-                              r"pass|auth|key)=)[^&;#\s]*", re.IGNORECASE)
+SECRET_KEY = r"[a-z_]*(?:password|passwd|pwd|secret|token|apikey|api_key)[a-z_]*"
+# key=value wherever it stands: a URL's query (?sslpassword=x), a libpq keyword string (host=h password=x),
+# a repr (password='x'), a URL-encoded option (options=-c%20password%3Dx), a dict or JSON ("password": "x").
+# The value is quoted (and may then hold spaces) or runs to the next separator, an encoded space or '&'
+SECRET_PARAMETER = re.compile(
+    rf"((?<![a-z_])(?:{SECRET_KEY})|(?<=[?&;])(?:pass|auth|key))(\s*=\s*|%3D|[\"']?\s*:\s*)"
+    r"('[^']*'|\"[^\"]*\"|(?:(?!%20|%26)[^&;#\s,)'\"])*)", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
     """Any URL's password in `text` (a URL, an exception message, a log line) replaced by ***:
     `postgresql://me:secret@db/x?sslpassword=y` -> `postgresql://me:***@db/x?sslpassword=***`.
     The one redaction for everything that leaves the process: logs, errors, fail reasons, params, tags, files."""
-    return SECRET_PARAMETER.sub(r"\1***", USERINFO_PASSWORD.sub(r"\1:***@", text))
+    return SECRET_PARAMETER.sub(r"\1\2***", USERINFO_PASSWORD.sub(r"\1:***@", text))
 
 
 def sqlite_file(url: str) -> Path | None:

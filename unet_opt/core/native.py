@@ -14,11 +14,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import IGNORE, SegmentationData, relabel
-from unet_opt.core.data.cache import decode_mask
+from unet_opt.core.data.images import decode_mask, opened
 from unet_opt.core.data.layouts import Source
 from unet_opt.core.losses import segmentation_loss
 from unet_opt.core.metrics import ConfusionMatrix
@@ -49,7 +48,7 @@ def resized_bands(logits: torch.Tensor, height: int, width: int,
 def native_mask(source: Source, name: str, cfg: DataConfig) -> torch.Tensor:
     """The photo's original mask at its own size, with the ignore and binary rules applied: (H, W)."""
     path = next(mask for n, _, mask in source.pairs if n == name)
-    with Image.open(path) as im:
+    with opened(path) as im:
         width, height = im.size
     mask, problem = decode_mask(path, height, width, source)
     if problem:

@@ -7,6 +7,7 @@ a smaller one."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,14 +18,17 @@ import torch
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import synthetic
 from unet_opt.core.data.augment import augment as augmented
-from unet_opt.core.data.cache import Progress, prepare, read_sizes
+from unet_opt.core.data.cache import Progress, prepare
 from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.data.images import large_photos, read_headers
 from unet_opt.core.data.layouts import Source, find_source, problems_error
 from unet_opt.core.data.splits import make_split, split_indices, split_sizes
 from unet_opt.errors import UserError
 
 __all__ = ["SegmentationData", "DataCache", "load_data", "frame_size", "eval_frame", "batches", "make_split",
            "split_indices", "ClassTable"]
+
+log = logging.getLogger(__name__)
 
 IGNORE = 255  # mask value of ignored pixels once loaded (any class id may be the configured ignore_index)
 
@@ -157,10 +161,13 @@ class DataCache:
             return None, synthetic.ASPECT
         if cfg.dataset not in self.sources:
             source = find_source(Path(cfg.dataset).expanduser(), cfg.num_classes)
-            sizes, problems = read_sizes(source)
-            if problems:
-                raise problems_error(source.root, problems)
-            self.sources[cfg.dataset] = source, float(np.median([w / h for w, h in sizes]))
+            headers = read_headers(source)
+            if headers.problems:
+                raise problems_error(source.root, headers.problems)
+            warning = large_photos(headers.sizes)
+            if warning:
+                log.warning("%s", warning)
+            self.sources[cfg.dataset] = source, float(np.median([w / h for w, h in headers.sizes.values()]))
         return self.sources[cfg.dataset]
 
     def frame(self, cfg: DataConfig, source: Source | None, size: tuple[int, int]) -> SegmentationData:

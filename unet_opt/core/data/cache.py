@@ -20,74 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from unet_opt.core.data.images import decode_pair
 from unet_opt.core.data.layouts import Source, problems_error
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of pairs just done
-LOOKUP_ROWS = 256  # rows of a colour mask looked up in the class table at once
 VERIFIED: set[Path] = set()  # entries whose checksum this process has checked
-
-
-def _header_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as e:
-        problems.append(f"{path} cannot be read ({type(e).__name__}); replace or remove it")
-        return None
-
-
-def read_sizes(source: Source) -> tuple[list[tuple[int, int]], list[str]]:
-    """(width, height) of every image from its header, and problems: unreadable files, size mismatches."""
-    sizes, problems = [], []
-    for _, image, mask in source.pairs:
-        size, mask_size = _header_size(image, problems), _header_size(mask, problems)
-        if size and mask_size and size != mask_size:
-            problems.append(f"{image} is {size[0]}x{size[1]} but its mask {mask} is {mask_size[0]}x{mask_size[1]}; "
-                            f"they must match")
-        if size:
-            sizes.append(size)
-    return sizes, problems
-
-
-def decode_image(path: Path, height: int, width: int) -> np.ndarray:
-    with Image.open(path) as im:
-        im.draft("RGB", (width, height))  # JPEG: decode at 1/2..1/8 scale if that still covers the frame
-        return np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
-
-
-def decode_mask(path: Path, height: int, width: int, source: Source) -> tuple[np.ndarray | None, str | None]:
-    """(class indices (H, W) uint8, None) or (None, the problem). Nearest neighbour: classes never blend."""
-    num_classes = len(source.classes)
-    with Image.open(path) as im:
-        if source.colour_masks:
-            # resize first (nearest keeps colours exact), then look the pixels up in the table, a band of rows
-            # at a time: a mask at a photo's own size (`evaluate --frame native`) is 24 M pixels
-            rgb = np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.NEAREST))
-            keys = np.array([(r << 16) | (g << 8) | b for r, g, b in source.classes.colors])
-            order = np.argsort(keys)
-            classes = np.empty((height, width), np.uint8)
-            for top in range(0, height, LOOKUP_ROWS):
-                band = rgb[top:top + LOOKUP_ROWS].astype(np.int64)
-                packed = (band[..., 0] << 16) | (band[..., 1] << 8) | band[..., 2]
-                pos = np.clip(np.searchsorted(keys[order], packed), 0, len(keys) - 1)
-                known = keys[order][pos] == packed
-                if not known.all():
-                    v = int(packed[~known][0])
-                    return None, (f"{path}: colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) is not in the class "
-                                  f"table {source.table}; add it or fix the mask")
-                classes[top:top + LOOKUP_ROWS] = order[pos]
-            return classes, None
-        if im.mode in ("RGB", "RGBA"):
-            return None, f"{path} is a colour mask but this layout expects class indices; convert it"
-        full = np.asarray(im)
-        if full.max() >= num_classes:
-            return None, (f"{path}: mask value {int(full.max())} is not a class (there are {num_classes}, 0.."
-                          f"{num_classes - 1}); fix the mask or data.num_classes")
-        return np.asarray(Image.fromarray(full.astype(np.uint8)).resize((width, height), Image.Resampling.NEAREST)), None
 
 
 def _file_digests(paths: list[Path], index_path: Path) -> tuple[dict[str, str], dict]:
@@ -167,18 +107,10 @@ def _fill(source: Source, height: int, width: int, folder: Path, progress: Progr
         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, height, width))
         problems = []
         for i, (_, image, mask) in enumerate(source.pairs):
-            try:
-                images[i] = decode_image(image, height, width)
-            except (UnidentifiedImageError, OSError) as e:
-                problems.append(f"{image} cannot be decoded ({type(e).__name__}); replace or remove it")
-            try:
-                decoded, problem = decode_mask(mask, height, width, source)
-            except (UnidentifiedImageError, OSError) as e:
-                decoded, problem = None, f"{mask} cannot be decoded ({type(e).__name__}); replace or remove it"
-            if problem:
-                problems.append(problem)
-            else:
-                masks[i] = decoded
+            decoded_image, decoded_mask, found = decode_pair(image, mask, height, width, source)
+            problems += found
+            if not found:
+                images[i], masks[i] = decoded_image, decoded_mask
             if progress:
                 progress(1)
         if problems:

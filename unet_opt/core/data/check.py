@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
-from unet_opt.core.data.cache import decode_image, decode_mask, read_sizes
 from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.data.images import decode_pair, large_photos, read_headers
 from unet_opt.core.data.layouts import scan
 
 CHECK_HEIGHT = 128  # masks are sampled at this height (nearest) to count class pixels quickly
@@ -29,6 +28,7 @@ class Report:
     classes: ClassTable | None = None
     frequencies: np.ndarray | None = None  # share of pixels per class
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what works but deserves a look (huge photos)
 
 
 def check(path: Path, num_classes: int, progress=None) -> Report:
@@ -38,22 +38,17 @@ def check(path: Path, num_classes: int, progress=None) -> Report:
         return report
     report.layout, report.root, report.pairs = source.layout, source.root, len(source.pairs)
     report.colour_masks, report.classes = source.colour_masks, source.classes
-    sizes, header_problems = read_sizes(source)
-    report.sizes, report.problems = Counter(sizes), problems + header_problems
+    headers = read_headers(source)
+    report.sizes, report.problems = Counter(headers.sizes.values()), problems + headers.problems
+    report.warnings = [w for w in [large_photos(headers.sizes)] if w]
     counts = np.zeros(len(source.classes), np.int64)
     for _, image, mask in source.pairs:
-        try:  # decoded fully, as the cache will: a truncated file has a sound header
-            decode_image(image, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2)
-        except (UnidentifiedImageError, OSError) as e:
-            report.problems.append(f"{image} cannot be decoded ({type(e).__name__}); replace or remove it")
-        try:
-            decoded, problem = decode_mask(mask, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2, source)
-        except (UnidentifiedImageError, OSError) as e:
-            decoded, problem = None, f"{mask} cannot be decoded ({type(e).__name__}); replace or remove it"
-        if problem:
-            report.problems.append(problem)
-        else:
-            counts += np.bincount(decoded.ravel(), minlength=len(counts))[: len(counts)]
+        if not {image, mask} & headers.unreadable:  # each unreadable file is named once, by its header
+            # decoded fully, as the cache will: a truncated file has a sound header
+            _, decoded, found = decode_pair(image, mask, CHECK_HEIGHT, CHECK_HEIGHT * 3 // 2, source)
+            report.problems += found
+            if decoded is not None:
+                counts += np.bincount(decoded.ravel(), minlength=len(counts))[: len(counts)]
         if progress:
             progress(1)
     report.frequencies = counts / max(1, counts.sum())

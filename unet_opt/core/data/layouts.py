@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from unet_opt.core.data.classes import ClassTable, default_table, read_class_csv
+from unet_opt.core.data.images import UNREADABLE, opened
 from unet_opt.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
@@ -45,7 +44,15 @@ class Source:
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    """The image files of a folder by stem, dangling links included (so that they are named as such)."""
+    return {p.stem: p for p in sorted(folder.iterdir()) if (p.is_file() or p.is_symlink())
+            and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def dangling(files: dict[str, Path]) -> list[str]:
+    """Links to files that are gone, named with their target: each is one problem, not a missing partner."""
+    return [f"{p} is a link to {p.readlink()}, which does not exist; restore it or remove the link"
+            for p in files.values() if p.is_symlink() and not p.exists()]
 
 
 def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
@@ -76,8 +83,13 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
         problems.append(f"{root / layout.images} holds no image (.jpg, .png, ...); put the photos there")
     if not masks:
         problems.append(f"{root / layout.masks} holds no mask (.png); put the masks there")
-    problems += [f"{images[n]} has no mask ({root / layout.masks}/{n}.png)" for n in sorted(images.keys() - masks.keys())]
-    problems += [f"{masks[n]} has no image ({root / layout.images}/{n}.jpg)" for n in sorted(masks.keys() - images.keys())]
+    problems += dangling(images) + dangling(masks)  # and not as a partner's missing file: one problem each
+    problems += [f"{images[n]} has no mask (no {n}.* in {root / layout.masks})"
+                 for n in sorted(images.keys() - masks.keys()) if images[n].exists()]
+    problems += [f"{masks[n]} has no image (no {n}.* in {root / layout.images})"
+                 for n in sorted(masks.keys() - images.keys()) if masks[n].exists()]
+    images = {n: p for n, p in images.items() if p.exists()}
+    masks = {n: p for n, p in masks.items() if p.exists()}
     table_path = next((root / t for t in layout.tables if (root / t).is_file()), None)
     classes = None
     try:
@@ -85,13 +97,13 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
     except UserError as e:
         problems.append(str(e))
     colour = layout.colour_masks
-    if colour is None and masks:
-        first = next(iter(masks.values()))
-        try:
-            with Image.open(first) as im:
+    for mask in masks.values() if colour is None else ():  # the first mask that opens tells (`read_headers`
+        try:  # names every one that does not)
+            with opened(mask) as im:
                 colour = im.mode in ("RGB", "RGBA")
-        except (UnidentifiedImageError, OSError):
-            problems.append(f"{first} cannot be read; replace or remove it")
+            break
+        except UNREADABLE:
+            continue
     if colour and table_path is None:
         problems.append(f"{root} has colour masks but no class table; add {layout.tables[0]} with rows name, r, g, b")
     if classes is not None and len(classes) != num_classes:
