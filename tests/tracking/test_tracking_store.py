@@ -192,3 +192,21 @@ def test_a_template_holding_more_than_the_empty_schema_is_rebuilt(tmp_path, cach
     create_atomically(tmp_path / "second.db", new_store)
     with contextlib.closing(sqlite3.connect(tmp_path / "second.db")) as db:
         assert db.execute("SELECT name FROM experiments").fetchall() == [("Default",)]
+
+
+@pytest.mark.parametrize("alter", ["DROP TABLE metrics", "ALTER TABLE params DROP COLUMN value"],
+                         ids=["a table dropped", "a column dropped"])
+def test_a_template_whose_tables_were_altered_is_rebuilt_not_copied(tmp_path, cache, migrations, alter):
+    # its schema revision is still right: the label alone would let every trial of every new store fail
+    tracker(tmp_path / "a")
+    template = schema_template_path()
+    with contextlib.closing(sqlite3.connect(template)) as db, db:
+        db.execute(alter)
+    assert schema_revision(template) is None
+    del migrations[:]
+    b = tracker(tmp_path / "b")
+    assert len(migrations) == 1  # the template rebuilt, once, and the new store copied from it
+    assert schema(tmp_path / "b" / "mlruns" / "mlflow.db") == schema(tmp_path / "a" / "mlruns" / "mlflow.db")
+    run_id = b.start_run("r", {"p": 1}, {})
+    b.log_metrics(run_id, {"m": 1.0}, step=1)  # what failed with the metrics table gone
+    assert b.client.get_run(run_id).data.metrics == {"m": 1.0}

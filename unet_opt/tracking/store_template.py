@@ -70,11 +70,16 @@ def newest_schema_revision() -> str | None:
 
 
 def schema_revision(path: Path) -> str | None:
-    """The alembic revision of the MLflow database at `path` when it is whole (SQLite's integrity check)
-    and holds the Default experiment and nothing else; None for a damaged, cut short, used or foreign file."""
+    """The alembic revision of the MLflow database at `path` when it is whole (SQLite's integrity check),
+    has every table and column the installed MLflow's models name, and holds the Default experiment and
+    nothing else; None for a damaged, cut short, altered, used or foreign file."""
     try:
         with contextlib.closing(sqlite3.connect(path)) as db:
             if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
+                return None
+            missing = missing_columns(db)
+            if missing:
+                log.debug("the MLflow database %s lacks %s", path, ", ".join(missing[:5]))
                 return None
             if db.execute("SELECT count(*), min(experiment_id) FROM experiments").fetchone() != (1, 0):
                 return None  # the Default experiment, and nothing else
@@ -84,6 +89,29 @@ def schema_revision(path: Path) -> str | None:
     except sqlite3.Error:
         return None
     return versions[0][0] if len(versions) == 1 else None
+
+
+def expected_columns() -> dict[str, set[str]]:
+    """The tables and columns the installed MLflow's SQL models use (tracking and registry): what a store
+    must have for runs, metrics, params, tags and models to be logged to it."""
+    import mlflow.store.model_registry.dbmodels.models  # noqa: F401  (registers the registry's tables)
+    import mlflow.store.tracking.dbmodels.models  # noqa: F401  (registers the tracking tables)
+    from mlflow.store.db.base_sql_model import Base
+
+    return {name: {column.name for column in table.columns} for name, table in Base.metadata.tables.items()}
+
+
+def missing_columns(db: sqlite3.Connection) -> list[str]:
+    """`table` or `table.column` for each table or column of `expected_columns` that `db` lacks."""
+    present = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    missing = []
+    for table, columns in sorted(expected_columns().items()):
+        if table not in present:
+            missing.append(table)
+            continue
+        have = {row[1] for row in db.execute(f'PRAGMA table_xinfo("{table}")')}  # generated columns too
+        missing += [f"{table}.{c}" for c in sorted(columns - have)]
+    return missing
 
 
 def build_schema_template(template: Path, revision: str) -> None:
