@@ -98,6 +98,10 @@ def written_files(folder: Path) -> list[str]:
 
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # the processes tests start (in other folders too) import this checkout's package, whatever the venv's
+    # editable install points at
+    root = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
     runtime.setup()  # as the CLI entry does, before any test module imports MLflow
 
 

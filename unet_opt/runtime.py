@@ -99,6 +99,30 @@ def on_stop_signal(signum: int, frame: object) -> None:
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+@contextlib.contextmanager
+def stops_deferred(doing: str) -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back while the block runs: bookkeeping that a stop must not cut in half (a
+    search's end: its last files, its parent run's end). The first stop is remembered in `stop_signal`
+    and said, and the command still ends as stopped once the block is done; a second one (or one after
+    an earlier stop) stops at once."""
+    log = logging.getLogger("unet_opt")
+
+    def hold(signum: int, frame: object) -> None:
+        global stop_signal
+        if stop_signal is not None:
+            on_stop_signal(signum, frame)
+        stop_signal = signum
+        log.info("%s; press Ctrl-C again to stop now", doing)
+
+    before = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)
+              if signal.getsignal(sig) is on_stop_signal}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def hide_dropped_stop(unraisable: object) -> None:
     """`sys.unraisablehook`. A stop raised while a `__del__` or a weakref callback runs (a garbage-collected
     database connection, a temporary file) cannot leave it: Python prints "Exception ignored in ..." with a

@@ -141,3 +141,9 @@ def test_batches_cover_the_split_and_drop_last_only_when_asked():
     assert [len(x) for x, _ in batches(data, list(range(10)), 4, drop_last=True)] == [4, 4]
     x, y = next(batches(data, [0, 1], 4))
     assert x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1 and y.dtype == torch.long
+
+
+def test_synthetic_masks_alone_are_the_masks_of_the_scenes():
+    images, masks, _ = synthetic.generate(6, 40, 60)
+    none, alone, _ = synthetic.generate(6, 40, 60, masks_only=True)
+    assert none is None and np.array_equal(alone, masks)  # every random draw made either way

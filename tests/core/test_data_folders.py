@@ -9,7 +9,7 @@ import torch
 from datasets import TABLE, make_dataset, nearest
 
 from unet_opt.config.schema import DataConfig
-from unet_opt.core.data import IGNORE, load_data
+from unet_opt.core.data import IGNORE, DataCache, load_data
 from unet_opt.core.data import cache as cache_module
 from unet_opt.core.data import images as images_module
 
@@ -95,3 +95,21 @@ def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, caplog, dam
     assert torch.equal(again.images, expected[0]) and torch.equal(again.masks, expected[1])
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "is damaged; decoding the images again" in warnings[0]
+
+
+def test_the_evaluation_frame_is_decoded_as_masks_alone(tmp_path, monkeypatch):
+    truth = make_dataset(tmp_path / "data", "kaggle")
+    cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), image_size=32, eval_size=64)
+    cache = DataCache(tmp_path / "cache")
+    cache.frame(cfg, cache.source(cfg)[0], (32, 48))  # the training frame, images and all
+
+    def no_photo(*args, **kwargs):
+        raise AssertionError("a photo decoded at the evaluation frame, where no model runs")
+
+    monkeypatch.setattr(images_module, "decode_image", no_photo)
+    data = cache.get(cfg, depth=3)
+    assert tuple(data.images.shape[-2:]) == (32, 48) and data.scored_frame == (64, 96)
+    # the masks themselves, resized from the originals (class 0 is ignored)
+    expected = np.stack([nearest(truth[name], 64, 96) for name in sorted(truth)])
+    assert ((data.eval_masks.numpy() == IGNORE) == (expected == 0)).all()
+    assert (data.eval_masks.numpy()[expected != 0] == expected[expected != 0]).all()

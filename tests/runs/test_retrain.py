@@ -102,6 +102,12 @@ def test_evaluate_reproduces_the_retrain_s_test_dice_from_the_registry_and_the_c
     assert code == 2 and "confusion_matrix.png exists already; pass --overwrite" in err
     code, out, _ = cli("evaluate", str(ckpt), "--overwrite")
     assert code == 0 and f"{test_dice:.4g}"[:5] in out
+    # a model name that does not exist is named as such, before the files already there
+    code, _, err = cli("evaluate", "models:/nope@champion")
+    assert code == 2 and "model 'models:/nope@champion' not found" in err
+    # a retrain learned from val: its val scores are said to be no held-out figure
+    code, out, _ = cli("evaluate", str(ckpt), "--split", "val", "--overwrite")
+    assert code == 0 and "note: this model learned from the val split (it trained on train + val)" in out
 
 
 @pytest.mark.slow

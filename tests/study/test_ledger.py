@@ -6,8 +6,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from unet_opt.study.ledger import INTERRUPTED, Outcome, TrialLedger, shown_state
-from unet_opt.study.storage import DEAD_WORKER, open_storage
+from unet_opt.study.ledger import Outcome, TrialLedger
+from unet_opt.study.states import DEAD_WORKER, INTERRUPTED, shown_state
+from unet_opt.study.storage import open_storage
 from unet_opt.tracking.tracker import Tracker
 
 

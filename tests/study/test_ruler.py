@@ -40,4 +40,10 @@ def test_trials_at_32_and_64_px_are_scored_on_the_same_val_pixels(home, cli):
 def test_a_study_s_evaluation_frame_cannot_change(home, cli):
     assert cli("search", "--trials", "1", "--pruner", "none", *FAST)[0] == 0
     code, _, err = cli("search", "--trials", "2", "--pruner", "none", *FAST, "--set", "data.eval_size=48")
-    assert code == 2 and "changed: data.eval_size" in err
+    assert code == 2 and "changed: data.eval_size 32 -> 48" in err  # the frames named, as they were resolved
+
+
+@pytest.mark.slow
+def test_an_evaluation_frame_below_the_training_sizes_is_said(home, cli):
+    code, _, err = cli("search", "--trials", "1", "--pruner", "none", *FAST, "--set", "data.eval_size=16")
+    assert code == 0 and "data.eval_size = 16 is below the largest data.image_size the space draws (32)" in err

@@ -134,7 +134,11 @@ def test_the_study_s_run_tells_the_search_s_story(three_trials):
     assert tags["best_trial"] == str(best.number) and tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
     assert float(tags["best_value"]) == pytest.approx(best.value) and tags["trials_target"] == "3"
     note = tags["mlflow.note.content"]
-    assert f"[#{best.number}](#/experiments/" in note and "unet-opt retrain --best" in note and "| `train.lr` |" in note
+    # first the best trial, linked to its run's model-training page, with its value and params
+    assert note.startswith(f"**Best trial: [#{best.number}](#/experiments/")
+    assert f"/runs/{best.user_attrs['mlflow_run_id']}?workflowType=machine_learning)**" in note.splitlines()[0]
+    assert f"{best.value:.4f}" in note.splitlines()[0] and "`train.lr` = " in note.splitlines()[0]
+    assert "unet-opt retrain --best" in note
 
 
 @pytest.mark.slow
@@ -211,8 +215,14 @@ def test_ctrl_c_records_the_trial_and_the_same_command_continues(home, cli):
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
     assert [t.state.name for t in study.trials][1] == "FAIL"
     assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
-    _, _, parents, children = mlflow_runs(home)
+    client, _, parents, children = mlflow_runs(home)
     assert {c.info.status for c in children if c.data.tags["optuna.trial"] == "1"} == {"KILLED"}
+    # one vocabulary and one count, kept current when the stop landed: the summary, the note, report
+    assert summary.counts["interrupted"] == 1 and summary.counts["fail"] == 0
+    note = client.get_run(parents[0].info.run_id).data.tags["mlflow.note.content"]
+    assert "1 interrupted" in note and "fail" not in note
+    code, out, _ = cli("report", "--json")
+    assert [t["state"] for t in json.loads(out)["trials"]][1] == "interrupted"
 
     code, _, _ = cli("search", "--trials", "3", *FAST)
     assert code == 0
@@ -240,7 +250,7 @@ def test_ctrl_c_while_a_trial_s_files_are_written_records_it_as_interrupted(home
 def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert cli("search", "--trials", "1", *FAST)[0] == 0
     code, _, err = cli("search", "--trials", "2", *FAST, "--set", "train.patience=9")
-    assert code == 2 and "changed: train.patience" in err and "--study NEW_NAME" in err
+    assert code == 2 and "changed: train.patience " in err and "--study NEW_NAME" in err
 
 
 @pytest.mark.slow

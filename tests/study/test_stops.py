@@ -224,3 +224,26 @@ def test_a_sigterm_that_surfaces_as_another_error_still_exits_143(home, cli, mon
     monkeypatch.setattr("unet_opt.study.search.run_search", import_cut_short)
     code, _, err = cli("search", "--trials", "1", *FAST)
     assert (code, err.strip()) == (143, "terminated")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_while_the_study_s_last_files_are_written_lets_them_finish(tmp_path, sig):
+    """Ctrl-C in the last seconds of a search, while it draws the study's plots: the plots, the note and the
+    parent run's end used to be cut off (the parent left RUNNING). They now finish; the command still ends
+    as stopped."""
+    script = ("import os\nimport unet_opt.study.search as patched\n"
+              "real = patched.log_study_artifacts\n"
+              f"def stopped_midway(*args):\n    os.kill(os.getpid(), {int(sig)})\n    return real(*args)\n"
+              "patched.log_study_artifacts = stopped_midway\n"
+              f"from unet_opt.cli.app import main\nmain({['search', '--trials', '1', *FAST]!r})\n")
+    home = tmp_path / "project"
+    home.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], proc.stderr
+    assert "press Ctrl-C again to stop now" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    parent = client.get_run(load(home).user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"  # the search's trials were done: the study is complete
+    assert {"study_plots.html", "trials.csv", "space.toml"} <= {a.path for a in client.list_artifacts(
+        parent.info.run_id)}

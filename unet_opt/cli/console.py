@@ -18,7 +18,7 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 def print_summary(s, seconds: float) -> None:
     """`s`: the `study.summary.Summary` of a search that ran for `seconds`."""
-    finished = s.counts.get("COMPLETE", 0) + s.counts.get("PRUNED", 0)
+    finished = s.counts.get("complete", 0) + s.counts.get("pruned", 0)
     click.echo("")
     if s.already_done:
         click.echo(f"study '{s.study}' already has {finished} finished trials (asked for {s.target}); nothing to do. "
@@ -30,7 +30,7 @@ def print_summary(s, seconds: float) -> None:
     else:
         click.echo(f"study '{s.study}': {finished}/{s.target} finished trials, {s.ran} run now in {seconds:.0f} s"
                    + (f" ({s.stopped_reason})" if s.stopped_reason else ""))
-    click.echo("trials by state: " + ", ".join(f"{k.lower()} {v}" for k, v in s.counts.items() if v))
+    click.echo("trials by state: " + ", ".join(f"{k} {v}" for k, v in s.counts.items() if v))
     if s.best:
         click.echo(f"best trial: #{s.best['number']}  {s.metric} = {s.best['value']:.4f}  "
                    f"(best epoch {s.best['best_epoch']}, MLflow run {s.best['mlflow_run_id']})")

@@ -94,11 +94,14 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 @verbose_option
 def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tracking_uri) -> int:
     """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
-    from unet_opt.runs.inference import EVALUATION_FILES, check_outputs, evaluate_checkpoint, resolve_model
+    from unet_opt.runs.inference import EVALUATION_FILES, check_frame, check_outputs, evaluate_checkpoint, resolve_model
 
-    check_outputs([out / name for name in EVALUATION_FILES], overwrite)
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
+    check_frame(ck, dataset, frame)  # the model and the frame first: they are what a user mistyped most
+    check_outputs([out / name for name in EVALUATION_FILES], overwrite)
     ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset, frame)
+    if ev.caution:
+        click.echo(f"note: {ev.caution}")
     click.echo(f"scored at {ev.frame}")
     print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
     click.echo("")

@@ -104,9 +104,10 @@ def studies(session: Session, storage) -> int:
     if not rows:
         click.echo("no studies yet; run `unet-opt search`")
         return 0
-    print_table(["study", "trials", "complete", "pruned", "fail", "running", "best", "started"],
-                [[r["study"], str(r["trials"]), str(r["COMPLETE"]), str(r["PRUNED"]), str(r["FAIL"]),
-                  str(r["RUNNING"]), "" if r["best"] is None else f"{r['best']:.4f}", r["started"]] for r in rows])
+    states = ["complete", "pruned", "fail", "interrupted", "running"]
+    print_table(["study", "trials", *states, "best", "started"],
+                [[r["study"], str(r["trials"]), *(str(r[s]) for s in states),
+                  "" if r["best"] is None else f"{r['best']:.4f}", r["started"]] for r in rows])
     return 0
 
 

@@ -45,6 +45,15 @@ def resized_bands(logits: torch.Tensor, height: int, width: int,
         yield first, wide[:, :, low] * (1 - weight) + wide[:, :, high] * weight
 
 
+def classes_at(logits: torch.Tensor, height: int, width: int, binary: bool) -> np.ndarray:
+    """(height, width) uint8 class indices of `logits` (1, C, h, w) resized to that size, band by band:
+    the classes a photo's own-size evaluation scores, which `predict` writes."""
+    classes = np.empty((height, width), np.uint8)
+    for first, band in resized_bands(logits, height, width):
+        classes[first:first + band.shape[-2]] = predict_classes(band, binary)[0].numpy()
+    return classes
+
+
 def native_mask(source: Source, name: str, cfg: DataConfig) -> torch.Tensor:
     """The photo's original mask at its own size, with the ignore and binary rules applied: (H, W)."""
     path = next(mask for n, _, mask in source.pairs if n == name)

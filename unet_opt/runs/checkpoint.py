@@ -26,16 +26,19 @@ class Checkpoint:
     classes: ClassTable
     binary: bool
     split: dict[str, list[str]]
+    trained_on: tuple[str, ...] = ("train",)
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: Config, classes: ClassTable, binary: bool,
-                    split: dict[str, list[str]]) -> None:
-    """Only tensors, strings, numbers, lists and dicts: nothing that needs pickle to load."""
+                    split: dict[str, list[str]], trained_on: tuple[str, ...] = ("train",)) -> None:
+    """Only tensors, strings, numbers, lists and dicts: nothing that needs pickle to load. `trained_on`: the
+    parts of the split the model learned from (a retrain: train and val)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"format": FORMAT, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "config_toml": to_toml(cfg), "class_names": list(classes.names),
-                "class_colors": [list(c) for c in classes.colors], "binary": binary, "split": split}, tmp)
+                "class_colors": [list(c) for c in classes.colors], "binary": binary, "split": split,
+                "trained_on": list(trained_on)}, tmp)
     tmp.replace(path)  # never a half-written checkpoint under the real name
 
 
@@ -58,7 +61,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         classes = ClassTable(tuple(raw["class_names"]), tuple(tuple(c) for c in raw["class_colors"]))
         model = build_model(cfg.model, 1 if raw["binary"] else len(classes))
         model.load_state_dict(raw["state_dict"])  # strict: every weight present, with its shape
-        return Checkpoint(model.eval(), cfg, classes, raw["binary"], raw["split"])
+        return Checkpoint(model.eval(), cfg, classes, raw["binary"], raw["split"],
+                          tuple(raw.get("trained_on", ("train",))))  # older checkpoints: train alone, or unknown
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a damaged or hand-made file
         raise UserError(f"{path} is a damaged unet-opt checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                         f"pass a file written by `unet-opt retrain`, or its models:/ URI") from None

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from unet_opt.config.paths import sqlite_file
+from unet_opt.config.schema import Config
 from unet_opt.core.data import frame_size, load_data, split_indices
-from unet_opt.core.data.images import read_rgb, resize_mask, resize_rgb, write_png
+from unet_opt.core.data.images import read_rgb, resize_rgb, write_png
 from unet_opt.core.data.layouts import find_source
 from unet_opt.core.metrics import per_class, scores_from_matrix
-from unet_opt.core.native import native_loss_and_matrix
-from unet_opt.core.scoring import predict_classes, split_metrics
+from unet_opt.core.native import classes_at, native_loss_and_matrix
+from unet_opt.core.scoring import split_metrics
 from unet_opt.errors import UserError
 from unet_opt.runs.checkpoint import ARTIFACT, Checkpoint, load_checkpoint
 from unet_opt.tracking import plots
@@ -48,10 +49,20 @@ class Evaluation:
     per_class: list[dict[str, float | str]]
     written: list[Path]
     frame: str  # where it was scored: "64x96 (...)" or "each photo's own size"
+    caution: str = ""  # said before the scores: e.g. they are of images the model learned from
 
 
 EVALUATION_FILES = ("confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
 FRAMES = ("eval", "native")
+
+
+def check_frame(ck: Checkpoint, dataset: str | None, frame: str) -> Config:
+    """The config a model is evaluated with (on `dataset` when given), once `frame` is known to apply to it."""
+    cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
+    if frame == "native" and cfg.data.dataset == "synthetic":
+        raise UserError("--frame native scores against the photos' own masks, and the synthetic data set has "
+                        "none; pass --data FOLDER, or leave --frame at eval")
+    return cfg
 
 
 def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str = "test",
@@ -61,10 +72,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
 
     `frame` "eval": at the frame the model was judged at (its study's evaluation frame), as its run
     logged it; "native": each photo at its own size, against its original mask."""
-    cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
-    if frame == "native" and cfg.data.dataset == "synthetic":
-        raise UserError("--frame native scores against the photos' own masks, and the synthetic data set has "
-                        "none; pass --data FOLDER, or leave --frame at eval")
+    cfg = check_frame(ck, dataset, frame)
     data_cfg = cfg.data if frame == "eval" else replace(cfg.data, eval_size=-1)  # native: images at the model's frame
     data = load_data(data_cfg, cfg.model.depth, cache_dir)
     if split == "all":
@@ -91,7 +99,10 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split))  # a checkpoint keeps no epoch
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
-    return Evaluation({"images": len(indices), **metrics}, rows, written, where)
+    caution = "" if split not in ck.trained_on or dataset else (
+        f"this model learned from the {split} split (it trained on {' + '.join(ck.trained_on)}): its {split} "
+        f"scores are not held out; the test split is")
+    return Evaluation({"images": len(indices), **metrics}, rows, written, where, caution)
 
 
 def prediction_files(image: Path, out_dir: Path) -> list[Path]:
@@ -117,8 +128,8 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     h, w = image.shape[:2]
     height, width = frame_size(ck.cfg.data, ck.cfg.model.depth, aspect=w / h)  # this image's own aspect
     x = torch.from_numpy(resize_rgb(image, height, width)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-    classes = predict_classes(ck.model.eval()(x), ck.binary)[0].numpy().astype(np.uint8)
-    mask = resize_mask(classes, h, w)
+    # the logits resized to the photo, then their classes: as `evaluate --frame native` scores them
+    mask = classes_at(ck.model.eval()(x).float(), h, w, ck.binary)
     colour = plots.colorize(mask, list(ck.classes.colors))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = prediction_files(path, out_dir)

@@ -161,7 +161,7 @@ class Runner:
                 write_report(folder, report)
                 if result.model is not None and spec.checkpoint is not None:
                     save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary,
-                                    spec.split_names)
+                                    spec.split_names, ("train", "val") if spec.train_on_val else ("train",))
                     stage_checkpoint(spec.checkpoint, folder)
                     outcome.checkpoint = spec.checkpoint
                 tracker.log_files(run_id, folder)

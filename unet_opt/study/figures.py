@@ -13,7 +13,7 @@ from pathlib import Path
 
 from unet_opt.config.paths import sqlite_file
 from unet_opt.errors import UserError
-from unet_opt.study.ledger import shown_state
+from unet_opt.study.states import shown_state
 from unet_opt.study.storage import load_existing
 from unet_opt.tracking.report_files import FIGURES, FIGURES_LATER, load_report, write_report
 from unet_opt.tracking.tracker import Tracker

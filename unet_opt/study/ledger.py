@@ -3,8 +3,8 @@ opened, finished (COMPLETE or PRUNED, with its value), failed (with its reason: 
 a dead worker), sent back to the queue; and, when a command opens a study, each ended trial's MLflow run
 brought in line with it. Optuna decides (its state counts the trials), MLflow follows.
 
-The words for a trial's state come from here too (`shown_state`), so that the terminal, the study's note,
-`report` and `studies` say the same thing: complete, pruned, fail, interrupted, running.
+The words for a trial's state are `states.shown_state`'s, here as in the terminal, the study's note,
+`report` and `studies`.
 """
 
 from __future__ import annotations
@@ -18,27 +18,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from unet_opt.parallel.processes import is_dead_here, worker_id
-from unet_opt.study.storage import DEAD_WORKER, FINISHED, GRACE_SECONDS
+from unet_opt.study.states import DEAD_WORKER, FINISHED, INTERRUPTED, reason_of, shown_state
+from unet_opt.study.storage import GRACE_SECONDS
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED = "interrupted"  # a FAIL whose reason is a Ctrl-C or SIGTERM: its run is KILLED, not FAILED
 STATE_TAG, REASON_TAG = "optuna.state", "optuna.state_reason"
 MLFLOW_STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
-
-
-def reason_of(trial: FrozenTrial) -> str:
-    """Why a trial ended as it did: its stop or fail reason (a FAIL without one was a dead worker's)."""
-    return (trial.user_attrs.get("stop_reason") or trial.user_attrs.get("fail_reason")
-            or (DEAD_WORKER if trial.state == TrialState.FAIL else ""))
-
-
-def shown_state(trial: FrozenTrial) -> str:
-    """complete, pruned, fail, interrupted or running: the one vocabulary of every count and listing."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == INTERRUPTED:
-        return INTERRUPTED
-    return trial.state.name.lower()
 
 
 def mlflow_status(trial: FrozenTrial) -> str:

@@ -20,8 +20,9 @@ from unet_opt.config.schema import Param
 from unet_opt.core.train import FitResult
 from unet_opt.runs.runner import RunSpec, logging_callback
 from unet_opt.study.context import SearchContext
-from unet_opt.study.ledger import INTERRUPTED, Outcome
+from unet_opt.study.ledger import Outcome
 from unet_opt.study.pruning import prune_reason
+from unet_opt.study.states import INTERRUPTED
 from unet_opt.study.storage import HEARTBEAT_SECONDS, best_value
 from unet_opt.study.summary import describe_parent
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from optuna.storages import BaseStorage
 
+from unet_opt import runtime
 from unet_opt.config.paths import Paths, check_store, redact_url
 from unet_opt.config.schema import Config
 from unet_opt.core.train import Fit, fit_job
@@ -68,6 +69,10 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         runner.use_tracker(tracker)
         check_stores_agree(storage, storage_url, tracker, name)
         study, cfg = join_or_create_study(storage, cfg, name, names, tracker, search_params(cfg))
+        if 0 < cfg.data.eval_size < max(cfg.values_of("data.image_size")):
+            log.warning("data.eval_size = %d is below the largest data.image_size the space draws (%d): trials are "
+                        "scored on a coarser truth than they train at", cfg.data.eval_size,
+                        max(cfg.values_of("data.image_size")))
         ledger = TrialLedger(study, storage, tracker, study.user_attrs["mlflow_parent_run_id"])
         ledger.close_stale()  # the two stores made to agree after any kill
         ledger.mirror_ended()
@@ -124,10 +129,11 @@ def search(cfg: Config, paths: Paths, ledger: TrialLedger, runner: Runner, place
     except KeyboardInterrupt as e:
         summary.interrupted, summary.terminated = True, isinstance(e, Terminated)
     finally:
-        summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
-                          for t in study.get_trials(deepcopy=False))  # not other machines' trials
-        ledger.close_stale()  # another machine's dead worker may be stale by now
-        runner.close()  # its ranks end; its writer logs every trial's files before the study's own are logged
-        log_study_artifacts(study, tracker, parent_id, cfg)
-        tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
+        with runtime.stops_deferred("writing the study's last files and closing its run"):
+            summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
+                              for t in study.get_trials(deepcopy=False))  # not other machines' trials
+            ledger.close_stale()  # another machine's dead worker may be stale by now
+            runner.close()  # its ranks end; its writer logs every trial's files before the study's are logged
+            log_study_artifacts(study, tracker, parent_id, cfg)
+            tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
     return fill_summary(summary, study)

@@ -19,18 +19,17 @@ from unet_opt.config.schema import BEFORE_THE_FIELD_EXISTED, Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.parallel.processes import is_dead_here, worker_id
 from unet_opt.study.pruning import make_pruner, make_sampler
+from unet_opt.study.states import FINISHED
 
 if TYPE_CHECKING:
     from unet_opt.tracking.tracker import Tracker  # for the annotation only: this module needs no MLflow
 
 log = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_SECONDS = 10  # a RUNNING trial whose heartbeat is older than GRACE_SECONDS is dead
 GRACE_SECONDS = 30
 SETUP_WAIT_SECONDS = 30  # how long a second machine waits for the first to finish setting up a new study
 UNRECORDED_CREATOR_SECONDS = 5  # a live creator records itself at once; after this long, no one will
-DEAD_WORKER = "worker died (killed or crashed)"
 
 
 def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStorage:
@@ -111,8 +110,10 @@ def comparable(cfg: Config) -> dict[str, Any]:
 def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
     changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
     if changed:
-        raise UserError(f"study '{name}' was made with a different configuration (changed: {', '.join(changed[:4])}); "
-                        f"run it with its original settings or start a new study with --study NEW_NAME")
+        shown = ", ".join(f"{k} {stored.get(k)!r} -> {current.get(k)!r}" if k != "space" else "the space"
+                          for k in changed[:4])
+        raise UserError(f"study '{name}' was made with a different configuration (changed: {shown}); run it with "
+                        f"its original settings or start a new study with --study NEW_NAME")
 
 
 def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:

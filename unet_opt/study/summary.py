@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 from unet_opt import runtime
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Config, to_toml
-from unet_opt.study.storage import DEAD_WORKER, best_value, load_existing, open_storage
+from unet_opt.study.states import count_states, describe_counts, reason_of, shown_state
+from unet_opt.study.storage import best_value, load_existing, open_storage
 
 if TYPE_CHECKING:  # MLflow is imported only by the commands that log
     from unet_opt.tracking.tracker import Tracker
@@ -43,16 +44,16 @@ class Summary:
 
 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-            "reason": t.user_attrs.get("stop_reason") or t.user_attrs.get("fail_reason")
-            or (DEAD_WORKER if t.state == TrialState.FAIL else ""),
+    """One trial as `report --json` gives it: `state` in the one vocabulary (`states.SHOWN`), Optuna's own
+    state beside it."""
+    return {"number": t.number, "state": shown_state(t), "optuna_state": t.state.name, "value": t.value,
+            "params": t.params, "mlflow_run_id": t.user_attrs.get("mlflow_run_id"), "reason": reason_of(t),
             "best_epoch": t.user_attrs.get("best_epoch"), "epochs_run": t.user_attrs.get("epochs_run")}
 
 
 def fill_summary(summary: Summary, study: optuna.Study) -> Summary:
     trials = study.get_trials(deepcopy=False)
-    summary.counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    summary.counts = count_states(trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         summary.best = trial_record(study.best_trial)
@@ -64,7 +65,7 @@ def study_report(storage_url: str, name: str | None) -> dict[str, Any]:
     study, setup, _ = load_existing(storage_url, name)
     trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
     best = None
-    if any(t["state"] == "COMPLETE" for t in trials):
+    if any(t["state"] == "complete" for t in trials):
         b = trial_record(study.best_trial)
         best = {k: b[k] for k in ("number", "value", "params", "mlflow_run_id")}
     return {"study": study.study_name, "direction": study.direction.name.lower(),
@@ -78,8 +79,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = {st.name: sum(t.state == st for t in trials) for st in TrialState if st != TrialState.WAITING}
-        rows.append({"study": s.study_name, "trials": len(trials), **counts, "best": best_value(study),
+        rows.append({"study": s.study_name, "trials": len(trials), **count_states(trials), "best": best_value(study),
                      "started": s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else ""})
     return rows
 
@@ -94,9 +94,11 @@ def files_cover(study: optuna.Study) -> str:
 
 
 def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
-    """On the parent run: the Optuna plots in one self-contained HTML, the trials table, the space; then
-    a tag saying which trials they cover, so that a later command can tell stale or missing files."""
+    """On the parent run: its note brought up to date (a stop may have ended a trial since), the Optuna
+    plots in one self-contained HTML, the trials table, the space; then a tag saying which trials they
+    cover, so that a later command can tell stale or missing files."""
     try:
+        describe_parent(study, tracker, parent_id, cfg)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             write_trials_csv(study, folder / "trials.csv")
@@ -110,26 +112,30 @@ def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, c
 
 def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
     """The parent run's tags `best_trial`, `best_run_id`, `best_value` and its Markdown description (the
-    run's note in the MLflow UI): the best trial with a link to its run, its params, the counts by
-    state, and how to retrain it."""
+    run's note in the MLflow UI): first the best trial with a link to its run, its value and its params
+    (what the note shows before "Show more"), then the counts by state and how to retrain it. Written after
+    every trial and when a search ends, however it ends."""
     trials = study.get_trials(deepcopy=False)
-    counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}"
-                       for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-    metric = cfg.search.goal.metric
-    lines = [f"**Study `{study.study_name}`**: {counts} (of {cfg.search.trials} finished trials asked for), "
-             f"scored by `{metric}` ({cfg.search.goal.direction})."]
-    tags: dict[str, Any] = {}
+    metric, lines, tags = cfg.search.goal.metric, [], {}
     if best_value(study) is not None:
         best = study.best_trial
         run_id = best.user_attrs.get("mlflow_run_id", "")
         tags = {"best_trial": best.number, "best_run_id": run_id, "best_value": f"{best.value:.6g}"}
-        link = f"#/experiments/{tracker.experiment_id}/runs/{run_id}"
-        lines += ["", f"**Best trial: [#{best.number}]({link})**, `{metric}` = {best.value:.4f} at epoch "
-                      f"{best.user_attrs.get('best_epoch')}.", "", "| param | value |", "| --- | --- |"]
-        lines += [f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in best.params.items()]
-        lines += ["", f"Retrain it on train+val, test it and register it: `unet-opt retrain --best --study "
-                      f"{study.study_name}`"]
+        params = ", ".join(f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}"
+                           for k, v in best.params.items())
+        lines += [f"**Best trial: [#{best.number}]({run_link(tracker.experiment_id, run_id)})**, `{metric}` = "
+                  f"{best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}: {params}.", ""]
+    lines += [f"Study `{study.study_name}`: {describe_counts(count_states(trials))} (of {cfg.search.trials} "
+              f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction})."]
+    if tags:
+        lines += ["", f"Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best "
+                      f"--study {study.study_name}`"]
     tracker.set_tags(parent_id, {**tags, "trials_target": cfg.search.trials, "mlflow.note.content": "\n".join(lines)})
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, in its model-training mode (not GenAI's)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def write_trials_csv(study: optuna.Study, path: Path) -> None:

@@ -119,7 +119,8 @@ class DataCache:
 
     def __init__(self, cache_dir: Path | None, max_frames: int = 4, progress: Progress | None = None):
         self.cache_dir, self.max_frames, self.progress = cache_dir, max_frames, progress
-        self.frames: dict[tuple, SegmentationData] = {}  # (data, height, width) -> images and masks at that frame
+        self.frames: dict[tuple, SegmentationData | torch.Tensor] = {}  # (data, height, width[, "masks"]) -> what
+        # was loaded at that frame: a data set, or the masks alone (the evaluation frame's)
         self.sets: dict[tuple, SegmentationData] = {}  # (data, training frame, evaluation frame) -> a data set
         self.sources: dict[str, tuple[Source | None, float]] = {}  # a folder's pairs and aspect, checked once
         self.on_device: tuple[SegmentationData, torch.device, SegmentationData] | None = None  # (data, where, copy)
@@ -145,10 +146,26 @@ class DataCache:
         if key not in self.sets:
             data = self.frame(cfg, source, train)
             if scored is not None:
-                data = replace(data, eval_masks=self.frame(cfg, source, scored).masks)
+                data = replace(data, eval_masks=self.masks_at(cfg, source, scored))
             self.sets[key] = data
             self.trim(self.sets)
         return self.sets[key]
+
+    def masks_at(self, cfg: DataConfig, source: Source | None, size: tuple[int, int]) -> torch.Tensor:
+        """The masks at the evaluation frame: those of a data set loaded at that frame already, else the masks
+        alone (no image is generated or decoded at a frame no model runs at)."""
+        loaded = self.frames.get((self.identity(cfg), *size))
+        if loaded is not None:
+            return loaded.masks
+        key = (self.identity(cfg), *size, "masks")
+        if key not in self.frames:
+            _, masks, _, _ = load_arrays(cfg, source, *size, self.cache_dir, self.progress, masks_only=True)
+            if masks.nbytes > 2**30:
+                log.warning("the masks of the evaluation frame, %dx%d, take %.1f GB of memory; a smaller "
+                            "data.eval_size takes less", *size, masks.nbytes / 2**30)
+            self.frames[key] = masks
+            self.trim(self.frames)
+        return self.frames[key]
 
     @staticmethod
     def identity(cfg: DataConfig) -> str:
@@ -185,8 +202,16 @@ class DataCache:
 def load_frame(cfg: DataConfig, source: Source | None, height: int, width: int, cache_dir: Path | None,
                progress: Progress | None = None) -> SegmentationData:
     """Images and masks at one frame: generated, or decoded through the cache from the originals."""
+    images, masks, names, classes = load_arrays(cfg, source, height, width, cache_dir, progress)
+    return SegmentationData(images, masks, names, classes, binary=bool(cfg.binary or cfg.foreground))
+
+
+def load_arrays(cfg: DataConfig, source: Source | None, height: int, width: int, cache_dir: Path | None,
+                progress: Progress | None = None,
+                masks_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor, list[str], ClassTable]:
+    """(images (N, 3, H, W) uint8 or None with `masks_only`, masks (N, H, W) uint8 relabelled, names, classes)."""
     if source is None:
-        images, masks, names = synthetic.generate(cfg.synthetic_images, height, width)
+        images, masks, names = synthetic.generate(cfg.synthetic_images, height, width, masks_only=masks_only)
         classes = ClassTable.drone()
         if len(classes) != cfg.num_classes:
             raise UserError(f"data.num_classes = {cfg.num_classes} but the synthetic data has {len(classes)} "
@@ -194,11 +219,11 @@ def load_frame(cfg: DataConfig, source: Source | None, height: int, width: int, 
     else:
         if cache_dir is None:
             raise ValueError("a folder data set needs a cache_dir")
-        images, masks, _ = prepare(source, height, width, cache_dir, progress)
+        images, masks, _ = prepare(source, height, width, cache_dir, progress, masks_only)
         classes, names = source.classes, [n for n, _, _ in source.pairs]
     masks, classes = relabel(masks, classes, cfg)
-    return SegmentationData(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(masks), names, classes,
-                            binary=bool(cfg.binary or cfg.foreground))
+    images = None if images is None else torch.from_numpy(images).permute(0, 3, 1, 2)
+    return images, torch.from_numpy(masks), names, classes
 
 
 def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np.ndarray, ClassTable]:

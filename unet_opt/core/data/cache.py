@@ -52,9 +52,10 @@ def _file_digests(paths: list[Path], index_path: Path) -> tuple[dict[str, str], 
     return digests, index
 
 
-def cache_key(source: Source, digests: dict[str, str], height: int, width: int) -> str:
+def cache_key(source: Source, digests: dict[str, str], height: int, width: int, masks_only: bool = False) -> str:
     content = [[n, digests[str(i)], digests[str(m)]] for n, i, m in source.pairs]
     spec = [height, width, source.colour_masks, list(source.classes.names), list(source.classes.colors), content]
+    spec += ["masks only"] if masks_only else []  # an entry of masks alone: the evaluation frame's
     return hashlib.blake2b(json.dumps(spec).encode(), digest_size=12).hexdigest()
 
 
@@ -64,61 +65,70 @@ def _write_json(path: Path, value) -> None:
     tmp.replace(path)
 
 
-def prepare(source: Source, height: int, width: int, cache_root: Path,
-            progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, Path]:
-    """(images (N, H, W, 3), masks (N, H, W)) memory-mapped from the cache, filling it first if needed."""
+def prepare(source: Source, height: int, width: int, cache_root: Path, progress: Progress | None = None,
+            masks_only: bool = False) -> tuple[np.ndarray | None, np.ndarray, Path]:
+    """(images (N, H, W, 3), masks (N, H, W)) memory-mapped from the cache, filling it first if needed;
+    `masks_only`: no images (None), and none decoded (the evaluation frame only scores)."""
     paths = [p for _, i, m in source.pairs for p in (i, m)]
     digests, index = _file_digests(paths, cache_root / "digests.json")
-    folder = cache_root / cache_key(source, digests, height, width)
+    folder = cache_root / cache_key(source, digests, height, width, masks_only)
     if (folder / "done").is_file() and folder not in VERIFIED and not entry_is_sound(folder):
         log.warning("the decoded-image cache %s is damaged; decoding the images again", folder)
         shutil.rmtree(folder, ignore_errors=True)
     if not (folder / "done").is_file():
-        _fill(source, height, width, folder, progress)
+        _fill(source, height, width, folder, progress, masks_only)
         _write_json(cache_root / "digests.json", index)
     elif progress:
         progress(len(source.pairs))
     VERIFIED.add(folder)
-    return (np.load(folder / "images.npy", mmap_mode="c"), np.load(folder / "masks.npy", mmap_mode="c"), folder)
+    images = None if masks_only else np.load(folder / "images.npy", mmap_mode="c")
+    return images, np.load(folder / "masks.npy", mmap_mode="c"), folder
 
 
-def checksums(images: np.ndarray, masks: np.ndarray) -> dict[str, str]:
+def checksums(arrays: dict[str, np.ndarray]) -> dict[str, str]:
     return {name: hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).hexdigest()
-            for name, a in (("images", images), ("masks", masks))}
+            for name, a in arrays.items()}
 
 
 def entry_is_sound(folder: Path) -> bool:
-    """The arrays load and match the checksums written when the entry was made."""
+    """The arrays its `done` file names load and match the checksums written when the entry was made."""
     try:
         expected = json.loads((folder / "done").read_text())
-        arrays = np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "masks.npy", mmap_mode="r")
-        return isinstance(expected, dict) and checksums(*arrays) == expected
+        if not isinstance(expected, dict) or "masks" not in expected or not set(expected) <= {"images", "masks"}:
+            return False
+        return checksums({name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in expected}) == expected
     except (OSError, ValueError, EOFError):  # missing, empty, truncated or unreadable
         return False
 
 
-def _fill(source: Source, height: int, width: int, folder: Path, progress: Progress | None) -> None:
+def _fill(source: Source, height: int, width: int, folder: Path, progress: Progress | None,
+          masks_only: bool) -> None:
     created = [d for d in (folder.parent.parent, folder.parent) if not d.exists()]
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     n = len(source.pairs)
     try:
         tmp.mkdir(parents=True)
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, height, width, 3))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, height, width))
+        arrays = {"masks": np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                                     shape=(n, height, width))}
+        if not masks_only:
+            arrays["images"] = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                                         shape=(n, height, width, 3))
         problems = []
         for i, (_, image, mask) in enumerate(source.pairs):
-            decoded_image, decoded_mask, found = decode_pair(image, mask, height, width, source)
+            decoded_image, decoded_mask, found = decode_pair(image, mask, height, width, source, not masks_only)
             problems += found
             if not found:
-                images[i], masks[i] = decoded_image, decoded_mask
+                arrays["masks"][i] = decoded_mask
+                if not masks_only:
+                    arrays["images"][i] = decoded_image
             if progress:
                 progress(1)
         if problems:
             raise problems_error(source.root, problems)
-        images.flush()
-        masks.flush()
-        (tmp / "done").write_text(json.dumps(checksums(images, masks)))
-        del images, masks
+        for array in arrays.values():
+            array.flush()
+        (tmp / "done").write_text(json.dumps(checksums(arrays)))
+        del arrays
         try:
             tmp.rename(folder)
         except OSError:  # another process finished the same cache first: keep theirs

@@ -134,12 +134,13 @@ def decode_mask(path: Path, height: int, width: int, source: Source) -> tuple[np
         return np.asarray(indices.resize((width, height), Image.Resampling.NEAREST)), None
 
 
-def decode_pair(image: Path, mask: Path, height: int, width: int,
-                source: Source) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
-    """A photo and its mask decoded at (height, width), and every problem with them (none if both decoded)."""
+def decode_pair(image: Path, mask: Path, height: int, width: int, source: Source,
+                with_image: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    """A photo and its mask decoded at (height, width) (the mask alone without `with_image`), and every
+    problem with them (none if all decoded)."""
     problems, decoded_image, decoded_mask = [], None, None
     try:
-        decoded_image = decode_image(image, height, width)
+        decoded_image = decode_image(image, height, width) if with_image else None
     except UNREADABLE as e:
         problems.append(unreadable(image, e, "decoded"))
     try:

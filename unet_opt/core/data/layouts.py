@@ -108,7 +108,8 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
         problems.append(f"{root} has colour masks but no class table; add {layout.tables[0]} with rows name, r, g, b")
     if classes is not None and len(classes) != num_classes:
         problems.append(f"data.num_classes = {num_classes} but {table_path or 'the data'} has {len(classes)} classes; "
-                        f"use --set data.num_classes={len(classes)}")
+                        f"set data.num_classes = {len(classes)} (--set data.num_classes={len(classes)}; `data check` takes "
+                        f"--num-classes {len(classes)})")
     if classes is None or not images:
         return None, problems
     pairs = [(n, images[n], masks[n]) for n in sorted(images.keys() & masks.keys())]

@@ -46,12 +46,15 @@ def _box(x, y, cx, cy, half_w, half_h, angle):
     return (np.abs(u) < half_w) & (np.abs(v) < half_h), u
 
 
-def scene(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One (image (H, W, 3) uint8, mask (H, W) uint8 class indices) pair."""
+def scene(index: int, height: int, width: int, seed: int = 0,
+          masks_only: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+    """One (image (H, W, 3) uint8, mask (H, W) uint8 class indices) pair; `masks_only`: the same mask and no
+    image (None), for the evaluation frame, which only scores. Every random draw is made either way, so
+    the mask is the same."""
     rng = np.random.default_rng([seed, index])
     y, x = np.mgrid[0:height, 0:width].astype(np.float32) / height  # y in [0, 1), x in [0, 1.5)
     mask = np.full((height, width), GRASS if rng.random() < 0.7 else DIRT, np.uint8)
-    shade = np.ones((height, width), np.float32)
+    shade = None if masks_only else np.ones((height, width), np.float32)
 
     patches = smooth_noise(rng, height, width, 3)
     mask[patches > 0.62] = VEGETATION if rng.random() < 0.6 else GRAVEL
@@ -69,11 +72,11 @@ def scene(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarra
     for _ in range(rng.integers(1, 5)):
         cx, cy = rng.uniform(0.1, ASPECT - 0.1), rng.uniform(0.1, 0.9)
         hw, hh, angle = rng.uniform(0.06, 0.16), rng.uniform(0.05, 0.12), rng.uniform(0, np.pi)
-        shadow, _ = _box(x, y, cx + 0.025, cy + 0.025, hw, hh, angle)
-        shade[shadow] *= 0.6
         roof, u = _box(x, y, cx, cy, hw, hh, angle)
         mask[roof] = ROOF
-        shade[roof & (u > 0)] *= 1.25  # the sunlit half of a gabled roof
+        if shade is not None:
+            shade[_box(x, y, cx + 0.025, cy + 0.025, hw, hh, angle)[0]] *= 0.6  # its shadow
+            shade[roof & (u > 0)] *= 1.25  # the sunlit half of a gabled roof
         if rng.random() < 0.3:
             pool, _ = _box(x, y, cx + hw + 0.07, cy, 0.04, 0.03, angle)
             mask[pool] = POOL
@@ -81,12 +84,13 @@ def scene(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarra
     for _ in range(rng.integers(2, 9)):
         cx, cy, r = rng.uniform(0, ASPECT), rng.uniform(0, 1), rng.uniform(0.03, 0.07)
         d2 = (x - cx) ** 2 + (y - cy) ** 2
-        shade[((x - cx - r * 0.5) ** 2 + (y - cy - r * 0.5) ** 2 < r * r) & (d2 >= r * r)] *= 0.55
         crown = d2 < r * r
         mask[crown] = TREE
-        shade[crown] *= 1.15 - 0.5 * np.sqrt(d2[crown]) / r
+        if shade is not None:
+            shade[((x - cx - r * 0.5) ** 2 + (y - cy - r * 0.5) ** 2 < r * r) & ~crown] *= 0.55
+            shade[crown] *= 1.15 - 0.5 * np.sqrt(d2[crown]) / r
 
-    car_colour = np.zeros((height, width, 3), np.float32)
+    car_colour = None if masks_only else np.zeros((height, width, 3), np.float32)
     for cx, cy, angle, width_r in roads:
         for _ in range(rng.integers(0, 4)):
             t, lane = rng.uniform(-0.6, 0.6), rng.uniform(-0.6, 0.6) * width_r
@@ -94,10 +98,14 @@ def scene(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarra
             py = cy + t * np.sin(angle) + lane * np.cos(angle)
             car, _ = _box(x, y, px, py, 0.035, 0.017, angle)
             mask[car] = CAR
-            car_colour[car] = CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
+            colour = CAR_COLOURS[rng.integers(len(CAR_COLOURS))]
+            if car_colour is not None:
+                car_colour[car] = colour
     for _ in range(rng.integers(0, 6)):
         cx, cy = rng.uniform(0, ASPECT), rng.uniform(0, 1)
         mask[(x - cx) ** 2 + (y - cy) ** 2 < 0.012**2] = PERSON
+    if masks_only:
+        return None, mask
 
     base = np.zeros((len(ClassTable.drone()), 3), np.float32)
     texture = np.zeros(len(ClassTable.drone()), np.float32)
@@ -113,10 +121,13 @@ def scene(index: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
 
-def generate(count: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """`count` scenes: images (N, H, W, 3) uint8, masks (N, H, W) uint8 and their names."""
-    images = np.empty((count, height, width, 3), np.uint8)
+def generate(count: int, height: int, width: int, seed: int = 0,
+             masks_only: bool = False) -> tuple[np.ndarray | None, np.ndarray, list[str]]:
+    """`count` scenes: images (N, H, W, 3) uint8 (None with `masks_only`), masks (N, H, W) uint8, names."""
+    images = None if masks_only else np.empty((count, height, width, 3), np.uint8)
     masks = np.empty((count, height, width), np.uint8)
     for i in range(count):
-        images[i], masks[i] = scene(i, height, width, seed)
+        image, masks[i] = scene(i, height, width, seed, masks_only)
+        if images is not None:
+            images[i] = image
     return images, masks, [f"synthetic-{i:04d}" for i in range(count)]

@@ -1,0 +1,31 @@
+"""`unet-opt predict`: masks at each photo's own size, as `evaluate --frame native` scores them."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unet_opt.config.schema import Config, DataConfig, ModelConfig
+from unet_opt.core.data import ClassTable, frame_size
+from unet_opt.core.data.images import resize_rgb
+from unet_opt.core.model import build_model
+from unet_opt.runs.checkpoint import save_checkpoint
+
+
+def test_predict_writes_the_classes_of_the_logits_resized_to_the_photo(home, cli):
+    torch.manual_seed(0)
+    cfg = Config(data=DataConfig(image_size=32), model=ModelConfig(base_channels=4, depth=2))
+    model = build_model(cfg.model, 24).eval()
+    save_checkpoint(home / "model.pt", model, cfg, ClassTable.drone(), False, {"train": [], "val": [], "test": []})
+    photo = np.random.default_rng(0).integers(0, 255, (90, 131, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(home / "photo.png")
+    code, _, err = cli("predict", "model.pt", "photo.png", "--out", "p")
+    assert code == 0, err
+    mask = np.asarray(Image.open(home / "p" / "photo_mask.png"))
+    # the model at its frame, its logits resized (bilinear) to 90x131, then the class of each pixel:
+    # not the class map of the frame enlarged by nearest neighbour, which blurs every boundary
+    height, width = frame_size(cfg.data, cfg.model.depth, aspect=131 / 90)
+    x = torch.from_numpy(resize_rgb(photo, height, width)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        expected = F.interpolate(model(x), size=(90, 131), mode="bilinear", align_corners=False).argmax(1)[0]
+    assert mask.shape == (90, 131) and (mask == expected.numpy()).mean() > 0.999
