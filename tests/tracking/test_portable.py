@@ -3,7 +3,6 @@
 import shutil
 import sqlite3
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from conftest import FAST, free_port
@@ -13,7 +12,7 @@ from PIL import Image
 
 from unet_opt.tracking.relocate import LOCATION_COLUMNS, local_path, relocate_store
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.ui import serve_ui
+from unet_opt.tracking.ui import mlflow_ui
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -58,9 +57,7 @@ def test_a_copied_store_points_at_its_own_artifacts(tmp_path, monkeypatch):
     # `unet-opt ui` points a copy at itself before its server reads the store
     third = tmp_path / "third"
     shutil.copytree(old, third)
-    server = SimpleNamespace(wait=lambda: 0)
-    assert serve_ui(f"sqlite:///{third}/mlruns/mlflow.db", third / "mlruns" / "artifacts", "127.0.0.1", free_port(),
-                    start=lambda *args, **kwargs: server) == 0
+    mlflow_ui(f"sqlite:///{third}/mlruns/mlflow.db", third / "mlruns" / "artifacts", "127.0.0.1", free_port())
     assert all(path.is_relative_to(third) for path in stored_locations(third))
 
 

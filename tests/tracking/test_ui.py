@@ -1,11 +1,12 @@
 """`unet-opt ui`: where it listens, what it prints, how it stops."""
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 from conftest import free_port, wait_until
@@ -14,49 +15,52 @@ from mlflow.tracking import MlflowClient
 
 def test_ui_binds_localhost_unless_told(home, cli):
     from unet_opt.cli.app import ui
-    from unet_opt.tracking.ui import serve_ui
+    from unet_opt.tracking.ui import mlflow_ui
 
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
     assert next(p for p in ui.params if p.name == "host").default == "127.0.0.1"
-    commands = []
-
-    class Server:
-        def wait(self):
-            return 0
-
-    def start(command, env, start_new_session):
-        commands.append(command)
-        return Server()
-
     port = free_port("0.0.0.0")
-    assert serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", port, start=start) == 0
-    assert commands[0][commands[0].index("--host") + 1] == "0.0.0.0" and str(port) in commands[0]
+    server, _ = mlflow_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", port)
+    assert server.command[server.command.index("--host") + 1] == "0.0.0.0" and str(port) in server.command
 
 
 @pytest.mark.slow
 def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_home):
 
-    from unet_opt.tracking.ui import serve_ui
+    from unet_opt.tracking.ui import mlflow_ui
 
     uri = f"sqlite:///{searched_home}/mlruns/mlflow.db"
     experiment = MlflowClient(uri).get_experiment_by_name("unet-opt-default")
     port = free_port()
-    lines = []
-    started = serve_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port, lines.append,
-                       start=lambda *args, **kwargs: SimpleNamespace(wait=lambda: 0))
-    assert started == 0 and lines[0] == f"MLflow UI on http://127.0.0.1:{port}  (Ctrl-C stops it)"
-    assert lines[1:] == [f"  study 'default', trials ranked: http://127.0.0.1:{port}/#/experiments/"
-                         f"{experiment.experiment_id}/runs?viewStateShareKey=unet-opt-ranked&workflowType=machine_learning"]
+    _, pages = mlflow_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port)
+    assert pages == [("default", f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?"
+                                 "viewStateShareKey=unet-opt-ranked&workflowType=machine_learning")]
     # a study of an earlier version: no saved view, and an experiment named after the study alone
     client = MlflowClient(uri)
     client.delete_experiment_tag(experiment.experiment_id, "mlflow.sharedViewState.unet-opt-ranked")
     client.rename_experiment(experiment.experiment_id, "default")
-    lines.clear()
-    serve_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port, lines.append,
-             start=lambda *args, **kwargs: SimpleNamespace(wait=lambda: 0))
-    assert lines[1:] == [f"  study 'default', trials ranked: http://127.0.0.1:{port}/#/experiments/"
-                         f"{experiment.experiment_id}/runs?orderByKey=metrics.%60best_val_dice%60&orderByAsc=false"]
+    _, pages = mlflow_ui(uri, searched_home / "mlruns" / "artifacts", "127.0.0.1", port)
+    assert pages == [("default", f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?"
+                                 "orderByKey=metrics.%60best_val_dice%60&orderByAsc=false")]
+
+
+def test_servers_show_what_they_say_but_their_noise_and_stop_together(capsys):
+    from unet_opt.parallel.servers import Server, serve
+
+    talker = Server([sys.executable, "-c", "print('[MLflow] Security middleware enabled, as always'); "
+                                           "print('a real problem', flush=True)"], noise=("Security middleware",))
+    sleeper = Server([sys.executable, "-c", "import time; time.sleep(600)"])
+    started = time.monotonic()
+    assert serve([talker, sleeper], poll_seconds=0.05) == 0  # the first one ended: the other was stopped
+    assert time.monotonic() - started < 30
+    said = []  # what it printed goes to stderr, but for its noise
+
+    def heard() -> bool:
+        said.append(capsys.readouterr().err)
+        return "a real problem" in "".join(said)
+
+    assert wait_until(heard, timeout=10) and "Security middleware" not in "".join(said)
 
 
 def test_ui_on_a_busy_port_is_an_error(home, cli):
@@ -77,19 +81,12 @@ def test_ui_on_an_address_not_of_this_machine_is_an_error_naming_the_address(hom
 
 
 def test_ui_passes_allowed_hosts_to_the_mlflow_server(home):
-    from unet_opt.tracking.ui import serve_ui
+    from unet_opt.tracking.ui import mlflow_ui
 
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
-    commands = []
-
-    def start(command, env, start_new_session):
-        commands.append(command)
-        return SimpleNamespace(wait=lambda: 0)
-
-    for allowed in ("", "tracker.lab:5000"):
-        serve_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0", free_port("0.0.0.0"),
-                 lambda line: None, start=start, allowed_hosts=allowed)
+    commands = [mlflow_ui(f"sqlite:///{home}/mlruns/mlflow.db", home / "mlruns" / "artifacts", "0.0.0.0",
+                          free_port("0.0.0.0"), allowed)[0].command for allowed in ("", "tracker.lab:5000")]
     assert "--allowed-hosts" not in commands[0]  # MLflow's own default: localhost and private addresses
     assert commands[1][commands[1].index("--allowed-hosts") + 1] == "tracker.lab:5000"
 
@@ -114,3 +111,46 @@ def test_sigterm_to_ui_stops_the_mlflow_server(searched_home):
     assert ui.wait(60) == 143
     # nothing answers any more: the server and its workers are gone
     assert wait_until(lambda: not answers(port), timeout=30)
+
+
+def answers_at(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ui_serves_the_runs_table_and_the_live_view_with_links_both_ways(searched_home):
+    port, live_port = free_port(), free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "unet_opt", "ui", "--port", str(port), "--live-port", str(live_port)],
+                          cwd=searched_home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: answers(port) and answers_at(f"http://127.0.0.1:{live_port}/api/studies"),
+                          timeout=120, every=0.5), "the servers did not start"
+        studies = json.load(urllib.request.urlopen(f"http://127.0.0.1:{live_port}/api/studies"))["study_summaries"]
+        study_id = studies[0]["study_id"]
+        assert answers_at(f"http://127.0.0.1:{live_port}/dashboard/studies/{study_id}")
+        for _ in range(3):  # requests: not one line each
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health").close()
+    finally:
+        ui.send_signal(signal.SIGTERM)
+        out, err = ui.communicate(timeout=60)
+    assert ui.returncode == 143
+    assert f"  study 'default', trials ranked: http://127.0.0.1:{port}/#/experiments/" in out
+    assert f"live view:     http://127.0.0.1:{live_port}/dashboard/studies/{study_id}" in out
+    # nothing of MLflow's own notices, warnings or request lines: what is left is unet-opt's last word
+    assert err.strip().splitlines() == ["terminated"], err
+    assert wait_until(lambda: not answers(port) and not answers_at(f"http://127.0.0.1:{live_port}/api/studies"),
+                      timeout=30)
+    # the two notes link each other: the study's MLflow run to the live view, the live view to the runs
+    client = MlflowClient(f"sqlite:///{searched_home}/mlruns/mlflow.db")
+    parent = client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id],
+                                "tags.`unet_opt.role` = 'study'")[0]
+    assert f"/dashboard/studies/{study_id})" in parent.data.tags["mlflow.note.content"]
+    import optuna
+    from optuna_dashboard import get_note
+
+    study = optuna.load_study(study_name="default", storage=f"sqlite:///{searched_home}/studies/unet-opt.db")
+    assert "viewStateShareKey=unet-opt-ranked" in get_note(study)

@@ -140,15 +140,44 @@ def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
 @click.command()
 @option("--host", default="127.0.0.1", show_default=True,
         help="Address to listen on; 0.0.0.0 is every interface (add --allowed-hosts).")
-@option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535), help="Port of the MLflow UI.")
+@option("--live-port", default=8080, show_default=True, type=click.IntRange(1, 65535),  # dashboard.DEFAULT_PORT
+        help="Port of the live view of the studies (optuna-dashboard).")
+@option("--no-live", is_flag=True, help="Serve the MLflow UI alone, without the live view.")
 @option("--allowed-hosts", default="", show_default="localhost and private addresses", metavar="HOST[:PORT],...",
-        help="Host names browsers may use to reach it (MLflow refuses others).")
+        help="Host names browsers may use to reach the MLflow UI (MLflow refuses others).")
+@storage_option
 @tracking_option
 @click.pass_obj
 @verbose_option
-def ui(session: Session, host, port, allowed_hosts, tracking_uri) -> int:
-    """The MLflow UI over this folder's mlruns/, with a link to each study's ranked runs table."""
-    from unet_opt.tracking.ui import serve_ui
+def ui(session: Session, host, port, live_port, no_live, allowed_hosts, storage, tracking_uri) -> int:
+    """The MLflow UI over this folder's mlruns/ and, beside it, a live view of each study (optuna-dashboard:
+    history, parameter importances, parallel coordinates, each trial's curve), with their links.
 
-    return serve_ui(session.paths.tracking_uri(tracking_uri), session.paths.artifacts, host, port, click.echo,
-                    allowed_hosts=allowed_hosts)
+    \b
+    Examples:
+      unet-opt ui
+      unet-opt ui --host 0.0.0.0 --allowed-hosts gpu-box.lab:5000
+    """
+    from unet_opt.parallel.servers import serve
+    from unet_opt.tracking.ui import check_port, local_base, mlflow_ui
+
+    paths = session.paths
+    mlflow_server, pages = mlflow_ui(paths.tracking_uri(tracking_uri), paths.artifacts, host, port, allowed_hosts)
+    servers, live = [mlflow_server], {}
+    storage_url = paths.storage_url(storage)
+    if not no_live and (storage or paths.studies.joinpath("unet-opt.db").is_file()):
+        from unet_opt.study.dashboard import live_view
+
+        check_port(host, live_port, "--live-port")
+        live_server, live = live_view(storage_url, host, live_port)
+        servers.append(live_server)
+    where = f"MLflow UI on {local_base(host, port)}"
+    if live:
+        where += f", live view on {local_base(host, live_port)}"
+    click.echo(f"{where}  (Ctrl-C stops them)")
+    for study, url in pages:
+        click.echo(f"  study '{study}', trials ranked: {url}")
+        if study in live:
+            click.echo(f"  {' ' * len(study)}         live view:     {live[study]}")
+    return serve(servers)

@@ -25,6 +25,7 @@ from unet_opt.parallel.placement import Placement, plan
 from unet_opt.parallel.processes import worker_id
 from unet_opt.runs.runner import Runner
 from unet_opt.study.context import SearchContext
+from unet_opt.study.dashboard import MLFLOW_UI, link_to_mlflow
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.loop import work
 from unet_opt.study.reconcile import check_stores_agree, finish_parent
@@ -32,7 +33,7 @@ from unet_opt.study.storage import count_finished, join_or_create_study, open_st
 from unet_opt.study.summary import Summary, fill_summary, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.ui import how_to_open
+from unet_opt.tracking.ui import how_to_open, ranked_table_url
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         ledger.mirror_ended()
         tracker.fail_runs_of_dead_processes()
         tracker.save_ranked_view(cfg.search.goal.metric, list(cfg.space))
+        local = tracking_uri.startswith("sqlite")
+        link_to_mlflow(study, ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
         summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                           metric=cfg.search.goal.metric,
                           ui=how_to_open(ui_command_line(paths, cfg), tracking_uri, tracker.experiment_id))

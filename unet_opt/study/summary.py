@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from unet_opt import runtime
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Config, to_toml
+from unet_opt.study.dashboard import LIVE_VIEW, dashboard_url
 from unet_opt.study.states import count_states, describe_counts, reason_of, shown_state
 from unet_opt.study.storage import best_value, load_existing, open_storage
 
@@ -127,6 +128,9 @@ def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: 
                   f"{best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}: {params}.", ""]
     lines += [f"Study `{study.study_name}`: {describe_counts(count_states(trials))} (of {cfg.search.trials} "
               f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction})."]
+    live = dashboard_url(LIVE_VIEW, study._study_id)  # Optuna's id of the study: the page's address
+    lines += ["", f"Live view of the sweep (history, parameter importances, parallel coordinates, each trial's "
+                  f"curve), served by `unet-opt ui`: [{live}]({live})"]
     if tags:
         lines += ["", f"Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best "
                       f"--study {study.study_name}`"]

@@ -1,15 +1,11 @@
-"""`unet-opt ui`: the MLflow UI over a project's store, and the links to each study's ranked runs table."""
+"""The MLflow UI over a project's store (`unet-opt ui`), and the links to each study's ranked runs table."""
 
 from __future__ import annotations
 
 import errno
-import os
-import signal
 import socket
-import subprocess
 import sys
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -17,13 +13,21 @@ from mlflow.tracking import MlflowClient
 from unet_opt.config.paths import redact_url, sqlite_file
 from unet_opt.config.schema import SearchConfig
 from unet_opt.errors import UserError
+from unet_opt.parallel.servers import Server
 from unet_opt.tracking.tracker import RANKED_VIEW, SHARED_VIEW_TAG, point_at_own_folder
+
+# what MLflow's server says on every start, and a user need not read (its request lines are off, and its
+# libraries' warnings ignored, by the command and the environment it starts with)
+MLFLOW_NOISE = ("Registry store URI not provided", "[MLflow] Security middleware enabled")
 
 
 def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, allowed_hosts: str = "") -> list[str]:
-    """The `mlflow ui` command over a local store, with one worker: a personal UI that starts in seconds."""
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host,
-            "--port", str(port), "--workers", "1", *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]
+    """The `mlflow ui` command over a local store, with one worker (a personal UI that starts in seconds),
+    uvicorn's request lines off."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--registry-store-uri",
+            tracking_uri, "--host", host, "--port", str(port), "--workers", "1",
+            "--uvicorn-opts", "--log-level warning --no-access-log",
+            *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]
 
 
 def how_to_open(ui_command_line: str, tracking_uri: str, experiment_id: str) -> str:
@@ -60,50 +64,34 @@ def study_pages(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     return pages
 
 
-def serve_ui(tracking_uri: str, artifact_root: Path, host: str, port: int, show: Callable[[str], None] = print,
-             start=subprocess.Popen, allowed_hosts: str = "") -> int:
-    """Run the MLflow UI over a local store until it stops, or until Ctrl-C or SIGTERM stop it (and with
-    it every process it started); returns its exit code. Once the checks pass, `show` gets the lines that
-    say where to look. `start` is how the server process is started."""
-    if tracking_uri.startswith(("http://", "https://")):
-        raise UserError(f"the tracking store is a server already; open {redact_url(tracking_uri)} in a browser")
-    database = sqlite_file(tracking_uri)
-    if database and not database.is_file():
-        raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this folder first (or pass --home)")
-    with socket.socket() as probe:  # the server would fail on a busy port only after a while, and exit 0
+def check_port(host: str, port: int, option: str = "--port") -> None:
+    """The address can be listened on now: a server would fail on a busy port only after a while."""
+    with socket.socket() as probe:
         try:
             probe.bind((host, port))
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass an address of this machine "
                                 f"with --host (127.0.0.1, or 0.0.0.0 for every interface)") from None
-            raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another --port") from None
+            raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another {option}") from None
+
+
+def mlflow_ui(tracking_uri: str, artifact_root: Path, host: str, port: int,
+              allowed_hosts: str = "") -> tuple[Server, list[tuple[str, str]]]:
+    """The MLflow UI over a local store, checked and ready to serve, and (study, its ranked runs table) for
+    every study in it."""
+    if tracking_uri.startswith(("http://", "https://")):
+        raise UserError(f"the tracking store is a server already; open {redact_url(tracking_uri)} in a browser")
+    database = sqlite_file(tracking_uri)
+    if database and not database.is_file():
+        raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this folder first (or pass --home)")
+    check_port(host, port)
     point_at_own_folder(tracking_uri, artifact_root)
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-    show(f"MLflow UI on {base}  (Ctrl-C stops it)")
-    for study, url in study_pages(tracking_uri, base):
-        show(f"  study '{study}', trials ranked: {url}")
-    quiet = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}  # the server's libraries' deprecation notices
-    server = start(ui_command(tracking_uri, host, port, allowed_hosts),  # in its own process group: stopped as one
-                   env={**os.environ, **quiet, "MLFLOW_TRACKING_URI": tracking_uri}, start_new_session=True)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through the CLI's handler
-        stop_group(server)
-        raise
+    env = {"PYTHONWARNINGS": "ignore", "MLFLOW_TRACKING_URI": tracking_uri}  # its libraries' deprecation notices
+    return (Server(ui_command(tracking_uri, host, port, allowed_hosts), env, MLFLOW_NOISE),
+            study_pages(tracking_uri, local_base(host, port)))
 
 
-def stop_group(server: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the server's process group; after `grace` seconds, SIGKILL to whatever is left of it."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(server.pid, signal.SIGKILL)  # workers that outlived the server
-    except ProcessLookupError:
-        pass
-    server.wait()
+def local_base(host: str, port: int) -> str:
+    """The address a browser on this machine opens a server listening on `host` at."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"

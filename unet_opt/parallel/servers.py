@@ -1,0 +1,73 @@
+"""Servers run for the user (`unet-opt ui`: the MLflow UI and the live view of a study), each in a process
+group of its own, until one of them stops or a Ctrl-C or SIGTERM stops them all, with everything they
+started. What they print is passed on line by line, but for the lines known as noise (notices about their
+own settings, one line per request)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Server:
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
+    noise: tuple[str, ...] = ()  # a line holding any of these is not shown
+
+
+def serve(servers: list[Server], start: Callable[..., subprocess.Popen] = subprocess.Popen,
+          poll_seconds: float = 0.5) -> int:
+    """Run `servers` until one stops (its exit code) or Ctrl-C / SIGTERM stop them all (raised on)."""
+    processes = []
+    try:
+        for server in servers:
+            process = start(server.command, env={**os.environ, **server.env}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            processes.append(process)
+            if process.stdout is not None:
+                threading.Thread(target=pass_on, args=(process.stdout, server.noise), daemon=True).start()
+        while all((code := p.poll()) is None for p in processes):
+            time.sleep(poll_seconds)
+        return code
+    finally:  # one stopped, or Ctrl-C, or SIGTERM through the CLI's handler: the others go too
+        for process in processes:
+            stop_group(process)
+
+
+def pass_on(lines, noise: tuple[str, ...]) -> None:
+    for line in lines:
+        if not any(word in line for word in noise):
+            sys.stderr.write(line)
+
+
+def stop_group(server: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the server's process group; after `grace` seconds, SIGKILL to whatever is left of it."""
+    if server.poll() is not None and not group_alive(server.pid):
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # workers that outlived the server
+    except ProcessLookupError:
+        pass
+    server.wait()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
