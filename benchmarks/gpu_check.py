@@ -111,12 +111,12 @@ def dataset(cfg: Config, images: int) -> SegmentationData:
 PINNED = {"on": False}  # row 4: the 1-process run (in this process) keeps its data in pinned host memory
 
 
-def train_on_rank(group, job: FitJob, cache: DataCache, on_epoch):
+def train_on_rank(group, job: FitJob, cache: DataCache, on_epoch, on_step=None):
     """What every rank runs (a `Fit`, sent by name to rank processes): `fit` on its copy of the data, placed
     as unet-opt places it (on the GPU when it fits), or pinned for row 4."""
     data = dataset(job.cfg, len(job.split["train"]) + len(job.split["val"]))
     data = data.pinned() if PINNED["on"] else cache.placed(data, group.device)
-    return fit(job.cfg, data, job.split, on_epoch=on_epoch, group=group)
+    return fit(job.cfg, data, job.split, on_epoch=on_epoch, on_step=on_step, group=group)
 
 
 def setup(args: argparse.Namespace, n: int, **options) -> tuple[Config, dict[str, list[int]], int]:

@@ -28,7 +28,7 @@ def user_cache(tmp_path_factory):
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An empty project folder as the working directory, with no MLflow/unet-opt settings leaking in."""
-    for var in ("MLFLOW_TRACKING_URI", "UNET_OPT_HOME", "UNET_OPT_STORAGE"):
+    for var in ("MLFLOW_TRACKING_URI", "UNET_OPT_HOME", "UNET_OPT_STORAGE", "UNET_OPT_QUIET"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -1,6 +1,6 @@
 """Stand-ins for `core.train.fit_job` that tests inject (`run_search(..., fit=...)`). Module-level, so that
 spawned rank processes can import them by name; bind their first arguments with functools.partial. Each
-takes what a `Fit` takes: (group, job, cache, on_epoch)."""
+takes what a `Fit` takes: (group, job, cache, on_epoch, on_step)."""
 
 import os
 import signal
@@ -42,12 +42,12 @@ def die(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_after_first_epoch(group, job, cache, on_epoch):
+def die_after_first_epoch(group, job, cache, on_epoch, on_step=None):
     def on_epoch_then_die(epoch, metrics, best):
         on_epoch(epoch, metrics, best)
         die()
 
-    return fit_job(group, job, cache, on_epoch_then_die)
+    return fit_job(group, job, cache, on_epoch_then_die, on_step)
 
 
 class FitThatActsWhenDrawn(FitResult):
@@ -88,10 +88,10 @@ def kill_rank_1(group, *args):
     return fit_job(group, *args)
 
 
-def stop_after_first_epoch(group, job, cache, on_epoch):
+def stop_after_first_epoch(group, job, cache, on_epoch, on_step=None):
     """Every trial is stopped after its first epoch, as a pruner stops one: it ends PRUNED."""
     def stop(epoch, metrics, best):
         on_epoch(epoch, metrics, best)
         return True
 
-    return fit_job(group, job, cache, stop)
+    return fit_job(group, job, cache, stop, on_step)

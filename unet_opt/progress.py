@@ -5,18 +5,21 @@ log lines say the same, as before."""
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import sys
 import weakref
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 
 def live() -> bool:
     """Bars on a terminal, from the main process only: `--workers` processes print plain lines, which
-    interleave where several bars would overwrite each other."""
-    return sys.stderr.isatty() and multiprocessing.current_process().name == "MainProcess"
+    interleave where several bars would overwrite each other. None with -q (only warnings are shown)."""
+    return (sys.stderr.isatty() and multiprocessing.current_process().name == "MainProcess"
+            and logging.getLogger("unet_opt").getEffectiveLevel() <= logging.INFO)
 
 
 OPEN_BARS: weakref.WeakSet[tqdm] = weakref.WeakSet()
@@ -30,19 +33,37 @@ def refresh() -> None:
             shown.refresh()
 
 
-def bar(total: int, desc: str, unit: str, initial: int = 0, leave: bool = True) -> tqdm:
-    """A progress bar on stderr; one that does nothing when the output is not live."""
+def bar(total: int, desc: str, unit: str, initial: int = 0, leave: bool = True, fractional: bool = False,
+        smoothing: float = 0.3) -> tqdm:
+    """A progress bar on stderr; one that does nothing when the output is not live. A `fractional` one
+    (epochs, moved through each epoch by `steps_of`) shows its count to a tenth: "3.4/40". `smoothing`: 0
+    for an ETA from the average rate since the bar opened, tqdm's 0.3 weighs the latest updates most."""
     on = live()
     try:
         sized = on and min(os.get_terminal_size(sys.stderr.fileno())) > 0  # a bare pty reports 0x0: bars hidden
     except (OSError, ValueError):  # a stream with no terminal behind it
         sized = False
     shown = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, disable=not on, file=sys.stderr,
+                 smoothing=smoothing,
                  dynamic_ncols=sized, ncols=None if sized else 100, nrows=None if sized else 24,
-                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+                 bar_format=f"{{l_bar}}{{bar}}| {'{n:.1f}' if fractional else '{n_fmt}'}/{{total_fmt}} "
+                            "[{elapsed}<{remaining}{postfix}]")
     if on:
         OPEN_BARS.add(shown)
     return shown
+
+
+def steps_of(epochs: tqdm) -> Callable[[int, int], None] | None:
+    """Moves a live bar of epochs through each epoch as its steps are done: on real data an epoch takes
+    minutes, and a bar that moved only at epoch ends would look frozen. None where the bar is off."""
+    if epochs.disable:
+        return None
+
+    def on_step(done: int, steps: int) -> None:
+        whole = math.floor(epochs.n)  # the epochs done; set to a whole number at each epoch's end
+        epochs.update(whole + done / max(steps, 1) - epochs.n)  # update(): redrawn a few times a second at most
+
+    return on_step
 
 
 def line_level() -> int:

@@ -39,13 +39,20 @@ def redact_passwords(record: logging.LogRecord) -> bool:
         record.exc_text = redact_url(logging.Formatter().formatException(record.exc_info))
     return True
 
+QUIET = "UNET_OPT_QUIET"  # "1": only warnings and errors, in this process and the processes it starts
 
-def setup(verbose: bool = False, prefix: str = "") -> None:
+
+def setup(verbose: bool = False, prefix: str = "", quiet: bool = False) -> None:
     """Environment defaults, the `unet_opt` log handler (messages on stderr, `prefix` before each) and
-    warnings filters. Idempotent: a second call replaces the handler rather than adding one."""
+    warnings filters. Idempotent: a second call replaces the handler rather than adding one. `quiet`:
+    warnings and errors only, and no progress bars; it is kept in the environment (UNET_OPT_QUIET, what
+    `-q` sets), so that the worker processes a command starts are quiet too."""
     for key, value in ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     os.environ.update(FORCED)
+    if quiet:
+        os.environ[QUIET] = "1"
+    quiet = os.environ.get(QUIET) == "1" and not verbose
     from unet_opt.progress import BarSafeHandler
 
     handler = BarSafeHandler(sys.stderr)
@@ -53,7 +60,7 @@ def setup(verbose: bool = False, prefix: str = "") -> None:
     handler.addFilter(redact_passwords)
     root = logging.getLogger("unet_opt")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     root.propagate = False
     # heartbeats are used with ask/tell (our own Heartbeat thread), which Optuna warns about every trial
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")

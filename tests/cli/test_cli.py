@@ -9,8 +9,8 @@ from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import load_data, make_split, split_indices
 from unet_opt.core.train import fit
 
-COMMANDS = [("search",), ("report",), ("studies",), ("ui",), ("train",), ("retrain",), ("evaluate",), ("predict",),
-            ("data", "check"), ("data", "prepare")]
+COMMANDS = [("search",), ("report",), ("studies",), ("figures",), ("ui",), ("train",), ("retrain",), ("evaluate",),
+            ("predict",), ("data", "check"), ("data", "prepare")]
 
 
 def test_python_dash_m_runs_the_cli():
@@ -51,6 +51,42 @@ def test_every_option_shows_its_default_one_way_and_v_follows_the_command(cli, c
     assert any("-v" in p.opts for p in found.params)
     shown = " ".join(cli(*command, "--help")[1].split())
     assert "default: " in shown and "default: (" not in shown  # described defaults look like the others
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, ("data",)], ids=" ".join)
+def test_every_command_s_help_shows_an_example_that_names_it(cli, command):
+    code, out, _ = cli(*command, "--help")
+    assert code == 0 and "Example" in out
+    examples = out.split("Example", 1)[1].split("Options:")[0]
+    assert f"unet-opt {' '.join(command)}" in examples
+
+
+def test_q_shows_warnings_only_and_no_bars_before_or_after_the_command(home, cli, monkeypatch):
+    import logging
+
+    from unet_opt import progress
+
+    monkeypatch.setenv("UNET_OPT_QUIET", "0")  # -q keeps itself in the environment, for worker processes
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    for args in (("-q", "studies"), ("studies", "-q"), ("studies", "--quiet")):
+        cli(*args)
+        assert logging.getLogger("unet_opt").level == logging.WARNING and not progress.live()
+    cli("-q", "-v", "studies")  # asking for both: the debug lines, which a bug report needs
+    assert logging.getLogger("unet_opt").level == logging.DEBUG
+    monkeypatch.setenv("UNET_OPT_QUIET", "0")
+    cli("studies")
+    assert logging.getLogger("unet_opt").level == logging.INFO and progress.live()
+
+
+@pytest.mark.slow
+def test_studies_json_is_one_list_of_the_table_s_rows(searched_home, cli):
+    import json
+
+    code, out, _ = cli("studies", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["study"] for r in rows] == ["default"]
+    assert rows[0]["trials"] == 1 and rows[0]["complete"] == 1 and 0 < rows[0]["best"] <= 1
+    assert cli("studies", "--json", "--storage", f"sqlite:///{searched_home}/none.db")[0] == 2
 
 
 def test_v_after_the_command_turns_on_debug_messages(home, cli):

@@ -43,3 +43,34 @@ def test_each_epoch_redraws_every_open_bar_and_none_that_closed(terminal, monkey
     drawn.clear()
     progress.refresh()
     assert drawn == []
+
+
+def test_an_epoch_bar_moves_through_each_epoch_with_its_steps(terminal, capsys):
+    with progress.bar(4, "trial #0", "epoch", fractional=True) as epochs:
+        on_step = progress.steps_of(epochs)
+        for done in (1, 2, 3):
+            on_step(done, 4)
+            epochs.refresh()
+            assert epochs.n == pytest.approx(done / 4)
+        on_step(4, 4)
+        epochs.n = 1  # the epoch's end, as the epoch callback sets it
+        on_step(2, 4)
+        epochs.refresh()
+        assert epochs.n == pytest.approx(1.5)
+    assert "1.5/4" in capsys.readouterr().err  # its count to a tenth, not 1.5000000000000002
+
+
+def test_no_step_callback_where_the_bar_is_off():
+    with progress.bar(4, "trial #0", "epoch", fractional=True) as epochs:  # stderr is not a terminal here
+        assert progress.steps_of(epochs) is None
+
+
+def test_the_trials_bar_s_eta_counts_pruned_and_complete_trials_at_their_average(terminal):
+    clock = [0.0]
+    with progress.bar(10, "trials", "trial", initial=2, smoothing=0) as trials:  # two done before this command
+        trials._time, trials.start_t, trials.last_print_t = (lambda: clock[0]), 0.0, 0.0
+        for seconds in (70, 10, 10, 10):  # one complete trial, then three pruned ones
+            clock[0] += seconds
+            trials.update(1)
+        shown = str(trials)
+    assert "6/10" in shown and "[01:40<01:40" in shown  # 4 trials left at the 25 s these 4 took on average

@@ -51,15 +51,18 @@ def is_running(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_a_trial_after_a_failed_one_on_the_same_ranks_gives_what_fresh_ranks_give():
-    epochs: list[int] = []
+    epochs, steps = [], []
     with RankGroup(TWO, DataCache(None)) as ranks:
         with pytest.raises(RankFailed, match="ValueError: every rank failed after training"):
             ranks.run(fits.train_then_raise, trial_job(lr=0.05), None)
         pids = ranks.pids
         assert len(pids) == 2 and ranks.starts == 1  # every rank came back: the group stays
-        reused = ranks.run(fit_job, trial_job(), lambda epoch, metrics, best: epochs.append(epoch) or False)
+        reused = ranks.run(fit_job, trial_job(), lambda epoch, metrics, best: epochs.append(epoch) or False,
+                           lambda done, total: steps.append((done, total)))
         assert ranks.pids == pids and ranks.starts == 1
         assert reused.model is not None and epochs == [1, 2]  # rank 0 still relays its epochs
+        per_epoch = len(trial_job().split["train"]) // 4  # global batches of 4 (2 images on each rank)
+        assert steps.count((per_epoch, per_epoch)) == 2 and steps[-1] == (per_epoch, per_epoch)  # and its steps
     fresh = launch(TWO, fit_job, trial_job(), None, DataCache(None))
     assert curves(reused) == curves(fresh)  # the same processes, ops and order of sums: the same bits
     assert children_of(os.getpid()) == []

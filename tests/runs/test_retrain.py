@@ -222,3 +222,25 @@ def test_a_killed_retrain_s_run_ends_failed_when_the_next_command_opens_the_expe
     _, runs = retrain_runs(searched_home)
     assert [r.info.status for r in runs] == ["FAILED", "FINISHED"]
     assert runs[0].data.tags["unet_opt.end_reason"] == "its process died (killed or crashed)"
+
+
+@pytest.mark.slow
+def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, cli):
+    import tomllib
+
+    import optuna
+
+    code, out, err = cli("report", "--best-config", "best.toml")
+    assert code == 0 and "wrote best.toml: trial #0" in out, err
+    best = optuna.load_study(study_name="default", storage=f"sqlite:///{searched_home}/studies/unet-opt.db").best_trial
+    written = tomllib.loads((searched_home / "best.toml").read_text())
+    assert written["train"]["lr"] == best.params["train.lr"] and written["train"]["seed"] == best.number
+    code, out, err = cli("train", "--space", "best.toml")
+    assert code == 0, err
+    val = {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.startswith("val_")}
+    assert val["val_dice"] == pytest.approx(best.value, abs=5e-5)  # the trial, trained again (shown to 4 places)
+    code, _, err = cli("report", "--best-config", "best.toml")
+    assert code == 2 and "best.toml exists; pass --overwrite" in err
+    assert cli("report", "--best-config", "best.toml", "--overwrite")[0] == 0
+    code, _, err = cli("report", "--best-config", "no/such/folder/best.toml")
+    assert code == 2 and "folder no/such/folder does not exist" in err

@@ -150,6 +150,10 @@ def test_the_runs_table_opens_ranked_and_the_summary_says_where(three_trials):
     assert view["orderByKey"] == "metrics.`best_val_dice`" and view["orderByAsc"] is False
     assert view["selectedColumns"][:2] == ["metrics.`best_val_dice`", "metrics.`best_epoch`"]
     assert "params.`train.lr`" in view["selectedColumns"]
+    assert view["columnWidths"]["params.`data.image_size`"] >= 8 * len("data.image_size") + 40  # not cut short
+    client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
+    listed = client.search_runs([experiments[0].experiment_id], view["searchFilter"])  # the view's rows
+    assert sorted(r.data.tags["optuna.trial"] for r in listed) == ["0", "1", "2"]  # the trials, not the study
     ranked = (f"`unet-opt ui`, then open http://127.0.0.1:5000/#/experiments/{experiments[0].experiment_id}/runs?"
               "viewStateShareKey=unet-opt-ranked&workflowType=machine_learning")
     assert "best trial: #" in out and ranked in out

@@ -95,6 +95,16 @@ def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric(epochs):
     assert "val_miou (search goal)" in [t.get_text() for t in scores.get_legend().get_texts()]
 
 
+def test_a_huge_first_loss_puts_the_loss_panel_on_a_log_axis_and_a_usual_one_does_not():
+    exploding = [{"train_loss": 1900.0, "val_loss": 1850.0}] + [{"train_loss": 1.0, "val_loss": 0.9}] * 5
+    loss = plots.learning_curves_figure(exploding).axes[0]
+    assert loss.get_yscale() == "log" and "log" in loss.get_ylabel()
+    low, high = loss.get_ylim()
+    assert low < 0.9 and high > 1900  # both ends visible, the late epochs not squashed onto 0
+    usual = [{"train_loss": 2.0 - 0.1 * e, "val_loss": 2.1 - 0.1 * e} for e in range(10)]
+    assert plots.learning_curves_figure(usual).axes[0].get_yscale() == "linear"
+
+
 def test_prediction_overlays_have_column_titles_and_a_legend_of_the_classes_shown():
     fig = plots.prediction_overlays_figure(*overlay_inputs(), COLORS, NAMES)
     texts = [t.get_text() for t in fig.texts]

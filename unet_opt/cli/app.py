@@ -29,10 +29,19 @@ from unet_opt.errors import Terminated, UserError
 @option("--home", type=click.Path(file_okay=False), envvar="UNET_OPT_HOME", show_envvar=True,
         show_default="the current directory", help="Folder holding studies/ and mlruns/.")
 @option("-v", "--verbose", is_flag=True, help="Also show debug messages and tracebacks.")
+@option("-q", "--quiet", is_flag=True, envvar="UNET_OPT_QUIET", show_envvar=True,
+        help="Only warnings and errors, no progress bars; results are still printed (-v wins over -q).")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, verbose: bool) -> None:
-    """Tune and track UNet segmentation models with Optuna and MLflow."""
-    runtime.setup(verbose)
+def cli(ctx: click.Context, home: str | None, verbose: bool, quiet: bool) -> None:
+    """Tune and track UNet segmentation models with Optuna and MLflow.
+
+    \b
+    Quick start:
+      unet-opt search --trials 30     # a study on the embedded data
+      unet-opt ui                     # compare its trials (MLflow) and watch it live
+      unet-opt retrain --best         # retrain the winner, test it, register it
+    """
+    runtime.setup(verbose, quiet=quiet)
     if home and not Path(home).is_dir():  # a new folder asked for by name is made, inside one that exists
         if not Path(home).parent.is_dir():
             raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix --home")

@@ -7,14 +7,20 @@ from pathlib import Path
 import click
 
 from unet_opt.cli.console import print_table
-from unet_opt.cli.options import Session, option, sets_option, verbose_option
+from unet_opt.cli.options import Session, option, output_options, sets_option
 from unet_opt.config.space_file import load_config
 from unet_opt.errors import UserError
 
 
 @click.group()
 def data() -> None:
-    """Inspect a data folder, or decode it into the cache ahead of a search."""
+    """Inspect a data folder, or decode it into the cache ahead of a search.
+
+    \b
+    Examples:
+      unet-opt data check ~/semantic_drone_dataset
+      unet-opt data prepare ~/semantic_drone_dataset --space drone --image-size 64 --image-size 96
+    """
 
 
 @data.command("check")
@@ -23,9 +29,14 @@ def data() -> None:
         help="Classes in the masks when the folder has no class table.")
 @option("--ignore-index", type=click.IntRange(min=-1), default=0, show_default=True,
         help="Mask value left out of the rare classes (data.ignore_index; -1 for none).")
-@verbose_option
+@output_options
 def data_check(path: Path, num_classes: int, ignore_index: int) -> int:
-    """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names."""
+    """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names.
+
+    \b
+    Example:
+      unet-opt data check ~/semantic_drone_dataset
+    """
     from unet_opt.core.data.check import check
 
     report = check(path, num_classes)
@@ -47,9 +58,14 @@ def data_check(path: Path, num_classes: int, ignore_index: int) -> int:
 @option("--space", default="default", show_default=True, help="Space file whose [data] and [model] apply.")
 @sets_option
 @click.pass_obj
-@verbose_option
+@output_options
 def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
-    """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar."""
+    """Decode PATH into the cache (studies/cache/) for each --image-size, with a progress bar.
+
+    \b
+    Example:
+      unet-opt data prepare ~/semantic_drone_dataset --space drone --image-size 64 --image-size 96
+    """
     from unet_opt import progress
     from unet_opt.core.data import load_data
     from unet_opt.core.data.layouts import find_source

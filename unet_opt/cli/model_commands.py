@@ -11,13 +11,13 @@ from unet_opt.cli.options import (
     Session,
     data_option,
     option,
+    output_options,
     overwrite_option,
     placement_of,
     placement_options,
     sets_option,
     storage_option,
     tracking_option,
-    verbose_option,
 )
 from unet_opt.config.rules import check_name
 from unet_opt.config.space_file import load_config
@@ -31,9 +31,15 @@ from unet_opt.config.space_file import load_config
 @placement_options
 @sets_option
 @click.pass_obj
-@verbose_option
+@output_options
 def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets) -> int:
-    """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split."""
+    """One run with fixed params (a baseline), logged to MLflow like a trial, tested on the test split.
+
+    \b
+    Examples:
+      unet-opt train --set train.lr=0.003 --set train.epochs=20
+      unet-opt report --best-config best.toml && unet-opt train --space best.toml
+    """
     flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
     placement = placement_of(cfg.train.device, gpus, procs)
@@ -59,9 +65,15 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 @option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
 @placement_options
 @click.pass_obj
-@verbose_option
+@output_options
 def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, device, gpus, procs) -> int:
-    """Retrain the best trial on train+val, test it on the held-out split, register it as @champion."""
+    """Retrain the best trial on train+val, test it on the held-out split, register it as @champion.
+
+    \b
+    Examples:
+      unet-opt retrain --best
+      unet-opt retrain --best --study drone --epochs 60
+    """
     if model_name is not None:
         check_name(model_name, "--name")
     placement = placement_of(device, gpus, procs)
@@ -91,9 +103,15 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 @overwrite_option
 @tracking_option
 @click.pass_obj
-@verbose_option
+@output_options
 def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tracking_uri) -> int:
-    """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split."""
+    """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split.
+
+    \b
+    Examples:
+      unet-opt evaluate models:/unet-opt-default@champion
+      unet-opt evaluate checkpoints/unet-opt-drone-1a2b3c4d.pt --frame native --out eval-native
+    """
     from unet_opt.runs.inference import EVALUATION_FILES, check_frame, check_outputs, evaluate_checkpoint, resolve_model
 
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
@@ -120,9 +138,15 @@ def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tra
 @overwrite_option
 @tracking_option
 @click.pass_obj
-@verbose_option
+@output_options
 def predict(session: Session, model, images, out, overwrite, tracking_uri) -> int:
-    """Masks for IMAGES at their own resolution: class indices, class colours and an overlay."""
+    """Masks for IMAGES at their own resolution: class indices, class colours and an overlay.
+
+    \b
+    Examples:
+      unet-opt predict models:/unet-opt-default@champion photo1.jpg photo2.jpg
+      unet-opt predict models:/unet-opt-drone@champion flights/*.jpg --out masks
+    """
     from unet_opt.core.data.images import read_rgb
     from unet_opt.runs.inference import check_outputs, predict_image, prediction_files, resolve_model
 

@@ -48,8 +48,18 @@ def be_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         runtime.setup(verbose=True)
 
 
-verbose_option = option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,
-                        help="Also show debug messages and tracebacks.")
+def be_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`-q` after the command name does what it does before it."""
+    if value and isinstance(ctx.obj, Session) and not ctx.obj.verbose:
+        runtime.setup(quiet=True)
+
+
+def output_options(command):
+    """-v and -q, accepted after the command name as before it."""
+    command = option("-q", "--quiet", is_flag=True, expose_value=False, callback=be_quiet,
+                     help="Only warnings and errors, no progress bars.")(command)
+    return option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,
+                  help="Also show debug messages and tracebacks.")(command)
 storage_option = option("--storage", envvar="UNET_OPT_STORAGE", show_envvar=True,
                         show_default="sqlite:///studies/unet-opt.db", help="Optuna storage URL.")
 tracking_option = option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,

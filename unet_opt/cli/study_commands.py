@@ -14,13 +14,14 @@ from unet_opt.cli.options import (
     Session,
     data_option,
     option,
+    output_options,
+    overwrite_option,
     placement_of,
     placement_options,
     sets_option,
     space_option,
     storage_option,
     tracking_option,
-    verbose_option,
 )
 from unet_opt.config.space_file import load_config
 
@@ -44,10 +45,18 @@ from unet_opt.config.space_file import load_config
         help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")
 @sets_option
 @click.pass_obj
-@verbose_option
+@output_options
 def search(session: Session, trials, timeout, space, data, study, storage, tracking_uri, sampler, pruner, seed,
            device, gpus, procs, workers, sets) -> int:
-    """Run (or continue) a study until it has --trials finished trials."""
+    """Run (or continue) a study until it has --trials finished trials.
+
+    \b
+    Examples:
+      unet-opt search --trials 30
+      unet-opt search --trials 40                  # the same study, 10 more trials
+      unet-opt search --space drone --data ~/semantic_drone_dataset --timeout 3600
+      unet-opt search --workers 2 --set train.patience=3
+    """
     flags = {"search.trials": trials, "search.timeout": timeout, "data.dataset": data, "search.study": study,
              "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
              "search.pruner": pruner, "search.seed": seed, "train.device": device}
@@ -67,11 +76,31 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
 @option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
 @option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@option("--best-config", type=click.Path(dir_okay=False), metavar="FILE", show_default="none",
+        help="Also write the best trial's config as TOML, which `unet-opt train --space FILE` trains again.")
+@overwrite_option
 @click.pass_obj
-@verbose_option
-def report(session: Session, study, storage, as_json) -> int:
-    """The best trial and a table of every trial of a study."""
+@output_options
+def report(session: Session, study, storage, as_json, best_config, overwrite) -> int:
+    """The best trial and a table of every trial of a study.
+
+    \b
+    Examples:
+      unet-opt report
+      unet-opt report --study drone --json > drone.json
+      unet-opt report --best-config best.toml && unet-opt train --space best.toml
+    """
     from unet_opt.study.summary import study_report
+
+    if best_config:
+        from pathlib import Path
+
+        from unet_opt.study.best_config import write_best_config
+
+        best = write_best_config(session.paths.storage_url(storage), study, Path(best_config), overwrite)
+        click.echo(f"wrote {best_config}: trial #{best['number']} of study '{best['study']}' "
+                   f"({best['metric']} = {best['value']:.4f}); train it again with "
+                   f"`unet-opt train --space {best_config}`", err=as_json)  # stdout stays one JSON object
 
     rep = study_report(session.paths.storage_url(storage), study)
     if as_json:
@@ -94,13 +123,24 @@ def report(session: Session, study, storage, as_json) -> int:
 
 @click.command()
 @storage_option
+@option("--json", "as_json", is_flag=True, help="Print one JSON list instead of a table.")
 @click.pass_obj
-@verbose_option
-def studies(session: Session, storage) -> int:
-    """Every study in the storage, with trial counts by state and the best value."""
+@output_options
+def studies(session: Session, storage, as_json) -> int:
+    """Every study in the storage, with trial counts by state and the best value.
+
+    \b
+    Examples:
+      unet-opt studies
+      unet-opt studies --json
+      unet-opt studies --storage postgresql://user@db-host/unet_opt
+    """
     from unet_opt.study.summary import list_studies
 
     rows = list_studies(session.paths.storage_url(storage))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
     if not rows:
         click.echo("no studies yet; run `unet-opt search`")
         return 0
@@ -118,10 +158,16 @@ def studies(session: Session, storage) -> int:
 @storage_option
 @tracking_option
 @click.pass_obj
-@verbose_option
+@output_options
 def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
     """Draw the figures of pruned (or failed) trials into their MLflow runs: their curves, confusion matrix
-    and predictions, which a search draws only for complete trials."""
+    and predictions, which a search draws only for complete trials.
+
+    \b
+    Examples:
+      unet-opt figures                 # every trial still without them
+      unet-opt figures --trial 7 --trial 12
+    """
     from unet_opt.study.figures import draw_figures
 
     paths = session.paths
@@ -149,7 +195,7 @@ def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
 @storage_option
 @tracking_option
 @click.pass_obj
-@verbose_option
+@output_options
 def ui(session: Session, host, port, live_port, no_live, allowed_hosts, storage, tracking_uri) -> int:
     """The MLflow UI over this folder's mlruns/ and, beside it, a live view of each study (optuna-dashboard:
     history, parameter importances, parallel coordinates, each trial's curve), with their links.
@@ -159,8 +205,8 @@ def ui(session: Session, host, port, live_port, no_live, allowed_hosts, storage,
       unet-opt ui
       unet-opt ui --host 0.0.0.0 --allowed-hosts gpu-box.lab:5000
     """
-    from unet_opt.parallel.servers import serve
-    from unet_opt.tracking.ui import check_port, local_base, mlflow_ui
+    from unet_opt.parallel.servers import check_port, local_base, serve
+    from unet_opt.tracking.ui import mlflow_ui
 
     paths = session.paths
     mlflow_server, pages = mlflow_ui(paths.tracking_uri(tracking_uri), paths.artifacts, host, port, allowed_hosts)

@@ -30,6 +30,7 @@ from unet_opt.core.scoring import autocast, split_metrics
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[int, dict[str, float], float | None], bool]  # (epoch, metrics, best so far) -> True to stop
+OnStep = Callable[[int, int], None]  # (steps done in this epoch, steps in an epoch): progress within an epoch
 
 
 @dataclass
@@ -59,13 +60,15 @@ class Fit(Protocol):
     """What trains one run on one process, with the process's data cache: `fit_job`, or a test's stand-in.
     Module-level functions only: rank processes import it by name."""
 
-    def __call__(self, group: Group, job: FitJob, cache: DataCache, on_epoch: OnEpoch | None) -> FitResult: ...
+    def __call__(self, group: Group, job: FitJob, cache: DataCache, on_epoch: OnEpoch | None,
+                 on_step: OnStep | None = None) -> FitResult: ...
 
 
-def fit_job(group: Group, job: FitJob, cache: DataCache, on_epoch: OnEpoch | None) -> FitResult:
+def fit_job(group: Group, job: FitJob, cache: DataCache, on_epoch: OnEpoch | None,
+            on_step: OnStep | None = None) -> FitResult:
     """`fit` on this process's copy of the job's data (loaded once per process, kept on its device)."""
     data = cache.placed(cache.get(job.cfg.data, job.cfg.model.depth), group.device)
-    return fit(job.cfg, data, job.split, on_epoch=on_epoch, group=group)
+    return fit(job.cfg, data, job.split, on_epoch=on_epoch, on_step=on_step, group=group)
 
 
 @dataclass
@@ -87,7 +90,7 @@ def start_training(config: Config, data: SegmentationData, train: list[int], gro
     cfg, device = config.train, group.device
     torch.manual_seed(cfg.seed)
     model = build_model(config.model, 1 if data.binary else data.num_classes, pretrained=True).to(device)
-    if device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last:  # oneDNN's CPU convolutions too: a step at 64x96 takes 54 ms instead of 75
         model = model.to(memory_format=torch.channels_last)
     model = group.wrap(model)  # DDP (and synced BatchNorm) when there are several ranks
     optimizer = make_optimizer(model.parameters(), cfg)
@@ -99,14 +102,14 @@ def start_training(config: Config, data: SegmentationData, train: list[int], gro
 
 
 def train_epoch(t: Training, config: Config, data: SegmentationData, train: list[int],
-                group: Group) -> tuple[float, int]:
+                group: Group, on_step: OnStep | None = None) -> tuple[float, int]:
     """One pass over the training split: (mean loss per image, images seen by every rank together). Each
     rank trains on its slice of every global batch; one host sync, at the end."""
     cfg, device = config.train, group.device
     t.model.train()
-    loss_sum, seen = torch.zeros((), device=device), 0
-    for x, y in batches(data, train, cfg.batch_size, shuffle=True, augment=config.data.augment,
-                        generator=t.generator, drop_last=True, shard=(group.rank, group.world)):
+    loss_sum, seen, steps = torch.zeros((), device=device), 0, len(train) // cfg.batch_size
+    for step, (x, y) in enumerate(batches(data, train, cfg.batch_size, shuffle=True, augment=config.data.augment,
+                        generator=t.generator, drop_last=True, shard=(group.rank, group.world)), 1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when on the GPU
         with autocast(device, cfg):
             loss = segmentation_loss(t.step_model(x).float(), y, data.binary, cfg.loss, t.weights, group)
@@ -118,20 +121,23 @@ def train_epoch(t: Training, config: Config, data: SegmentationData, train: list
         t.schedule.step()
         loss_sum += loss.detach() * len(x)
         seen += len(x)
+        if on_step is not None:
+            on_step(step, steps)
     seen_sum = torch.tensor(float(seen), device=device)
     group.sum_(loss_sum, seen_sum)
     return loss_sum.item() / max(1.0, seen_sum.item()), int(seen_sum.item())  # .item(): waits for the device
 
 
 def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
-        on_epoch: OnEpoch | None = None, group: Group | None = None) -> FitResult:
+        on_epoch: OnEpoch | None = None, on_step: OnStep | None = None, group: Group | None = None) -> FitResult:
     """Train on split["train"], score on split["val"] every epoch by `config.search.goal`; keep the best
     epoch's weights. `data` is on the group's device (or pinned for it).
 
     With an empty split["val"] (a retrain on train+val) every epoch counts as the best: the last is kept.
     In a process group (`group`), each rank trains on its slice of every global batch under DDP, the
     metrics are summed over the ranks, `on_epoch` is called on rank 0 only and its answer is shared,
-    so every rank stops together; only rank 0 keeps the best weights.
+    so every rank stops together; only rank 0 keeps the best weights. `on_step`, given to rank 0 only, hears
+    of each training step (a progress bar within the epoch; it must not wait on the other ranks).
     """
     cfg, goal = config.train, config.search.goal
     group = group or Group(torch.device("cpu"))
@@ -141,7 +147,7 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     result, best, since_best, best_state, last_lr = FitResult(), None, 0, None, None
     for epoch in range(1, cfg.epochs + 1):
         start, lr = time.perf_counter(), t.optimizer.param_groups[0]["lr"]  # the rate the epoch starts at
-        train_loss, seen = train_epoch(t, config, data, split["train"], group)
+        train_loss, seen = train_epoch(t, config, data, split["train"], group, on_step)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             log.info("epoch %d: training loss is %s, stopping", epoch, train_loss)

@@ -37,12 +37,13 @@ import torch.distributed as dist
 from unet_opt import runtime
 from unet_opt.core.data import DataCache
 from unet_opt.core.group import Group
-from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch
+from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, OnStep
 from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.processes import children_ignoring, die_with_parent
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
+STEP_REPORT_SECONDS = 0.25  # how often rank 0 tells the launcher of its progress within an epoch
 
 RENDEZVOUS_PREFIX = "unet-opt-ranks-"  # + the launcher's pid: a folder per group, for the processes to meet
 
@@ -81,19 +82,19 @@ class RankGroup:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes if p.pid is not None]
 
-    def run(self, fit: Fit, job: FitJob, on_epoch: OnEpoch | None) -> FitResult:
+    def run(self, fit: Fit, job: FitJob, on_epoch: OnEpoch | None, on_step: OnStep | None = None) -> FitResult:
         """`fit` of `job` on every rank; rank 0's result."""
         if self.placement.procs == 1:
-            return self.run_here(fit, job, on_epoch)
+            return self.run_here(fit, job, on_epoch, on_step)
         if any(not p.is_alive() for p in self.processes):  # one died between trials
             self.close()
         if not self.processes:
             self.start()
         try:
-            message = pickle.dumps((fit, job, on_epoch is not None))
+            message = pickle.dumps((fit, job, on_epoch is not None, on_step is not None))
             for conn in self.conns:
                 conn.send_bytes(message)
-            return self.collect(on_epoch)
+            return self.collect(on_epoch, on_step)
         except RankFailed as e:
             if not e.intact:
                 self.close()
@@ -102,12 +103,12 @@ class RankGroup:
             self.close()
             raise
 
-    def run_here(self, fit: Fit, job: FitJob, on_epoch: OnEpoch | None) -> FitResult:
+    def run_here(self, fit: Fit, job: FitJob, on_epoch: OnEpoch | None, on_step: OnStep | None) -> FitResult:
         device = self.placement.main_device
         if device.type == "cuda":
             torch.cuda.set_device(device)  # a worker's kernels and caches go to its own GPU
         try:
-            return fit(Group(device), job, self.cache, on_epoch)
+            return fit(Group(device), job, self.cache, on_epoch, on_step)
         finally:
             release_memory(device)
 
@@ -127,8 +128,9 @@ class RankGroup:
                 self.conns.append(parent_end)
         self.starts += 1
 
-    def collect(self, on_epoch: OnEpoch | None) -> FitResult:
-        """Serve rank 0's epoch reports until every rank has answered, or one failed."""
+    def collect(self, on_epoch: OnEpoch | None, on_step: OnStep | None = None) -> FitResult:
+        """Serve rank 0's epoch reports (and pass on its step reports) until every rank has answered, or
+        one failed."""
         waiting = dict(enumerate(self.conns))
         value, errors, deadline = None, {}, None
         while waiting:
@@ -148,6 +150,10 @@ class RankGroup:
                     kind, payload = pickle.loads(item.recv_bytes())
                 except EOFError:
                     raise RankFailed(f"rank {rank} died ({describe_exit(self.processes[rank])})") from None
+                if kind == "step":  # no answer: the rank does not wait for it
+                    if on_step is not None:
+                        on_step(*payload)
+                    continue
                 if kind == "epoch":
                     answer = pickle.dumps(bool(on_epoch(*payload)) if on_epoch is not None else False)
                     try:
@@ -229,12 +235,13 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
     group, cache = Group(device, rank, placement.procs), DataCache(cache_dir)  # the data stays for the next job
     while True:
         try:
-            fit, job, relay = pickle.loads(conn.recv_bytes())
+            fit, job, relay_epochs, relay_steps = pickle.loads(conn.recv_bytes())
         except EOFError:  # the launcher closed the group
             return
-        on_epoch = relay_to(conn) if rank == 0 and relay else None
+        on_epoch = relay_to(conn) if rank == 0 and relay_epochs else None
+        on_step = relay_steps_to(conn) if rank == 0 and relay_steps else None
         try:
-            value = fit(group, job, cache, on_epoch)
+            value = fit(group, job, cache, on_epoch, on_step)
             reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
         except Exception as e:  # reported; a failed collective leaves the group unusable, anything else not
             reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not broke_the_group(e)))
@@ -259,3 +266,17 @@ def relay_to(conn: Connection) -> OnEpoch:
         return pickle.loads(conn.recv_bytes())
 
     return on_epoch
+
+
+def relay_steps_to(conn: Connection, every: float = STEP_REPORT_SECONDS) -> OnStep:
+    """Step reports, a few a second at most (each is a message the launcher reads), and the epoch's last."""
+    last = 0.0
+
+    def on_step(done: int, steps: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= every or done == steps:
+            last = now
+            conn.send_bytes(pickle.dumps(("step", (done, steps))))
+
+    return on_step

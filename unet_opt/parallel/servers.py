@@ -5,14 +5,18 @@ own settings, one line per request)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from unet_opt.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,21 @@ def group_alive(pgid: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def check_port(host: str, port: int, option: str = "--port") -> None:
+    """The address can be listened on now: a server would fail on a busy port only after a while."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass an address of this machine "
+                                f"with --host (127.0.0.1, or 0.0.0.0 for every interface)") from None
+            raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another {option}") from None
+
+
+def local_base(host: str, port: int) -> str:
+    """The address a browser on this machine opens a server listening on `host` at."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+

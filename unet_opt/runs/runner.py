@@ -23,7 +23,7 @@ from unet_opt.config.schema import Config, to_toml
 from unet_opt.core.data import DataCache, SegmentationData, batches, check_splittable
 from unet_opt.core.encoders import check_pretrained
 from unet_opt.core.scoring import split_metrics
-from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, fit_job
+from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, OnStep, fit_job
 from unet_opt.errors import UserError
 from unet_opt.parallel.placement import Placement, check_divisible
 from unet_opt.parallel.ranks import RankGroup
@@ -102,9 +102,11 @@ class Runner:
         self.paths, self.placement, self.fit = paths, placement, fit
         self.cache = DataCache(paths.cache)
         self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
-        self.files_in_background = files_in_background
         self.tracker: Tracker | None = None
         self.writer: ArtifactWriter | None = None
+        if files_in_background:  # started now: its imports run while this process opens the stores
+            self.writer = ArtifactWriter(low_priority=placement.device == "cpu")
+            self.writer.start()
 
     def __enter__(self) -> Runner:
         return self
@@ -127,17 +129,17 @@ class Runner:
     def use_tracker(self, tracker: Tracker) -> None:
         """Where runs are logged, once the stores are open."""
         self.tracker = tracker
-        if self.files_in_background:
-            self.writer = ArtifactWriter(tracker.uri, low_priority=self.placement.device == "cpu")
+        if self.writer is not None:
+            self.writer.tracking_uri = tracker.uri
 
     def data(self, cfg: Config) -> SegmentationData:
         """The data set a run of `cfg` trains on, from this process's cache (checked when first loaded)."""
         return self.cache.get(cfg.data, cfg.model.depth)
 
-    def train(self, spec: RunSpec, on_epoch: OnEpoch | None) -> FitResult:
+    def train(self, spec: RunSpec, on_epoch: OnEpoch | None, on_step: OnStep | None = None) -> FitResult:
         """`fit` on every rank of the placement. One process trains on this process's data cache; rank
         processes use theirs (and keep their data for the next run)."""
-        return self.ranks.run(self.fit, FitJob(spec.cfg, spec.fit_split), on_epoch)
+        return self.ranks.run(self.fit, FitJob(spec.cfg, spec.fit_split), on_epoch, on_step)
 
     def record(self, spec: RunSpec, result: FitResult, run_id: str, figures: bool = True) -> RunRecord:
         """The run's files (config, curves, the validation report), then what the spec asks for: the test
@@ -191,7 +193,7 @@ def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = ""
         log.log(progress.line_level(), "%s  epoch %d/%d%s  train_loss %.3f  (%.1f s)", label, epoch,
                 cfg.train.epochs, shown, metrics["train_loss"], metrics["epoch_seconds"])
         if epochs is not None:
-            epochs.update(epoch - epochs.n)
+            epochs.n = epoch  # whole now: the steps moved it through the epoch
             epochs.set_postfix_str(shown.strip(), refresh=False)
             progress.refresh()
         return decide(epoch, metrics, best) if decide is not None else False
@@ -204,8 +206,9 @@ def train_and_record(runner: Runner, spec: RunSpec, run_id: str) -> RunRecord:
     run ends FINISHED, KILLED on Ctrl-C, FAILED on anything else."""
     cfg = spec.cfg
     with runner.tracker.closing(run_id):
-        with progress.bar(cfg.train.epochs, "training", "epoch") as epochs:
-            result = runner.train(spec, logging_callback(runner.tracker, run_id, cfg, epochs=epochs))
+        with progress.bar(cfg.train.epochs, "training", "epoch", fractional=True) as epochs:
+            result = runner.train(spec, logging_callback(runner.tracker, run_id, cfg, epochs=epochs),
+                                  progress.steps_of(epochs))
         if result.model is None and spec.register_as:
             raise UserError(f"the retrain diverged ({result.stop_reason}) in its first epoch; retrain with "
                             f"another --epochs or pick another trial's settings")

@@ -13,9 +13,8 @@ from pathlib import Path
 import optuna
 
 from unet_opt.errors import UserError
-from unet_opt.parallel.servers import Server
+from unet_opt.parallel.servers import Server, local_base
 from unet_opt.study.storage import open_storage
-from unet_opt.tracking.ui import local_base
 
 log = logging.getLogger(__name__)
 

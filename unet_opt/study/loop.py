@@ -31,7 +31,10 @@ def work(ctx: SearchContext) -> WorkerEnd:
     """Ask, train, tell, until finished plus running trials (of every worker and machine) reach the target.
     Trials that fail do not count, so the last worker standing replaces them."""
     outcome, failures, target, said_waiting = WorkerEnd(), 0, ctx.cfg.search.trials, False
-    with progress.bar(target, "trials", "trial", initial=min(count_finished(ctx.study), target)) as trials:
+    # the ETA from the average trial of this command: pruned ones (short) and complete ones (long) in the mix
+    # they come in, not the last trial's length alone, which swings tenfold between a pruned and a complete one
+    with progress.bar(target, "trials", "trial", initial=min(count_finished(ctx.study), target),
+                      smoothing=0) as trials:
         while True:
             runtime.raise_pending_stop()
             ctx.ledger.close_stale()

@@ -106,9 +106,10 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
 
     result = FitResult()
     try:
-        with progress.bar(cfg.train.epochs, f"trial #{trial.number}", "epoch", leave=False) as epochs:
+        with progress.bar(cfg.train.epochs, f"trial #{trial.number}", "epoch", leave=False,
+                          fractional=True) as epochs:
             on_epoch = logging_callback(runner.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
-            result = runner.train(spec, on_epoch)
+            result = runner.train(spec, on_epoch, progress.steps_of(epochs))
         outcome = outcome_of(result, metric, ctx.study.pruner)
     except KeyboardInterrupt:
         ctx.ledger.fail(trial, INTERRUPTED, (result.best_epoch, result.epochs_run))
@@ -132,8 +133,9 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
     if best is not None:
         runner.tracker.log_metrics(ctx.ledger.parent_id, {"best_value": best}, step=trial.number)
     describe_parent(ctx.study, runner.tracker, ctx.ledger.parent_id, cfg)
+    reached = outcome.value if outcome.value is not None else value_columns.get(f"best_{metric}")
     log.info("trial #%d %s%s  [%s]%s", trial.number, outcome.state.name,
-             f" {metric} {outcome.value:.4f} (best epoch {result.best_epoch})" if outcome.value is not None else "",
+             f" {metric} {reached:.4f} (best epoch {result.best_epoch})" if reached is not None else "",
              outcome.reason, f"  study best {best:.4f}" if best is not None else "")
     return outcome.state
 

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 DPI = 100
+LOG_LOSS_RANGE = 30  # largest / smallest loss beyond which the loss panel has a log axis
+
+
+def import_libraries() -> None:
+    """Import what drawing needs, ahead of the first figure (a writer process does, as it starts)."""
+    import matplotlib.figure  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import torchvision.utils  # noqa: F401
 
 
 def save(fig: Figure, path: Path) -> None:
@@ -83,8 +91,10 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     epochs = np.arange(1, len(history) + 1)
-    fig = Figure(figsize=(10, 3.8), dpi=DPI, layout="constrained")
-    left, right = fig.subplots(1, 2)
+    fig = Figure(figsize=(10, 3.8), dpi=DPI)
+    # fixed margins that fit the labels: a layout solver costs a tenth of a second a figure
+    left, right = fig.subplots(1, 2, gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.92,
+                                                  "wspace": 0.2})
     present = set(history[0]) if history else set()  # a retrain on train+val has no val_* keys
     scores = [k for k in dict.fromkeys((metric, "val_dice", "val_miou", "val_pixel_accuracy")) if "loss" not in k]
     for ax, keys in ((left, ("train_loss", "val_loss")), (right, scores)):
@@ -100,7 +110,13 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
         ax.set_xlabel("epoch")
         if ax.lines:
             ax.legend(fontsize=8)
-    left.set_ylabel("loss")
+    losses = np.array([h[k] for h in history for k in ("train_loss", "val_loss") if k in h], dtype=float)
+    losses = losses[np.isfinite(losses)]
+    # a first epoch's loss of ~1000 beside later ones of ~1 flattens a linear axis to a line at 0
+    log_scale = losses.size and losses.min() > 0 and losses.max() / losses.min() > LOG_LOSS_RANGE
+    if log_scale:
+        left.set_yscale("log")
+    left.set_ylabel("loss (log scale)" if log_scale else "loss")
     left.set_title("loss")
     right.set_ylim(0, 1)
     right.set_ylabel(f"score (search goal: {metric})" if metric in present and "loss" not in metric else "score")

@@ -40,6 +40,7 @@ def experiment_name(name: str) -> str:
 
 
 RANKED_VIEW = "unet-opt-ranked"  # the runs table's shared view that a study's experiment carries
+TRIALS_ONLY = "tags.`optuna.trial` LIKE '%'"  # the runs of trials: the study's own run has no trial number
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.15+: an experiment tag per shared view, opened by URL
 
 
@@ -127,12 +128,15 @@ class Tracker:
 
     def save_ranked_view(self, metric: str, params: list[str]) -> None:
         """The runs table as a study wants it, kept with its experiment as an MLflow shared view: the trials
-        sorted by their value, best first, with `best_<metric>`, `best_epoch` and the searched `params` as
-        columns. Sorted by start time, MLflow's default, the table folds the trials under the study's
-        run and shows none of these columns."""
-        state = {"orderByKey": f"metrics.`best_{metric}`", "orderByAsc": not SearchConfig(metric=metric).goal.maximize,
-                 "selectedColumns": [f"metrics.`best_{metric}`", "metrics.`best_epoch`",
-                                     *(f"params.`{name}`" for name in params)]}
+        alone (not the study's own run), sorted by their value, best first, with `best_<metric>`,
+        `best_epoch` and the searched `params` as columns wide enough for their names and values. Sorted by
+        start time, MLflow's default, the table folds the trials under the study's run and shows none of
+        these columns."""
+        columns = [f"metrics.`best_{metric}`", "metrics.`best_epoch`", *(f"params.`{name}`" for name in params)]
+        state = {"orderByKey": columns[0], "orderByAsc": not SearchConfig(metric=metric).goal.maximize,
+                 "searchFilter": TRIALS_ONLY, "selectedColumns": columns,
+                 # MLflow's 100-odd px cut "data.image_size" and "best_val_dice" short: ~8 px a character
+                 "columnWidths": {column: max(110, 8 * len(column.split("`")[1]) + 40) for column in columns}}
         self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + RANKED_VIEW, json.dumps(state))
 
     def open_parent(self, run_id: str | None, study: str, params: dict[str, Any] | None = None) -> str:

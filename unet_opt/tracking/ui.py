@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import socket
 import sys
 import urllib.parse
 from pathlib import Path
@@ -13,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from unet_opt.config.paths import redact_url, sqlite_file
 from unet_opt.config.schema import SearchConfig
 from unet_opt.errors import UserError
-from unet_opt.parallel.servers import Server
+from unet_opt.parallel.servers import Server, check_port, local_base
 from unet_opt.tracking.tracker import RANKED_VIEW, SHARED_VIEW_TAG, point_at_own_folder
 
 # what MLflow's server says on every start, and a user need not read (its request lines are off, and its
@@ -64,18 +62,6 @@ def study_pages(tracking_uri: str, base: str) -> list[tuple[str, str]]:
     return pages
 
 
-def check_port(host: str, port: int, option: str = "--port") -> None:
-    """The address can be listened on now: a server would fail on a busy port only after a while."""
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            if e.errno != errno.EADDRINUSE:
-                raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass an address of this machine "
-                                f"with --host (127.0.0.1, or 0.0.0.0 for every interface)") from None
-            raise UserError(f"port {port} on {host} is in use (another `unet-opt ui`?); pass another {option}") from None
-
-
 def mlflow_ui(tracking_uri: str, artifact_root: Path, host: str, port: int,
               allowed_hosts: str = "") -> tuple[Server, list[tuple[str, str]]]:
     """The MLflow UI over a local store, checked and ready to serve, and (study, its ranked runs table) for
@@ -91,7 +77,3 @@ def mlflow_ui(tracking_uri: str, artifact_root: Path, host: str, port: int,
     return (Server(ui_command(tracking_uri, host, port, allowed_hosts), env, MLFLOW_NOISE),
             study_pages(tracking_uri, local_base(host, port)))
 
-
-def local_base(host: str, port: int) -> str:
-    """The address a browser on this machine opens a server listening on `host` at."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"

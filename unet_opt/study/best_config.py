@@ -1,0 +1,45 @@
+"""The best trial's configuration: what `retrain --best` trains, and the file `report --best-config` writes,
+which `unet-opt train --space FILE` trains again exactly as the trial trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from unet_opt.config.paths import redact_url
+from unet_opt.config.schema import Config, to_toml
+from unet_opt.config.space_file import stored_config
+from unet_opt.errors import UserError
+from unet_opt.study.storage import load_existing
+
+
+def best_trial_config(study: optuna.Study, setup: dict[str, Any]) -> tuple[Config, optuna.trial.FrozenTrial]:
+    """The best trial's config, exactly as the trial trained it: the study's stored config with the
+    trial's sampled params and its own seed."""
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise UserError(f"study '{study.study_name}' has no complete trial yet; run `unet-opt search` until one "
+                        f"completes (pruned and failed trials are not retrained)")
+    if "config_toml" not in setup:
+        raise UserError(f"study '{study.study_name}' holds no stored config (made by an older unet-opt); "
+                        f"run a new search with --study NEW_NAME")
+    best = study.best_trial
+    base = stored_config(setup["config_toml"], f"study '{study.study_name}' (stored config)")
+    return base.for_trial(best.params, best.number), best
+
+
+def write_best_config(storage_url: str, study_name: str | None, path: Path, overwrite: bool = False) -> dict:
+    """The best trial's config as a TOML file; what was written, for the command to say."""
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists; pass --overwrite to replace it, or another file name")
+    if not path.parent.is_dir():
+        raise UserError(f"folder {path.parent} does not exist; create it first or write the file elsewhere")
+    study, setup, _ = load_existing(storage_url, study_name)
+    cfg, best = best_trial_config(study, setup)
+    metric = cfg.search.goal.metric
+    header = (f"# best trial #{best.number} of study '{study.study_name}': {metric} = {best.value:.4f}\n"
+              f"# params: {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
+              f"# train it again: unet-opt train --space {path.name}   (its [space] is ignored by train)\n")
+    path.write_text(header + to_toml(cfg, redact_url), encoding="utf-8")
+    return {"study": study.study_name, "number": best.number, "metric": metric, "value": best.value}
