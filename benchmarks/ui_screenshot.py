@@ -98,6 +98,11 @@ def study_runs(home: Path, experiment: str | None = None) -> tuple[str, dict]:
     raise RuntimeError(f"no experiment {experiment!r} in {home}" if experiment else f"no trial runs in {home}")
 
 
+def trial_names(runs: dict) -> list[str]:
+    """The names of the trials' runs as the ranked view lists them (it lists no other run), best first."""
+    return sorted(name for name, run in runs.items() if "optuna.trial" in run.data.tags)
+
+
 def runs_table_url(server: str, experiment_id: str) -> str:
     """The page `unet-opt ui` points to: the study's runs table in its ranked view."""
     from unet_opt.tracking.ui import ranked_table_url
@@ -249,7 +254,7 @@ def main() -> None:
         sys.exit(f"no run {args.run_name!r}; runs: {', '.join(sorted(runs))}")
     with ui_server(args.home, args.port or free_port()) as server, Browser(browser, width, height) as page:
         page.open(runs_table_url(server, experiment_id))
-        page.wait_for(sorted(runs))
+        page.wait_for(trial_names(runs))
         page.screenshot(args.out)
         print(f"runs table: {args.out}")
         if args.run_name:

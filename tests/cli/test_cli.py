@@ -25,6 +25,20 @@ def test_report_and_studies_import_no_torch():
     assert proc.stdout.split() == ["False", "False"], proc.stdout + proc.stderr
 
 
+def test_shell_completion_as_the_readme_gives_it_completes_commands_and_options():
+    import os
+
+    script = subprocess.run(["unet-opt"], env={**os.environ, "_UNET_OPT_COMPLETE": "bash_source"},
+                            capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and "complete -o nosort -F _unet_opt_completion unet-opt" in script.stdout
+    for words, cword, expected in (("unet-opt rep", "1", "plain,report"), ("unet-opt report --be", "2",
+                                                                             "plain,--best-config")):
+        proc = subprocess.run(["unet-opt"], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "_UNET_OPT_COMPLETE": "bash_complete", "COMP_WORDS": words,
+                                   "COMP_CWORD": cword})
+        assert expected in proc.stdout.split(), proc.stdout + proc.stderr
+
+
 def test_version(cli):
     code, out, _ = cli("--version")
     assert code == 0 and out.strip() == "unet-opt, version 0.1.0"

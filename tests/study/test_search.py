@@ -151,6 +151,7 @@ def test_the_runs_table_opens_ranked_and_the_summary_says_where(three_trials):
     assert view["selectedColumns"][:2] == ["metrics.`best_val_dice`", "metrics.`best_epoch`"]
     assert "params.`train.lr`" in view["selectedColumns"]
     assert view["columnWidths"]["params.`data.image_size`"] >= 8 * len("data.image_size") + 40  # not cut short
+    assert view["columnOrder"] == view["selectedColumns"]  # MLflow applies the widths of the columns it orders
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
     listed = client.search_runs([experiments[0].experiment_id], view["searchFilter"])  # the view's rows
     assert sorted(r.data.tags["optuna.trial"] for r in listed) == ["0", "1", "2"]  # the trials, not the study

@@ -75,3 +75,4 @@ def test_the_writer_of_trials_on_the_cpu_draws_at_the_lowest_priority(tmp_path):
     finally:
         writer.close()
     assert writer.process is None  # it ended once its connection closed
+

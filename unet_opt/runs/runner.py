@@ -1,11 +1,12 @@
 """One path for "train one config, test it, checkpoint, log, register": a trial, `retrain` and `train`.
 
 A process that trains runs makes one `Runner` and keeps it for all of them: its pre-flight checks passed,
-its data cache, its rank processes (kept across trials) and, in a search on GPUs, the writer that draws a
-run's files in the background. `Runner.train` runs `fit` on every rank of the placement, so a retrain
-and a baseline use every GPU exactly as a trial does; `Runner.record` then leaves behind what the run's
-spec asks for: the report files, test metrics, a checkpoint and a registered model. What differs
-between the three kinds of run is data, a `RunSpec`, not code.
+its data cache, its rank processes (kept across trials) and, in a search, the writer that draws a
+run's files in the background (at the lowest priority on a CPU). `Runner.train` runs `fit` on every
+rank of the placement, so a retrain and a baseline use every GPU exactly as a trial does;
+`Runner.record` then leaves behind what the run's spec asks for: the report files, test metrics, a
+checkpoint and a registered model. What differs between the three kinds of run is data, a `RunSpec`,
+not code.
 """
 
 from __future__ import annotations
@@ -102,11 +103,9 @@ class Runner:
         self.paths, self.placement, self.fit = paths, placement, fit
         self.cache = DataCache(paths.cache)
         self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
+        self.files_in_background = files_in_background
         self.tracker: Tracker | None = None
         self.writer: ArtifactWriter | None = None
-        if files_in_background:  # started now: its imports run while this process opens the stores
-            self.writer = ArtifactWriter(low_priority=placement.device == "cpu")
-            self.writer.start()
 
     def __enter__(self) -> Runner:
         return self
@@ -129,8 +128,8 @@ class Runner:
     def use_tracker(self, tracker: Tracker) -> None:
         """Where runs are logged, once the stores are open."""
         self.tracker = tracker
-        if self.writer is not None:
-            self.writer.tracking_uri = tracker.uri
+        if self.files_in_background:
+            self.writer = ArtifactWriter(tracker.uri, low_priority=self.placement.device == "cpu")
 
     def data(self, cfg: Config) -> SegmentationData:
         """The data set a run of `cfg` trains on, from this process's cache (checked when first loaded)."""

@@ -22,13 +22,6 @@ DPI = 100
 LOG_LOSS_RANGE = 30  # largest / smallest loss beyond which the loss panel has a log axis
 
 
-def import_libraries() -> None:
-    """Import what drawing needs, ahead of the first figure (a writer process does, as it starts)."""
-    import matplotlib.figure  # noqa: F401
-    import sklearn.metrics  # noqa: F401
-    import torchvision.utils  # noqa: F401
-
-
 def save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=fig.dpi)  # at the figure's own dpi, so that figimage pixels are not resampled
     fig.clear()

@@ -134,9 +134,11 @@ class Tracker:
         these columns."""
         columns = [f"metrics.`best_{metric}`", "metrics.`best_epoch`", *(f"params.`{name}`" for name in params)]
         state = {"orderByKey": columns[0], "orderByAsc": not SearchConfig(metric=metric).goal.maximize,
-                 "searchFilter": TRIALS_ONLY, "selectedColumns": columns,
-                 # MLflow's 100-odd px cut "data.image_size" and "best_val_dice" short: ~8 px a character
-                 "columnWidths": {column: max(110, 8 * len(column.split("`")[1]) + 40) for column in columns}}
+                 "searchFilter": TRIALS_ONLY, "selectedColumns": columns, "columnOrder": columns,
+                 # MLflow's 100-odd px cut "data.image_size" short, and values at full precision (a float's
+                 # 17 digits, ~9 px each): ~8 px a character of the name. It applies the widths of the
+                 # columns that `columnOrder` names, in that order.
+                 "columnWidths": {column: max(170, 8 * len(column.split("`")[1]) + 40) for column in columns}}
         self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + RANKED_VIEW, json.dumps(state))
 
     def open_parent(self, run_id: str | None, study: str, params: dict[str, Any] | None = None) -> str:

@@ -6,10 +6,6 @@ writer draws the files into a temporary folder and logs them to the run. When tr
 the writer runs at the lowest scheduling priority (`low_priority`), so that it draws in the time training
 leaves idle instead of taking cores from it.
 
-A search starts its writer with its `Runner`, before the first trial: the writer's imports (MLflow,
-matplotlib, scikit-learn, torchvision; seconds of CPU) then run beside the search's own start-up instead
-of after its first trial. A writer that was handed nothing is simply ended.
-
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
 when its connection closes and every report it was given is written, so it finishes its queue even when
 the search is killed. `close` waits for it, so that a finished search has all its files.
@@ -39,14 +35,12 @@ LOWEST_PRIORITY = 19
 
 
 class ArtifactWriter:
-    """One worker's writer process: started by `start`, or with the first report. `tracking_uri` may be
-    given once the store is open (each report travels with it)."""
+    """One worker's writer process, started with the first report."""
 
-    def __init__(self, tracking_uri: str = "", low_priority: bool = False):
+    def __init__(self, tracking_uri: str, low_priority: bool = False):
         self.tracking_uri, self.low_priority = tracking_uri, low_priority
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
-        self.handed = 0  # reports handed to the current process
 
     def __enter__(self) -> ArtifactWriter:
         return self
@@ -60,14 +54,14 @@ class ArtifactWriter:
             self.close()
         if self.process is None:
             self.start()
-        self.conn.send_bytes(pickle.dumps((self.tracking_uri, run_id, report)))
-        self.handed += 1
+        self.conn.send_bytes(pickle.dumps((run_id, report)))
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
         conn, child_end = context.Pipe()
         verbose = logging.getLogger("unet_opt").isEnabledFor(logging.DEBUG)
-        process = context.Process(target=writer_main, name="artifact-writer", args=(child_end, verbose))
+        process = context.Process(target=writer_main, name="artifact-writer",
+                                  args=(child_end, self.tracking_uri, verbose))
         with children_ignoring(signal.SIGINT, signal.SIGTERM):  # the launcher decides when it stops
             process.start()
         if self.low_priority:  # from its first imports on: nice 19 (within this command's process group)
@@ -79,8 +73,6 @@ class ArtifactWriter:
         """Wait until every report handed over is written (at most CLOSE_TIMEOUT seconds)."""
         if self.process is None:
             return
-        if not self.handed:  # nothing to write: it need not finish its imports first
-            self.process.kill()
         self.conn.close()  # the writer finishes its queue, then ends
         self.process.join(1.0)
         if self.process.is_alive():
@@ -91,10 +83,9 @@ class ArtifactWriter:
             self.process.kill()
             self.process.join()
         self.process = self.conn = None
-        self.handed = 0
 
 
-def writer_main(conn: Connection, verbose: bool) -> None:
+def writer_main(conn: Connection, tracking_uri: str, verbose: bool) -> None:
     """Receive reports as they come (so that the launcher never waits on a full pipe) and write them in turn."""
     runtime.setup(verbose)  # it ignores SIGINT and SIGTERM as it started: it finishes its queue, then ends
     reports: queue.Queue = queue.Queue()
@@ -110,15 +101,12 @@ def writer_main(conn: Connection, verbose: bool) -> None:
     threading.Thread(target=receive, daemon=True).start()
     from mlflow.tracking import MlflowClient
 
-    from unet_opt.tracking import plots
-
-    plots.import_libraries()  # now, while the search starts, rather than with the first trial's figures
-    clients: dict[str, MlflowClient] = {}
+    client = MlflowClient(tracking_uri)
     while (item := reports.get()) is not None:
-        tracking_uri, run_id, report = item
+        run_id, report = item
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 write_report(Path(tmp), report)
-                clients.setdefault(tracking_uri, MlflowClient(tracking_uri)).log_artifacts(run_id, tmp)
+                client.log_artifacts(run_id, tmp)
         except Exception as e:  # one run's files are not worth the others'
             log.warning("could not write the files of MLflow run %s (%s: %s)", run_id, type(e).__name__, e)
