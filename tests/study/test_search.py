@@ -262,8 +262,8 @@ def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
 def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     elsewhere = home / "project"
     code, out, err = cli("--home", str(elsewhere), "search", "--trials", "5", "--timeout", "1", "--pruner", "none",
-                         *FAST, "--set", "space.epochs.high=30", "--set", "space.epochs.low=20",
-                         "--set", "train.patience=30")  # trials of 2 s+: not ended early by a plateau
+                         *FAST, "--set", "space.epochs.high=100", "--set", "space.epochs.low=80",
+                         "--set", "train.patience=100")  # trials of 2 s+ (an epoch takes ~30 ms): no plateau ends them
     assert code == 0, err
     # the first trial starts at once and outlasts the 1 s budget: no second trial starts
     assert "1 run now" in out and "timeout of 1 s reached" in out
