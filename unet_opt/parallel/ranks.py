@@ -27,6 +27,7 @@ import signal
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -46,6 +47,17 @@ GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to repor
 STEP_REPORT_SECONDS = 0.25  # how often rank 0 tells the launcher of its progress within an epoch
 
 RENDEZVOUS_PREFIX = "unet-opt-ranks-"  # + the launcher's pid: a folder per group, for the processes to meet
+
+
+@dataclass(frozen=True)
+class RankTask:
+    """What every rank is sent for one run: the function that trains it, the job, and whether rank 0
+    reports its epochs (answered: stop or go on) and its steps (not answered) to the launcher."""
+
+    fit: Fit
+    job: FitJob
+    relay_epochs: bool
+    relay_steps: bool
 
 
 class RankFailed(RuntimeError):
@@ -91,7 +103,7 @@ class RankGroup:
         if not self.processes:
             self.start()
         try:
-            message = pickle.dumps((fit, job, on_epoch is not None, on_step is not None))
+            message = pickle.dumps(RankTask(fit, job, on_epoch is not None, on_step is not None))
             for conn in self.conns:
                 conn.send_bytes(message)
             return self.collect(on_epoch, on_step)
@@ -235,13 +247,13 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
     group, cache = Group(device, rank, placement.procs), DataCache(cache_dir)  # the data stays for the next job
     while True:
         try:
-            fit, job, relay_epochs, relay_steps = pickle.loads(conn.recv_bytes())
+            task: RankTask = pickle.loads(conn.recv_bytes())
         except EOFError:  # the launcher closed the group
             return
-        on_epoch = relay_to(conn) if rank == 0 and relay_epochs else None
-        on_step = relay_steps_to(conn) if rank == 0 and relay_steps else None
+        on_epoch = relay_to(conn) if rank == 0 and task.relay_epochs else None
+        on_step = relay_steps_to(conn) if rank == 0 and task.relay_steps else None
         try:
-            value = fit(group, job, cache, on_epoch, on_step)
+            value = task.fit(group, task.job, cache, on_epoch, on_step)
             reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
         except Exception as e:  # reported; a failed collective leaves the group unusable, anything else not
             reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not broke_the_group(e)))
