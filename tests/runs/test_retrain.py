@@ -244,3 +244,11 @@ def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, c
     assert cli("report", "--best-config", "best.toml", "--overwrite")[0] == 0
     code, _, err = cli("report", "--best-config", "no/such/folder/best.toml")
     assert code == 2 and "folder no/such/folder does not exist" in err
+    for path, message in (("best.toml/x.toml", "best.toml is a file, not a folder"), ("", "needs a file name"),
+                          ("/proc/best.toml", "cannot write /proc/best.toml")):  # found by a review, as tracebacks
+        code, _, err = cli("report", "--best-config", path)
+        assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err
+    code, out, _ = cli("report", "--best-config", "-")  # the TOML alone on stdout, no file named "-"
+    assert code == 0 and out.startswith("# best trial #0") and tomllib.loads(out) == written
+    assert not (searched_home / "-").exists()
+    assert cli("report", "--best-config", "-", "--json")[0] == 2  # both would write to stdout

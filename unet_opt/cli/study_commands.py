@@ -77,7 +77,8 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
 @storage_option
 @option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @option("--best-config", type=click.Path(dir_okay=False), metavar="FILE", show_default="none",
-        help="Also write the best trial's config as TOML, which `unet-opt train --space FILE` trains again.")
+        help="Also write the best trial's config as TOML, which `unet-opt train --space FILE` trains again "
+             "(- prints it alone on stdout).")
 @overwrite_option
 @click.pass_obj
 @output_options
@@ -92,10 +93,17 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
     """
     from unet_opt.study.summary import study_report
 
-    if best_config:
-        from pathlib import Path
+    if best_config is not None:
+        from unet_opt.study.best_config import best_config_text, write_best_config
 
-        from unet_opt.study.best_config import write_best_config
+        if best_config == "-":  # the TOML itself on stdout, as the only output
+            if as_json:
+                raise click.UsageError("--best-config - and --json both write to stdout; pass one of them")
+            click.echo(best_config_text(session.paths.storage_url(storage), study, "FILE")[0], nl=False)
+            return 0
+        if not best_config.strip():
+            raise click.UsageError("--best-config needs a file name, e.g. --best-config best.toml (or - for stdout)")
+        from pathlib import Path
 
         best = write_best_config(session.paths.storage_url(storage), study, Path(best_config), overwrite)
         click.echo(f"wrote {best_config}: trial #{best['number']} of study '{best['study']}' "

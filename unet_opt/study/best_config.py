@@ -29,17 +29,36 @@ def best_trial_config(study: optuna.Study, setup: dict[str, Any]) -> tuple[Confi
     return base.for_trial(best.params, best.number), best
 
 
-def write_best_config(storage_url: str, study_name: str | None, path: Path, overwrite: bool = False) -> dict:
-    """The best trial's config as a TOML file; what was written, for the command to say."""
+def check_config_path(path: Path, overwrite: bool) -> None:
+    """A file the config can be written to, before anything is read or written."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass a file name such as {path / 'best.toml'}")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it, or another file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{path.parent} is a file, not a folder; write the config elsewhere")
     if not path.parent.is_dir():
         raise UserError(f"folder {path.parent} does not exist; create it first or write the file elsewhere")
+
+
+def best_config_text(storage_url: str, study_name: str | None, shown_path: str) -> tuple[str, dict]:
+    """The best trial's config as TOML, headed by how to train it again; and what it holds, to say."""
     study, setup, _ = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, setup)
     metric = cfg.search.goal.metric
     header = (f"# best trial #{best.number} of study '{study.study_name}': {metric} = {best.value:.4f}\n"
               f"# params: {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
-              f"# train it again: unet-opt train --space {path.name}   (its [space] is ignored by train)\n")
-    path.write_text(header + to_toml(cfg, redact_url), encoding="utf-8")
-    return {"study": study.study_name, "number": best.number, "metric": metric, "value": best.value}
+              f"# train it again: unet-opt train --space {shown_path}   (its [space] is ignored by train)\n")
+    return header + to_toml(cfg, redact_url), {"study": study.study_name, "number": best.number, "metric": metric,
+                                               "value": best.value}
+
+
+def write_best_config(storage_url: str, study_name: str | None, path: Path, overwrite: bool = False) -> dict:
+    """The best trial's config as a TOML file; what was written, for the command to say."""
+    check_config_path(path, overwrite)
+    text, best = best_config_text(storage_url, study_name, str(path))
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or e}); write the config elsewhere") from None
+    return best
