@@ -39,6 +39,7 @@ def redact_passwords(record: logging.LogRecord) -> bool:
         record.exc_text = redact_url(logging.Formatter().formatException(record.exc_info))
     return True
 
+
 QUIET = "UNET_OPT_QUIET"  # "1": only warnings and errors, in this process and the processes it starts
 
 

@@ -85,6 +85,10 @@ def test_q_shows_warnings_only_and_no_bars_before_or_after_the_command(home, cli
     for args in (("-q", "studies"), ("studies", "-q"), ("studies", "--quiet")):
         cli(*args)
         assert logging.getLogger("unet_opt").level == logging.WARNING and not progress.live()
+    from unet_opt import runtime
+
+    runtime.setup(prefix="[w0] ")  # what a --workers process does as it starts: quiet from the environment
+    assert logging.getLogger("unet_opt").level == logging.WARNING
     cli("-q", "-v", "studies")  # asking for both: the debug lines, which a bug report needs
     assert logging.getLogger("unet_opt").level == logging.DEBUG
     monkeypatch.setenv("UNET_OPT_QUIET", "0")

@@ -30,9 +30,8 @@ def best_trial_config(study: optuna.Study, setup: dict[str, Any]) -> tuple[Confi
 
 
 def check_config_path(path: Path, overwrite: bool) -> None:
-    """A file the config can be written to, before anything is read or written."""
-    if path.is_dir():
-        raise UserError(f"{path} is a folder; pass a file name such as {path / 'best.toml'}")
+    """A file the config can be written to, before anything is read or written (a folder is click's to
+    refuse: `--best-config` is a `click.Path(dir_okay=False)`)."""
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it, or another file name")
     if path.parent.exists() and not path.parent.is_dir():
