@@ -1,3 +1,3 @@
-from unet_opt.cli.app import main
+from unet_opt.cli.app import entry
 
-main()
+entry()

@@ -18,6 +18,26 @@ def test_python_dash_m_runs_the_cli():
     assert proc.returncode == 0 and "search" in proc.stdout and "retrain" in proc.stdout
 
 
+def test_the_command_s_quick_exit_keeps_its_code_its_output_and_every_exit_handler(tmp_path):
+    # `entry` skips the interpreter's teardown of its modules (1-2 s with torch and MLflow), nothing else
+    code = """
+import atexit, sys, tempfile, threading, time
+from unet_opt.cli.app import entry
+folder = tempfile.TemporaryDirectory(dir=sys.argv[1])  # removed by its exit handler
+atexit.register(lambda: print("exit handler ran", end=""))
+threading.Thread(target=lambda: (time.sleep(0.5), print("thread done"))).start()  # waited for
+sys.argv = ["unet-opt", *sys.argv[2:]]
+entry()
+"""
+    ran = subprocess.run([sys.executable, "-c", code, str(tmp_path), "--version"], capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0 and ran.stdout.startswith("unet-opt, version") and "thread done" in ran.stdout
+    assert ran.stdout.endswith("exit handler ran") and list(tmp_path.iterdir()) == []
+    wrong = subprocess.run([sys.executable, "-c", code, str(tmp_path), "search", "--trials", "x"], capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.splitlines()) == 1
+
+
 def test_report_and_studies_import_no_torch():
     # `report` and `studies` only read the study storage: they must start fast
     code = "import sys, unet_opt.cli.app, unet_opt.study.summary; print('torch' in sys.modules, 'mlflow' in sys.modules)"

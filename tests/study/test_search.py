@@ -158,6 +158,10 @@ def test_the_runs_table_opens_ranked_and_the_summary_says_where(three_trials):
     ranked = (f"`unet-opt ui`, then open http://127.0.0.1:5000/#/experiments/{experiments[0].experiment_id}/runs?"
               "viewStateShareKey=unet-opt-ranked&workflowType=machine_learning")
     assert "best trial: #" in out and ranked in out
+    from optuna_dashboard import get_note
+
+    # the live view's note links to the same table (written by the search's writer process)
+    assert get_note(load(home)).endswith(f"[{ranked.split(' ')[-1]}]({ranked.split(' ')[-1]})")
 
 
 @pytest.mark.slow

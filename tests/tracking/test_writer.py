@@ -4,12 +4,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 
 import pytest
 from conftest import processes_in, wait_until
 from mlflow.tracking import MlflowClient
 
-from unet_opt.tracking.writer import LOWEST_PRIORITY, ArtifactWriter
+from unet_opt.tracking.writer import LOWEST_PRIORITY, SPOOL_PREFIX, ArtifactWriter, own_database_pools, start_method
 
 
 def test_the_writer_finishes_what_it_was_handed_when_its_search_is_killed(tmp_path):
@@ -76,3 +79,64 @@ def test_the_writer_of_trials_on_the_cpu_draws_at_the_lowest_priority(tmp_path):
         writer.close()
     assert writer.process is None  # it ended once its connection closed
 
+
+
+def test_the_writer_runs_work_handed_to_it_in_turn_and_leaves_no_spooled_job_behind(tmp_path, monkeypatch):
+    # jobs travel as files in the temporary folder (the pipe carries their paths): each is removed once done
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
+    writer.start()
+    writer.call(os.mkdir, str(tmp_path / "first"))
+    writer.call(os.rename, str(tmp_path / "first"), str(tmp_path / "second"))  # after the first, not beside it
+    writer.call(os.mkdir, str(tmp_path / "second"))  # fails (it exists): a warning, and the writer goes on
+    writer.call(os.mkdir, str(tmp_path / "third"))
+    try:
+        assert wait_until(lambda: (tmp_path / "third").exists(), timeout=120)
+    finally:
+        writer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["second", "third", "tmp"]
+    assert wait_until(lambda: not list(spool.glob(f"{SPOOL_PREFIX}*")), timeout=10)
+
+
+def test_a_writer_handed_no_report_ends_at_once_when_closed(tmp_path):
+    # a search refused for bad input, or stopped by Ctrl-C in its first seconds, has handed its writer
+    # nothing or only the study's note: closing it must not wait for the writer's imports and the note
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
+    writer.start()
+    writer.call(time.sleep, 600)
+    process = writer.process
+    started = time.monotonic()
+    writer.close()
+    assert not process.is_alive() and writer.process is None
+    assert time.monotonic() - started < 300  # not the writer's CLOSE_TIMEOUT (the sleep alone is 600 s)
+
+
+def test_the_writer_is_forked_only_from_a_process_running_no_other_thread():
+    # another thread could hold a lock (SQLite's, an allocator's) at the instant of the fork, forever in the copy
+    assert start_method() == ("fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn")
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert start_method() == "spawn"
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_a_forked_writer_leaves_the_launcher_s_database_connections_to_it(tmp_path):
+    # SQLAlchemy's rule after a fork: each inherited engine gets a new pool; the old connections stay open
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/x.db")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("CREATE TABLE t (x INTEGER)"))
+        launchers = connection.connection.dbapi_connection
+    before = engine.pool
+    own_database_pools()
+    assert engine.pool is not before
+    assert launchers.execute("SELECT count(*) FROM t").fetchone() == (0,)  # not closed
+    with engine.connect() as connection:  # a connection of its own
+        assert connection.connection.dbapi_connection is not launchers

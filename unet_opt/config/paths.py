@@ -81,6 +81,12 @@ def sqlite_file(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").split("?")[0]) if url.startswith("sqlite:///") else None
 
 
+def user_cache_folder() -> Path:
+    """unet-opt's folder in the user's cache: $XDG_CACHE_HOME/unet-opt, else ~/.cache/unet-opt."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "unet-opt"
+
+
 def create_atomically(final: Path, build: Callable[[Path], None], replace: bool = False) -> None:
     """Make the file `final` with `build(path)` at a temporary name beside it, then link it into place:
     a kill at any moment leaves either no `final` or a whole one. If another process put one there

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -94,18 +96,21 @@ class Runner:
     its writer end with it (the writer after writing every file it was handed)."""
 
     def __init__(self, paths: Paths, placement: Placement, fit: Fit = fit_job, *, keep_ranks: bool = False,
-                 files_in_background: bool = False):
+                 writer_uri: str = ""):
         """`keep_ranks`: start the rank processes now (they import torch while the caller goes on) and keep
-        them for every run. `files_in_background`: draw and log each run's files in a writer process, at
-        the lowest priority when runs train on the CPU (a search's trials). `fit` trains a run on each
-        rank: `fit_job`, or a test's stand-in."""
+        them for every run. `writer_uri`: draw each run's files in a writer process, which logs them to this
+        MLflow store, at the lowest priority when runs train on the CPU (a search's trials); it starts now,
+        before the rank processes, and imports what it draws with while the caller opens its stores.
+        `fit` trains a run on each rank: `fit_job`, or a test's stand-in."""
         runtime.setup_torch(placement.threads if placement.procs == 1 else 0)
         self.paths, self.placement, self.fit = paths, placement, fit
+        self.writer: ArtifactWriter | None = None
+        if writer_uri:
+            self.writer = ArtifactWriter(writer_uri, low_priority=placement.device == "cpu")
+            self.writer.start()
         self.cache = DataCache(paths.cache)
         self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
-        self.files_in_background = files_in_background
         self.tracker: Tracker | None = None
-        self.writer: ArtifactWriter | None = None
 
     def __enter__(self) -> Runner:
         return self
@@ -128,8 +133,14 @@ class Runner:
     def use_tracker(self, tracker: Tracker) -> None:
         """Where runs are logged, once the stores are open."""
         self.tracker = tracker
-        if self.files_in_background:
-            self.writer = ArtifactWriter(tracker.uri, low_priority=self.placement.device == "cpu")
+
+    def in_background(self, work: Callable[..., None], *args: Any) -> None:
+        """`work(*args)` in the writer process, after the files handed to it before (what nobody waits
+        for); here and now without a writer. `work` must be a module's function, and `args` picklable."""
+        if self.writer is not None:
+            self.writer.call(work, *args)
+        else:
+            work(*args)
 
     def data(self, cfg: Config) -> SegmentationData:
         """The data set a run of `cfg` trains on, from this process's cache (checked when first loaded)."""

@@ -48,13 +48,15 @@ def dashboard_program() -> str:
 LIVE_VIEW = f"http://127.0.0.1:{DEFAULT_PORT}"  # where `unet-opt ui` serves the live view by default
 
 
-def link_to_mlflow(study: optuna.Study, runs_table: str) -> None:
-    """The study's note in the live view: where its runs are in MLflow. A note not written costs nothing
-    but the link: the search goes on."""
+def link_to_mlflow(storage_url: str, study_name: str, runs_table: str) -> None:
+    """The study's note in the live view: where its runs are in MLflow. Written in the search's writer
+    process (importing optuna-dashboard takes a second, which the first trial need not wait for). A note
+    not written costs nothing but the link: the search goes on."""
     try:
-        from optuna_dashboard import save_note  # here: only a search writes the note
+        from optuna_dashboard import save_note
 
-        save_note(study, f"Runs of study `{study.study_name}` in MLflow (`unet-opt ui`), ranked by their value: "
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, must_exist=True))
+        save_note(study, f"Runs of study `{study_name}` in MLflow (`unet-opt ui`), ranked by their value: "
                          f"[{runs_table}]({runs_table})")
     except Exception as e:
         log.warning("could not write the study's note for the live view (%s: %s)", type(e).__name__, e)

@@ -64,7 +64,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     check_store(storage_url, "--storage", "studies", "an Optuna study storage")
     check_store(tracking_uri, "--tracking-uri", "experiments", "an MLflow store")
     # this process's runner trains the trials when it is the only worker; its rank processes start now
-    with Runner(paths, placements[0], fit, keep_ranks=workers == 1, files_in_background=True) as runner:
+    with Runner(paths, placements[0], fit, keep_ranks=workers == 1, writer_uri=tracking_uri) as runner:
         names = runner.check(cfg, searched=True).names  # bad input fails here, before anything is written
         storage, tracker = open_stores(storage_url, tracking_uri, name, paths)
         runner.use_tracker(tracker)
@@ -80,7 +80,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         tracker.fail_runs_of_dead_processes()
         tracker.save_ranked_view(cfg.search.goal.metric, list(cfg.space))
         local = tracking_uri.startswith("sqlite")
-        link_to_mlflow(study, ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
+        runner.in_background(link_to_mlflow, storage_url, name,
+                             ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
         summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                           metric=cfg.search.goal.metric,
                           ui=how_to_open(ui_command_line(paths, cfg), tracking_uri, tracker.experiment_id))
@@ -136,7 +137,7 @@ def search(cfg: Config, paths: Paths, ledger: TrialLedger, runner: Runner, place
             summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
                               for t in study.get_trials(deepcopy=False))  # not other machines' trials
             ledger.close_stale()  # another machine's dead worker may be stale by now
-            runner.close()  # its ranks end; its writer logs every trial's files before the study's are logged
-            log_study_artifacts(study, tracker, parent_id, cfg)
+            log_study_artifacts(study, tracker, parent_id, cfg)  # while the writer draws the last trials' files
+            runner.close()  # its ranks end; its writer is waited for
             tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
     return fill_summary(summary, study)

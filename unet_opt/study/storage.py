@@ -20,6 +20,7 @@ from unet_opt.errors import UserError
 from unet_opt.parallel.processes import is_dead_here, worker_id
 from unet_opt.study.pruning import make_pruner, make_sampler
 from unet_opt.study.states import FINISHED
+from unet_opt.study.storage_template import new_study_database
 
 if TYPE_CHECKING:
     from unet_opt.tracking.tracker import Tracker  # for the annotation only: this module needs no MLflow
@@ -46,8 +47,7 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
             check_is_store_of(path, "studies", "an Optuna study storage", "--storage")
         else:  # creating the tables is not atomic: a new database is built aside
             try:
-                create_atomically(path, lambda partial: optuna.storages.RDBStorage(
-                    f"sqlite:///{partial}", **kwargs).engine.dispose())
+                create_atomically(path, new_study_database)
             except sqlalchemy.exc.SQLAlchemyError as e:
                 raise UserError(f"cannot create the study storage {path} ({type(e).__name__}); check --storage "
                                 f"and that the folder is writable") from None

@@ -115,10 +115,11 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement, ready: Event
 def search_as_worker(plan: WorkerPlan, placement: Placement) -> WorkerEnd:
     cfg, paths = plan.cfg, plan.paths
     name = study_name(cfg)
-    with Runner(paths, placement, plan.fit, keep_ranks=True, files_in_background=True) as runner:
+    tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
+    with Runner(paths, placement, plan.fit, keep_ranks=True, writer_uri=tracking_uri) as runner:
         runner.data(cfg)  # checked by the launcher; loaded here while the stores open
         storage = open_storage(paths.storage_url(cfg.search.storage))
-        tracker = Tracker(paths.tracking_uri(cfg.search.tracking_uri), name, paths.artifacts)
+        tracker = Tracker(tracking_uri, name, paths.artifacts)
         runner.use_tracker(tracker)
         study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg),
                                   pruner=make_pruner(cfg))

@@ -22,6 +22,13 @@ DPI = 100
 LOG_LOSS_RANGE = 30  # largest / smallest loss beyond which the loss panel has a log axis
 
 
+def import_drawing_libraries() -> None:
+    """What the figures need, imported ahead of the first one (a writer process does it while it waits)."""
+    import matplotlib.figure  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import torchvision.utils  # noqa: F401
+
+
 def save(fig: Figure, path: Path) -> None:
     fig.savefig(path, dpi=fig.dpi)  # at the figure's own dpi, so that figimage pixels are not resampled
     fig.clear()

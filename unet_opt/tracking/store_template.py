@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import mlflow
 
-from unet_opt.config.paths import create_atomically
+from unet_opt.config.paths import create_atomically, user_cache_folder
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +45,9 @@ def migrate(path: Path) -> None:
     SqlAlchemyStore(f"sqlite:///{path}", (path.parent / "artifacts").as_uri()).engine.dispose()
 
 
-def cache_folder() -> Path:
-    """unet-opt's folder in the user's cache: $XDG_CACHE_HOME/unet-opt, else ~/.cache/unet-opt."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "unet-opt"
-
-
 def schema_template_path() -> Path:
     """The cached empty database of the installed MLflow version: one file per version."""
-    return cache_folder() / f"mlflow-schema-{mlflow.__version__}.db"
+    return user_cache_folder() / f"mlflow-schema-{mlflow.__version__}.db"
 
 
 def newest_schema_revision() -> str | None:

@@ -1,14 +1,20 @@
 """A trial's files drawn and logged in a background process, while the next trial trains.
 
-Drawing a trial's figures takes about a second of matplotlib on a CPU core: `ArtifactWriter.submit`
+Drawing a trial's figures takes a few tenths of a second of matplotlib on a CPU core: `ArtifactWriter.submit`
 hands the run's `RunReport` (plain arrays) to one writer process per worker and returns at once. The
 writer draws the files into a temporary folder and logs them to the run. When trials train on the CPU
 the writer runs at the lowest scheduling priority (`low_priority`), so that it draws in the time training
 leaves idle instead of taking cores from it.
 
+The writer starts with the search (`start`), before its stores are opened, so that it imports the drawing
+libraries (seconds) on a core that the search's own start-up leaves idle; forked where that is safe
+(`start_method`), it has torch and MLflow imported already. A job is spooled to a file and only its path
+goes through the pipe, so `submit` never waits for a writer that training leaves no CPU to read its pipe.
+
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
 when its connection closes and every report it was given is written, so it finishes its queue even when
-the search is killed. `close` waits for it, so that a finished search has all its files.
+the search is killed. `close` waits for it, so that a finished search has all its files. It also runs
+work that is not waited for, in turn with the reports (`call`: the study's note for the live view).
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from unet_opt import runtime
 from unet_opt.parallel.processes import children_ignoring
@@ -32,15 +41,18 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 300.0  # seconds a finishing search waits for the files still to be written
 LOWEST_PRIORITY = 19
+SPOOL_PREFIX = "unet-opt-report-"  # a job on its way to the writer, in the system's temporary folder
 
 
 class ArtifactWriter:
-    """One worker's writer process, started with the first report."""
+    """One worker's writer process; `start` it early (its imports then overlap the caller's start-up), or
+    it starts with the first report."""
 
     def __init__(self, tracking_uri: str, low_priority: bool = False):
         self.tracking_uri, self.low_priority = tracking_uri, low_priority
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
+        self.reports = 0  # reports handed to the current process: what `close` must wait for
 
     def __enter__(self) -> ArtifactWriter:
         return self
@@ -49,31 +61,49 @@ class ArtifactWriter:
         self.close()
 
     def submit(self, run_id: str, report: RunReport) -> None:
+        """Draw `report`'s files and log them to the MLflow run `run_id`."""
+        self.send(("report", run_id, report))
+
+    def call(self, work: Callable[..., None], *args: Any) -> None:
+        """Run `work(*args)` there, in turn with the reports (a module's function: it goes by name): work
+        worth doing but not waited for, as a writer handed no report is not (see `close`)."""
+        self.send(("call", work, args))
+
+    def send(self, job: tuple) -> None:
         if self.process is not None and not self.process.is_alive():  # killed (out of memory?): a new one
             log.warning("the artifact writer died (exit code %s); starting another", self.process.exitcode)
             self.close()
         if self.process is None:
             self.start()
-        self.conn.send_bytes(pickle.dumps((run_id, report)))
+        fd, spooled = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".pickle")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(job, f)
+        self.conn.send_bytes(spooled.encode())
+        self.reports += job[0] == "report"
 
     def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context(start_method())
+        forked = context.get_start_method() == "fork"
+        log.debug("artifact writer: %s", "forked" if forked else "a new interpreter")
         conn, child_end = context.Pipe()
         verbose = logging.getLogger("unet_opt").isEnabledFor(logging.DEBUG)
         process = context.Process(target=writer_main, name="artifact-writer",
-                                  args=(child_end, self.tracking_uri, verbose))
+                                  args=(child_end, self.tracking_uri, verbose, conn if forked else None))
         with children_ignoring(signal.SIGINT, signal.SIGTERM):  # the launcher decides when it stops
             process.start()
         if self.low_priority:  # from its first imports on: nice 19 (within this command's process group)
             os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
         child_end.close()
-        self.process, self.conn = process, conn
+        self.process, self.conn, self.reports = process, conn, 0
 
     def close(self) -> None:
-        """Wait until every report handed over is written (at most CLOSE_TIMEOUT seconds)."""
+        """Wait until every job handed over is done (at most CLOSE_TIMEOUT seconds); a writer handed no
+        report ends at once (after a Ctrl-C in the first seconds, say: its `call`s are not waited for)."""
         if self.process is None:
             return
         self.conn.close()  # the writer finishes its queue, then ends
+        if not self.reports:  # no run's files to finish: it may still be importing
+            self.process.kill()
         self.process.join(1.0)
         if self.process.is_alive():
             log.info("writing the last trials' files to MLflow...")
@@ -85,28 +115,73 @@ class ArtifactWriter:
         self.process = self.conn = None
 
 
-def writer_main(conn: Connection, tracking_uri: str, verbose: bool) -> None:
-    """Receive reports as they come (so that the launcher never waits on a full pipe) and write them in turn."""
+def start_method() -> str:
+    """"fork" where it is safe: on Linux, from a process running no other thread (none can hold a lock
+    that the copy would find held forever), as a search is when it starts its writer. The copy has torch
+    and MLflow imported, which a new interpreter ("spawn") takes seconds to import again."""
+    return "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+
+
+def own_database_pools() -> None:
+    """SQLAlchemy's rule for a forked process: every engine inherited from the launcher gets a new pool,
+    its connections left to the launcher, so that this process never uses one of them."""
+    import gc
+    import warnings
+
+    import sqlalchemy
+
+    with warnings.catch_warnings():  # looking at every object touches torch's deprecated aliases
+        warnings.simplefilter("ignore")
+        engines = [o for o in gc.get_objects() if isinstance(o, sqlalchemy.engine.Engine)]
+    for engine in engines:
+        engine.dispose(close=False)
+
+
+def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end: Connection | None = None) -> None:
+    """Receive jobs as they come (paths of spooled files) and do them in turn. `launcher_end`: forked, the
+    launcher's end of the pipe, closed here, or the launcher's death would never be seen."""
+    if launcher_end is not None:
+        launcher_end.close()
+        own_database_pools()
     runtime.setup(verbose)  # it ignores SIGINT and SIGTERM as it started: it finishes its queue, then ends
-    reports: queue.Queue = queue.Queue()
+    jobs: queue.Queue = queue.Queue()
 
     def receive() -> None:
         while True:
             try:
-                reports.put(pickle.loads(conn.recv_bytes()))
+                jobs.put(conn.recv_bytes().decode())
             except (EOFError, OSError):  # closed by the launcher, or the launcher died
-                reports.put(None)
+                jobs.put(None)
                 return
 
     threading.Thread(target=receive, daemon=True).start()
-    from mlflow.tracking import MlflowClient
+    import torch
 
-    client = MlflowClient(tracking_uri)
-    while (item := reports.get()) is not None:
-        run_id, report = item
+    torch.set_num_threads(1)  # small drawings; and a forked OpenMP pool is not to be used
+    from unet_opt.tracking import plots
+
+    plots.import_drawing_libraries()  # now, while the search starts up; the store may not exist yet
+    client = None
+    while (spooled := jobs.get()) is not None:
+        what = "a job"
         try:
+            with open(spooled, "rb") as f:
+                kind, *job = pickle.load(f)
+            if kind == "call":
+                work, args = job
+                what = f"{work.__name__}"
+                work(*args)
+                continue
+            run_id, report = job
+            what = f"the files of MLflow run {run_id}"
+            if client is None:  # not before: the store may not exist until the first report
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri)
             with tempfile.TemporaryDirectory() as tmp:
                 write_report(Path(tmp), report)
                 client.log_artifacts(run_id, tmp)
-        except Exception as e:  # one run's files are not worth the others'
-            log.warning("could not write the files of MLflow run %s (%s: %s)", run_id, type(e).__name__, e)
+        except Exception as e:  # one job is not worth the others
+            log.warning("could not write %s (%s: %s)", what, type(e).__name__, e)
+        finally:
+            Path(spooled).unlink(missing_ok=True)
