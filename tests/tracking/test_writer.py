@@ -140,3 +140,16 @@ def test_a_forked_writer_leaves_the_launcher_s_database_connections_to_it(tmp_pa
     assert launchers.execute("SELECT count(*) FROM t").fetchone() == (0,)  # not closed
     with engine.connect() as connection:  # a connection of its own
         assert connection.connection.dbapi_connection is not launchers
+
+
+def test_a_writer_starting_removes_the_jobs_a_killed_writer_left_and_no_one_else_s(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"{SPOOL_PREFIX}{dead.stdout.strip()}-abc.pickle"
+    queued = tmp_path / f"{SPOOL_PREFIX}{os.getpid()}-def.pickle"  # a live writer's job, still to be done
+    for path in (left, queued):
+        path.write_bytes(b"job")
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
+    writer.start()
+    writer.close()
+    assert not left.exists() and queued.exists()

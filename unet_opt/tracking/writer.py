@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 300.0  # seconds a finishing search waits for the files still to be written
 LOWEST_PRIORITY = 19
-SPOOL_PREFIX = "unet-opt-report-"  # a job on its way to the writer, in the system's temporary folder
+SPOOL_PREFIX = "unet-opt-report-"  # + the writer's pid: a job on its way to it, in the temporary folder
 
 
 class ArtifactWriter:
@@ -75,13 +75,14 @@ class ArtifactWriter:
             self.close()
         if self.process is None:
             self.start()
-        fd, spooled = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".pickle")
+        fd, spooled = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{self.process.pid}-", suffix=".pickle")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(job, f)
         self.conn.send_bytes(spooled.encode())
         self.reports += job[0] == "report"
 
     def start(self) -> None:
+        remove_jobs_of_dead_writers()
         context = multiprocessing.get_context(start_method())
         forked = context.get_start_method() == "fork"
         log.debug("artifact writer: %s", "forked" if forked else "a new interpreter")
@@ -113,6 +114,15 @@ class ArtifactWriter:
             self.process.kill()
             self.process.join()
         self.process = self.conn = None
+
+
+def remove_jobs_of_dead_writers() -> None:
+    """The spooled jobs that a killed writer (SIGKILL to the search's process group) left, by its pid:
+    their runs' files are lost with it, as they were in its queue; the files need not stay."""
+    for spooled in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*"):
+        pid = spooled.name.removeprefix(SPOOL_PREFIX).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            spooled.unlink(missing_ok=True)
 
 
 def start_method() -> str:
