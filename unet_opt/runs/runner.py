@@ -109,7 +109,11 @@ class Runner:
             self.writer = ArtifactWriter(writer_uri, low_priority=placement.device == "cpu")
             self.writer.start()
         self.cache = DataCache(paths.cache)
-        self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
+        try:
+            self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
+        except BaseException:
+            self.close_writer()
+            raise
         self.tracker: Tracker | None = None
 
     def __enter__(self) -> Runner:
@@ -121,6 +125,9 @@ class Runner:
     def close(self) -> None:
         """The rank processes go at once; the writer is waited for, so that every run has its files."""
         self.ranks.close()
+        self.close_writer()
+
+    def close_writer(self) -> None:
         if self.writer is not None:
             self.writer.close()
 

@@ -63,8 +63,10 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     storage_url, tracking_uri = paths.storage_url(cfg.search.storage), paths.tracking_uri(cfg.search.tracking_uri)
     check_store(storage_url, "--storage", "studies", "an Optuna study storage")
     check_store(tracking_uri, "--tracking-uri", "experiments", "an MLflow store")
-    # this process's runner trains the trials when it is the only worker; its rank processes start now
-    with Runner(paths, placements[0], fit, keep_ranks=workers == 1, writer_uri=tracking_uri) as runner:
+    # this process's runner trains the trials when it is the only worker; its rank processes and its writer
+    # start now (with --workers, each worker has its own)
+    alone = workers == 1
+    with Runner(paths, placements[0], fit, keep_ranks=alone, writer_uri=tracking_uri if alone else "") as runner:
         names = runner.check(cfg, searched=True).names  # bad input fails here, before anything is written
         storage, tracker = open_stores(storage_url, tracking_uri, name, paths)
         runner.use_tracker(tracker)
