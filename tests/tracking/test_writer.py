@@ -12,6 +12,7 @@ import pytest
 from conftest import processes_in, wait_until
 from mlflow.tracking import MlflowClient
 
+from unet_opt.tracking.report_files import RunReport
 from unet_opt.tracking.writer import LOWEST_PRIORITY, SPOOL_PREFIX, ArtifactWriter, own_database_pools, start_method
 
 
@@ -70,15 +71,22 @@ print(run_id, process.exitcode)
 
 @pytest.mark.slow
 def test_the_writer_of_trials_on_the_cpu_draws_at_the_lowest_priority(tmp_path):
-    # it draws in the time training leaves idle, instead of taking cores from training
+    # it draws in the time training leaves idle, instead of taking cores from training; before its first
+    # report (its imports, the study's note, a write to the study storage) it runs at the search's priority,
+    # so that it never holds a database lock while training starves it
     writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db", low_priority=True)
     writer.start()
     try:
+        assert os.getpriority(os.PRIO_PROCESS, writer.process.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        writer.submit("run", RunReport("a = 1\n", "val_dice", [{"train_loss": 1.0, "val_dice": 0.5}], 1),
+                      tmp_path / "files")  # the run's artifact folder: written without MLflow
+        assert wait_until(lambda: (tmp_path / "files" / "learning_curves.png").exists(), timeout=120)
         assert os.getpriority(os.PRIO_PROCESS, writer.process.pid) == LOWEST_PRIORITY == 19
     finally:
         writer.close()
     assert writer.process is None  # it ended once its connection closed
-
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["config.toml", "learning_curves.png"]
+    assert not (tmp_path / "mlflow.db").exists()  # the tracking database untouched
 
 
 def test_the_writer_runs_work_handed_to_it_in_turn_and_leaves_no_spooled_job_behind(tmp_path, monkeypatch):

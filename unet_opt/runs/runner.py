@@ -173,7 +173,7 @@ class Runner:
             tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
             report.splits.append(split_report(matrix, data, model, spec.split["test"], "test_", result.best_epoch))
         if self.writer is not None and spec.checkpoint is None:
-            self.writer.submit(run_id, report)
+            self.writer.submit(run_id, report, tracker.local_artifact_folder(run_id))
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,14 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def local_artifact_folder(self, run_id: str) -> Path | None:
+        """Where the run's files are kept when that is a folder on this machine (the local store's
+        `mlruns/artifacts/...`); None for any other artifact store."""
+        uri = self.client.get_run(run_id).info.artifact_uri
+        if not uri.startswith("file:"):
+            return None
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
 
     def log_files(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)

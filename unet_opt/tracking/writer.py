@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import shutil
 import signal
 import sys
 import tempfile
@@ -60,9 +61,11 @@ class ArtifactWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def submit(self, run_id: str, report: RunReport) -> None:
-        """Draw `report`'s files and log them to the MLflow run `run_id`."""
-        self.send(("report", run_id, report))
+    def submit(self, run_id: str, report: RunReport, folder: Path | None = None) -> None:
+        """Draw `report`'s files and log them to the MLflow run `run_id`: copied into its artifact `folder`
+        where the run keeps its files on this machine (the writer then never touches the tracking
+        database), else logged through MLflow."""
+        self.send(("report", run_id, report, folder))
 
     def call(self, work: Callable[..., None], *args: Any) -> None:
         """Run `work(*args)` there, in turn with the reports (a module's function: it goes by name): work
@@ -89,11 +92,10 @@ class ArtifactWriter:
         conn, child_end = context.Pipe()
         verbose = logging.getLogger("unet_opt").isEnabledFor(logging.DEBUG)
         process = context.Process(target=writer_main, name="artifact-writer",
-                                  args=(child_end, self.tracking_uri, verbose, conn if forked else None))
+                                  args=(child_end, self.tracking_uri, verbose, self.low_priority,
+                                        conn if forked else None))
         with children_ignoring(signal.SIGINT, signal.SIGTERM):  # the launcher decides when it stops
             process.start()
-        if self.low_priority:  # from its first imports on: nice 19 (within this command's process group)
-            os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
         child_end.close()
         self.process, self.conn, self.reports = process, conn, 0
 
@@ -147,9 +149,13 @@ def own_database_pools() -> None:
         engine.dispose(close=False)
 
 
-def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end: Connection | None = None) -> None:
-    """Receive jobs as they come (paths of spooled files) and do them in turn. `launcher_end`: forked, the
-    launcher's end of the pipe, closed here, or the launcher's death would never be seen."""
+def writer_main(conn: Connection, tracking_uri: str, verbose: bool, low_priority: bool,
+                launcher_end: Connection | None = None) -> None:
+    """Receive jobs as they come (paths of spooled files) and do them in turn. `low_priority`: nice 19
+    from the first report on; its imports and the jobs before (the study's note, which writes to the study
+    storage) run at the search's priority, so that it never holds a database lock while training starves
+    it. `launcher_end`: forked, the launcher's end of the pipe, closed here, or the launcher's death would
+    never be seen."""
     if launcher_end is not None:
         launcher_end.close()
         own_database_pools()
@@ -182,14 +188,19 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
                 what = f"{work.__name__}"
                 work(*args)
                 continue
-            run_id, report = job
+            run_id, report, folder = job
             what = f"the files of MLflow run {run_id}"
-            if client is None:  # not before: the store may not exist until the first report
-                from mlflow.tracking import MlflowClient
-
-                client = MlflowClient(tracking_uri)
+            if low_priority:
+                os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
             with tempfile.TemporaryDirectory() as tmp:
                 write_report(Path(tmp), report)
+                if folder is not None:  # what MLflow's local artifact store does, without its database
+                    shutil.copytree(tmp, folder, dirs_exist_ok=True)
+                    continue
+                if client is None:  # not before: the store may not exist until the first report
+                    from mlflow.tracking import MlflowClient
+
+                    client = MlflowClient(tracking_uri)
                 client.log_artifacts(run_id, tmp)
         except Exception as e:  # one job is not worth the others
             log.warning("could not write %s (%s: %s)", what, type(e).__name__, e)
