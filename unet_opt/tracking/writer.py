@@ -92,10 +92,11 @@ class ArtifactWriter:
         conn, child_end = context.Pipe()
         verbose = logging.getLogger("unet_opt").isEnabledFor(logging.DEBUG)
         process = context.Process(target=writer_main, name="artifact-writer",
-                                  args=(child_end, self.tracking_uri, verbose, self.low_priority,
-                                        conn if forked else None))
+                                  args=(child_end, self.tracking_uri, verbose, conn if forked else None))
         with children_ignoring(signal.SIGINT, signal.SIGTERM):  # the launcher decides when it stops
             process.start()
+        if self.low_priority:  # from its first imports on: nice 19 (within this command's process group)
+            os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
         child_end.close()
         self.process, self.conn, self.reports = process, conn, 0
 
@@ -149,13 +150,9 @@ def own_database_pools() -> None:
         engine.dispose(close=False)
 
 
-def writer_main(conn: Connection, tracking_uri: str, verbose: bool, low_priority: bool,
-                launcher_end: Connection | None = None) -> None:
-    """Receive jobs as they come (paths of spooled files) and do them in turn. `low_priority`: nice 19
-    from the first report on; its imports and the jobs before (the study's note, which writes to the study
-    storage) run at the search's priority, so that it never holds a database lock while training starves
-    it. `launcher_end`: forked, the launcher's end of the pipe, closed here, or the launcher's death would
-    never be seen."""
+def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end: Connection | None = None) -> None:
+    """Receive jobs as they come (paths of spooled files) and do them in turn. `launcher_end`: forked, the
+    launcher's end of the pipe, closed here, or the launcher's death would never be seen."""
     if launcher_end is not None:
         launcher_end.close()
         own_database_pools()
@@ -190,8 +187,6 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, low_priority
                 continue
             run_id, report, folder = job
             what = f"the files of MLflow run {run_id}"
-            if low_priority:
-                os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
             with tempfile.TemporaryDirectory() as tmp:
                 write_report(Path(tmp), report)
                 if folder is not None:  # what MLflow's local artifact store does, without its database
