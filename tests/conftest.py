@@ -26,6 +26,13 @@ def user_cache(tmp_path_factory):
 
 
 @pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """An empty user cache of this test's own (where the stores' schema templates are kept)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An empty project folder as the working directory, with no MLflow/unet-opt settings leaking in."""
     for var in ("MLFLOW_TRACKING_URI", "UNET_OPT_HOME", "UNET_OPT_STORAGE", "UNET_OPT_QUIET"):

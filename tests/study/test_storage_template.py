@@ -15,13 +15,6 @@ from unet_opt.study.storage_template import is_empty_study_database, template_pa
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty user cache of this test's own."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
 def made(monkeypatch) -> list[str]:
     """The databases Optuna makes tables in from now on (it still does)."""
     done, real = [], storage_template.make_tables

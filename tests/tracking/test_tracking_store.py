@@ -17,13 +17,6 @@ from unet_opt.tracking.tracker import Tracker
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """An empty user cache of this test's own."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
 def migrations(monkeypatch) -> list[str]:
     """The database paths MLflow migrates from now on (it still does)."""
     done, real = [], mlflow.store.db.utils._initialize_tables
