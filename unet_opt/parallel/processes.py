@@ -9,7 +9,9 @@ import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def worker_id() -> str:
@@ -28,6 +30,17 @@ def is_dead_here(worker: str | None) -> bool:
     except PermissionError:  # alive, someone else's
         return False
     return False
+
+
+def left_by_the_dead(prefix: str) -> list[Path]:
+    """The temporary folder's entries named `prefix` + a pid + "-..." whose process is gone: what a killed
+    process had no time to remove (SIGKILL)."""
+    found = []
+    for entry in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = entry.name.removeprefix(prefix).split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            found.append(entry)
+    return found
 
 
 def die_with_parent() -> None:

@@ -40,7 +40,7 @@ from unet_opt.core.data import DataCache
 from unet_opt.core.group import Group
 from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, OnStep
 from unet_opt.parallel.placement import Placement
-from unet_opt.parallel.processes import children_ignoring, die_with_parent
+from unet_opt.parallel.processes import children_ignoring, die_with_parent, left_by_the_dead
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
@@ -208,10 +208,8 @@ def launch(placement: Placement, fit: Fit, job: FitJob, on_epoch: OnEpoch | None
 
 def remove_stale_rendezvous() -> None:
     """The rendezvous folders of killed launchers (SIGKILL leaves no time to remove them), by their pid."""
-    for folder in Path(tempfile.gettempdir()).glob(f"{RENDEZVOUS_PREFIX}*"):
-        pid = folder.name.removeprefix(RENDEZVOUS_PREFIX).split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
+    for folder in left_by_the_dead(RENDEZVOUS_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def describe_exit(process: multiprocessing.process.BaseProcess) -> str:

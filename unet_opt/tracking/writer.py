@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_opt import runtime
-from unet_opt.parallel.processes import children_ignoring
+from unet_opt.parallel.processes import children_ignoring, left_by_the_dead
 from unet_opt.tracking.report_files import RunReport, write_report
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,8 @@ class ArtifactWriter:
 def remove_jobs_of_dead_writers() -> None:
     """The spooled jobs that a killed writer (SIGKILL to the search's process group) left, by its pid:
     their runs' files are lost with it, as they were in its queue; the files need not stay."""
-    for spooled in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*"):
-        pid = spooled.name.removeprefix(SPOOL_PREFIX).split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            spooled.unlink(missing_ok=True)
+    for spooled in left_by_the_dead(SPOOL_PREFIX):
+        spooled.unlink(missing_ok=True)
 
 
 def start_method() -> str:
