@@ -335,3 +335,17 @@ def test_a_study_made_before_the_recipe_fields_resumes_and_retrains_with_its_own
                                                 "data.eval_size")} == \
             {"train.loss": "ce", "train.class_weights": "none", "train.schedule": "constant",
              "data.eval_size": "-1"}, run.info.run_name
+
+
+def test_the_study_s_plots_are_drawn_by_the_writer_and_the_search_never_imports_their_libraries(home):
+    """plotly and scikit-learn (the importances) took the search ~2 s after its last trial; its writer has
+    them imported while trials train, and draws the plots from the trials as they ended."""
+    script = ("import sys\nfrom unet_opt.cli.app import main\n"
+              f"try:\n    main({['search', '--trials', '2', *FAST]!r})\nexcept SystemExit as e:\n"
+              "    print(e.code, sorted(m for m in ('plotly', 'sklearn') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.stdout.splitlines()[-1] == "0 []", proc.stdout + proc.stderr
+    client, _, parents, _ = mlflow_runs(home)
+    html = Path(client.download_artifacts(parents[0].info.run_id, "study_plots.html")).read_text()
+    assert html.count("<h2>") == 4 and "not available yet" not in html  # two complete trials: importances too
+    assert "val_dice" in html  # the objective by its name, as the study's

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from unet_opt.config.schema import ModelConfig
@@ -70,13 +71,35 @@ def test_confusion_matrix_png_is_legible_for_24_classes(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == NAMES
     assert np.allclose(ax.images[0].get_array(), plots.normalise_rows(matrix))
     assert ax.images[0].get_clim() == (0, 1)  # colours mean the same fraction in every run
-    values = [t.get_text() for t in ax.texts if t.get_text().startswith(("0.", "1."))]
+    rows, columns, values = plots.cell_values(plots.normalise_rows(matrix))
     assert "0.00" not in values and len(values) < 24 * 24  # negligible cells are blank, not noise
+    assert values[list(zip(rows, columns)).index((2, 2))] == f"{plots.normalise_rows(matrix)[2, 2]:.2f}"
+    drawn = [c for c in ax.collections if len(c.get_paths()) == len(values)]
+    assert len(drawn) == 1 and np.allclose(drawn[0].get_offsets(), np.column_stack([columns, rows]))
     assert fig.get_size_inches()[0] * fig.dpi >= 900
 
     plots.confusion_matrix(matrix, NAMES, tmp_path / "cm.png", "val split, epoch 7")
     width, height = Image.open(tmp_path / "cm.png").size
     assert width >= 900 and height >= 900
+
+
+def test_the_matrix_values_are_drawn_in_their_cells_white_on_dark_and_dark_on_light(tmp_path):
+    matrix = np.diag(np.full(24, 100)) + np.eye(24, k=1, dtype=int) * 25  # rows 0.80 / 0.20 (the last 1.00)
+    fig = plots.confusion_matrix_figure(matrix, NAMES)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+    ax = fig.axes[0]
+
+    def cell(i: int, j: int) -> np.ndarray:
+        x, y = ax.transData.transform((j, i))
+        row = pixels.shape[0] - int(round(y))  # display y runs upwards
+        return pixels[row - 8:row + 8, int(x) - 15:int(x) + 15].sum(axis=2)
+
+    dark, light, empty = cell(3, 3), cell(3, 4), cell(3, 7)
+    assert (dark > 700).any() and (dark < 300).mean() > 0.5  # white text on a dark cell
+    assert (light < 200).any() and (light > 500).mean() > 0.5  # black text on a light cell
+    assert empty.min() > 700  # a zero cell stays blank
 
 
 @pytest.mark.parametrize("epochs", [1, 3, 40])  # one epoch: most pruned trials

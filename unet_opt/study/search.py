@@ -30,7 +30,7 @@ from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.loop import work
 from unet_opt.study.reconcile import check_stores_agree, finish_parent
 from unet_opt.study.storage import count_finished, join_or_create_study, open_storage, study_name
-from unet_opt.study.summary import Summary, fill_summary, log_study_artifacts
+from unet_opt.study.summary import Summary, fill_summary, import_study_plot_libraries, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
 from unet_opt.tracking.tracker import Tracker
 from unet_opt.tracking.ui import how_to_open, ranked_table_url
@@ -84,6 +84,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         local = tracking_uri.startswith("sqlite")
         runner.in_background(link_to_mlflow, storage_url, name,
                              ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
+        if runner.writer is not None:  # it draws the study's plots at the end
+            runner.writer.call(import_study_plot_libraries)
         summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                           metric=cfg.search.goal.metric,
                           ui=how_to_open(ui_command_line(paths, cfg), tracking_uri, tracker.experiment_id))
@@ -139,7 +141,7 @@ def search(cfg: Config, paths: Paths, ledger: TrialLedger, runner: Runner, place
             summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
                               for t in study.get_trials(deepcopy=False))  # not other machines' trials
             ledger.close_stale()  # another machine's dead worker may be stale by now
-            log_study_artifacts(study, tracker, parent_id, cfg)  # while the writer draws the last trials' files
+            log_study_artifacts(study, tracker, parent_id, cfg, runner.writer)  # its plots drawn by the writer
             runner.close()  # its ranks end; its writer is waited for
             tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")
     return fill_summary(summary, study)

@@ -22,6 +22,7 @@ from unet_opt.study.storage import best_value, load_existing, open_storage
 
 if TYPE_CHECKING:  # MLflow is imported only by the commands that log
     from unet_opt.tracking.tracker import Tracker
+    from unet_opt.tracking.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,29 @@ def files_cover(study: optuna.Study) -> str:
     return f"{len(trials)} trials, {sum(t.state.is_finished() for t in trials)} ended"
 
 
-def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
+def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config,
+                        writer: ArtifactWriter | None = None) -> None:
     """On the parent run: its note brought up to date (a stop may have ended a trial since), the Optuna
     plots in one self-contained HTML, the trials table, the space; then a tag saying which trials they
-    cover, so that a later command can tell stale or missing files."""
+    cover, so that a later command can tell stale or missing files. With a `writer`, the plots are drawn
+    there, from the trials as they are now: it has their libraries imported (here ~2 s: plotly, and
+    scikit-learn for the importances) and the caller waits for it anyway."""
     try:
         describe_parent(study, tracker, parent_id, cfg)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             write_trials_csv(study, folder / "trials.csv")
             (folder / "space.toml").write_text(to_toml(cfg, redact_url), encoding="utf-8")
-            write_study_plots(study, folder / "study_plots.html")
+            if writer is None:
+                write_study_plots(study, folder / "study_plots.html")
             tracker.log_files(parent_id, folder)
+        if writer is not None:
+            local = tracker.local_artifact_folder(parent_id)
+            if local is not None:  # missing, not stale, until drawn: a kill before then is seen and redrawn
+                (local / "study_plots.html").unlink(missing_ok=True)
+            trials = study.get_trials(deepcopy=False)
+            writer.submit_drawing(parent_id, draw_study_plots,
+                                  (study.study_name, study.directions, study.metric_names, trials), local)
         tracker.set_tags(parent_id, {FILES_TAG: files_cover(study)})
     except Exception as e:  # the study itself is safe in the storage; only its summary files are missing
         log.warning("could not log the study's plots and tables (%s)", e)
@@ -155,6 +167,24 @@ def write_trials_csv(study: optuna.Study, path: Path) -> None:
             w.writerow([t.number, t.state.name, "" if t.value is None else t.value,
                         *[t.params.get(n, "") for n in names], r["best_epoch"], r["epochs_run"], r["reason"],
                         r["mlflow_run_id"], seconds])
+
+
+def import_study_plot_libraries() -> None:
+    """What `write_study_plots` needs, imported ahead (a writer process does it while trials train)."""
+    import optuna.visualization  # noqa: F401  plotly
+    from sklearn.ensemble import RandomForestRegressor  # noqa: F401  the importances' evaluator (fANOVA)
+
+
+def draw_study_plots(folder: Path, name: str, directions: list, metric_names: list[str] | None,
+                     trials: list[optuna.trial.FrozenTrial]) -> None:
+    """`write_study_plots` into `folder` for a study rebuilt in memory from its trials (in a writer process,
+    which never opens the study storage)."""
+    with runtime.optuna_errors_only():  # "a new study created in memory"
+        study = optuna.create_study(study_name=name, directions=directions)
+    if metric_names:
+        study.set_metric_names(metric_names)
+    study.add_trials(trials)
+    write_study_plots(study, folder / "study_plots.html")
 
 
 def write_study_plots(study: optuna.Study, path: Path) -> None:

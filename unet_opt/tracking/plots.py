@@ -8,6 +8,7 @@ draw: importing this module costs nothing before a figure is drawn.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,7 +31,9 @@ def import_drawing_libraries() -> None:
 
 
 def save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=fig.dpi)  # at the figure's own dpi, so that figimage pixels are not resampled
+    # at the figure's own dpi, so that figimage pixels are not resampled; zlib's fastest level: 40 % of the
+    # encoding time for files ~15 % larger
+    fig.savefig(path, dpi=fig.dpi, pil_kwargs={"compress_level": 1})
     fig.clear()
 
 
@@ -45,6 +48,36 @@ def matrix_title(split: str, epoch: int | None = None) -> str:
     """E.g. "val split, epoch 7"; just the split where the epoch is not known."""
     where = "all images" if split == "all" else f"{split} split"
     return f"{where}, epoch {epoch}" if epoch else where
+
+
+def cell_values(normalised: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(rows, columns, "0.93"-style texts) of the cells worth a number: under 0.5 % stays blank, so that the
+    eye finds the large ones."""
+    rows, columns = np.nonzero(normalised >= 0.005)
+    return rows, columns, [f"{v:.2f}" for v in normalised[rows, columns]]
+
+
+@functools.lru_cache(maxsize=1024)
+def centred_text_path(text: str, fontsize: float):
+    """`text`'s outline in the default font, in points, centred on (0, 0)."""
+    from matplotlib.textpath import TextPath
+    from matplotlib.transforms import Affine2D
+
+    path = TextPath((0, 0), text, size=fontsize)  # in points, the default font
+    box = path.get_extents()
+    return path.transformed(Affine2D().translate(-(box.x0 + box.x1) / 2, -(box.y0 + box.y1) / 2))
+
+
+def centred_texts(texts: list[str], centres: np.ndarray, transform, fontsize: float, colors: list[str]):
+    """Many short texts as one collection of their outlines, each centred on its point: one draw call. A
+    24x24 matrix's 576 values as `Text` artists took 0.7 s to draw (glyph layout, one by one) of the
+    figure's 1.1 s; the whole figure now takes 0.35 s. A value has 101 possible texts, each outlined once."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.transforms import Affine2D
+
+    return PathCollection([centred_text_path(t, fontsize) for t in texts], offsets=centres,
+                          offset_transform=transform, transform=Affine2D().scale(DPI / 72),  # points -> pixels
+                          facecolors=colors, edgecolors="none")
 
 
 def confusion_matrix_figure(matrix: np.ndarray, names: list[str], title: str = "") -> Figure:
@@ -66,9 +99,10 @@ def confusion_matrix_figure(matrix: np.ndarray, names: list[str], title: str = "
                  im_kw={"vmin": 0, "vmax": 1})
     fig.colorbar(display.im_, cax=fig.add_axes(((names_in + side + 0.2) / width, names_in / height, 0.2 / width,
                                                 side / height)), label="fraction of the true class's pixels")
-    for i, j in zip(*np.nonzero(normalised >= 0.005)):  # under 0.5 % stays blank: the eye finds the large ones
-        ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=8 if n > 12 else 10,
-                color="white" if normalised[i, j] > 0.5 else "black")
+    rows, columns, values = cell_values(normalised)
+    ax.add_collection(centred_texts(values, np.column_stack([columns, rows]), ax.transData, fontsize=8 if n > 12 else 10,
+                                    colors=["white" if normalised[i, j] > 0.5 else "black"
+                                            for i, j in zip(rows, columns)]), autolim=False)
     for label, missing in zip(ax.get_yticklabels(), matrix.sum(axis=1) == 0):
         label.set_color("0.6" if missing else "black")  # no true pixels of that class: its row is empty
     ax.tick_params(labelsize=9)

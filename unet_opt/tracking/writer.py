@@ -13,8 +13,9 @@ goes through the pipe, so `submit` never waits for a writer that training leaves
 
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
 when its connection closes and every report it was given is written, so it finishes its queue even when
-the search is killed. `close` waits for it, so that a finished search has all its files. It also runs
-work that is not waited for, in turn with the reports (`call`: the study's note for the live view).
+the search is killed. `close` waits for it, so that a finished search has all its files (the study's
+plots too: `submit_drawing`). It also runs work that is not waited for, in turn with the reports (`call`:
+the study's note for the live view, the study plots' imports).
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ class ArtifactWriter:
         """Draw `report`'s files and log them to the MLflow run `run_id`: copied into its artifact `folder`
         where the run keeps its files on this machine (the writer then never touches the tracking
         database), else logged through MLflow."""
-        self.send(("report", run_id, report, folder))
+        self.submit_drawing(run_id, write_report, (report,), folder)
+
+    def submit_drawing(self, run_id: str, draw: Callable[..., Any], args: tuple, folder: Path | None = None) -> None:
+        """As `submit`, for files that `draw(folder, *args)` writes (a module's function: it goes by name)."""
+        self.send(("report", run_id, draw, args, folder))
 
     def call(self, work: Callable[..., None], *args: Any) -> None:
         """Run `work(*args)` there, in turn with the reports (a module's function: it goes by name): work
@@ -183,10 +188,10 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
                 what = f"{work.__name__}"
                 work(*args)
                 continue
-            run_id, report, folder = job
+            run_id, draw, args, folder = job
             what = f"the files of MLflow run {run_id}"
             with tempfile.TemporaryDirectory() as tmp:
-                write_report(Path(tmp), report)
+                draw(Path(tmp), *args)
                 if folder is not None:  # what MLflow's local artifact store does, without its database
                     shutil.copytree(tmp, folder, dirs_exist_ok=True)
                     continue
