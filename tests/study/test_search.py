@@ -19,6 +19,7 @@ from unet_opt.cli.app import main
 from unet_opt.config.schema import Config
 from unet_opt.config.space_file import load_config
 from unet_opt.study.storage import study_setup
+from unet_opt.study.summary import write_study_plots
 
 TRIAL_ARTIFACTS = {"config.toml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.csv",
                    "per_class.csv", "predictions.png"}
@@ -349,3 +350,15 @@ def test_the_study_s_plots_are_drawn_by_the_writer_and_the_search_never_imports_
     html = Path(client.download_artifacts(parents[0].info.run_id, "study_plots.html")).read_text()
     assert html.count("<h2>") == 4 and "not available yet" not in html  # two complete trials: importances too
     assert "val_dice" in html  # the objective by its name, as the study's
+
+
+def test_the_study_s_plots_name_the_objective_by_the_study_s_metric(tmp_path):
+    study = optuna.create_study(direction="maximize")
+    study.set_metric_names(["val_miou"])
+    for value in (0.2, 0.5, 0.4):
+        study.enqueue_trial({"train.lr": value / 100})
+        study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2, log=True) * 100, n_trials=1)
+    write_study_plots(study, tmp_path / "study_plots.html")
+    page = (tmp_path / "study_plots.html").read_text()
+    page = page[page.index("<h1>"):]  # past plotly.js
+    assert "Objective Value" not in page and page.count("val_miou") >= 3  # history, importances, coordinates

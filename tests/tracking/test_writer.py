@@ -106,17 +106,21 @@ def test_the_writer_runs_work_handed_to_it_in_turn_and_leaves_no_spooled_job_beh
     assert wait_until(lambda: not list(spool.glob(f"{SPOOL_PREFIX}*")), timeout=10)
 
 
-def test_a_writer_handed_no_report_ends_at_once_when_closed(tmp_path):
-    # a search refused for bad input, or stopped by Ctrl-C in its first seconds, has handed its writer
-    # nothing or only the study's note: closing it must not wait for the writer's imports and the note
+def test_a_writer_handed_no_report_ends_at_once_when_closed_and_leaves_no_job_behind(tmp_path, monkeypatch):
+    # a search refused for bad input, stopped by Ctrl-C in its first seconds, or with nothing to do, has
+    # handed its writer nothing or only the study's note: closing it must not wait for the writer's imports
+    # and the note, nor leave the jobs it did not do in the temporary folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
     writer.start()
     writer.call(time.sleep, 600)
+    writer.call(time.sleep, 600)  # queued behind the first
     process = writer.process
     started = time.monotonic()
     writer.close()
     assert not process.is_alive() and writer.process is None
     assert time.monotonic() - started < 300  # not the writer's CLOSE_TIMEOUT (the sleep alone is 600 s)
+    assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
 
 
 def test_the_writer_is_forked_only_from_a_process_running_no_other_thread():

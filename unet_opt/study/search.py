@@ -84,8 +84,6 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         local = tracking_uri.startswith("sqlite")
         runner.in_background(link_to_mlflow, storage_url, name,
                              ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
-        if runner.writer is not None:  # it draws the study's plots at the end
-            runner.writer.call(import_study_plot_libraries)
         summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                           metric=cfg.search.goal.metric,
                           ui=how_to_open(ui_command_line(paths, cfg), tracking_uri, tracker.experiment_id))
@@ -93,6 +91,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
             summary.already_done = True
             finish_parent(study, tracker, ledger.parent_id, cfg)
             return fill_summary(summary, study)
+        if runner.writer is not None:  # it draws the study's plots at the end
+            runner.writer.call(import_study_plot_libraries)
         return search(cfg, paths, ledger, runner, placements, verbose, summary)
 
 

@@ -195,14 +195,16 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
     notes = {"intermediate values": "<p>Each trial's best value so far after each epoch: what the pruner judges "
                                     "and what the trial is scored by (the per-epoch values are in each trial's "
                                     "run).</p>"}
-    for title, plot in (("optimization history", vis.plot_optimization_history),
-                        ("parameter importances", vis.plot_param_importances),
-                        ("parallel coordinates", vis.plot_parallel_coordinate),
-                        ("intermediate values", vis.plot_intermediate_values)):
+    # the objective by its name, as the study has it, where Optuna's plots would say "Objective Value"
+    named = {"target_name": study.metric_names[0]} if study.metric_names else {}
+    for title, plot, kwargs in (("optimization history", vis.plot_optimization_history, named),
+                                ("parameter importances", vis.plot_param_importances, {}),
+                                ("parallel coordinates", vis.plot_parallel_coordinate, named),
+                                ("intermediate values", vis.plot_intermediate_values, {})):
         try:
             with warnings.catch_warnings(), runtime.optuna_errors_only():  # "no complete trials", "too few trials
                 warnings.simplefilter("ignore", UserWarning)  # to compute importances": the page says so instead
-                figure = plot(study)
+                figure = plot(study, **kwargs)
         except Exception as e:  # e.g. importances need two complete trials
             parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")
             continue

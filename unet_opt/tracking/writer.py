@@ -121,6 +121,8 @@ class ArtifactWriter:
             log.warning("the trial files still being written after %.0f s were abandoned", CLOSE_TIMEOUT)
             self.process.kill()
             self.process.join()
+        for spooled in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{self.process.pid}-*"):
+            spooled.unlink(missing_ok=True)  # the jobs of a writer ended before it did them
         self.process = self.conn = None
 
 
