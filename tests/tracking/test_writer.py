@@ -1,5 +1,7 @@
 """The background writer of a run's files: it finishes what it was handed, whatever happens to its launcher."""
 
+import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -121,6 +123,28 @@ def test_a_writer_handed_no_report_ends_at_once_when_closed_and_leaves_no_job_be
     assert not process.is_alive() and writer.process is None
     assert time.monotonic() - started < 300  # not the writer's CLOSE_TIMEOUT (the sleep alone is 600 s)
     assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
+
+
+def test_closing_a_writer_handed_no_report_never_says_it_writes_files_however_slowly_it_dies(caplog):
+    # under load a killed writer at nice 19 took over a second to go, and a command refusing bad input
+    # printed "writing the last trials' files to MLflow..." before its one `error:` line
+    class SlowToDie:  # gone only once waited for without a timeout
+        pid, killed, gone = 2 ** 22 + 1, False, False
+
+        def kill(self):
+            self.killed = True
+
+        def join(self, timeout=None):
+            self.gone = self.gone or (self.killed and timeout is None)
+
+        def is_alive(self):
+            return not self.gone
+
+    writer = ArtifactWriter("sqlite:///unused.db")
+    writer.process, writer.conn, writer.reports = SlowToDie(), multiprocessing.Pipe()[0], 0
+    with caplog.at_level(logging.INFO, logger="unet_opt"):
+        writer.close()
+    assert caplog.text == "" and writer.process is None
 
 
 def test_the_writer_is_forked_only_from_a_process_running_no_other_thread():

@@ -113,6 +113,7 @@ class ArtifactWriter:
         self.conn.close()  # the writer finishes its queue, then ends
         if not self.reports:  # no run's files to finish: it may still be importing
             self.process.kill()
+            self.process.join()  # a killed process at nice 19 on busy cores may take seconds to go
         self.process.join(1.0)
         if self.process.is_alive():
             log.info("writing the last trials' files to MLflow...")
