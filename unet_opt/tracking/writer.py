@@ -122,8 +122,7 @@ class ArtifactWriter:
             log.warning("the trial files still being written after %.0f s were abandoned", CLOSE_TIMEOUT)
             self.process.kill()
             self.process.join()
-        for spooled in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}{self.process.pid}-*"):
-            spooled.unlink(missing_ok=True)  # the jobs of a writer ended before it did them
+        remove_jobs_of_dead_writers()  # this one's too, ended before it did them (a writer handed no report)
         self.process = self.conn = None
 
 
