@@ -4,7 +4,7 @@ Runs `unet-opt search` twice per sampler seed on the embedded data (same seed fo
 empty folder, and prints the epochs trained, the wall time and the best val_dice of each, their ratios,
 and with several seeds the totals over all of them.
 
-    python benchmarks/pruning.py [--trials 30] [--seeds 0 [1 2 ...]] [--pruner hyperband]
+    python benchmarks/pruning.py [--trials 30] [--seeds 0 [1 2 ...]] [--pruner contenders]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampler seeds, one pair of searches each")
-    parser.add_argument("--pruner", default="hyperband")
+    parser.add_argument("--pruner", default="contenders")
     args = parser.parse_args()
     print(f"pruning: {args.trials} trials on the embedded data, {args.pruner} against none "
           f"(targets, issue 26: >= 4x fewer epochs, best within 0.01)")

@@ -152,3 +152,15 @@ def test_compiled_model_trains(tmp_path):
     result = fit(cfg, data, split)
     # torch.compile gives the same kind of result as eager mode
     assert result.epochs_run == 1 and 0 <= result.best_metrics["val_dice"] <= 1
+
+
+@pytest.mark.parametrize("finished, says", [(3, "run the same command again to continue."),
+                                            (5, "every trial it asked for had finished.")])
+def test_an_interrupted_search_says_to_run_again_only_when_trials_are_missing(capsys, finished, says):
+    # a Ctrl-C after the last trial's line used to say "run the same command again to continue", which
+    # then only says "nothing to do"
+    from unet_opt.cli.console import print_summary
+    from unet_opt.study.summary import Summary
+
+    print_summary(Summary("default", 5, {"complete": finished}, None, interrupted=True), 10.0)
+    assert f"interrupted: study 'default' has {finished}/5 finished trials; {says}" in capsys.readouterr().out

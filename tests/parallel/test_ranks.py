@@ -149,3 +149,16 @@ def test_a_terminal_s_ctrl_c_while_the_ranks_import_does_not_end_them():
         result = ranks.run(fit_job, trial_job(), None)
         assert result.epochs_run == 2 and ranks.starts == 1
     assert children_of(os.getpid()) == []
+
+
+def test_a_zombie_counts_as_dead_for_what_the_dead_left():
+    # a killed writer whose parent has not waited for it (a subreaper's child) still has its /proc entry:
+    # its spooled reports were never adopted
+    from unet_opt.parallel.processes import is_running
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert is_running(child.pid)
+    child.kill()
+    assert wait_until(lambda: not is_running(child.pid), timeout=10)  # a zombie until waited for
+    assert Path(f"/proc/{child.pid}").exists()
+    child.wait()

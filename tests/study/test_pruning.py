@@ -5,7 +5,7 @@ import pytest
 
 from unet_opt.config.schema import Config
 from unet_opt.config.space_file import load_config
-from unet_opt.study.pruning import make_pruner, max_epochs
+from unet_opt.study.pruning import make_pruner, max_epochs, prune_reason
 
 
 def epochs_run(pruner: optuna.pruners.BasePruner, curves: list[list[float]], direction: str = "maximize") -> list[int]:
@@ -34,9 +34,9 @@ def epochs_pruned_after(pruner: optuna.pruners.BasePruner) -> list[int]:
 
 @pytest.mark.parametrize("brackets, first_judged", [(None, {1, 3}), (3, {1, 3, 9}), (1, {1})])
 def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(brackets, first_judged):
-    cfg = load_config("default", {"search.brackets": brackets} if brackets else None)
+    cfg = load_config("default", {"search.pruner": "hyperband", **({"search.brackets": brackets} if brackets else {})})
     # the default is 2, not the 3 that max_resource = the space's 20 epochs would make (README, Measured)
-    assert cfg.search.pruner == "hyperband" and cfg.search.brackets == (brackets or 2)
+    assert cfg.search.brackets == (brackets or 2)
     assert max_epochs(cfg) == 20
     pruned_after = epochs_pruned_after(make_pruner(cfg))
     assert set(pruned_after) == first_judged and len(pruned_after) >= 40 - 2 * len(first_judged)
@@ -44,7 +44,7 @@ def test_hyperband_brackets_set_the_epochs_a_trial_is_first_judged_after(bracket
 
 def test_three_brackets_prune_as_the_old_default_did():
     # README: `--set search.brackets=3` makes the brackets of the default before (max_resource = 20 epochs)
-    cfg = load_config("default", {"search.brackets": 3})
+    cfg = load_config("default", {"search.pruner": "hyperband", "search.brackets": 3})
     old = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=20, reduction_factor=3)
     pruner = make_pruner(cfg)
     assert epochs_pruned_after(pruner.hyperband) == epochs_pruned_after(old) and pruner.study_epoch == 9
@@ -54,7 +54,7 @@ def test_three_brackets_prune_as_the_old_default_did():
 def test_hyperband_prunes_a_bracket_s_first_trial_in_the_study_s_bottom_quarter_at_epoch_3(direction, sign):
     good = [sign * v for v in (0.2, 0.4, 0.5, 0.55, 0.6, 0.6)]
     poor = [sign * v for v in (0.05, 0.08, 0.1, 0.2, 0.3, 0.35)]
-    cfg = load_config("default")
+    cfg = load_config("default", {"search.pruner": "hyperband"})
     pruner = make_pruner(cfg)
     # Optuna's Hyperband alone lets trial 1, the first of its bracket, run to the end however poor it is
     alone = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=8, reduction_factor=3)
@@ -72,7 +72,7 @@ def test_hyperband_prunes_a_bracket_s_first_trial_in_the_study_s_bottom_quarter_
 
 @pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
 def test_the_study_wide_check_prunes_the_bottom_quarter_at_epoch_3_only(direction, sign):
-    pruner = make_pruner(load_config("default"))
+    pruner = make_pruner(load_config("default", {"search.pruner": "hyperband"}))
 
     def judged(value, epoch=3):
         study = optuna.create_study(direction=direction)
@@ -104,3 +104,39 @@ def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
     assert pruned_at([0.4]) == 1  # with fewer than 3 peers, only the best goes on
     assert pruned_at([0.55, 0.55, 0.55]) == 3  # the best of {0.5, 0.4, 0.55} after epoch 1, not of {0.6, 0.55}
     assert pruned_at([0.9, 0.1, 0.9, 0.9]) is None  # a poor epoch 2 is not judged
+
+
+def replay(study: optuna.Study, scheduled: int, curve: list[float]) -> int | None:
+    """One trial drawn to run `scheduled` epochs, its best-so-far values replayed: the epoch it is pruned
+    after, or None."""
+    study.enqueue_trial({"train.epochs": scheduled})
+    trial = study.ask({"train.epochs": optuna.distributions.IntDistribution(1, 40)})
+    for epoch, value in enumerate(curve, 1):
+        trial.report(value, epoch)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return epoch
+    study.tell(trial, curve[-1])
+    return None
+
+
+@pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
+def test_the_contenders_pruner_keeps_the_top_third_of_the_trials_scheduled_to_run_on(direction, sign):
+    assert load_config("default").search.pruner == "contenders"  # the default
+    study = optuna.create_study(direction=direction, pruner=make_pruner(load_config("default")))
+    for first, later in ((0.5, 0.7), (0.4, 0.6), (0.3, 0.5)):  # fewer than 3 contenders before them: they go on
+        assert replay(study, 15, [sign * first] * 2 + [sign * later] * 13) is None
+    assert replay(study, 15, [sign * 0.35] * 15) == 1  # the bar is the 2nd of 4: 0.4
+    assert prune_reason(study.pruner) == "outside the top third among 3 contenders"
+    assert replay(study, 15, [sign * 0.45, sign * 0.45, sign * 0.55]) == 3  # 2nd of 5 at epoch 1; 3rd of 4 at 3
+    assert replay(study, 15, [sign * 0.45, sign * 0.45, sign * 0.8, sign * 0.8]) is None  # on at 1 and at 3
+
+
+def test_a_trial_that_ends_before_the_next_rung_is_judged_but_never_a_yardstick():
+    # its learning rate decays to zero over 3 epochs, so it looks better after epoch 1 than it will end
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(load_config("default")))
+    for first in (0.5, 0.4, 0.3):
+        replay(study, 15, [first] * 15)
+    assert replay(study, 3, [0.9, 0.9, 0.9]) is None  # judged, and at the top
+    assert replay(study, 3, [0.2, 0.2, 0.2]) == 1  # judged, and pruned
+    assert replay(study, 15, [0.45] * 15) is None  # 2nd of the 4 long ones; 3rd had the short trials counted

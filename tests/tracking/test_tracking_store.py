@@ -203,3 +203,16 @@ def test_a_template_whose_tables_were_altered_is_rebuilt_not_copied(tmp_path, ca
     run_id = b.start_run("r", {"p": 1}, {})
     b.log_metrics(run_id, {"m": 1.0}, step=1)  # what failed with the metrics table gone
     assert b.client.get_run(run_id).data.metrics == {"m": 1.0}
+
+
+@pytest.mark.parametrize("template", [False, True], ids=["migrated", "from the template"])
+def test_a_relative_tracking_uri_makes_a_new_store_in_the_working_folder(tmp_path, cache, monkeypatch, template):
+    # `--tracking-uri sqlite:///mlruns/mlflow.db`, the form --help shows, was refused on a new folder as
+    # "damaged or unreadable" (a relative path has no file URI)
+    monkeypatch.chdir(tmp_path)
+    if template:
+        Tracker(f"sqlite:///{tmp_path}/first/mlflow.db", "s", tmp_path / "first" / "artifacts")
+    mlruns = f"mlruns-{template}"  # MLflow keeps a store per URI for the life of the process: one URI a test
+    store = Tracker(f"sqlite:///{mlruns}/mlflow.db", "s", tmp_path / mlruns / "artifacts")
+    assert store.client.get_experiment("0").artifact_location == (tmp_path / mlruns / "artifacts" / "0").as_uri()
+    assert (tmp_path / mlruns / "mlflow.db").is_file()

@@ -3,6 +3,7 @@
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,8 +15,15 @@ import pytest
 from conftest import processes_in, wait_until
 from mlflow.tracking import MlflowClient
 
-from unet_opt.tracking.report_files import RunReport
-from unet_opt.tracking.writer import LOWEST_PRIORITY, SPOOL_PREFIX, ArtifactWriter, own_database_pools, start_method
+from unet_opt.tracking.report_files import RunReport, write_report
+from unet_opt.tracking.writer import (
+    LOWEST_PRIORITY,
+    SPOOL_PREFIX,
+    ArtifactWriter,
+    own_database_pools,
+    start_method,
+    write_reports_of_dead_writers,
+)
 
 
 def test_the_writer_finishes_what_it_was_handed_when_its_search_is_killed(tmp_path):
@@ -176,14 +184,117 @@ def test_a_forked_writer_leaves_the_launcher_s_database_connections_to_it(tmp_pa
         assert connection.connection.dbapi_connection is not launchers
 
 
-def test_a_writer_starting_removes_the_jobs_a_killed_writer_left_and_no_one_else_s(tmp_path, monkeypatch):
+def dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def spool_report(folder, pid: str, tracking_uri: str, run_id: str, files) -> None:
+    """A report job as a writer's launcher spools it, left by the writer of process `pid`."""
+    job = ("report", tracking_uri, run_id, write_report, (RunReport("a = 1\n", "val_dice", [], 0),), files)
+    (folder / f"{SPOOL_PREFIX}{pid}-report-{run_id}.pickle").write_bytes(pickle.dumps(job))
+
+
+@pytest.mark.slow
+def test_a_writer_adopting_does_the_reports_a_killed_writer_left_and_removes_the_rest(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left = tmp_path / f"{SPOOL_PREFIX}{dead.stdout.strip()}-abc.pickle"
-    queued = tmp_path / f"{SPOOL_PREFIX}{os.getpid()}-def.pickle"  # a live writer's job, still to be done
-    for path in (left, queued):
+    dead = dead_pid()
+    (tmp_path / "mlflow.db").write_bytes(b"")  # the store the report belongs to still exists
+    spool_report(tmp_path, dead, f"sqlite:///{tmp_path}/mlflow.db", "r1", tmp_path / "files")
+    call = tmp_path / f"{SPOOL_PREFIX}{dead}-call-abc.pickle"  # nobody waits for a call
+    partial = tmp_path / f"{SPOOL_PREFIX}{dead}-partial-abc.pickle"  # its launcher died writing it
+    queued = tmp_path / f"{SPOOL_PREFIX}{os.getpid()}-report-def.pickle"  # a live writer's job, still to be done
+    for path in (call, partial, queued):
         path.write_bytes(b"job")
     writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
     writer.start()
+    writer.adopt_reports_of_dead_writers()  # once the command's input is found good
     writer.close()
-    assert not left.exists() and queued.exists()
+    assert (tmp_path / "files" / "config.toml").read_text() == "a = 1\n"
+    assert sorted(tmp_path.glob(f"{SPOOL_PREFIX}*")) == [queued]
+
+
+def test_a_killed_search_s_report_whose_store_is_gone_is_not_written(tmp_path, monkeypatch, caplog):
+    # the killed search's folder was moved or deleted since: its run's folder must not come back as a ghost
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spool_report(tmp_path, dead_pid(), f"sqlite:///{tmp_path}/gone/mlruns/mlflow.db", "r1",
+                 tmp_path / "gone" / "mlruns" / "artifacts" / "1" / "r1" / "artifacts")
+    with caplog.at_level(logging.WARNING):
+        assert write_reports_of_dead_writers() == 1
+    assert not (tmp_path / "gone").exists() and not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
+    assert "could not write the files of MLflow run r1: its store" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_next_writer_writes_what_a_search_killed_with_its_writer_left(tmp_path):
+    # SIGKILL to the search's whole process group, while its writer imports: every report handed over is
+    # left spooled, and the next writer on this machine (the next search's) writes them
+    spool = tmp_path / "tmp"
+    spool.mkdir()
+    script = """
+import os, signal
+from pathlib import Path
+from unet_opt.tracking.report_files import RunReport
+from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.writer import ArtifactWriter
+tracker = Tracker("sqlite:///mlruns/mlflow.db", "s", Path("mlruns/artifacts").resolve())  # a relative URI
+writer = ArtifactWriter(tracker.uri)
+ids = [tracker.start_run(f"r{i}", {}, {}) for i in range(3)]
+for run_id in ids:
+    writer.submit(run_id, RunReport("a = 1\\n", "val_dice", [{"train_loss": 1.0, "val_dice": 0.5}], 1))
+print(" ".join(ids), flush=True)
+os.killpg(0, signal.SIGKILL)
+"""
+    killed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            start_new_session=True, env={**os.environ, "TMPDIR": str(spool)})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ids = killed.stdout.split()
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert wait_until(lambda: not processes_in(tmp_path), timeout=60, every=0.2)
+    assert not any(client.list_artifacts(run_id) for run_id in ids)  # killed before it wrote any
+    assert len(list(spool.glob(f"{SPOOL_PREFIX}*-report-*"))) == 3
+    elsewhere = tmp_path / "elsewhere"  # the next search, in another folder and store
+    elsewhere.mkdir()
+    said = []  # the writer's own logger: whatever an earlier test did to the package's logging
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: said.append(record.getMessage())
+    writer_log = logging.getLogger("unet_opt.tracking.writer")
+    writer_log.addHandler(handler)
+    level, disabled = writer_log.level, writer_log.disabled
+    writer_log.setLevel(logging.INFO)
+    writer_log.disabled = False
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempfile, "tempdir", str(spool))
+            patch.chdir(elsewhere)
+            with ArtifactWriter(f"sqlite:///{elsewhere}/mlflow.db") as writer:
+                writer.start()
+                writer.adopt_reports_of_dead_writers()
+    finally:
+        writer_log.removeHandler(handler)
+        writer_log.setLevel(level)
+        writer_log.disabled = disabled
+    assert "writing the files of 3 run(s) that a killed search left unwritten" in said
+    for run_id in ids:
+        assert {a.path for a in client.list_artifacts(run_id)} == {"config.toml", "learning_curves.png"}
+    assert not list(spool.glob(f"{SPOOL_PREFIX}*"))
+
+
+@pytest.mark.slow
+def test_a_writer_killed_alone_is_replaced_and_its_undone_reports_are_written(tmp_path, monkeypatch):
+    # killed by the kernel for memory, say, while its launcher goes on: the next report starts another
+    # writer, which writes the reports that the dead one had not
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "mlflow.db").write_bytes(b"")  # the runs' store
+    report = RunReport("a = 1\n", "val_dice", [], 0)
+    with ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db") as writer:
+        for i in range(3):
+            writer.submit(f"r{i}", report, tmp_path / f"files{i}")
+        first = writer.process
+        first.kill()  # while it still imports: none written
+        first.join()
+        writer.submit("r3", report, tmp_path / "files3")
+        assert writer.process is not first
+    for i in range(4):
+        assert (tmp_path / f"files{i}" / "config.toml").read_text() == "a = 1\n"
+    assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))

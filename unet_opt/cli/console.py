@@ -26,7 +26,8 @@ def print_summary(s, seconds: float) -> None:
     elif s.interrupted:
         how = "terminated" if s.terminated else "interrupted"
         click.echo(f"{how}: study '{s.study}' has {finished}/{s.target} finished trials; "
-                   f"run the same command again to continue.")
+                   + ("run the same command again to continue." if finished < s.target
+                      else "every trial it asked for had finished."))
     else:
         click.echo(f"study '{s.study}': {finished}/{s.target} finished trials, {s.ran} run now in {seconds:.0f} s"
                    + (f" ({s.stopped_reason})" if s.stopped_reason else ""))

@@ -37,8 +37,9 @@ from unet_opt.config.space_file import load_config
 @storage_option
 @tracking_option
 @option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
-@option("--pruner", type=click.Choice(["hyperband", "median", "halving", "none"]), show_default="hyperband",
-        help="Optuna pruner.")
+@option("--pruner", type=click.Choice(["contenders", "hyperband", "median", "halving", "none"]),
+        show_default="contenders", help="Which trials stop early: contenders (the top third of the trials "
+        "scheduled to run on goes on, after epochs 1, 3, 9), Optuna's hyperband, median, halving, or none.")
 @option("--seed", type=int, show_default="0", help="Sampler seed.")
 @placement_options
 @option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -180,14 +181,17 @@ def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
 
     paths = session.paths
     done = draw_figures(paths.storage_url(storage), paths.tracking_uri(tracking_uri), paths.artifacts, study, numbers)
-    for number in numbers:
+    if done.recovered:
+        click.echo(f"wrote the files of {done.recovered} run(s) that a killed search had left unwritten")
+    for number in numbers or done.without_files:  # without --trial, the trials that no command can draw
         if number in done.skipped:
             click.echo(f"trial #{number}: {done.skipped[number]}")
     if done.drawn:
         shown = ", ".join(f"#{n}" for n in done.drawn)
         click.echo(f"study '{done.study}': figures drawn into the runs of {len(done.drawn)} trial(s): {shown}")
     elif not numbers:
-        click.echo(f"study '{done.study}': every trial's figures are drawn already")
+        click.echo(f"study '{done.study}': every other trial's figures are drawn already" if done.without_files
+                   else f"study '{done.study}': every trial's figures are drawn already")
     return 0
 
 

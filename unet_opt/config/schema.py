@@ -116,11 +116,14 @@ class SearchConfig:
     """Seconds after which no new trial starts; 0 for no limit."""
     sampler: str = field(default="tpe", metadata={"choices": ("tpe", "random")})
     """Optuna sampler."""
-    pruner: str = field(default="hyperband", metadata={"choices": ("hyperband", "median", "halving", "none")})
-    """Optuna pruner."""
+    pruner: str = field(default="contenders",
+                        metadata={"choices": ("contenders", "hyperband", "median", "halving", "none")})
+    """contenders: after epochs 1, 3 and 9 a trial goes on in the top third of the trials scheduled to run
+    past the next of those epochs; hyperband, median, halving: Optuna's (hyperband with a study-wide check)."""
     brackets: int = 2
-    """Hyperband brackets: 2 judge a trial first after epoch 1 or 3; a third after 9, a fourth after 27...
-    The last bracket's first epoch (3 with 2) is also where every trial is judged against the whole study."""
+    """Hyperband brackets (`pruner = "hyperband"`): 2 judge a trial first after epoch 1 or 3; a third after 9,
+    a fourth after 27... The last bracket's first epoch (3 with 2) is also where every trial is judged
+    against the whole study."""
     seed: int = 0
     """Sampler seed."""
     startup_trials: int = 8

@@ -38,9 +38,17 @@ def left_by_the_dead(prefix: str) -> list[Path]:
     found = []
     for entry in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         pid = entry.name.removeprefix(prefix).split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if pid.isdigit() and not is_running(int(pid)):
             found.append(entry)
     return found
+
+
+def is_running(pid: int) -> bool:
+    """Process `pid` exists and is not a zombie (a dead child its parent has not waited for yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def die_with_parent() -> None:

@@ -34,7 +34,7 @@ from unet_opt.runs.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.runs.reports import split_report, trial_report
 from unet_opt.tracking.report_files import write_report
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.writer import ArtifactWriter
+from unet_opt.tracking.writer import ArtifactWriter, write_reports_of_dead_writers
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,13 @@ class Runner:
     def use_tracker(self, tracker: Tracker) -> None:
         """Where runs are logged, once the stores are open."""
         self.tracker = tracker
+
+    def write_reports_of_killed_searches(self) -> None:
+        """The runs' files that a search killed with its writer left unwritten: by the writer, else here."""
+        if self.writer is not None:
+            self.writer.adopt_reports_of_dead_writers()
+        elif done := write_reports_of_dead_writers():
+            log.info("wrote the files of %d run(s) that a killed search had left unwritten", done)
 
     def in_background(self, work: Callable[..., None], *args: Any) -> None:
         """`work(*args)` in the writer process, after the files handed to it before (what nobody waits

@@ -8,7 +8,7 @@ as every such trial ended would cost about a second each, mostly for trials nobo
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from unet_opt.config.paths import sqlite_file
@@ -17,6 +17,7 @@ from unet_opt.study.states import shown_state
 from unet_opt.study.storage import load_existing
 from unet_opt.tracking.report_files import FIGURES, FIGURES_LATER, load_report, write_report
 from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.writer import write_reports_of_dead_writers
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Drawn:
     study: str
     drawn: list[int]
     skipped: dict[int, str]  # trial -> why
+    recovered: int = 0  # runs whose files a killed search had left unwritten, written now
+    without_files: list[int] = field(default_factory=list)  # trials whose search was stopped before their files
 
 
 def draw_figures(storage_url: str, tracking_uri: str, artifact_root: Path, study_name: str | None,
@@ -43,12 +46,16 @@ def draw_figures(storage_url: str, tracking_uri: str, artifact_root: Path, study
         raise UserError(f"no MLflow store at {database}; pass the --tracking-uri the study ran with")
     tracker = Tracker(tracking_uri, study.study_name, artifact_root)
     result = Drawn(study.study_name, [], {})
+    result.recovered = write_reports_of_dead_writers()  # a search killed with its writer: its trials' files first
     for number in numbers or sorted(trials):
         trial = trials[number]
         run_id = trial.user_attrs.get("mlflow_run_id")
         present = {a.path for a in tracker.client.list_artifacts(run_id)} if run_id and tracker.has_run(run_id) else set()
         if FIGURES[0] in present:
             result.skipped[number] = "drawn already"
+        elif not present and trial.state.is_finished():
+            result.skipped[number] = f"{shown_state(trial)}, with no files (its search was stopped before it wrote them)"
+            result.without_files.append(number)
         elif FIGURES_LATER not in present:
             result.skipped[number] = f"{shown_state(trial)}, with no epoch to draw"
         else:

@@ -80,6 +80,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         ledger.close_stale()  # the two stores made to agree after any kill
         ledger.mirror_ended()
         tracker.fail_runs_of_dead_processes()
+        runner.write_reports_of_killed_searches()
         tracker.save_ranked_view(cfg.search.goal.metric, list(cfg.space))
         local = tracking_uri.startswith("sqlite")
         runner.in_background(link_to_mlflow, storage_url, name,

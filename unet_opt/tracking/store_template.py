@@ -31,9 +31,10 @@ def new_store(path: Path) -> None:
     if not copy_schema_template(path):
         migrate(path)
     now = int(time.time() * 1000)
+    location = (path.resolve().parent / "artifacts" / "0").as_uri()  # resolved: a relative --tracking-uri too
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
-                   "WHERE experiment_id = 0", ((path.parent / "artifacts" / "0").as_uri(), now, now))
+                   "WHERE experiment_id = 0", (location, now, now))
 
 
 def migrate(path: Path) -> None:
@@ -42,7 +43,7 @@ def migrate(path: Path) -> None:
     of the process, open on a file that is moved away next."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    SqlAlchemyStore(f"sqlite:///{path}", (path.parent / "artifacts").as_uri()).engine.dispose()
+    SqlAlchemyStore(f"sqlite:///{path}", (path.resolve().parent / "artifacts").as_uri()).engine.dispose()
 
 
 def schema_template_path() -> Path:

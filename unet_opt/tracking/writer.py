@@ -14,8 +14,10 @@ goes through the pipe, so `submit` never waits for a writer that training leaves
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
 when its connection closes and every report it was given is written, so it finishes its queue even when
 the search is killed. `close` waits for it, so that a finished search has all its files (the study's
-plots too: `submit_drawing`). It also runs work that is not waited for, in turn with the reports (`call`:
-the study's note for the live view, the study plots' imports).
+plots too: `submit_drawing`). A SIGKILL to the whole process group kills the writer too: the reports it
+had not written stay spooled, and the next search on this machine (`adopt_reports_of_dead_writers`) or
+`unet-opt figures` writes them. It also runs work that is not waited for, in turn with the reports
+(`call`: the study's note for the live view, the study plots' imports).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_opt import runtime
+from unet_opt.config.paths import sqlite_file
 from unet_opt.parallel.processes import children_ignoring, left_by_the_dead
 from unet_opt.tracking.report_files import RunReport, write_report
 
@@ -43,7 +46,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 300.0  # seconds a finishing search waits for the files still to be written
 LOWEST_PRIORITY = 19
-SPOOL_PREFIX = "unet-opt-report-"  # + the writer's pid: a job on its way to it, in the temporary folder
+SPOOL_PREFIX = "unet-opt-report-"  # + the writer's pid + "-report-" or "-call-": a job on its way to it
+ADOPTED = "-adopted-"  # in a report's name once a later writer took it over from a dead one
 
 
 class ArtifactWriter:
@@ -70,7 +74,7 @@ class ArtifactWriter:
 
     def submit_drawing(self, run_id: str, draw: Callable[..., Any], args: tuple, folder: Path | None = None) -> None:
         """As `submit`, for files that `draw(folder, *args)` writes (a module's function: it goes by name)."""
-        self.send(("report", run_id, draw, args, folder))
+        self.send(("report", absolute_uri(self.tracking_uri), run_id, draw, args, folder))
 
     def call(self, work: Callable[..., None], *args: Any) -> None:
         """Run `work(*args)` there, in turn with the reports (a module's function: it goes by name): work
@@ -81,16 +85,18 @@ class ArtifactWriter:
         if self.process is not None and not self.process.is_alive():  # killed (out of memory?): a new one
             log.warning("the artifact writer died (exit code %s); starting another", self.process.exitcode)
             self.close()
+            self.adopt_reports_of_dead_writers()  # and the reports it had not written yet
         if self.process is None:
             self.start()
-        fd, spooled = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{self.process.pid}-", suffix=".pickle")
+        fd, partial = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{self.process.pid}-partial-", suffix=".pickle")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(job, f)
+        spooled = partial.replace("-partial-", f"-{job[0]}-")  # whole, under its kind's name: adoptable
+        os.rename(partial, spooled)
         self.conn.send_bytes(spooled.encode())
         self.reports += job[0] == "report"
 
     def start(self) -> None:
-        remove_jobs_of_dead_writers()
         context = multiprocessing.get_context(start_method())
         forked = context.get_start_method() == "fork"
         log.debug("artifact writer: %s", "forked" if forked else "a new interpreter")
@@ -104,6 +110,19 @@ class ArtifactWriter:
             os.setpriority(os.PRIO_PROCESS, process.pid, LOWEST_PRIORITY)
         child_end.close()
         self.process, self.conn, self.reports = process, conn, 0
+
+    def adopt_reports_of_dead_writers(self) -> None:
+        """Take over the reports that killed writers left (a SIGKILL to a search's process group): their runs'
+        files are written in turn with this writer's own, and `close` waits for them. Called once the
+        command's input has been found good, so that a refused command writes nothing."""
+        if self.process is None:
+            self.start()
+        adopted = adopt_reports_of_dead_writers(self.process.pid)
+        for spooled in adopted:
+            self.conn.send_bytes(str(spooled).encode())
+        self.reports += len(adopted)
+        if adopted:
+            log.info("writing the files of %d run(s) that a killed search left unwritten", len(adopted))
 
     def close(self) -> None:
         """Wait until every job handed over is done (at most CLOSE_TIMEOUT seconds); a writer handed no
@@ -119,18 +138,61 @@ class ArtifactWriter:
             log.info("writing the last trials' files to MLflow...")
             self.process.join(CLOSE_TIMEOUT)
         if self.process.is_alive():
-            log.warning("the trial files still being written after %.0f s were abandoned", CLOSE_TIMEOUT)
+            log.warning("the trial files still being written after %.0f s are left to the next search on this "
+                        "machine, or to `unet-opt figures`", CLOSE_TIMEOUT)
             self.process.kill()
             self.process.join()
-        remove_jobs_of_dead_writers()  # this one's too, ended before it did them (a writer handed no report)
+        remove_calls_of_dead_writers()  # this one's too, ended before it did them (a writer handed no report)
         self.process = self.conn = None
 
 
-def remove_jobs_of_dead_writers() -> None:
-    """The spooled jobs that a killed writer (SIGKILL to the search's process group) left, by its pid:
-    their runs' files are lost with it, as they were in its queue; the files need not stay."""
+def remove_calls_of_dead_writers() -> None:
+    """The spooled `call`s that ended writers left undone: nobody waits for them. Their reports are kept
+    for the next writer."""
     for spooled in left_by_the_dead(SPOOL_PREFIX):
-        spooled.unlink(missing_ok=True)
+        if not is_report(spooled):
+            spooled.unlink(missing_ok=True)
+
+
+def is_report(spooled: Path) -> bool:
+    """A spooled job named as a report's (pid-report-...), as `send` names them."""
+    return spooled.name.removeprefix(SPOOL_PREFIX).split("-")[1:2] == ["report"]
+
+
+def adopt_reports_of_dead_writers(pid: int) -> list[Path]:
+    """The spooled reports of writers that died before writing them (a SIGKILL to a search's process group),
+    renamed as the jobs of the live process `pid`; a rename is atomic, so two processes adopting at once
+    never both take a report."""
+    adopted = []
+    for spooled in left_by_the_dead(SPOOL_PREFIX):
+        if not is_report(spooled):  # a `call` nobody waits for, or a job its launcher died writing
+            spooled.unlink(missing_ok=True)
+            continue
+        mine = spooled.with_name(f"{SPOOL_PREFIX}{pid}-report{ADOPTED}{spooled.name.removeprefix(SPOOL_PREFIX)}")
+        try:
+            spooled.rename(mine)
+        except FileNotFoundError:  # another process adopted it first
+            continue
+        adopted.append(mine)
+    return adopted
+
+
+def write_reports_of_dead_writers() -> int:
+    """Write here and now the reports that killed writers left (what `unet-opt figures` and a launcher of
+    `--workers` find missing otherwise); how many."""
+    adopted = adopt_reports_of_dead_writers(os.getpid())
+    clients: dict[str, Any] = {}
+    for spooled in adopted:
+        do_job(spooled, clients)
+    return len(adopted)
+
+
+def absolute_uri(uri: str) -> str:
+    """A relative SQLite URI made absolute, so that a writer started elsewhere finds the same store."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:////"):
+        return uri
+    path, query_mark, query = uri.removeprefix("sqlite:///").partition("?")
+    return f"sqlite:///{Path(path).resolve()}{query_mark}{query}"
 
 
 def start_method() -> str:
@@ -179,30 +241,39 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
     from unet_opt.tracking import plots
 
     plots.import_drawing_libraries()  # now, while the search starts up; the store may not exist yet
-    client = None
+    clients: dict[str, Any] = {}  # MLflow's, by tracking URI: not before a report, the store may not exist
     while (spooled := jobs.get()) is not None:
-        what = "a job"
-        try:
-            with open(spooled, "rb") as f:
-                kind, *job = pickle.load(f)
-            if kind == "call":
-                work, args = job
-                what = f"{work.__name__}"
-                work(*args)
-                continue
-            run_id, draw, args, folder = job
-            what = f"the files of MLflow run {run_id}"
-            with tempfile.TemporaryDirectory() as tmp:
-                draw(Path(tmp), *args)
-                if folder is not None:  # what MLflow's local artifact store does, without its database
-                    shutil.copytree(tmp, folder, dirs_exist_ok=True)
-                    continue
-                if client is None:  # not before: the store may not exist until the first report
-                    from mlflow.tracking import MlflowClient
+        do_job(Path(spooled), clients)
 
-                    client = MlflowClient(tracking_uri)
-                client.log_artifacts(run_id, tmp)
-        except Exception as e:  # one job is not worth the others
-            log.warning("could not write %s (%s: %s)", what, type(e).__name__, e)
-        finally:
-            Path(spooled).unlink(missing_ok=True)
+
+def do_job(spooled: Path, clients: dict[str, Any]) -> None:
+    """One spooled job, done and removed; a failing one is logged, and not worth the others."""
+    what = "a job"
+    try:
+        with open(spooled, "rb") as f:
+            kind, *job = pickle.load(f)
+        if kind == "call":
+            work, args = job
+            what = f"{work.__name__}"
+            work(*args)
+            return
+        tracking_uri, run_id, draw, args, folder = job
+        what = f"the files of MLflow run {run_id}"
+        database = sqlite_file(tracking_uri)
+        if ADOPTED in spooled.name and database is not None and not database.is_file():  # moved or deleted since
+            log.warning("could not write %s: its store %s is gone", what, database)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            draw(Path(tmp), *args)
+            if folder is not None:  # what MLflow's local artifact store does, without its database
+                shutil.copytree(tmp, folder, dirs_exist_ok=True)
+                return
+            if tracking_uri not in clients:
+                from mlflow.tracking import MlflowClient
+
+                clients[tracking_uri] = MlflowClient(tracking_uri)
+            clients[tracking_uri].log_artifacts(run_id, tmp)
+    except Exception as e:
+        log.warning("could not write %s (%s: %s)", what, type(e).__name__, e)
+    finally:
+        spooled.unlink(missing_ok=True)
