@@ -86,26 +86,6 @@ def test_the_study_wide_check_prunes_the_bottom_quarter_at_epoch_3_only(directio
     assert not judged(0.0, epoch=2)  # judged by the whole study only at epoch 3
 
 
-def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
-    cfg = Config().replace({"search.pruner": "halving"})
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
-
-    def pruned_at(curve):  # replays a trial's best-so-far values; the epoch it is pruned after, or None
-        trial = study.ask()
-        for epoch, value in enumerate(curve, 1):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return epoch
-        study.tell(trial, curve[-1])
-        return None
-
-    assert pruned_at([0.5, 0.5, 0.6, 0.6]) is None  # the first trial has no one to lose to
-    assert pruned_at([0.4]) == 1  # with fewer than 3 peers, only the best goes on
-    assert pruned_at([0.55, 0.55, 0.55]) == 3  # the best of {0.5, 0.4, 0.55} after epoch 1, not of {0.6, 0.55}
-    assert pruned_at([0.9, 0.1, 0.9, 0.9]) is None  # a poor epoch 2 is not judged
-
-
 def replay(study: optuna.Study, scheduled: int, curve: list[float]) -> int | None:
     """One trial drawn to run `scheduled` epochs, its best-so-far values replayed: the epoch it is pruned
     after, or None."""
@@ -118,6 +98,19 @@ def replay(study: optuna.Study, scheduled: int, curve: list[float]) -> int | Non
             return epoch
     study.tell(trial, curve[-1])
     return None
+
+
+def test_halving_pruner_keeps_the_top_third_after_epochs_1_3_9():
+    cfg = Config().replace({"search.pruner": "halving"})
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+
+    def pruned_at(curve):  # halving ignores a trial's scheduled epochs
+        return replay(study, 20, curve)
+
+    assert pruned_at([0.5, 0.5, 0.6, 0.6]) is None  # the first trial has no one to lose to
+    assert pruned_at([0.4]) == 1  # with fewer than 3 peers, only the best goes on
+    assert pruned_at([0.55, 0.55, 0.55]) == 3  # the best of {0.5, 0.4, 0.55} after epoch 1, not of {0.6, 0.55}
+    assert pruned_at([0.9, 0.1, 0.9, 0.9]) is None  # a poor epoch 2 is not judged
 
 
 @pytest.mark.parametrize("direction, sign", [("maximize", 1), ("minimize", -1)])
