@@ -161,7 +161,7 @@ def searched(*case):  # needs the session's searched folder: one full search, so
 @pytest.mark.parametrize("setup, args, message", [
     ("none", ["retrain", "--best"], "no study storage"),
     searched("search", ["retrain", "--best", "--study", "nope"], "no study named 'nope'"),
-    ("failed", ["retrain", "--best"], "has no complete trial"),
+    pytest.param("failed", ["retrain", "--best"], "has no complete trial", marks=pytest.mark.slow),  # a search
     ("none", ["evaluate", "missing.pt"], "model file missing.pt does not exist"),
     ("none", ["evaluate", "models:/unet-opt-default@champion"], "no MLflow store"),
     searched("search", ["evaluate", "models:/nope@champion"], "model 'models:/nope@champion' not found"),

@@ -338,6 +338,7 @@ def test_a_study_made_before_the_recipe_fields_resumes_and_retrains_with_its_own
              "data.eval_size": "-1"}, run.info.run_name
 
 
+@pytest.mark.slow  # a search in a subprocess or a kill: over 10 s on a 2-core CPU
 def test_the_study_s_plots_are_drawn_by_the_writer_and_the_search_never_imports_their_libraries(home):
     """plotly and scikit-learn (the importances) took the search ~2 s after its last trial; its writer has
     them imported while trials train, and draws the plots from the trials as they ended."""

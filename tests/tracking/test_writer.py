@@ -26,6 +26,7 @@ from unet_opt.tracking.writer import (
 )
 
 
+@pytest.mark.slow  # a search in a subprocess or a kill: over 10 s on a 2-core CPU
 def test_the_writer_finishes_what_it_was_handed_when_its_search_is_killed(tmp_path):
     # a process hands five runs' reports to its writer and is killed once the first is written: the others still arrive
     script = f"""
@@ -53,6 +54,7 @@ os.kill(os.getpid(), signal.SIGKILL)
         assert {a.path for a in client.list_artifacts(run_id)} == {"config.toml", "learning_curves.png"}
 
 
+@pytest.mark.slow  # a search in a subprocess or a kill: over 10 s on a 2-core CPU
 def test_a_ctrl_c_while_the_writer_starts_does_not_end_it(tmp_path):
     # a terminal's Ctrl-C reaches every process of the group, the writer too, even while it imports
     script = f"""
