@@ -135,7 +135,7 @@ def test_a_trial_asked_for_but_never_claimed_is_closed_after_the_grace_period(ho
     assert "waiting for trial #1 to be claimed" in err
 
 
-@pytest.mark.slow  # a search in a subprocess or a kill: over 10 s on a 2-core CPU
+@pytest.mark.slow  # a search's start and its interrupted end: over 10 s on a 2-core CPU
 def test_an_interrupt_between_asking_and_claiming_a_trial_fails_it(home, cli, monkeypatch):
     def interrupted(*_):
         raise KeyboardInterrupt
