@@ -5,17 +5,21 @@ told PRUNED as the product would record it. Before each new trial, and after the
 resumed to its next stop (the next rung, or its end) when it is in the top 1/ETA of the values at its rung
 of the trials that reached that rung and are scheduled past FACTOR times it, itself included (the
 contenders of `ContenderHalving`), and there are MIN_N values there or more. A resumed trial that ends is
-added to the study as COMPLETE with its params, so TPE learns from it.
+added to the study as COMPLETE with its params, so TPE learns from it (a second trial for the same config,
+under a number of its own). With `--finish`, after the last trial every paused trial whose value so far
+is above the best ended one is resumed to its end, best first, so that no paused trial could beat the best.
 
-A resumed trial is retrained from scratch to where it paused (training is deterministic: checked at every
-epoch) and only its epochs beyond are counted, so the epochs and best values are those of a product that
-kept each paused trial's weights and optimizer; the wall time is not.
+A resumed trial is retrained from scratch to where it paused (training is deterministic: its best-so-far
+values are checked equal at every epoch) and only its epochs beyond are counted, so the epochs and best
+values are those of a product that kept each paused trial's weights and optimizer; the wall time is not.
+A paused trial's PRUNED record holds its first epoch only; the second trial under a new number shifts
+the trial seeds that follow, as it would in a product that recorded resumed trials this way.
 
 `--view budget` hands TPE the trials as they stand at one budget instead (BOHB's rule): the largest of
 the rungs and the end at which 7 trials have a value (a trial that ended sooner counts with its final
 value); the others are PRUNED there with their curves.
 
-    python benchmarks/repechage.py --seed 0 [--eta 3] [--factor 2] [--view budget]
+    python benchmarks/repechage.py --seed 0 [--eta 3] [--factor 2] [--view budget] [--finish]
 
 benchmarks/README.md ("Repechage measured") has the figures and why they settled what they did.
 """
@@ -85,8 +89,9 @@ class Search:
 
         result = fit(cfg, self.cache.get(cfg.data, cfg.model.depth), self.split, on_epoch=on_epoch)
         assert all(abs(curve[e] - v) < 1e-6 for e, v in t.curve.items()), f"trial {number} trained differently"
-        self.epochs += max(curve) - t.at
-        t.at, t.curve, t.ended = max(curve), curve, result.stop_reason != "callback"
+        reached = max(curve, default=t.at)  # a NaN loss in its first epoch reports nothing
+        self.epochs += reached - t.at
+        t.at, t.curve, t.ended = reached, curve, result.stop_reason != "callback"
         t.value = result.best_metrics.get(self.cfg.search.goal.metric, 0.0)
         print(f"  #{number}: {t.at} of {t.scheduled} epochs, " +
               (f"ended at {t.value:.4f}" if t.ended else f"paused at {curve[t.at]:.4f}"), flush=True)
@@ -97,7 +102,7 @@ class Search:
         for n, t in self.trials.items():
             if t.ended:
                 continue
-            value = t.curve[t.at]
+            value = t.curve[t.at]  # a paused trial has reached a rung
             ranked = sorted([value] + [o.curve[t.at] for m, o in self.trials.items()
                                        if m != n and t.at in o.curve and o.scheduled > t.at * self.factor],
                             reverse=True)
@@ -106,7 +111,7 @@ class Search:
                 best = max(best or (value, n), (value, n))
         return None if best is None else best[1]
 
-    def run(self, count: int) -> dict:
+    def run(self, count: int, finish: bool) -> dict:
         for i in range(count):
             trial = self.study.ask()
             params = suggest(trial, self.cfg.space)
@@ -122,15 +127,29 @@ class Search:
             else:
                 self.study.tell(trial, state=TrialState.PRUNED)
             while (n := self.promotable()) is not None:
-                self.advance(n)
-                if self.trials[n].ended:
-                    t = self.trials[n]
-                    self.study.add_trial(optuna.trial.create_trial(
-                        params=t.params, distributions=t.distributions, value=t.value, intermediate_values=t.curve))
-        value, number = max((t.value, n) for n, t in self.trials.items() if t.ended)
+                self.resume(n)
+        while finish and (n := self.ahead_of_the_best()) is not None:
+            while not self.trials[n].ended:
+                self.resume(n)
+        value, number = max(((t.value, n) for n, t in self.trials.items() if t.ended), default=(0.0, None))
         return {"epochs": self.epochs, "best": round(value, 4), "best_trial": number,
                 "complete": sum(t.ended for t in self.trials.values()),
                 "sampled": sum(t.scheduled for t in self.trials.values())}
+
+
+    def resume(self, number: int) -> None:
+        self.advance(number)
+        t = self.trials[number]
+        if t.ended:
+            self.study.add_trial(optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, value=t.value, intermediate_values=t.curve))
+
+    def ahead_of_the_best(self) -> int | None:
+        """The paused trial with the best value so far, if it is above every ended trial's."""
+        best = max((t.value for t in self.trials.values() if t.ended), default=-math.inf)
+        value, number = max(((t.curve[t.at], n) for n, t in self.trials.items() if not t.ended),
+                            default=(-math.inf, None))
+        return number if value > best else None
 
 
 class BudgetView(optuna.samplers.BaseSampler):
@@ -176,10 +195,11 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=2, help="contenders are scheduled past factor x the rung")
     parser.add_argument("--min-n", type=int, default=3, help="values a rung needs before it promotes")
     parser.add_argument("--view", choices=("all", "budget"), default="all", help="what TPE is fitted on")
+    parser.add_argument("--finish", action="store_true", help="end the paused trials ahead of the best")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
-    summary = Search(args.seed, args.eta, args.factor, args.min_n, args.view).run(args.trials)
+    summary = Search(args.seed, args.eta, args.factor, args.min_n, args.view).run(args.trials, args.finish)
     print(json.dumps({**vars(args), **summary, "wall": round(time.perf_counter() - start)}))
 
 
