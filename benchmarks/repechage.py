@@ -136,7 +136,6 @@ class Search:
                 "complete": sum(t.ended for t in self.trials.values()),
                 "sampled": sum(t.scheduled for t in self.trials.values())}
 
-
     def resume(self, number: int) -> None:
         self.advance(number)
         t = self.trials[number]
