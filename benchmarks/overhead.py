@@ -6,6 +6,7 @@ took (MLflow's `epoch_seconds`). Then:
 - before the first trial: from the command's start (imports, store creation, data) to the first trial;
 - per-trial overhead: (command wall time - time before the first trial - epoch time) / trials, for one
   process and for `--procs 2` (rank processes, their start and their data included);
+- of which, PyTorch's: its first optimizer imports `torch._dynamo` (seconds, once per search; timed alone);
 - drawing: one complete trial's figures and files, timed alone (done by the search's writer process, at
   the lowest priority on a CPU; pruned trials draw none);
 - epoch: the bare PyTorch loop against unet-opt's `fit` at the same settings, in pairs (one of each,
@@ -138,6 +139,16 @@ def drawing_seconds(repeat: int = 5) -> float:
     return median(times[1:])  # the first pays for the imports
 
 
+def optimizer_import_seconds(repeat: int = 3) -> float:
+    """Median seconds that PyTorch's first optimizer takes to import `torch._dynamo` (its `__init__` is wrapped
+    by `torch._disable_dynamo`), in a fresh interpreter with torch imported: paid once by every search, in
+    its first trial, whatever unet-opt does."""
+    code = ("import time, torch; started = time.perf_counter(); torch.optim.Adam([torch.zeros(1)]); "
+            "print(time.perf_counter() - started)")
+    return median(float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                       text=True).stdout) for _ in range(repeat))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8, help="trials of the one-process search")
@@ -149,13 +160,16 @@ def main() -> None:
         two = search(Path(tmp) / "two", args.trials_2, "--device", "cpu", "--procs", "2")
     ours, bare = epoch_pairs(args.pairs)
     drawing = drawing_seconds()
+    optimizer = optimizer_import_seconds()
     print("overhead: tiny trials (2 epochs at 32x48, 24 images, batch 4, no pruning), a new folder each\n")
     print("| measure | value | target | ratio to target |\n| --- | --- | --- | --- |")
     for label, value, target in (
             ("before the first trial (imports, stores, data)", one["before"], 4.0),
             (f"per-trial overhead, 1 process ({args.trials} trials)", one["per_trial"], 0.2),
+            (f"of which: PyTorch's first optimizer importing torch._dynamo, {optimizer:.2f} s once",
+             optimizer / args.trials, None),
             (f"per-trial overhead, --procs 2 ({args.trials_2} trials)", two["per_trial"], 1.5)):
-        print(f"| {label} | {value:.2f} s | <= {target:g} s | {value / target:.2f} |")
+        print(f"| {label} | {value:.2f} s | " + (f"<= {target:g} s | {value / target:.2f} |" if target else "| |"))
     print(f"| drawing one complete trial's files, timed alone (the writer process does it) | "
           f"{drawing:.2f} s | | |")
     print(f"| epoch, unet-opt `fit` / bare loop (median of {args.pairs} pairs) | {ours * 1000:.0f} / "

@@ -23,6 +23,7 @@ from unet_opt.tracking.writer import (
     own_database_pools,
     start_method,
     write_reports_of_dead_writers,
+    write_the_rest,
 )
 
 
@@ -299,4 +300,94 @@ def test_a_writer_killed_alone_is_replaced_and_its_undone_reports_are_written(tm
         assert writer.process is not first
     for i in range(4):
         assert (tmp_path / f"files{i}" / "config.toml").read_text() == "a = 1\n"
+    assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
+
+
+def record_drawer(folder, name: str, launcher: int) -> None:
+    """A drawing (by name, as the writer takes them) that says which process drew it: the writer's a
+    child of `launcher`, a copy sharing its last reports a grandchild."""
+    (folder / f"{name}.drawn").write_text("writer" if os.getppid() == launcher else "copy")
+
+
+def killed_once_in_a_copy(folder, name: str, launcher: int, marker: str) -> None:
+    """As `record_drawer`, but a copy drawing it the first time dies there (out of memory, say)."""
+    if os.getppid() != launcher and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    record_drawer(folder, name, launcher)
+
+
+multicore_linux = pytest.mark.skipif(sys.platform != "linux" or len(os.sched_getaffinity(0)) < 2,
+                                     reason="copies share the last reports on Linux, with 2 cores or more")
+
+
+@multicore_linux
+def test_the_reports_left_when_the_search_ends_are_drawn_on_every_free_core(tmp_path, monkeypatch):
+    # at nice 19 the writer gets little CPU while trials train, so that tiny trials' files piled up behind
+    # the search and were drawn one by one after it (6 s for 8 trials on 2 cores): once the launcher has
+    # closed the connection, copies of the writer take shares of them
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
+    writer.start()  # its imports take seconds: the reports are all queued when it closes
+    for i in range(4):
+        writer.submit_drawing(f"r{i}", record_drawer, (f"r{i}", os.getpid()), tmp_path / "files")
+    writer.close()
+    drawn = {p.stem: p.read_text() for p in (tmp_path / "files").iterdir()}
+    assert sorted(drawn) == ["r0", "r1", "r2", "r3"]
+    assert set(drawn.values()) == {"writer", "copy"}
+    assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
+
+
+@multicore_linux
+def test_a_copy_that_dies_leaves_its_share_to_the_writer(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    marker = tmp_path / "a copy died"
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
+    writer.start()
+    for i in range(4):
+        writer.submit_drawing(f"r{i}", killed_once_in_a_copy, (f"r{i}", os.getpid(), str(marker)), tmp_path / "files")
+    writer.close()
+    assert marker.exists()
+    assert sorted(p.stem for p in (tmp_path / "files").iterdir()) == ["r0", "r1", "r2", "r3"]
+    assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
+
+
+def slow_drawer(folder, name: str, started: str) -> None:
+    open(started, "w").close()
+    time.sleep(2)
+    (folder / f"{name}.drawn").write_text("")
+
+
+def test_work_left_behind_the_last_report_when_the_search_ends_is_done(tmp_path, monkeypatch):
+    # the connection closes while the writer draws its last report, with only a call queued behind it:
+    # no report is left to share (the writer once failed there on a slice step of 0, leaving the call)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db")
+    writer.start()
+    writer.submit_drawing("r0", slow_drawer, ("r0", str(tmp_path / "started")), tmp_path / "files")
+    assert wait_until((tmp_path / "started").exists, timeout=120)
+    writer.call(os.mkdir, str(tmp_path / "called"))
+    writer.close()
+    assert (tmp_path / "files" / "r0.drawn").exists() and (tmp_path / "called").is_dir()
+    assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))
+
+
+@multicore_linux
+def test_when_no_copy_can_be_forked_the_writer_writes_every_share_itself(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if start_method() != "fork":
+        pytest.skip("another thread runs in this process: the writer would not fork copies")
+    spooled = []
+    for i in range(3):
+        job = ("report", f"sqlite:///{tmp_path}/mlflow.db", f"r{i}", record_drawer, (f"r{i}", os.getppid()),
+               tmp_path / "files")
+        spooled.append(tmp_path / f"{SPOOL_PREFIX}{os.getpid()}-report-r{i}.pickle")
+        spooled[-1].write_bytes(pickle.dumps(job))
+
+    def no_fork():
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    write_the_rest(spooled, {})
+    assert {p.stem: p.read_text() for p in (tmp_path / "files").iterdir()} == dict.fromkeys(["r0", "r1", "r2"], "writer")
     assert not list(tmp_path.glob(f"{SPOOL_PREFIX}*"))

@@ -14,7 +14,8 @@ goes through the pipe, so `submit` never waits for a writer that training leaves
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
 when its connection closes and every report it was given is written, so it finishes its queue even when
 the search is killed. `close` waits for it, so that a finished search has all its files (the study's
-plots too: `submit_drawing`). A SIGKILL to the whole process group kills the writer too: the reports it
+plots too: `submit_drawing`); what is left by then is shared among forked copies of it, one per free core
+(`write_the_rest`). A SIGKILL to the whole process group kills the writer too: the reports it
 had not written stay spooled, and the next search on this machine (`adopt_reports_of_dead_writers`) or
 `unet-opt figures` writes them. It also runs work that is not waited for, in turn with the reports
 (`call`: the study's note for the live view, the study plots' imports).
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 300.0  # seconds a finishing search waits for the files still to be written
 LOWEST_PRIORITY = 19
 SPOOL_PREFIX = "unet-opt-report-"  # + the writer's pid + "-report-" or "-call-": a job on its way to it
+DRAWING_PROCESSES = 8  # at most, sharing the reports left once the search is over
 ADOPTED = "-adopted-"  # in a report's name once a later writer took it over from a dead one
 
 
@@ -234,7 +236,8 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
                 jobs.put(None)
                 return
 
-    threading.Thread(target=receive, daemon=True).start()
+    receiver = threading.Thread(target=receive, daemon=True)
+    receiver.start()
     import torch
 
     torch.set_num_threads(1)  # small drawings; and a forked OpenMP pool is not to be used
@@ -243,11 +246,50 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
     plots.import_drawing_libraries()  # now, while the search starts up; the store may not exist yet
     clients: dict[str, Any] = {}  # MLflow's, by tracking URI: not before a report, the store may not exist
     while (spooled := jobs.get()) is not None:
-        do_job(Path(spooled), clients)
+        if receiver.is_alive():
+            do_job(Path(spooled), clients)
+            continue
+        receiver.join()  # ended: its launcher closed the connection, so nothing it runs waits for cores now
+        write_the_rest([Path(spooled), *map(Path, iter(jobs.get, None))], clients)
+        break
 
 
-def do_job(spooled: Path, clients: dict[str, Any]) -> None:
-    """One spooled job, done and removed; a failing one is logged, and not worth the others."""
+def write_the_rest(spooled: list[Path], clients: dict[str, Any]) -> None:
+    """The jobs left when the launcher has closed the connection (at nice 19 the writer gets little CPU while
+    trials train on every core, so the last trials' files wait for this): the reports shared among up to
+    DRAWING_PROCESSES forked copies of this process, one per free core, this one doing the calls in turn
+    before its share. A copy that dies leaves its share spooled, and it is written here."""
+    reports = [s for s in spooled if is_report(s)]
+    shares = 1
+    if start_method() == "fork":
+        shares = max(1, min(len(reports), DRAWING_PROCESSES, len(os.sched_getaffinity(0))))
+    helpers, writer = [], os.getpid()
+    for k in range(1, shares):
+        try:
+            pid = os.fork()
+        except OSError:  # no memory or process left for another copy: the shares not taken are written below
+            break
+        if pid == 0:  # a helper: its share, then out without Python's exit (the writer's state is not its own)
+            try:
+                for job in reports[k::shares]:
+                    if os.getppid() != writer:  # the writer was killed (its close timed out): the rest is spooled
+                        break
+                    do_job(job, {}, forked=True)
+            finally:
+                os._exit(0)
+        helpers.append(pid)
+    for job in [*(s for s in spooled if not is_report(s)), *reports[::shares]]:
+        do_job(job, clients)
+    for pid in helpers:
+        os.waitpid(pid, 0)
+    for job in reports:  # a share no copy took or finished (killed: out of memory?)
+        if job.exists():
+            do_job(job, clients)
+
+
+def do_job(spooled: Path, clients: dict[str, Any], forked: bool = False) -> None:
+    """One spooled job, done and removed; a failing one is logged, and not worth the others. `forked`: in a
+    copy of the writer, whose first MLflow client must not use the writer's database connections."""
     what = "a job"
     try:
         with open(spooled, "rb") as f:
@@ -269,6 +311,8 @@ def do_job(spooled: Path, clients: dict[str, Any]) -> None:
                 shutil.copytree(tmp, folder, dirs_exist_ok=True)
                 return
             if tracking_uri not in clients:
+                if forked and not clients:  # (not before: walking every object takes a copy 0.7 s and 170 MB)
+                    own_database_pools()
                 from mlflow.tracking import MlflowClient
 
                 clients[tracking_uri] = MlflowClient(tracking_uri)
