@@ -125,6 +125,18 @@ def test_the_contenders_pruner_keeps_the_top_third_of_the_trials_scheduled_to_ru
     assert replay(study, 15, [sign * 0.45, sign * 0.45, sign * 0.8, sign * 0.8]) is None  # on at 1 and at 3
 
 
+def test_the_contenders_pruner_judges_long_trials_again_after_epochs_6_and_12():
+    # the yardsticks at a rung are the trials scheduled past the next one: past 12 after epoch 6, past 24
+    # after epoch 12 (none in the default space, whose trials run at most 20 epochs: there they go on)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(load_config("default")))
+    for end in (0.8, 0.7, 0.6):
+        assert replay(study, 30, [0.3] * 5 + [end] * 25) is None
+    assert replay(study, 15, [0.3] * 5 + [0.65] * 10) == 6  # 3rd of 4 after epoch 6
+    assert prune_reason(study.pruner) == "outside the top third among 3 contenders"
+    # 2nd of 5 after epoch 6 (the 15-epoch trial counts there), 3rd of 4 after epoch 12 (it does not)
+    assert replay(study, 30, [0.3] * 5 + [0.75] * 6 + [0.65] * 19) == 12
+
+
 def test_a_trial_that_ends_before_the_next_rung_is_judged_but_never_a_yardstick():
     # its learning rate decays to zero over 3 epochs, so it looks better after epoch 1 than it will end
     study = optuna.create_study(direction="maximize", pruner=make_pruner(load_config("default")))
