@@ -263,13 +263,13 @@ def write_the_rest(spooled: list[Path], clients: dict[str, Any]) -> None:
     shares = 1
     if start_method() == "fork":
         shares = max(1, min(len(reports), DRAWING_PROCESSES, len(os.sched_getaffinity(0))))
-    helpers, writer = [], os.getpid()
+    copies, writer = [], os.getpid()
     for k in range(1, shares):
         try:
             pid = os.fork()
         except OSError:  # no memory or process left for another copy: the shares not taken are written below
             break
-        if pid == 0:  # a helper: its share, then out without Python's exit (the writer's state is not its own)
+        if pid == 0:  # a copy: its share, then out without Python's exit (the writer's state is not its own)
             try:
                 for job in reports[k::shares]:
                     if os.getppid() != writer:  # the writer was killed (its close timed out): the rest is spooled
@@ -277,10 +277,10 @@ def write_the_rest(spooled: list[Path], clients: dict[str, Any]) -> None:
                     do_job(job, {}, forked=True)
             finally:
                 os._exit(0)
-        helpers.append(pid)
+        copies.append(pid)
     for job in [*(s for s in spooled if not is_report(s)), *reports[::shares]]:
         do_job(job, clients)
-    for pid in helpers:
+    for pid in copies:
         os.waitpid(pid, 0)
     for job in reports:  # a share no copy took or finished (killed: out of memory?)
         if job.exists():
