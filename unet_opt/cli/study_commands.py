@@ -38,8 +38,9 @@ from unet_opt.config.space_file import load_config
 @tracking_option
 @option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
 @option("--pruner", type=click.Choice(["contenders", "hyperband", "median", "halving", "none"]),
-        show_default="contenders", help="Which trials stop early: contenders (the top third of the trials "
-        "scheduled to run on goes on, after epochs 1, 3, 6, 12), Optuna's hyperband, median, halving, or none.")
+        show_default="contenders", help="Which trials stop early: contenders (after epochs 3, 6 and 12 the top "
+        "third of the trials scheduled to run on goes on, after epoch 1 the top two thirds), Optuna's hyperband, "
+        "median, halving, or none.")
 @option("--seed", type=int, show_default="0", help="Sampler seed.")
 @placement_options
 @option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

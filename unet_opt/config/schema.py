@@ -119,7 +119,8 @@ class SearchConfig:
     pruner: str = field(default="contenders",
                         metadata={"choices": ("contenders", "hyperband", "median", "halving", "none")})
     """contenders: after epochs 1, 3, 6 and 12 a trial goes on in the top third of the trials scheduled to
-    run past the next of those epochs; hyperband, median, halving: Optuna's (hyperband with a study-wide check)."""
+    run past the next of those epochs (after epoch 1: the top two thirds); hyperband, median, halving:
+    Optuna's (hyperband with a study-wide check)."""
     brackets: int = 2
     """Hyperband brackets (`pruner = "hyperband"`): 2 judge a trial first after epoch 1 or 3; a third after 9,
     a fourth after 27... The last bracket's first epoch (3 with 2) is also where every trial is judged
