@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--pruner", default="contenders")
     parser.add_argument("--keep", type=Path, help="keep each search's folder under this folder (seed-N/PRUNER)")
     args = parser.parse_args()
+    if args.pruner == "none":
+        parser.error("--pruner none is the reference every search is compared with; pick a pruner to measure")
     if args.keep and any((args.keep / f"seed-{seed}").exists() for seed in args.seeds):
         parser.error(f"{args.keep} already holds a seed-N folder of these seeds; pick an empty --keep folder")
     print(f"pruning: {args.trials} trials on the embedded data, {args.pruner} against none "
