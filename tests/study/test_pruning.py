@@ -1,5 +1,7 @@
 """The pruners replayed on in-memory studies: which epochs judge a trial, and against whom."""
 
+from fractions import Fraction
+
 import optuna
 import pytest
 
@@ -127,6 +129,17 @@ def test_the_contenders_pruner_stops_the_bottom_third_after_epoch_1_and_keeps_th
     assert replay(study, 15, [sign * 0.35, sign * 0.35] + [sign * 0.55] * 13) == 3
     assert prune_reason(study.pruner) == "outside the top third among 3 contenders"
     assert replay(study, 15, [sign * 0.45, sign * 0.45, sign * 0.8, sign * 0.8]) is None  # on at 1 and at 3
+
+
+def test_the_contenders_pruner_names_any_share_in_its_reason():
+    # benchmarks/pruning_replay.py tries other shares than a third and two thirds on the product's pruner
+    pruner = make_pruner(load_config("default"))
+    pruner.GOING_ON = {1: Fraction(1, 4)}
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for first in (0.5, 0.4, 0.3):
+        replay(study, 15, [first] * 15)
+    assert replay(study, 15, [0.45] * 15) == 1  # 2nd of 4: outside the top quarter (1 of 4)
+    assert prune_reason(pruner) == "outside the top 1/4 among 3 contenders"
 
 
 def test_the_contenders_pruner_judges_long_trials_again_after_epochs_6_and_12():

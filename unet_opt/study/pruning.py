@@ -162,7 +162,7 @@ class ContenderHalving(optuna.pruners.BasePruner):
         ranked = sorted([*contenders, value], reverse=maximize)
         share = self.GOING_ON.get(epoch, Fraction(1, 3))
         bar = ranked[math.ceil(len(ranked) * share) - 1]
-        self.reason = f"outside the top {SHARE_NAMES[share]} among {len(contenders)} contenders"
+        self.reason = f"outside the top {SHARE_NAMES.get(share, share)} among {len(contenders)} contenders"
         return value < bar if maximize else value > bar
 
     def next_rung(self, epoch: int) -> int:
