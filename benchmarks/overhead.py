@@ -7,9 +7,9 @@ took (MLflow's `epoch_seconds`). Then:
 - per-trial overhead: (command wall time - time before the first trial - epoch time) / trials, for one
   process and for `--procs 2` (rank processes, their start and their data included);
 - of which, PyTorch's: its first optimizer imports `torch._dynamo` (seconds, once per search; timed alone);
-- of which, each trial after the first: from the previous trial's end to its own, less its epochs. What a
-  long search pays a trial, without the once-per-search costs that 8 tiny trials share: the first trial's
-  import above, and the writer's last files after the last trial;
+- of which, the search's own for each trial after the first: from the previous trial's end to its own,
+  less its epochs (Optuna, MLflow, the report handed over), without the first trial's import above and
+  without the drawing, which the writer process does;
 - drawing: one complete trial's figures and files, timed alone (done by the search's writer process, at
   the lowest priority on a CPU; pruned trials draw none);
 - epoch: the bare PyTorch loop against unet-opt's `fit` at the same settings, in pairs (one of each,
@@ -74,17 +74,17 @@ def search(folder: Path, trials: int, *extra: str) -> dict[str, float]:
         first_epochs = db.execute("SELECT sum(m.value) FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
                                   "WHERE m.key = 'epoch_seconds' AND t.key = 'optuna.trial' AND t.value = '0'"
                                   ).fetchone()[0]
+    if done != trials:
+        raise SystemExit(f"expected {trials} complete trials, the study has {done}")
     before = (datetime.datetime.fromisoformat(first) - started_at).total_seconds()
     loop = (datetime.datetime.fromisoformat(last) - datetime.datetime.fromisoformat(first)).total_seconds()
     later = (datetime.datetime.fromisoformat(last) - datetime.datetime.fromisoformat(first_end)).total_seconds()
-    if done != trials:
-        raise SystemExit(f"expected {trials} complete trials, the study has {done}")
     return {"wall": wall, "before": before, "epochs": epochs, "epoch_count": count,
             "per_trial": (wall - before - epochs) / trials, "in_loop": (loop - epochs) / trials,
             "after": wall - before - loop,
-            # what each trial after the first adds beyond its epochs: a long search's overhead a trial, with
-            # the one-time costs (the first trial's PyTorch import, the writer's last files) left out
-            "later": (later - (epochs - first_epochs)) / (trials - 1)}
+            # the search's own work for each trial after the first (trials run one after another here):
+            # without the first trial's PyTorch import, and without the drawing, which the writer does
+            "later": (later - (epochs - first_epochs)) / (trials - 1) if trials > 1 else float("nan")}
 
 
 def epoch_pairs(pairs: int) -> tuple[float, float]:
@@ -179,8 +179,8 @@ def main() -> None:
             (f"per-trial overhead, 1 process ({args.trials} trials)", one["per_trial"], 0.2),
             (f"of which: PyTorch's first optimizer importing torch._dynamo, {optimizer:.2f} s once",
              optimizer / args.trials, None),
-            ("of which: each trial after the first, from the previous trial's end to its own (once-per-search "
-             "costs left out)", one["later"], None),
+            ("of which: the search's own, each trial after the first (from the previous trial's end to its own, "
+             "less its epochs)", one["later"], None),
             (f"per-trial overhead, --procs 2 ({args.trials_2} trials)", two["per_trial"], 1.5)):
         print(f"| {label} | {value:.2f} s | " + (f"<= {target:g} s | {value / target:.2f} |" if target else "| |"))
     print(f"| drawing one complete trial's files, timed alone (the writer process does it) | "

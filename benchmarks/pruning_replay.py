@@ -3,15 +3,17 @@
 Each folder holds an unpruned search of the embedded default (`python benchmarks/pruning.py --keep FOLDER`
 keeps them as FOLDER/seed-N/none). Its trials are fed, in their order, to the product's contenders pruner
 (`ContenderHalving`) with the rungs, shares and minimum of contenders given: each trial reports its
-best-so-far values epoch by epoch, as it did in the search, until the pruner stops it or its run ends.
-The trials are the unpruned search's: the sampler does not react to what the pruner stops, as it does
-live (a pruned trial no longer leads it to its neighbours), so a replay flatters every rule. A rule that
-falls short here falls short live; one that passes here still has to be run with `pruning.py`.
+best-so-far values epoch by epoch, as it did in the search, until the pruner stops it or its run ends (a
+stop after a trial's last scheduled epoch is ignored, as `fit` ignores it). The trials are the unpruned
+search's: the sampler does not react to what the pruner stops, as it does live. So a replay tells roughly
+how many epochs a rule trains, and whether the unpruned search's own best trial would have survived it;
+whether the live search, drawing other trials after the first prune, finds as good a best is what
+`pruning.py` measures.
 
 A rule is written "RUNGS SHARES MIN", e.g. "1,3,6,12 1:2/3 3" (the default): judged after epochs 1, 3, 6
-and 12; the top two thirds go on after epoch 1, a third after the rungs not named; a trial with fewer than
-3 contenders goes on. `--grid` replays a grid of such rules and prints the ones that keep the unpruned
-best (within 0.01) on the most seeds, most epochs saved first.
+and 12; the top two thirds go on after epoch 1, a third after the rungs not named ("-": a third at every
+rung); a trial with fewer than 3 contenders goes on. `--grid` replays a grid of such rules and prints the
+ones that keep the unpruned best (within 0.01) on the most seeds, most epochs saved first.
 
     python benchmarks/pruning_replay.py FOLDER/seed-*/none [--rule "2,4,8,16 - 3" ...] [--grid]
 """
@@ -34,10 +36,24 @@ WITHIN = 0.01  # issue 26: the pruned search's best within this of the unpruned 
 
 
 def parse_rule(text: str) -> tuple[tuple[int, ...], dict[int, Fraction], int]:
-    """"1,3,6,12 1:2/3 3" -> ((1, 3, 6, 12), {1: 2/3}, 3); "-" for no share other than a third."""
-    rungs, shares, least = text.split()
-    going_on = {int(e): Fraction(s) for e, s in (p.split(":") for p in shares.split(",") if p != "-")}
-    return tuple(int(r) for r in rungs.split(",")), going_on, int(least)
+    """"1,3,6,12 1:2/3 3" -> ((1, 3, 6, 12), {1: 2/3}, 3); ValueError saying what is wrong with `text`."""
+    fields = text.split()
+    if len(fields) != 3:
+        raise ValueError(f'rule "{text}": write RUNGS SHARES MIN, e.g. "{DEFAULT_RULE}"')
+    try:
+        rungs = tuple(int(r) for r in fields[0].split(","))
+        going_on = {int(e): Fraction(share) for e, share in (p.split(":") for p in fields[1].split(",") if p != "-")}
+        least = int(fields[2])
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f'rule "{text}": rungs are whole epochs ("1,3,6,12"), shares EPOCH:FRACTION ("1:2/3", or '
+                         f'"-"), MIN a whole number') from None
+    if list(rungs) != sorted(set(rungs)) or rungs[0] < 1:
+        raise ValueError(f'rule "{text}": the rungs must be epochs from 1 up, in ascending order')
+    if not set(going_on) <= set(rungs) or not all(0 < share <= 1 for share in going_on.values()):
+        raise ValueError(f'rule "{text}": a share must name one of the rungs and lie in (0, 1]')
+    if least < 1:
+        raise ValueError(f'rule "{text}": MIN, the contenders enough to judge, is 1 or more')
+    return rungs, going_on, least
 
 
 def pruner_for(rule: tuple[tuple[int, ...], dict[int, Fraction], int]) -> ContenderHalving:
@@ -47,11 +63,13 @@ def pruner_for(rule: tuple[tuple[int, ...], dict[int, Fraction], int]) -> Conten
 
 
 def unpruned_trials(folder: Path) -> list[FrozenTrial]:
+    """The trials of the unpruned search in `folder`, in their order (those stopped by a NaN loss or failed
+    too: they trained their epochs and have no value)."""
     storage = f"sqlite:///{folder.resolve()}/studies/unet-opt.db"
     trials = sorted(optuna.load_study(study_name="default", storage=storage).trials, key=lambda t: t.number)
-    if any(t.state == TrialState.PRUNED for t in trials):
+    if any(str(t.user_attrs.get("stop_reason", "")).startswith("pruned") for t in trials):
         raise SystemExit(f"{folder}: a pruned search; replay unpruned ones (its --pruner none folder)")
-    return [t for t in trials if t.state == TrialState.COMPLETE]
+    return trials
 
 
 def replay(trials: list[FrozenTrial], pruner: ContenderHalving) -> tuple[int, float]:
@@ -59,24 +77,29 @@ def replay(trials: list[FrozenTrial], pruner: ContenderHalving) -> tuple[int, fl
     study = optuna.create_study(direction="maximize", pruner=pruner)  # in memory
     epochs, best = 0, float("-inf")
     for done in trials:
-        study.enqueue_trial({"train.epochs": done.params["train.epochs"]})
+        scheduled = done.params["train.epochs"]
+        study.enqueue_trial({"train.epochs": scheduled})
         trial = study.ask({"train.epochs": IntDistribution(1, 1000)})
         for epoch in sorted(done.intermediate_values):
             trial.report(done.intermediate_values[epoch], epoch)
-            if trial.should_prune():
+            if epoch < scheduled and trial.should_prune():  # after the last epoch a stop saves nothing
                 study.tell(trial, state=TrialState.PRUNED)
                 epochs += epoch
                 break
         else:
-            study.tell(trial, done.value)
             epochs += len(done.intermediate_values)
-            best = max(best, done.value)
+            if done.state == TrialState.COMPLETE:
+                study.tell(trial, done.value)
+                best = max(best, done.value)
+            else:
+                study.tell(trial, state=TrialState.FAIL)
     return epochs, best
 
 
 def score(rule_text: str, searches: dict[str, list[FrozenTrial]]) -> dict:
     results = {name: replay(trials, pruner_for(parse_rule(rule_text))) for name, trials in searches.items()}
-    unpruned = {name: (sum(len(t.intermediate_values) for t in trials), max(t.value for t in trials))
+    unpruned = {name: (sum(len(t.intermediate_values) for t in trials),
+                       max(t.value for t in trials if t.state == TrialState.COMPLETE))
                 for name, trials in searches.items()}
     return {"rule": rule_text, "epochs": {n: e for n, (e, _) in results.items()},
             "ratios": {n: unpruned[n][0] / e for n, (e, _) in results.items()},
@@ -103,6 +126,11 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="also replay a grid of rules; print the best 12")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for rule in args.rule:
+        try:
+            parse_rule(rule)
+        except ValueError as e:
+            parser.error(str(e))
     searches = {str(folder): unpruned_trials(folder) for folder in args.folders}
     names = list(searches)
     rows = [score(rule, searches) for rule in args.rule or [DEFAULT_RULE]]
