@@ -44,7 +44,8 @@ def offline(*args, **kwargs):
     (["search", "--study", "my study!"], {}, "may hold only letters"),
     (["search", "--set", "data.foreground=['unicorn']"], {}, "unknown class 'unicorn'"),
     (["search", "--bogus"], {}, "No such option '--bogus'"),
-    (["search", "--gpus", "two"], {}, "--gpus 'two' is not 'all' or a number of GPUs"),
+    (["search", "--gpus", "two"], {}, "--gpus 'two': give 'all' or a number of GPUs from 1 up"),
+    (["search", "--gpus", "0"], {}, "--gpus '0': give 'all' or a number of GPUs from 1 up"),
     (["search", "--device", "cpu", "--gpus", "2"], {}, "--gpus 2 needs CUDA GPUs"),
     (["search", "--device", "cpu", "--procs", "3"], {}, "train.batch_size = 4 cannot be split evenly over 3"),
     (["search", "--workers", "0"], {}, "Invalid value for '--workers'"),
@@ -105,7 +106,7 @@ def offline(*args, **kwargs):
     (["retrain", "--best", "--procs", "0"], {}, "Invalid value for '--procs'"),
     (["retrain", "--best", "--device", "cpu", "--gpus", "2"], {}, "--gpus 2 needs CUDA GPUs"),
     (["train", "--device", "cpu", "--procs", "3"], {}, "cannot be split evenly over 3 processes; use a process or GPU"),
-    (["train", "--gpus", "x"], {}, "--gpus 'x' is not 'all' or a number of GPUs"),
+    (["train", "--gpus", "x"], {}, "--gpus 'x': give 'all' or a number of GPUs from 1 up"),
     # model commands
     (["predict", "models:/x@champion", "fifo"], {"fifo|": ""}, "image fifo is not a regular file"),
     (["predict", "models:/x@champion", "folder"], {"folder/": ""}, "image folder is not a regular file"),

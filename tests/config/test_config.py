@@ -35,6 +35,17 @@ def test_builtin_space_is_found_from_any_directory(tmp_path, monkeypatch):
     assert find_space("default").name == "default.toml"
 
 
+def test_every_builtin_space_is_installed_with_the_package():
+    # a wheel or a non-editable install finds the built-ins only where setup.cfg installs them
+    import configparser
+
+    root = Path(__file__).parents[2]
+    setup = configparser.ConfigParser()
+    setup.read(root / "setup.cfg")
+    installed = {Path(f.strip()).name for f in setup["options.data_files"]["share/unet-opt/search"].split(",")}
+    assert installed == {path.name for path in (root / "search").glob("*.toml")}
+
+
 def test_precedence_flags_over_set_over_file_over_defaults(tmp_path):
     path = write(tmp_path, "[train]\npatience = 7\nlr = 0.5\n[search]\ntrials = 11\n")
     cfg = load_config(path, {"search.trials": 3}, ["train.lr=0.25"])

@@ -184,6 +184,8 @@ def test_the_same_command_again_does_nothing_and_a_larger_one_extends_the_study(
     assert report["study"] == "default" and len(report["trials"]) == 4
     assert {t["mlflow_run_id"] for t in report["trials"]} == {c.info.run_id for c in children}
     assert set(report["best"]) == {"number", "value", "params", "mlflow_run_id"}
+    code, out, _ = cli("report")  # the table: epochs run ("ran") beside the epochs each trial drew
+    assert code == 0 and out.splitlines()[2].split()[:4] == ["#", "state", "val_dice", "ran"]
     code, out, _ = cli("studies")
     assert code == 0 and "default" in out
 

@@ -19,7 +19,7 @@ def data() -> None:
     \b
     Examples:
       unet-opt data check ~/semantic_drone_dataset
-      unet-opt data prepare ~/semantic_drone_dataset --space drone --image-size 64 --image-size 96
+      unet-opt data prepare ~/semantic_drone_dataset --space drone-cpu --image-size 64 --image-size 96
     """
 
 
@@ -64,7 +64,7 @@ def data_prepare(session: Session, path: Path, sizes, space, sets) -> int:
 
     \b
     Example:
-      unet-opt data prepare ~/semantic_drone_dataset --space drone --image-size 64 --image-size 96
+      unet-opt data prepare ~/semantic_drone_dataset --space drone-cpu --image-size 64 --image-size 96
     """
     from unet_opt import progress
     from unet_opt.core.data import load_data

@@ -56,7 +56,7 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 
 
 @click.command()
-@option("--best", is_flag=True, required=True, help="Retrain the study's best trial (required).")
+@option("--best", is_flag=True, required=True, help="Retrain the study's best trial.")
 @option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
 @tracking_option
@@ -110,7 +110,7 @@ def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tra
     \b
     Examples:
       unet-opt evaluate models:/unet-opt-default@champion
-      unet-opt evaluate checkpoints/unet-opt-drone-1a2b3c4d.pt --frame native --out eval-native
+      unet-opt evaluate studies/checkpoints/unet-opt-drone-1a2b3c4d.pt --frame native --out eval-native
     """
     from unet_opt.runs.inference import EVALUATION_FILES, check_frame, check_outputs, evaluate_checkpoint, resolve_model
 

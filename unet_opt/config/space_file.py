@@ -40,7 +40,8 @@ def builtin_space_dirs() -> list[Path]:
 
 
 def find_space(name: str) -> Path:
-    """A path to a TOML file, or a built-in name (`default`, `drone`, `binary`)."""
+    """A path to a TOML file, or a built-in name (`default`, `drone`, `drone-cpu`, `binary`): a `search/NAME.toml` in
+    the current folder first, then the installed ones."""
     path = Path(name)
     if path.is_file():
         return path

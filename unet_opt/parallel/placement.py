@@ -54,7 +54,7 @@ class Placement:
 def plan(device: str, gpus: str | None, procs: int | None) -> Placement:
     """`--device auto|cpu|cuda`, `--gpus all|N`, `--procs N` -> a Placement, or a UserError naming the fix."""
     if gpus is not None and gpus != "all" and not (gpus.isdigit() and int(gpus) >= 1):
-        raise UserError(f"--gpus {gpus!r} is not 'all' or a number of GPUs; e.g. --gpus all or --gpus 2")
+        raise UserError(f"--gpus {gpus!r}: give 'all' or a number of GPUs from 1 up; e.g. --gpus all or --gpus 2")
     cuda = torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if cuda else "cpu"
