@@ -131,6 +131,9 @@ def main() -> None:
             parse_rule(rule)
         except ValueError as e:
             parser.error(str(e))
+    for folder in args.folders:
+        if not (folder / "studies" / "unet-opt.db").is_file():
+            parser.error(f"{folder} holds no search (no studies/unet-opt.db); pass pruning.py --keep's seed-N/none")
     searches = {str(folder): unpruned_trials(folder) for folder in args.folders}
     names = list(searches)
     rows = [score(rule, searches) for rule in args.rule or [DEFAULT_RULE]]
