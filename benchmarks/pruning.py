@@ -13,6 +13,7 @@ for; nan when no trial had finished by then).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -75,10 +76,11 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     pairs = []
     for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
+        # with --keep the folders stay there; else in a temporary folder removed after the pair
+        with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as root:
             pair = []
             for pruner in (args.pruner, "none"):
-                folder = (args.keep or Path(tmp)) / f"seed-{seed}" / pruner
+                folder = Path(root) / f"seed-{seed}" / pruner
                 folder.mkdir(parents=True)
                 pair.append(search(folder, pruner, args.trials, seed))
         pair[1]["best_at_same"] = best_within(pair[1]["trials"], pair[0]["epochs"])
