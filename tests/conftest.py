@@ -55,7 +55,7 @@ def cli(capsys):
     return run
 
 
-def run_search(home: Path, trials: int, *sets: str, fit=None, **placement):
+def run_search(home: Path, trials: int, *sets: str, fit=None, workers: int = 1, **placement):
     """`unet-opt search --trials N --set ...` as a library call, with a stand-in `fit` injected (the CLI
     has no way to pass one). Returns the summary."""
     from unet_opt.config.paths import Paths
@@ -66,7 +66,7 @@ def run_search(home: Path, trials: int, *sets: str, fit=None, **placement):
 
     runtime.setup()  # as the CLI does: log to this test's stderr
     cfg = load_config("default", {"search.trials": trials}, [*FAST_SETS, *sets])
-    return run(cfg, Paths.resolve(home), plan("cpu", None, placement.get("procs")), fit=fit or fit_job)
+    return run(cfg, Paths.resolve(home), plan("cpu", None, placement.get("procs")), workers, fit=fit or fit_job)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from unet_opt.core.train import FitResult, fit_job
+from unet_opt.parallel.processes import worker_id
 
 
 def fail_on_call(calls: list, failing: int, error: BaseException, *args):
@@ -95,3 +96,19 @@ def stop_after_first_epoch(group, job, cache, on_epoch, on_step=None):
         return True
 
     return fit_job(group, job, cache, stop, on_step)
+
+
+def end_in_optuna_only_then_die(storage_url: str, mark: str, *args):
+    """Once (the mark file says it was done): the trial this process runs is ended FAIL, interrupted, in
+    Optuna, as a stopped worker records it, and the process dies with SIGKILL before it ends the MLflow run."""
+    if os.path.exists(mark):
+        return fit_job(*args)
+    Path(mark).touch()
+    import optuna
+    storage = optuna.storages.get_storage(storage_url)
+    study = optuna.load_study(study_name="default", storage=storage)
+    ours = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == worker_id()]
+    storage.set_trial_user_attr(ours[0]._trial_id, "fail_reason", "interrupted")
+    storage.set_trial_state_values(ours[0]._trial_id, optuna.trial.TrialState.FAIL)
+    die()

@@ -148,14 +148,24 @@ def raise_pending_stop() -> None:
         raise Terminated() if stop_signal == signal.SIGTERM else KeyboardInterrupt()
 
 
-def handle_stop_signals() -> None:
+def on_first_stop_signal(signum: int, frame: object) -> None:
+    """A `--workers` process's handler: it acts on its first stop only. A terminal's Ctrl-C reaches it and
+    its launcher, which passes the stop on; a second stop must not cut the first one's bookkeeping in half
+    (the launcher kills a worker that does not end in time, or at once on a second Ctrl-C)."""
+    if stop_signal is None:
+        on_stop_signal(signum, frame)
+
+
+def handle_stop_signals(first_only: bool = False) -> None:
     """SIGTERM (Slurm, Kubernetes, systemd, `kill`) stops this process as Ctrl-C does: the trial in
     progress is recorded as interrupted and its run KILLED, instead of the process vanishing mid-write.
     Both are remembered in `stop_signal`: one that lands inside an import or a library's own handler can
-    surface as some other error, which is then still reported as the stop it is."""
+    surface as some other error, which is then still reported as the stop it is. `first_only`: later
+    stops are ignored (a worker's, see `on_first_stop_signal`)."""
     global stop_signal
     stop_signal = None
     sys.unraisablehook = hide_dropped_stop
-    signal.signal(signal.SIGTERM, on_stop_signal)
+    handler = on_first_stop_signal if first_only else on_stop_signal
+    signal.signal(signal.SIGTERM, handler)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
-        signal.signal(signal.SIGINT, on_stop_signal)
+        signal.signal(signal.SIGINT, handler)

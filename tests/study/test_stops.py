@@ -147,6 +147,20 @@ def test_an_interrupt_between_asking_and_claiming_a_trial_fails_it(home, cli, mo
     assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
 
 
+@pytest.mark.slow  # as above
+def test_an_interrupt_as_a_claimed_trial_s_heartbeat_starts_records_it_interrupted(home, cli, monkeypatch):
+    # where a stop passed on by a --workers launcher lands when it comes just as a trial begins
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("unet_opt.study.objective.Heartbeat.__enter__", interrupted)
+    code, _, err = cli("search", "--trials", "2", *FAST)
+    assert code == 130, err
+    [trial] = load(home).trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+    assert "worker" in trial.user_attrs  # claimed: without the record, the next command would call it dead
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(DROPPED_STOPS))
 def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path, case):

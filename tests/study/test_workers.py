@@ -4,12 +4,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from functools import partial
 
+import fits
 import optuna
 import pytest
-from conftest import FAST, children_of, interruptible, wait_until
+from conftest import FAST, children_of, interruptible, run_search, wait_until
 from mlflow.tracking import MlflowClient
 
+from unet_opt import runtime
 from unet_opt.study.ledger import is_surplus
 from unet_opt.study.workers import stop_workers
 
@@ -69,7 +73,7 @@ def test_two_commands_at_once_on_one_study_draw_different_trials(home):
     assert len(finished) >= 4 and len(set(params)) == len(params), params
 
 
-def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker():
+def test_stop_workers_passes_the_stop_on_at_once_and_waits_once_in_all_not_once_per_worker():
     clock = [0.0]
 
     class Stubborn:  # a worker that ignores SIGINT: every join waits out its whole timeout
@@ -82,9 +86,28 @@ def test_stop_workers_waits_grace_and_nudge_once_in_all_not_once_per_worker():
             return True
 
     signals = []
-    stop_workers([Stubborn() for _ in range(3)], grace=5.0, after_nudge=60.0, clock=lambda: clock[0],
-                 send_signal=lambda pid, sig: signals.append(sig))
-    assert clock[0] == 65.0 and signals == [signal.SIGINT] * 3  # then the caller kills them
+    stop_workers([Stubborn() for _ in range(3)], wait=60.0, clock=lambda: clock[0],
+                 send_signal=lambda pid, sig: signals.append((sig, clock[0])))
+    assert clock[0] == 60.0 and signals == [(signal.SIGINT, 0.0)] * 3  # then the caller kills them
+
+
+def test_a_worker_acts_on_its_first_stop_only():
+    # a terminal's Ctrl-C reaches a worker and its launcher, which passes it on: two SIGINTs, one stop
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        runtime.handle_stop_signals(first_only=True)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here
+        os.kill(os.getpid(), signal.SIGINT)  # while the first one's trial is being recorded: ignored
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert runtime.stop_signal == signal.SIGINT
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        runtime.stop_signal = None
 
 
 @pytest.mark.slow
@@ -105,18 +128,35 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
 
     wait_until(both_workers_up, timeout=180, every=0.5)
     search.send_signal(signal.SIGINT)
-    try:  # the launcher gives its workers 5 + 60 s before killing them, then records the study
+    try:  # the launcher passes the stop on and gives its workers 60 s before killing them
         out = search.communicate(timeout=180)[0]
     except subprocess.TimeoutExpired:
         search.kill()
         pytest.fail("the search was still running 180 s after SIGINT:\n" + search.communicate()[0][-4000:])
     assert search.returncode == 130, out
     trials = optuna.load_study(study_name="default", storage=storage).trials
-    assert "interrupted" in out and len(trials) < 20
-    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert "interrupted" in out and len(trials) < 20, out
+    assert not [t for t in trials if t.state.name == "RUNNING"], out
     failed = [t for t in trials if t.state.name == "FAIL"]  # the trials that were running, one per worker
-    assert 1 <= len(failed) <= 2 and {t.user_attrs["fail_reason"] for t in failed} == {"interrupted"}
+    assert 1 <= len(failed) <= 2 and {t.user_attrs["fail_reason"] for t in failed} == {"interrupted"}, out
     _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    opened = [t for t in failed if "mlflow_run_id" in t.user_attrs]  # a trial stopped as it began may have no run
     assert sorted(c.data.tags["optuna.trial"] for c in children if c.info.status == "KILLED") == \
-        sorted(str(t.number) for t in failed)
-    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+        sorted(str(t.number) for t in opened), out
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}, out
+
+
+@pytest.mark.slow
+def test_a_worker_killed_between_its_two_stores_leaves_no_run_running(home):
+    # killed (an OOM kill, a second stop) after its trial ended in Optuna and before the MLflow run did:
+    # the launcher makes MLflow say what Optuna says before it returns, not the next command
+    fit = partial(fits.end_in_optuna_only_then_die, f"sqlite:///{home}/studies/unet-opt.db", str(home / "done"))
+    summary = run_search(home, 3, 'search.pruner="none"', fit=fit, workers=2)
+    assert "worker exit codes" in summary.stopped_reason
+    trials = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db").trials
+    dead = [t for t in trials if t.state.name == "FAIL"]
+    assert [t.user_attrs["fail_reason"] for t in dead] == ["interrupted"]
+    _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    run = next(c for c in children if c.data.tags["optuna.trial"] == str(dead[0].number))
+    assert run.info.status == "KILLED" and run.info.run_name.endswith("(interrupted)")

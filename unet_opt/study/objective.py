@@ -72,17 +72,17 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
     trial = ctx.ledger.ask(ctx.cfg.search.trials)
     if trial is None:
         return None
-    with Heartbeat(ctx.ledger.storage, trial._trial_id):  # a killed worker's trial is found by its missing beat
-        try:
+    try:  # from the claim on (a stop as its heartbeat starts too: the trial is not left to look dead)
+        with Heartbeat(ctx.ledger.storage, trial._trial_id):  # a killed worker's trial is found by its missing beat
             return train_and_record(ctx, trial, position)
-        except KeyboardInterrupt:  # before or after the training, while its run opens or its files are written
-            ctx.ledger.fail(trial, INTERRUPTED)
-            raise
-        except Exception as e:  # the tracking store failed around the training: still record the trial
-            reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
-            ctx.ledger.fail(trial, reason)
-            log.warning("trial #%d FAIL  [%s]", trial.number, reason)
-            return TrialState.FAIL
+    except KeyboardInterrupt:  # before or after the training, while its run opens or its files are written
+        ctx.ledger.fail(trial, INTERRUPTED)
+        raise
+    except Exception as e:  # the tracking store failed around the training: still record the trial
+        reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
+        ctx.ledger.fail(trial, reason)
+        log.warning("trial #%d FAIL  [%s]", trial.number, reason)
+        return TrialState.FAIL
 
 
 def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> TrialState:

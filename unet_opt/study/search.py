@@ -142,6 +142,7 @@ def search(cfg: Config, paths: Paths, ledger: TrialLedger, runner: Runner, place
             summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours
                               for t in study.get_trials(deepcopy=False))  # not other machines' trials
             ledger.close_stale()  # another machine's dead worker may be stale by now
+            ledger.mirror_ended()  # a worker killed between its trial's end in Optuna and in MLflow
             log_study_artifacts(study, tracker, parent_id, cfg, runner.writer)  # its plots drawn by the writer
             runner.close()  # its ranks end; its writer is waited for
             tracker.end(parent_id, "KILLED" if summary.interrupted else "FINISHED")

@@ -29,6 +29,7 @@ from unet_opt.study.storage import open_storage, study_name
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
+STOP_WAIT = 60.0  # seconds the stopped workers are given, all together, to record their trials and end
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
             runtime.raise_pending_stop()
             multiprocessing.connection.wait([p.sentinel for p in alive], timeout=1.0)
     except KeyboardInterrupt:
-        # a terminal's Ctrl-C reached the workers too; a signal sent to this process alone is passed on.
-        # A worker still starting has no trial to record: it is ended at once (a SIGINT would end it
-        # mid-import with a traceback).
+        # the stop is passed on (a worker that a terminal's Ctrl-C reached too ignores it). A worker still
+        # starting has no trial to record: it is ended at once (a SIGINT would end it mid-import with a
+        # traceback).
         for p in (p for p, started in zip(processes, ready) if p.pid is not None and not started.is_set()):
             p.kill()
         stop_workers([p for p, started in zip(processes, ready) if started.is_set()])
+        for p in (p for p in processes if p.is_alive()):  # the trial it runs is closed as its worker died
+            log.warning("%s did not stop within %g s of the stop; killed", p.name, STOP_WAIT)
         raise
     finally:
         for p in (p for p in processes if p.pid is not None):  # those started
@@ -81,17 +84,14 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
     return outcome
 
 
-def stop_workers(processes: list[multiprocessing.process.BaseProcess], grace: float = 5.0,
-                 after_nudge: float = 60.0, clock=time.monotonic, send_signal=os.kill) -> None:
-    """Give interrupted workers time to record their trials as interrupted; nudge those still going.
-    At most `grace + after_nudge` seconds in all, however many there are; the caller kills the rest."""
-    end = clock() + grace
-    for p in processes:
-        p.join(max(0.0, end - clock()))
+def stop_workers(processes: list[multiprocessing.process.BaseProcess], wait: float = STOP_WAIT,
+                 clock=time.monotonic, send_signal=os.kill) -> None:
+    """Pass the stop on to the workers, and give them time to record their trials as interrupted: at
+    most `wait` seconds in all, however many there are; the caller kills the rest."""
     for p in processes:
         if p.is_alive():
             send_signal(p.pid, signal.SIGINT)
-    end = clock() + after_nudge
+    end = clock() + wait
     for p in processes:
         p.join(max(0.0, end - clock()))
 
@@ -101,7 +101,7 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement, ready: Event
     sampler seeded for this worker. It dies with the launching process, as the trial's ranks do."""
     die_with_parent()
     runtime.setup(plan.verbose, prefix=f"[w{index}] ")
-    runtime.handle_stop_signals()
+    runtime.handle_stop_signals(first_only=True)  # its launcher passes each stop on, and kills it if it must
     ready.set()  # from here a stop records the trial in progress
     try:
         outcome = search_as_worker(plan, placement)
