@@ -124,8 +124,12 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
             trials = optuna.load_study(study_name="default", storage=storage).get_trials(deepcopy=False)
         except Exception:  # the storage or the study is not there yet
             return False
-        return (len(trials) >= 2 and any(t.state.name == "RUNNING" for t in trials)) or search.poll() is not None
+        training = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+        return len(training) == 2 or search.poll() is not None  # both past their trials' start
 
+    # Known and not yet fixed: a stop within ~20 ms of a trial's start can leave its worker stuck in its own
+    # SQLite lock until it is killed 60 s later, the trial then FAIL as a dead worker's. This test is about
+    # passing the stop on to workers that are training.
     wait_until(both_workers_up, timeout=180, every=0.5)
     search.send_signal(signal.SIGINT)
     try:  # the launcher passes the stop on and gives its workers 60 s before killing them
