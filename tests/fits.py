@@ -7,6 +7,8 @@ import signal
 from dataclasses import fields
 from pathlib import Path
 
+import optuna
+
 from unet_opt.core.train import FitResult, fit_job
 from unet_opt.parallel.processes import worker_id
 
@@ -104,7 +106,6 @@ def end_in_optuna_only_then_die(storage_url: str, mark: str, *args):
     if os.path.exists(mark):
         return fit_job(*args)
     Path(mark).touch()
-    import optuna
     storage = optuna.storages.get_storage(storage_url)
     study = optuna.load_study(study_name="default", storage=storage)
     ours = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -112,3 +113,11 @@ def end_in_optuna_only_then_die(storage_url: str, mark: str, *args):
     storage.set_trial_user_attr(ours[0]._trial_id, "fail_reason", "interrupted")
     storage.set_trial_state_values(ours[0]._trial_id, optuna.trial.TrialState.FAIL)
     die()
+
+
+def deaf_to_stops(*args):
+    """A worker deaf to stop signals while it trains (stuck in a call that never returns, say): only its
+    launcher's kill ends it."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
+    return fit_job(*args)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import fits
 import optuna
@@ -24,6 +25,16 @@ def child_runs(tracking_uri: str, experiment: str) -> tuple[list, list]:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("unet_opt.role") == "study"]
     return parents, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def both_workers_training(storage: str, search: subprocess.Popen) -> bool:
+    """Two trials RUNNING with their MLflow runs open (both workers past their trials' start), or the search over."""
+    try:
+        trials = optuna.load_study(study_name="default", storage=storage).get_trials(deepcopy=False)
+    except Exception:  # the storage or the study is not there yet
+        return False
+    training = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
+    return len(training) == 2 or search.poll() is not None
 
 
 def test_two_workers_asking_at_once_start_only_the_trials_still_needed():
@@ -119,18 +130,10 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
     search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, preexec_fn=interruptible,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{home}/studies/unet-opt.db"
-    def both_workers_up() -> bool:
-        try:
-            trials = optuna.load_study(study_name="default", storage=storage).get_trials(deepcopy=False)
-        except Exception:  # the storage or the study is not there yet
-            return False
-        training = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs]
-        return len(training) == 2 or search.poll() is not None  # both past their trials' start
-
     # Known and not yet fixed: a stop within ~20 ms of a trial's start can leave its worker stuck in its own
     # SQLite lock until it is killed 60 s later, the trial then FAIL as a dead worker's. This test is about
     # passing the stop on to workers that are training.
-    wait_until(both_workers_up, timeout=180, every=0.5)
+    wait_until(lambda: both_workers_training(storage, search), timeout=180, every=0.5)
     search.send_signal(signal.SIGINT)
     try:  # the launcher passes the stop on and gives its workers 60 s before killing them
         out = search.communicate(timeout=180)[0]
@@ -164,3 +167,27 @@ def test_a_worker_killed_between_its_two_stores_leaves_no_run_running(home):
     assert not [c for c in children if c.info.status == "RUNNING"]
     run = next(c for c in children if c.data.tags["optuna.trial"] == str(dead[0].number))
     assert run.info.status == "KILLED" and run.info.run_name.endswith("(interrupted)")
+
+
+@pytest.mark.slow
+def test_a_worker_that_does_not_stop_in_time_is_killed_and_its_trial_closed(home):
+    # deaf to stops: the launcher waits STOP_WAIT (1 s here), says so, kills it and closes its trial
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+              "import fits\nimport unet_opt.study.workers as workers\nworkers.STOP_WAIT = 1.0\n"
+              "from conftest import run_search\nfrom pathlib import Path\n"
+              "run_search(Path('.'), 4, 'search.pruner=\"none\"', 'space.epochs.high=100', 'space.epochs.low=100', "
+              "'train.patience=1000', fit=fits.deaf_to_stops, workers=2)\n")
+    search = subprocess.Popen([sys.executable, "-c", script], cwd=home, preexec_fn=interruptible,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{home}/studies/unet-opt.db"
+
+    wait_until(lambda: both_workers_training(storage, search), timeout=180, every=0.5)
+    search.send_signal(signal.SIGINT)
+    out = search.communicate(timeout=180)[0]
+    assert out.count("did not stop within 1 s of the stop; killed") == 2, out
+    trials = optuna.load_study(study_name="default", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"], out
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"worker died (killed or crashed)"}
+    _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
+    assert sorted(c.info.status for c in children) == ["FAILED", "FAILED"], out
+    assert children_of(os.getpid()) == []

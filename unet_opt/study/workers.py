@@ -63,7 +63,7 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
         # traceback).
         for p in (p for p, started in zip(processes, ready) if p.pid is not None and not started.is_set()):
             p.kill()
-        stop_workers([p for p, started in zip(processes, ready) if started.is_set()])
+        stop_workers([p for p, started in zip(processes, ready) if started.is_set()], STOP_WAIT)
         for p in (p for p in processes if p.is_alive()):  # the trial it runs is closed as its worker died
             log.warning("%s did not stop within %g s of the stop; killed", p.name, STOP_WAIT)
         raise
@@ -84,8 +84,8 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
     return outcome
 
 
-def stop_workers(processes: list[multiprocessing.process.BaseProcess], wait: float = STOP_WAIT,
-                 clock=time.monotonic, send_signal=os.kill) -> None:
+def stop_workers(processes: list[multiprocessing.process.BaseProcess], wait: float, clock=time.monotonic,
+                 send_signal=os.kill) -> None:
     """Pass the stop on to the workers, and give them time to record their trials as interrupted: at
     most `wait` seconds in all, however many there are; the caller kills the rest."""
     for p in processes:
