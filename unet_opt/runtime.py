@@ -7,10 +7,12 @@ before MLflow, Optuna or matplotlib are imported, so their settings come from th
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 
@@ -29,6 +31,7 @@ ENVIRONMENT = {
 FORCED = {"MPLBACKEND": "Agg"}  # figures are files, even where a notebook terminal set an inline backend
 
 stop_signal: int | None = None  # the SIGINT or SIGTERM that is stopping this process
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def redact_passwords(record: logging.LogRecord) -> bool:
@@ -122,13 +125,38 @@ def stops_deferred(doing: str) -> Iterator[None]:
         stop_signal = signum
         log.info("%s; press Ctrl-C again to stop now", doing)
 
-    before = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)
-              if signal.getsignal(sig) is on_stop_signal}
+    before = {sig: signal.signal(sig, hold) for sig in STOP_SIGNALS if signal.getsignal(sig) is on_stop_signal}
     try:
         yield
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back for a short block that a stop must not cut (Optuna creating a trial,
+    which returns it only once it exists): a stop that arrives is acted on as the block ends, as this
+    process's handler would have."""
+    held: list[int] = []
+    before = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in STOP_SIGNALS
+              if signal.getsignal(sig) in (on_stop_signal, on_first_stop_signal)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if held:
+            before[held[0]](held[0], None)
+
+
+def release_what_a_stop_cut(stop: BaseException) -> None:
+    """Let go of what a stop raised inside a library call left open, before anything more is recorded. A
+    database transaction it cut stays open as long as its frames live, and the stop's traceback keeps them
+    alive: SQLite's lock of even a read then blocks every later write of this process, for the store's
+    60-s timeout. The stopped frames' variables are cleared and what they held is collected."""
+    traceback.clear_frames(stop.__traceback__)
+    gc.collect()
 
 
 def hide_dropped_stop(unraisable: object) -> None:

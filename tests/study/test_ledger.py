@@ -1,11 +1,16 @@
 """The trial ledger on its own: a trial's life in an Optuna study and its MLflow runs, with no training."""
 
+import os
+import signal
 import socket
+import time
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
+from unet_opt import runtime
 from unet_opt.study.ledger import Outcome, TrialLedger
 from unet_opt.study.states import DEAD_WORKER, INTERRUPTED, shown_state
 from unet_opt.study.storage import open_storage
@@ -87,3 +92,85 @@ def test_a_run_left_running_after_its_trial_ended_is_brought_in_line(ledger):
     ledger.mirror_ended()
     run = run_of(ledger, trial)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
+
+
+@pytest.mark.parametrize("store", ["optuna", "mlflow"])
+def test_a_stop_that_cut_a_store_s_read_does_not_lock_the_trial_s_record(tmp_path, ledger, store):
+    """A stop raised just after one of a store's SELECTs, inside its transaction (a Ctrl-C at a trial's
+    start, or as an epoch's metrics are logged): the stopped frames kept the transaction open, and SQLite's
+    lock made the trial's record in that store wait out the timeout (60 s for the study storage in the
+    product, 1 s here; 20 s for MLflow's), then fail."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/studies.db",
+                                         engine_kwargs={"connect_args": {"timeout": 1}})
+    ledger = TrialLedger(optuna.load_study(study_name="s", storage=storage), storage, ledger.tracker, ledger.parent_id)
+    trial = ledger.ask(target=3)
+    run_id = ledger.open_run(trial, {}, {})
+    engine = storage.engine if store == "optuna" else ledger.tracker.client._tracking_client.store.engine
+    armed = [True]
+
+    def stop_after_a_select(conn, cursor, statement, *args):
+        if armed[0] and statement.lstrip().upper().startswith("SELECT"):
+            armed[0] = False
+            raise KeyboardInterrupt()
+
+    sqlalchemy.event.listen(engine, "after_cursor_execute", stop_after_a_select)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            if store == "optuna":
+                trial.set_user_attr("worker", "w")
+            else:
+                ledger.tracker.log_metrics(run_id, {"val_dice": 0.5}, step=1)
+        except KeyboardInterrupt as stop:
+            ledger.interrupted(trial, stop)
+            raise
+    assert not armed[0]
+    frozen = storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == INTERRUPTED
+    run = run_of(ledger, trial)
+    assert (run.info.status, run.info.run_name) == ("KILLED", "trial-0000 (interrupted)")
+
+
+def test_a_stop_while_optuna_creates_the_trial_leaves_it_recorded_interrupted(ledger, monkeypatch):
+    """A real Ctrl-C that arrives inside `study.ask`, once the trial exists but before `ask` returns it: it
+    was left RUNNING, known to no process, until a later command closed it as dead after 30 s."""
+    create = ledger.study._storage.create_new_trial
+
+    def create_then_stop(*args, **kwargs):
+        trial_id = create(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the handler runs here, inside `ask`, unless held
+        return trial_id
+
+    monkeypatch.setattr(ledger.study._storage, "create_new_trial", create_then_stop)
+    before = {sig: signal.getsignal(sig) for sig in runtime.STOP_SIGNALS}
+    runtime.handle_stop_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ledger.ask(target=3)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        runtime.stop_signal = None
+    [trial] = ledger.study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == INTERRUPTED
+
+
+@pytest.mark.parametrize("dies_in", ["set_tags", "rename", "end"])
+def test_a_process_killed_while_a_trial_s_run_ends_leaves_it_for_the_next_command_to_end(ledger, monkeypatch,
+                                                                                         dies_in):
+    """The run's end is its last write: killed after it (a second Ctrl-C), the run was KILLED under its plain
+    name for good, since only RUNNING runs are brought in line later."""
+    trial = ledger.ask(target=3)
+    ledger.open_run(trial, {}, {})
+
+    def killed(*args, **kwargs):
+        raise SystemExit(-9)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ledger.tracker, dies_in, killed)
+        with pytest.raises(SystemExit):
+            ledger.fail(trial, INTERRUPTED)
+    ledger.mirror_ended()  # what the next command does
+    run = run_of(ledger, trial)
+    assert (run.info.status, run.info.run_name) == ("KILLED", "trial-0000 (interrupted)")
+    assert run.data.tags["optuna.state_reason"] == INTERRUPTED

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from unet_opt import runtime
 from unet_opt.parallel.processes import is_dead_here, worker_id
 from unet_opt.study.states import DEAD_WORKER, FINISHED, INTERRUPTED, reason_of, shown_state
 from unet_opt.study.storage import GRACE_SECONDS
@@ -70,14 +71,17 @@ class TrialLedger:
         pid on this machine, and by its missing heartbeat from any other); None when it turned out to be one
         too many (another worker asked at the same moment): it goes back to Optuna's queue as WAITING, to be
         the first trial that a later, larger --trials runs."""
-        trial = self.study.ask()
+        trial = None
         try:
+            with runtime.stops_held():  # a stop inside `ask` would leave its new trial RUNNING, known to no one
+                trial = self.study.ask()
             if is_surplus(self.study, trial.number, target):
                 self.storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 return None
             trial.set_user_attr("worker", worker_id())
-        except KeyboardInterrupt:  # asked for but not claimed yet: no other worker would ever close it
-            self.fail(trial, INTERRUPTED)
+        except KeyboardInterrupt as stop:  # asked for but not claimed yet: no other worker would ever close it
+            if trial is not None:
+                self.interrupted(trial, stop)
             raise
         return trial
 
@@ -116,6 +120,19 @@ class TrialLedger:
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         self.mirror(self.storage.get_trial(trial_id))
 
+    def interrupted(self, trial: optuna.Trial, stop: KeyboardInterrupt, epochs: tuple[int, int] = (0, 0)) -> None:
+        """`fail` as `interrupted` by `stop`, once what the stop cut is let go (see `release_after`)."""
+        self.release_after(stop)
+        self.fail(trial, INTERRUPTED, epochs)
+
+    def release_after(self, stop: KeyboardInterrupt) -> None:
+        """Before the stores are written after a stop: the storage transaction that it cut is let go
+        (`runtime.release_what_a_stop_cut`), and this thread's storage session with it, which the stop may
+        have left inside one. Without this, a stop at a trial's start could hang the process for 60 s."""
+        runtime.release_what_a_stop_cut(stop)
+        if isinstance(self.storage, optuna.storages.RDBStorage):
+            self.storage.scoped_session.remove()
+
     def mirror(self, trial: FrozenTrial) -> None:
         """The MLflow run of an ended trial made to say what Optuna says: its state and reason as tags, its
         name (`trial-0007 (pruned)`, `(fail)`, `(interrupted)`: told apart from complete trials in the runs
@@ -123,12 +140,9 @@ class TrialLedger:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if not run_id or not trial.state.is_finished():
             return
-        state = shown_state(trial)
-        if not self.tracker.end_if_running(run_id, mlflow_status(trial),
-                                           {STATE_TAG: trial.state.name, REASON_TAG: reason_of(trial)}):
-            return
-        if trial.state != TrialState.COMPLETE:
-            self.tracker.rename(run_id, f"trial-{trial.number:04d} ({state})")
+        name = f"trial-{trial.number:04d} ({shown_state(trial)})" if trial.state != TrialState.COMPLETE else ""
+        self.tracker.end_if_running(run_id, mlflow_status(trial),
+                                    {STATE_TAG: trial.state.name, REASON_TAG: reason_of(trial)}, name)
 
     def close_stale(self) -> None:
         """Trials of dead workers end FAIL here and in MLflow: at once for a dead process on this machine,

@@ -22,7 +22,6 @@ from unet_opt.runs.runner import RunSpec, logging_callback
 from unet_opt.study.context import SearchContext
 from unet_opt.study.ledger import Outcome
 from unet_opt.study.pruning import prune_reason
-from unet_opt.study.states import INTERRUPTED
 from unet_opt.study.storage import HEARTBEAT_SECONDS, best_value
 from unet_opt.study.summary import describe_parent
 
@@ -75,8 +74,8 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
     try:  # from the claim on (a stop as its heartbeat starts too: the trial is not left to look dead)
         with Heartbeat(ctx.ledger.storage, trial._trial_id):  # a killed worker's trial is found by its missing beat
             return train_and_record(ctx, trial, position)
-    except KeyboardInterrupt:  # before or after the training, while its run opens or its files are written
-        ctx.ledger.fail(trial, INTERRUPTED)
+    except KeyboardInterrupt as stop:  # before or after the training, while its run opens or its files are written
+        ctx.ledger.interrupted(trial, stop)
         raise
     except Exception as e:  # the tracking store failed around the training: still record the trial
         reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
@@ -111,8 +110,8 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
             on_epoch = logging_callback(runner.tracker, run_id, cfg, f"  #{trial.number}", report_and_ask, epochs)
             result = runner.train(spec, on_epoch, progress.steps_of(epochs))
         outcome = outcome_of(result, metric, ctx.study.pruner)
-    except KeyboardInterrupt:
-        ctx.ledger.fail(trial, INTERRUPTED, (result.best_epoch, result.epochs_run))
+    except KeyboardInterrupt as stop:
+        ctx.ledger.interrupted(trial, stop, (result.best_epoch, result.epochs_run))
         log.info("trial #%d interrupted", trial.number)
         raise
     except torch.OutOfMemoryError:

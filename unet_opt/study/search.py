@@ -137,6 +137,7 @@ def search(cfg: Config, paths: Paths, ledger: TrialLedger, runner: Runner, place
         summary.failed_out, summary.stopped_reason = ended.failed_out, ended.stopped_reason
     except KeyboardInterrupt as e:
         summary.interrupted, summary.terminated = True, isinstance(e, Terminated)
+        ledger.release_after(e)  # before the stores are written below
     finally:
         with runtime.stops_deferred("writing the study's last files and closing its run"):
             summary.ran = sum(t.number >= trials_before and t.user_attrs.get("worker") in ours

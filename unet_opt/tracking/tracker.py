@@ -22,6 +22,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from unet_opt import runtime
 from unet_opt.config.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
 from unet_opt.config.schema import SearchConfig
 from unet_opt.errors import UserError
@@ -250,8 +251,9 @@ class Tracker:
         try:
             yield run_id
             status = "FINISHED"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             status = "KILLED"
+            runtime.release_what_a_stop_cut(stop)  # a read it cut would lock the run's end out
             raise
         finally:
             self.end(run_id, status)
@@ -287,9 +289,10 @@ class Tracker:
     def rename(self, run_id: str, name: str) -> None:
         self.client.update_run(run_id, name=name)
 
-    def end_if_running(self, run_id: str, status: str, tags: dict[str, Any]) -> bool:
-        """Tag and end a run that is still RUNNING (a dead process's, or one whose end was not recorded);
-        whether it was. A run deleted by its user is left alone."""
+    def end_if_running(self, run_id: str, status: str, tags: dict[str, Any], name: str = "") -> bool:
+        """Tag (and rename to `name`, if given) and end a run that is still RUNNING (a dead process's, or one
+        whose end was not recorded); whether it was. The end comes last: a process killed before it leaves
+        the run RUNNING, which the next command ends. A run deleted by its user is left alone."""
         try:
             if self.client.get_run(run_id).info.status != "RUNNING":
                 return False
@@ -297,6 +300,8 @@ class Tracker:
             log.warning("MLflow run %s is gone; nothing to close", run_id)
             return False
         self.set_tags(run_id, tags)
+        if name:
+            self.rename(run_id, name)
         self.end(run_id, status)
         return True
 
