@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow.store.db.utils
 import pytest
+import sqlalchemy
 from mlflow.tracking import MlflowClient
 
 from unet_opt.config.paths import create_atomically
@@ -216,3 +217,22 @@ def test_a_relative_tracking_uri_makes_a_new_store_in_the_working_folder(tmp_pat
     store = Tracker(f"sqlite:///{mlruns}/mlflow.db", "s", tmp_path / mlruns / "artifacts")
     assert store.client.get_experiment("0").artifact_location == (tmp_path / mlruns / "artifacts" / "0").as_uri()
     assert (tmp_path / mlruns / "mlflow.db").is_file()
+
+
+def test_a_run_stopped_inside_a_store_read_still_ends_killed_at_once(tmp_path):
+    """Ctrl-C during a retrain or train run that lands just after one of MLflow's SELECTs: the stopped frames
+    kept that read's transaction open, so the run's end waited out SQLite's lock for 20 s and then failed
+    with "database is locked" instead of ending the run KILLED."""
+    store = tracker(tmp_path)
+    run_id = store.start_run("retrain", {}, {})
+    armed = [True]
+
+    def stop_after_a_select(conn, cursor, statement, *args):
+        if armed[0] and statement.lstrip().upper().startswith("SELECT"):
+            armed[0] = False
+            raise KeyboardInterrupt()
+
+    sqlalchemy.event.listen(store.client._tracking_client.store.engine, "after_cursor_execute", stop_after_a_select)
+    with pytest.raises(KeyboardInterrupt), store.closing(run_id):
+        store.log_metrics(run_id, {"val_dice": 0.5}, step=1)
+    assert not armed[0] and store.client.get_run(run_id).info.status == "KILLED"
