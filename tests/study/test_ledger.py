@@ -102,6 +102,7 @@ def test_a_stop_that_cut_a_store_s_read_does_not_lock_the_trial_s_record(tmp_pat
     product, 1 s here; 20 s for MLflow's), then fail."""
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/studies.db",
                                          engine_kwargs={"connect_args": {"timeout": 1}})
+    # the fixture's stores, the study storage opened with a 1-s lock timeout
     ledger = TrialLedger(optuna.load_study(study_name="s", storage=storage), storage, ledger.tracker, ledger.parent_id)
     trial = ledger.ask(target=3)
     run_id = ledger.open_run(trial, {}, {})

@@ -167,7 +167,8 @@ def test_a_stop_signal_that_lands_in_a_finalizer_still_stops_the_search(tmp_path
     script = command_dropping_a_stop(sig, "unet_opt.study.search", where, ["search", "--trials", "2", *FAST, *options])
     home = tmp_path / "project"  # not the test's working folder: no process is to be left in it
     home.mkdir()
-    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300,
+                          preexec_fn=interruptible)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], proc.stderr
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not [t for t in load(home).trials if t.state.name in ("COMPLETE", "PRUNED")], proc.stderr
@@ -180,7 +181,7 @@ def test_a_stop_that_no_safe_point_raises_again_still_ends_the_command_as_stoppe
     command with exit 0 and nothing said; with Python's "Exception ignored" hidden, it would vanish."""
     script = command_dropping_a_stop(signal.SIGINT, "unet_opt.study.summary", "list_studies", ["studies"])
     proc = subprocess.run([sys.executable, "-c", script], cwd=searched_home, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, preexec_fn=interruptible)
     assert proc.returncode == 130 and proc.stderr.strip().splitlines()[-1] == "interrupted", proc.stderr
 
 
@@ -249,7 +250,8 @@ def test_a_stop_while_the_study_s_last_files_are_written_lets_them_finish(tmp_pa
               f"from unet_opt.cli.app import main\nmain({['search', '--trials', '1', *FAST]!r})\n")
     home = tmp_path / "project"
     home.mkdir()
-    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300,
+                          preexec_fn=interruptible)
     assert proc.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], proc.stderr
     assert "press Ctrl-C again to stop now" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
