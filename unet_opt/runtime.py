@@ -111,6 +111,19 @@ def on_stop_signal(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
+def stop_handler_replaced(stand_in) -> Iterator[dict]:
+    """This process's stop handlers (where they are ours) replaced by `stand_in` while the block runs; yields
+    the ones replaced, by signal."""
+    before = {sig: signal.signal(sig, stand_in) for sig in STOP_SIGNALS
+              if signal.getsignal(sig) in (on_stop_signal, on_first_stop_signal)}
+    try:
+        yield before
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def stops_deferred(doing: str) -> Iterator[None]:
     """Ctrl-C and SIGTERM held back while the block runs: bookkeeping that a stop must not cut in half (a
     search's end: its last files, its parent run's end). The first stop is remembered in `stop_signal`
@@ -125,12 +138,8 @@ def stops_deferred(doing: str) -> Iterator[None]:
         stop_signal = signum
         log.info("%s; press Ctrl-C again to stop now", doing)
 
-    before = {sig: signal.signal(sig, hold) for sig in STOP_SIGNALS if signal.getsignal(sig) is on_stop_signal}
-    try:
+    with stop_handler_replaced(hold):
         yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -139,13 +148,10 @@ def stops_held() -> Iterator[None]:
     which returns it only once it exists): a stop that arrives is acted on as the block ends, as this
     process's handler would have."""
     held: list[int] = []
-    before = {sig: signal.signal(sig, lambda signum, frame: held.append(signum)) for sig in STOP_SIGNALS
-              if signal.getsignal(sig) in (on_stop_signal, on_first_stop_signal)}
     try:
-        yield
+        with stop_handler_replaced(lambda signum, frame: held.append(signum)) as before:
+            yield
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
         if held:
             before[held[0]](held[0], None)
 
@@ -154,9 +160,13 @@ def release_what_a_stop_cut(stop: BaseException) -> None:
     """Let go of what a stop raised inside a library call left open, before anything more is recorded. A
     database transaction it cut stays open as long as its frames live, and the stop's traceback keeps them
     alive: SQLite's lock of even a read then blocks every later write of this process, for the store's
-    60-s timeout. The stopped frames' variables are cleared and what they held is collected."""
+    60-s timeout. The stopped frames' variables are cleared and what they held is collected: once per stop,
+    though each handler it is raised on through calls this (what it cut lies in its deepest frames)."""
+    if getattr(stop, "released", False):
+        return
     traceback.clear_frames(stop.__traceback__)
     gc.collect()
+    stop.released = True
 
 
 def hide_dropped_stop(unraisable: object) -> None:

@@ -175,3 +175,15 @@ def test_a_process_killed_while_a_trial_s_run_ends_leaves_it_for_the_next_comman
     run = run_of(ledger, trial)
     assert (run.info.status, run.info.run_name) == ("KILLED", "trial-0000 (interrupted)")
     assert run.data.tags["optuna.state_reason"] == INTERRUPTED
+
+
+def test_what_a_stop_cut_is_let_go_once_however_many_handlers_it_is_raised_through(monkeypatch):
+    # a stop in training is caught by the trial's handler, its caller's, then the search's: one collection
+    collected = []
+    monkeypatch.setattr(runtime.gc, "collect", lambda: collected.append(1))
+    try:
+        raise KeyboardInterrupt()
+    except KeyboardInterrupt as stop:
+        for _ in range(3):
+            runtime.release_what_a_stop_cut(stop)
+    assert collected == [1]
