@@ -130,9 +130,7 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
     search = subprocess.Popen([sys.executable, "-m", "unet_opt", *args], cwd=home, preexec_fn=interruptible,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{home}/studies/unet-opt.db"
-    # Known and not yet fixed: a stop within ~20 ms of a trial's start can leave its worker stuck in its own
-    # SQLite lock until it is killed 60 s later, the trial then FAIL as a dead worker's. This test is about
-    # passing the stop on to workers that are training.
+    # about passing the stop on to workers that are training; a stop as a trial starts is tests/study/test_ledger.py's
     wait_until(lambda: both_workers_training(storage, search), timeout=180, every=0.5)
     search.send_signal(signal.SIGINT)
     try:  # the launcher passes the stop on and gives its workers 60 s before killing them
