@@ -1,5 +1,6 @@
 """Bad input to any command: one `error:` line, exit code 2, no traceback, nothing written."""
 
+import multiprocessing
 import os
 import urllib.error
 
@@ -136,8 +137,9 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, file
     # exactly one line, starting with error:, naming the problem
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert "Traceback" not in out + err
-    # no study, no run, no cache
+    # no study, no run, no cache, and no process left (a search's writer starts before its stores are checked)
     assert written_files(home) == before
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -355,6 +355,26 @@ def test_the_study_s_plots_are_drawn_by_the_writer_and_the_search_never_imports_
     assert "val_dice" in html  # the objective by its name, as the study's
 
 
+@pytest.mark.slow  # a search in a subprocess
+def test_the_search_s_writer_is_forked_before_mlflow_and_optuna_are_imported(home):
+    """Forked once torch is imported, the writer imports its drawing libraries on the other core while the
+    search imports MLflow and Optuna: a tiny search's last files were drawn ~1 s sooner
+    (benchmarks/README.md). It draws the trial's files all the same."""
+    script = ("import sys\nfrom unet_opt.cli.app import main\nfrom unet_opt.tracking.writer import ArtifactWriter\n"
+              "started = ArtifactWriter.started.__func__\n"
+              "def watched(cls, *args):\n"
+              "    print('imported:', sorted(m for m in ('mlflow', 'optuna') if m in sys.modules))\n"
+              "    return started(cls, *args)\n"
+              "ArtifactWriter.started = classmethod(watched)\n"
+              f"try:\n    main({['search', '--trials', '1', *FAST]!r})\nexcept SystemExit as e:\n"
+              "    print('exit', e.code)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "imported: []" and lines[-1] == "exit 0", proc.stdout + proc.stderr
+    client, _, _, children = mlflow_runs(home)
+    assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= TRIAL_ARTIFACTS
+
+
 def test_the_study_s_plots_name_the_objective_by_the_study_s_metric(tmp_path):
     study = optuna.create_study(direction="maximize")
     study.set_metric_names(["val_miou"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from contextlib import AbstractContextManager
 
 import click
 
@@ -23,6 +25,7 @@ from unet_opt.cli.options import (
     storage_option,
     tracking_option,
 )
+from unet_opt.config.schema import Config
 from unet_opt.config.space_file import load_config
 
 
@@ -64,14 +67,26 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
              "search.pruner": pruner, "search.seed": seed, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
     placement = placement_of(cfg.train.device, gpus, procs)
-    from unet_opt.study.search import run_search  # heavy imports only once the input is known to be good
+    with search_writer(session, cfg, placement.device, workers) as writer:
+        from unet_opt.study.search import run_search  # heavy imports only once the input is known to be good
 
-    started = time.monotonic()
-    summary = run_search(cfg, session.paths, placement, workers, session.verbose)
+        started = time.monotonic()
+        summary = run_search(cfg, session.paths, placement, workers, session.verbose, writer=writer)
     print_summary(summary, time.monotonic() - started)
     if summary.interrupted:
         return EXIT_TERMINATED if summary.terminated else EXIT_INTERRUPTED
     return 1 if summary.failed_out else 0
+
+
+def search_writer(session: Session, cfg: Config, device: str, workers: int) -> AbstractContextManager:
+    """The search's writer process, forked as soon as torch is imported: it imports its drawing libraries
+    on another core while this process imports MLflow and Optuna (with --workers, each worker starts its
+    own). Ended on the way out, however the search ends (`run_search`'s runner ends it first)."""
+    if workers > 1:
+        return contextlib.nullcontext()
+    from unet_opt.tracking.writer import ArtifactWriter
+
+    return ArtifactWriter.started(session.paths.tracking_uri(cfg.search.tracking_uri), device)
 
 
 @click.command()

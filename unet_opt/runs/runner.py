@@ -96,20 +96,15 @@ class Runner:
     its writer end with it (the writer after writing every file it was handed)."""
 
     def __init__(self, paths: Paths, placement: Placement, fit: Fit = fit_job, *, keep_ranks: bool = False,
-                 writer_uri: str = ""):
+                 writer: ArtifactWriter | None = None):
         """`keep_ranks`: start the rank processes now (they import torch while the caller goes on) and keep
-        them for every run. `writer_uri`: draw each run's files in a writer process, which logs them to this
-        MLflow store, at the lowest priority when runs train on the CPU (a search's trials); it starts now,
-        before the rank processes, and imports what it draws with while the caller opens its stores.
-        `fit` trains a run on each rank: `fit_job`, or a test's stand-in."""
-        runtime.setup_torch(placement.threads if placement.procs == 1 else 0)
-        self.paths, self.placement, self.fit = paths, placement, fit
-        self.writer: ArtifactWriter | None = None
-        if writer_uri:
-            self.writer = ArtifactWriter(writer_uri, low_priority=placement.device == "cpu")
-            self.writer.start()
-        self.cache = DataCache(paths.cache)
+        them for every run. `writer`: a started writer process (`ArtifactWriter.started`) that draws each
+        run's files and logs them to its MLflow store (a search's trials); the runner ends it. `fit` trains a
+        run on each rank: `fit_job`, or a test's stand-in."""
+        self.paths, self.placement, self.fit, self.writer = paths, placement, fit, writer
         try:
+            runtime.setup_torch(placement.threads if placement.procs == 1 else 0)
+            self.cache = DataCache(paths.cache)
             self.ranks = RankGroup(placement, self.cache, start=keep_ranks)
         except BaseException:
             self.close_writer()

@@ -34,6 +34,7 @@ from unet_opt.study.summary import Summary, fill_summary, import_study_plot_libr
 from unet_opt.study.workers import WorkerPlan, run_workers
 from unet_opt.tracking.tracker import Tracker
 from unet_opt.tracking.ui import how_to_open, ranked_table_url
+from unet_opt.tracking.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,14 @@ def ui_command_line(paths: Paths, cfg: Config) -> str:
 
 
 def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, workers: int = 1,
-               verbose: bool = False, fit: Fit = fit_job) -> Summary:
+               verbose: bool = False, fit: Fit = fit_job, writer: ArtifactWriter | None = None) -> Summary:
     """Run trials until the study has `cfg.search.trials` finished ones (or the timeout passes).
 
     `placement`: the processes/GPUs each trial trains on; `workers`: trials run at once on this machine,
     each worker a process with its own share of the devices, all on the one study and parent run.
-    `fit` trains one trial on each rank (tests hand in a stand-in).
+    `fit` trains one trial on each rank (tests hand in a stand-in). `writer`: the search's writer process,
+    started by the caller as early as it could (`ArtifactWriter.started`), else here; with --workers each
+    worker has its own.
     """
     name = study_name(cfg)
     placement = placement or plan(cfg.train.device, None, None)  # `--device cuda` without a GPU fails here
@@ -63,10 +66,11 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     storage_url, tracking_uri = paths.storage_url(cfg.search.storage), paths.tracking_uri(cfg.search.tracking_uri)
     check_store(storage_url, "--storage", "studies", "an Optuna study storage")
     check_store(tracking_uri, "--tracking-uri", "experiments", "an MLflow store")
-    # this process's runner trains the trials when it is the only worker; its rank processes and its writer
-    # start now (with --workers, each worker has its own)
+    # this process's runner trains the trials when it is the only worker; its rank processes start now
     alone = workers == 1
-    with Runner(paths, placements[0], fit, keep_ranks=alone, writer_uri=tracking_uri if alone else "") as runner:
+    if alone and writer is None:
+        writer = ArtifactWriter.started(tracking_uri, placement.device)
+    with Runner(paths, placements[0], fit, keep_ranks=alone, writer=writer) as runner:
         names = runner.check(cfg, searched=True).names  # bad input fails here, before anything is written
         storage, tracker = open_stores(storage_url, tracking_uri, name, paths)
         runner.use_tracker(tracker)

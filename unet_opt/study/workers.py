@@ -27,6 +27,7 @@ from unet_opt.study.loop import MAX_FAILURES_IN_A_ROW, WorkerEnd, work
 from unet_opt.study.pruning import make_pruner, make_sampler
 from unet_opt.study.storage import open_storage, study_name
 from unet_opt.tracking.tracker import Tracker
+from unet_opt.tracking.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
 STOP_WAIT = 60.0  # seconds the stopped workers are given, all together, to record their trials and end
@@ -116,7 +117,8 @@ def search_as_worker(plan: WorkerPlan, placement: Placement) -> WorkerEnd:
     cfg, paths = plan.cfg, plan.paths
     name = study_name(cfg)
     tracking_uri = paths.tracking_uri(cfg.search.tracking_uri)
-    with Runner(paths, placement, plan.fit, keep_ranks=True, writer_uri=tracking_uri) as runner:
+    with Runner(paths, placement, plan.fit, keep_ranks=True,
+                writer=ArtifactWriter.started(tracking_uri, placement.device)) as runner:
         runner.data(cfg)  # checked by the launcher; loaded here while the stores open
         storage = open_storage(paths.storage_url(cfg.search.storage))
         tracker = Tracker(tracking_uri, name, paths.artifacts)

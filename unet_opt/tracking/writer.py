@@ -62,6 +62,14 @@ class ArtifactWriter:
         self.conn: Connection | None = None
         self.reports = 0  # reports handed to the current process: what `close` must wait for
 
+    @classmethod
+    def started(cls, tracking_uri: str, device: str) -> ArtifactWriter:
+        """A writer for runs that train on `device`, started now; at the lowest priority when they train on
+        the CPU, so that it draws in the time training leaves idle."""
+        writer = cls(tracking_uri, low_priority=device == "cpu")
+        writer.start()
+        return writer
+
     def __enter__(self) -> ArtifactWriter:
         return self
 
@@ -224,7 +232,8 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
     launcher's end of the pipe, closed here, or the launcher's death would never be seen."""
     if launcher_end is not None:
         launcher_end.close()
-        own_database_pools()
+        if "sqlalchemy" in sys.modules:  # forked before any database was opened (a search's CLI): none to leave
+            own_database_pools()
     runtime.setup(verbose)  # it ignores SIGINT and SIGTERM as it started: it finishes its queue, then ends
     jobs: queue.Queue = queue.Queue()
 
