@@ -1,3 +1,3 @@
-from unet_opt.cli.app import entry
+from unet_opt.cli.launch import entry
 
 entry()

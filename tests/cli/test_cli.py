@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import interruptible
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
 from unet_opt.core.data import load_data, make_split, split_indices
@@ -36,6 +37,29 @@ entry()
     wrong = subprocess.run([sys.executable, "-c", code, str(tmp_path), "search", "--trials", "x"], capture_output=True,
                            text=True, timeout=120)
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and len(wrong.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("entry_point", ["console script", "python -m unet_opt"])
+def test_a_ctrl_c_while_the_commands_are_imported_ends_as_interrupted_without_a_traceback(entry_point):
+    # the first tenth of a second of `unet-opt`, before `main` handles Ctrl-C: it ended in Python's traceback
+    stop_there = ("import os, signal, sys\n"
+                  "class StopWhileImporting:  # Ctrl-C as the commands' modules are imported\n"
+                  "    def find_spec(self, name, path=None, target=None):\n"
+                  "        if name == 'unet_opt.cli.options':\n"
+                  "            os.kill(os.getpid(), signal.SIGINT)\n"
+                  "sys.meta_path.insert(0, StopWhileImporting())\n")
+    if entry_point == "console script":
+        from importlib.metadata import entry_points
+
+        target = entry_points(group="console_scripts")["unet-opt"].value
+        module, _, function = target.partition(":")
+        code = stop_there + f"from {module} import {function}\nsys.argv = ['unet-opt', '--version']\n{function}()\n"
+    else:
+        code = stop_there + ("import runpy\nsys.argv = ['unet_opt', '--version']\n"
+                             "runpy.run_module('unet_opt', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=interruptible)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (130, "interrupted\n", ""), proc.stderr
 
 
 def test_report_and_studies_import_no_torch():
