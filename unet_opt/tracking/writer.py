@@ -6,9 +6,9 @@ writer draws the files into a temporary folder and logs them to the run. When tr
 the writer runs at the lowest scheduling priority (`low_priority`), so that it draws in the time training
 leaves idle instead of taking cores from it.
 
-The writer starts with the search (`start`), before its stores are opened, so that it imports the drawing
-libraries (seconds) on a core that the search's own start-up leaves idle; forked where that is safe
-(`start_method`), it has torch and MLflow imported already. A job is spooled to a file and only its path
+The writer starts with the search (`started`: the CLI calls it as soon as torch is imported), so that it
+imports the drawing libraries (seconds) on one core while the search imports MLflow and Optuna on another;
+forked where that is safe (`start_method`), it has torch imported already. A job is spooled to a file and only its path
 goes through the pipe, so `submit` never waits for a writer that training leaves no CPU to read its pipe.
 
 Nothing handed over is lost: the writer ignores Ctrl-C and SIGTERM (its launcher handles them) and ends
@@ -208,7 +208,8 @@ def absolute_uri(uri: str) -> str:
 def start_method() -> str:
     """"fork" where it is safe: on Linux, from a process running no other thread (none can hold a lock
     that the copy would find held forever), as a search is when it starts its writer. The copy has torch
-    and MLflow imported, which a new interpreter ("spawn") takes seconds to import again."""
+    imported (and whatever else its launcher had), which a new interpreter ("spawn") takes seconds to import
+    again."""
     return "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
 
 
@@ -232,7 +233,7 @@ def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end
     launcher's end of the pipe, closed here, or the launcher's death would never be seen."""
     if launcher_end is not None:
         launcher_end.close()
-        if "sqlalchemy" in sys.modules:  # forked before any database was opened (a search's CLI): none to leave
+        if "sqlalchemy" in sys.modules:  # else no engine can exist: a search's CLI forks it before any import
             own_database_pools()
     runtime.setup(verbose)  # it ignores SIGINT and SIGTERM as it started: it finishes its queue, then ends
     jobs: queue.Queue = queue.Queue()
