@@ -94,6 +94,29 @@ def test_a_run_left_running_after_its_trial_ended_is_brought_in_line(ledger):
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
 
 
+def test_a_run_that_its_trial_never_learnt_of_ends_as_the_trial_did(ledger, monkeypatch):
+    """A stop between the trial's run being made and the trial's link to it (`open_run`): the trial ended
+    `interrupted` but its run stayed RUNNING for good, though each later command said it had closed it (the
+    whole-suite kill test hit this at one of its moments)."""
+    trial = ledger.ask(target=3)
+    link = optuna.Trial.set_user_attr
+
+    def stopped_before_the_link(self, key, value):
+        if key == "mlflow_run_id":
+            raise KeyboardInterrupt
+        link(self, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", stopped_before_the_link)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        ledger.open_run(trial, {}, {})
+    ledger.interrupted(trial, stop.value)  # as `run_trial` records it
+    assert "mlflow_run_id" not in ledger.storage.get_trial(trial._trial_id).user_attrs
+    ledger.mirror_ended()  # what the search does as it ends, and every later command
+    [run] = ledger.tracker.client.search_runs([ledger.tracker.experiment_id], "tags.`optuna.trial` = '0'")
+    assert (run.info.status, run.info.run_name) == ("KILLED", "trial-0000 (interrupted)")
+    assert run.data.tags["optuna.state_reason"] == INTERRUPTED
+
+
 @pytest.mark.parametrize("store", ["optuna", "mlflow"])
 def test_a_stop_that_cut_a_store_s_read_does_not_lock_the_trial_s_record(tmp_path, ledger, store):
     """A stop raised just after one of a store's SELECTs, inside its transaction (a Ctrl-C at a trial's

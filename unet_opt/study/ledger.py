@@ -133,11 +133,13 @@ class TrialLedger:
         if isinstance(self.storage, optuna.storages.RDBStorage):
             self.storage.scoped_session.remove()
 
-    def mirror(self, trial: FrozenTrial) -> None:
+    def mirror(self, trial: FrozenTrial, run_id: str = "") -> None:
         """The MLflow run of an ended trial made to say what Optuna says: its state and reason as tags, its
         name (`trial-0007 (pruned)`, `(fail)`, `(interrupted)`: told apart from complete trials in the runs
-        table as it opens) and its status. A run that is gone (deleted by its user) is left alone."""
-        run_id = trial.user_attrs.get("mlflow_run_id")
+        table as it opens) and its status. A run that is gone (deleted by its user) is left alone. `run_id`:
+        the trial's run, found by its tags, where the trial does not name it (a stop or a kill between the
+        run's making and the trial's link to it, in `open_run`)."""
+        run_id = run_id or trial.user_attrs.get("mlflow_run_id")
         if not run_id or not trial.state.is_finished():
             return
         name = f"trial-{trial.number:04d} ({shown_state(trial)})" if trial.state != TrialState.COMPLETE else ""
@@ -169,7 +171,7 @@ class TrialLedger:
             trial = trials.get(int(tags["optuna.trial"]))
             if trial is None or not trial.state.is_finished():
                 continue
-            self.mirror(trial)
+            self.mirror(trial, run.info.run_id)
             log.warning("trial #%d's MLflow run was left RUNNING after the trial ended %s; closed", trial.number,
                         trial.state.name)
 
