@@ -68,14 +68,22 @@ def test_unreachable_store_is_one_line_without_the_password(home, cli, flag, for
     assert written_files(home) == []  # checked before any training, nothing written
 
 
-@pytest.mark.parametrize("store", ["studies/unet-opt.db", "mlruns/mlflow.db"])
-def test_a_damaged_store_is_named_with_the_way_out(home, cli, store):
+@pytest.mark.parametrize("store, away", [("studies/unet-opt.db", "studies/unet-opt.db"), ("mlruns/mlflow.db", "mlruns"),
+                                         ("mine/notes.db", "mine/notes.db")])
+def test_a_damaged_store_is_named_with_the_way_out_and_nothing_is_written(home, cli, store, away):
     (home / store).parent.mkdir()
     (home / store).write_bytes(b"this is not a database" * 100)
-    code, _, err = cli("search", "--trials", "1", *FAST)
-    # not "start the server": the file, that it is damaged, and what to do
-    assert code == 2 and f"{home / store} is damaged or unreadable" in err and "move it away" in err, err
+    (home / "mine" / "notes.txt").parent.mkdir(exist_ok=True)
+    (home / "mine" / "notes.txt").write_text("the user's own")
+    flag = ["--tracking-uri", f"sqlite:///{home / store}"] if store.startswith("mine") else []
+    code, _, err = cli("search", "--trials", "1", *flag, *FAST)
+    # not "start the server": the file, that it is damaged, and what to do: move the file, or mlruns/ with the
+    # runs' files it holds, but never a folder of the user's other files (it named mine/ for mine/notes.db)
+    assert code == 2 and f"{home / store} is damaged or unreadable" in err, err
+    assert f"mv {home / away} {home / away}.damaged" in err, err
     assert "server" not in err and len(err.strip().splitlines()) == 1
+    # the other store was not made before the damaged one was found (studies/ was, for a damaged mlruns/)
+    assert written_files(home) == sorted([store, "mine/notes.txt"])
 
 
 @pytest.mark.slow

@@ -121,6 +121,20 @@ def check_store(url: str, flag: str, table: str, what: str) -> None:
             check_is_store_of(path, table, what, flag)
 
 
+def unreadable_store(path: Path, what: str, error: Exception) -> UserError:
+    """The one line for a store's file that cannot be read, and the way out. What to move away is the file,
+    or its folder where that holds nothing else but the store's own files (`mlruns/`: an MLflow store's runs'
+    files go with their database); never a folder of the user's other files."""
+    own = {path.name, f"{path.name}-journal", "artifacts"}
+    folder_is_its_own = what == "an MLflow store" and {p.name for p in path.parent.iterdir()} <= own
+    away = path.parent if folder_is_its_own else path
+    detail = f"{type(error).__name__}: {redact_url(str(error)).splitlines()[0][:150]}" if str(error) else \
+        type(error).__name__
+    runs = " (its MLflow runs stay where they are)" if what == "an Optuna study storage" else ""
+    return UserError(f"{path} is damaged or unreadable as {what} ({detail}); restore it from a backup, or move it "
+                     f"away (mv {away} {away}.damaged) and start again with a new --study name{runs}")
+
+
 def check_folder_can_be_made(folder: Path, flag: str) -> None:
     if not folder.is_dir() and not folder.parent.is_dir():
         raise UserError(f"folder {folder} does not exist; create it first or fix {flag}")
@@ -141,11 +155,12 @@ def sqlite_tables(path: Path) -> set[str]:
 
 
 def check_is_store_of(path: Path, table: str, what: str, flag: str) -> None:
-    """Refuse an existing SQLite file that is another tool's database (it would get our tables added)."""
+    """Refuse an existing SQLite file that is another tool's database (it would get our tables added), or no
+    database at all (before either store is made: a refused command writes nothing)."""
     try:
         tables = sqlite_tables(path)
-    except Exception:  # not a database at all: reported as damaged where it is opened
-        return
+    except Exception as e:
+        raise unreadable_store(path, what, e) from None
     if tables and table not in tables:
         raise UserError(f"{path} is not {what} (it holds other tables, e.g. {sorted(tables)[0]}); pass the "
                         f"right file with {flag}")

@@ -14,7 +14,14 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from unet_opt import runtime
-from unet_opt.config.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.config.paths import (
+    check_is_store_of,
+    create_atomically,
+    make_folder,
+    redact_url,
+    sqlite_file,
+    unreadable_store,
+)
 from unet_opt.config.schema import BEFORE_THE_FIELD_EXISTED, Config, to_toml
 from unet_opt.errors import UserError
 from unet_opt.parallel.processes import is_dead_here, worker_id
@@ -61,11 +68,9 @@ def open_storage(url: str, must_exist: bool = False) -> optuna.storages.BaseStor
                     raise
                 time.sleep(2)  # another process was creating the same tables in a new database just now
     except Exception as e:  # unreachable server, bad URL, missing driver, a damaged file
-        detail = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:200]}"
         if path:
-            raise UserError(f"the study storage {path} is damaged or unreadable ({detail}); restore it from a "
-                            f"backup, or move it away (mv {path} {path}.damaged) and start again with a new "
-                            f"--study name (its MLflow runs stay where they are)") from None
+            raise unreadable_store(path, "an Optuna study storage", e) from None
+        detail = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:200]}"
         raise UserError(f"cannot open the study storage {redact_url(url)} ({detail}); check --storage") from None
 
 

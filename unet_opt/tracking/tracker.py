@@ -23,7 +23,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from unet_opt import runtime
-from unet_opt.config.paths import check_is_store_of, create_atomically, make_folder, redact_url, sqlite_file
+from unet_opt.config.paths import (
+    check_is_store_of,
+    create_atomically,
+    make_folder,
+    redact_url,
+    sqlite_file,
+    unreadable_store,
+)
 from unet_opt.config.schema import SearchConfig
 from unet_opt.errors import UserError
 from unet_opt.parallel.processes import is_dead_here, worker_id
@@ -96,10 +103,7 @@ class Tracker:
                 raise
             except Exception as e:  # server down, bad URI, unreadable database
                 if database:
-                    raise UserError(f"the MLflow store {database} is damaged or unreadable ({type(e).__name__}: "
-                                    f"{redact_url(str(e)).splitlines()[0][:150]}); restore it from a backup, or move "
-                                    f"it away (mv {database.parent} {database.parent}.damaged) and start again with "
-                                    f"a new --study name") from None
+                    raise unreadable_store(database, "an MLflow store", e) from None
                 raise UserError(f"cannot reach the MLflow tracking store {redact_url(tracking_uri)} "
                                 f"({type(e).__name__}); start the server or fix --tracking-uri") from None
         if exp is None:
