@@ -152,6 +152,20 @@ def test_sigint_to_the_launcher_stops_every_worker(home):
 
 
 @pytest.mark.slow
+def test_sigint_to_the_launcher_while_its_workers_start_ends_them_at_once_and_says_nothing_false(home):
+    # workers still importing when the stop comes are killed at once: the launcher said of each that it "did
+    # not stop within 60 s of the stop", 0.7 s after it (found by an adversarial review)
+    search = subprocess.Popen([sys.executable, "-m", "unet_opt", "search", "--trials", "4", "--workers", "2", *FAST],
+                              cwd=home, preexec_fn=interruptible, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    wait_until(lambda: len(children_of(search.pid)) >= 2, timeout=120, every=0.05)  # spawned, still importing
+    search.send_signal(signal.SIGINT)
+    out = search.communicate(timeout=120)[0]
+    assert search.returncode == 130 and "interrupted" in out and "did not stop" not in out, out
+    assert children_of(search.pid) == [], out
+
+
+@pytest.mark.slow
 def test_a_worker_killed_between_its_two_stores_leaves_no_run_running(home):
     # killed (an OOM kill, a second stop) after its trial ended in Optuna and before the MLflow run did:
     # the launcher makes MLflow say what Optuna says before it returns, not the next command

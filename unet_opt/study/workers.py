@@ -62,10 +62,14 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
         # the stop is passed on (a worker that a terminal's Ctrl-C reached too ignores it). A worker still
         # starting has no trial to record: it is ended at once (a SIGINT would end it mid-import with a
         # traceback).
-        for p in (p for p, started in zip(processes, ready) if p.pid is not None and not started.is_set()):
+        started = [p for p, is_ready in zip(processes, ready) if is_ready.is_set()]
+        starting = [p for p in processes if p.pid is not None and p not in started]
+        for p in starting:
             p.kill()
-        stop_workers([p for p, started in zip(processes, ready) if started.is_set()], STOP_WAIT)
-        for p in (p for p in processes if p.is_alive()):  # the trial it runs is closed as its worker died
+        stop_workers(started, STOP_WAIT)
+        for p in starting:  # killed, not stopped: never one that "did not stop"
+            p.join()
+        for p in (p for p in started if p.is_alive()):  # the trial it runs is closed as its worker died
             log.warning("%s did not stop within %g s of the stop; killed", p.name, STOP_WAIT)
         raise
     finally:
