@@ -94,10 +94,12 @@ def test_a_run_left_running_after_its_trial_ended_is_brought_in_line(ledger):
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "COMPLETE"
 
 
-def test_a_run_that_its_trial_never_learnt_of_ends_as_the_trial_did(ledger, monkeypatch):
+@pytest.mark.parametrize("then", ["recorded at once", "process killed"])
+def test_a_run_that_its_trial_never_learnt_of_ends_as_the_trial_did(ledger, monkeypatch, caplog, then):
     """A stop between the trial's run being made and the trial's link to it (`open_run`): the trial ended
     `interrupted` but its run stayed RUNNING for good, though each later command said it had closed it (the
-    whole-suite kill test hit this at one of its moments)."""
+    whole-suite kill test hit this at one of its moments). Recorded at once, as a stop is, it ends with its
+    trial, without a warning; left by a killed process, the next command ends it."""
     trial = ledger.ask(target=3)
     link = optuna.Trial.set_user_attr
 
@@ -109,9 +111,14 @@ def test_a_run_that_its_trial_never_learnt_of_ends_as_the_trial_did(ledger, monk
     monkeypatch.setattr(optuna.Trial, "set_user_attr", stopped_before_the_link)
     with pytest.raises(KeyboardInterrupt) as stop:
         ledger.open_run(trial, {}, {})
-    ledger.interrupted(trial, stop.value)  # as `run_trial` records it
+    if then == "recorded at once":
+        ledger.interrupted(trial, stop.value)  # as `run_trial` records it
+    else:  # the trial was closed as its worker died, its run left as it was: what the next command finds
+        ledger.storage.set_trial_user_attr(trial._trial_id, "fail_reason", INTERRUPTED)
+        ledger.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        ledger.mirror_ended()
     assert "mlflow_run_id" not in ledger.storage.get_trial(trial._trial_id).user_attrs
-    ledger.mirror_ended()  # what the search does as it ends, and every later command
+    assert ("left RUNNING" in caplog.text) == (then == "process killed")
     [run] = ledger.tracker.client.search_runs([ledger.tracker.experiment_id], "tags.`optuna.trial` = '0'")
     assert (run.info.status, run.info.run_name) == ("KILLED", "trial-0000 (interrupted)")
     assert run.data.tags["optuna.state_reason"] == INTERRUPTED

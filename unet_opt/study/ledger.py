@@ -136,15 +136,23 @@ class TrialLedger:
     def mirror(self, trial: FrozenTrial, run_id: str = "") -> None:
         """The MLflow run of an ended trial made to say what Optuna says: its state and reason as tags, its
         name (`trial-0007 (pruned)`, `(fail)`, `(interrupted)`: told apart from complete trials in the runs
-        table as it opens) and its status. A run that is gone (deleted by its user) is left alone. `run_id`:
-        the trial's run, found by its tags, where the trial does not name it (a stop or a kill between the
-        run's making and the trial's link to it, in `open_run`)."""
-        run_id = run_id or trial.user_attrs.get("mlflow_run_id")
-        if not run_id or not trial.state.is_finished():
+        table as it opens) and its status. A run that is gone (deleted by its user) is left alone. The run is
+        `run_id`, else the one the trial names, else the one found by its tags: a stop or a kill between the
+        run's making and the trial's link to it (`open_run`) leaves a run that the trial does not name."""
+        if not trial.state.is_finished():
+            return
+        run_id = run_id or trial.user_attrs.get("mlflow_run_id") or self.unnamed_run_of(trial)
+        if not run_id:
             return
         name = f"trial-{trial.number:04d} ({shown_state(trial)})" if trial.state != TrialState.COMPLETE else ""
         self.tracker.end_if_running(run_id, mlflow_status(trial),
                                     {STATE_TAG: trial.state.name, REASON_TAG: reason_of(trial)}, name)
+
+    def unnamed_run_of(self, trial: FrozenTrial) -> str:
+        """The RUNNING run of this study tagged with the trial's number (made, but never linked to it); ""."""
+        runs = [r for r in self.tracker.running_runs(trial.number)
+                if r.data.tags.get("optuna.study") == self.study.study_name]
+        return runs[0].info.run_id if runs else ""
 
     def close_stale(self) -> None:
         """Trials of dead workers end FAIL here and in MLflow: at once for a dead process on this machine,

@@ -277,8 +277,10 @@ class Tracker:
                                        order_by=["attributes.start_time ASC"])
         return [r.info.run_id for r in runs]
 
-    def running_runs(self) -> list[mlflow.entities.Run]:
-        return self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=10000)
+    def running_runs(self, trial: int | None = None) -> list[mlflow.entities.Run]:
+        """The experiment's RUNNING runs; `trial`: only that trial's."""
+        query = "attributes.status = 'RUNNING'" + (f" and tags.`optuna.trial` = '{trial}'" if trial is not None else "")
+        return self.client.search_runs([self.experiment_id], query, max_results=10000)
 
     def fail_runs_of_dead_processes(self, roles: tuple[str, ...] = ("retrain", "train")) -> None:
         """A retrain or train run left RUNNING by a process of this machine that is gone (killed) ends FAILED."""
