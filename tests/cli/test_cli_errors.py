@@ -142,6 +142,13 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, file
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.parametrize("args", [("search", "--set", "train.batch_size=3"), ("report",), ("search", "--help")])
+def test_a_new_home_folder_is_not_left_behind_by_a_command_that_wrote_nothing(home, cli, args):
+    # `--home NEW` makes the folder first: a refused command left it, empty (found by an adversarial review)
+    code, _, _ = cli("--home", str(home / "new"), *args)
+    assert code == (0 if "--help" in args else 2) and not (home / "new").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused_before_anything_is_written(home, cli):
     code, _, err = cli("search", "--device", "cuda")

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 from pathlib import Path
 
 import click
@@ -50,7 +51,13 @@ def cli(ctx: click.Context, home: str | None, verbose: bool, quiet: bool) -> Non
         if not Path(home).parent.is_dir():
             raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix --home")
         Path(home).mkdir()
+        ctx.call_on_close(partial(remove_if_empty, Path(home)))  # a refused command leaves not even it behind
     ctx.obj = Session(Paths.resolve(home), verbose)
+
+
+def remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # something was written in it (or it is gone): it stays as it is
+        folder.rmdir()
 
 
 for command in (search, report, studies, figures, ui, train, retrain, evaluate, predict, data):
