@@ -1,6 +1,8 @@
 """The stores: created at once by several processes, damaged, foreign or unreachable."""
 
+import functools
 import multiprocessing
+import sqlite3
 import time
 
 import optuna
@@ -8,6 +10,7 @@ import pytest
 import sqlalchemy
 from conftest import FAST, written_files
 
+from unet_opt.config.paths import check_is_store_of
 from unet_opt.errors import UserError
 from unet_opt.study.storage import open_storage
 from unet_opt.tracking.tracker import Tracker
@@ -84,6 +87,21 @@ def test_a_damaged_store_is_named_with_the_way_out_and_nothing_is_written(home, 
     assert "server" not in err and len(err.strip().splitlines()) == 1
     # the other store was not made before the damaged one was found (studies/ was, for a damaged mlruns/)
     assert written_files(home) == sorted([store, "mine/notes.txt"])
+
+
+def test_a_store_another_process_is_writing_is_busy_not_damaged(tmp_path, monkeypatch):
+    # the check before either store is made reads the file: while another process held its write lock (a
+    # second search on the same folder), the busy file was called "damaged or unreadable"
+    study_db = tmp_path / "unet-opt.db"
+    open_storage(f"sqlite:///{study_db}")
+    writer = sqlite3.connect(study_db, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # as during another process's commit
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, timeout=0.1))  # not its 5 s
+    try:
+        check_is_store_of(study_db, "studies", "an Optuna study storage", "--storage")  # left to its opener
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 @pytest.mark.slow

@@ -157,9 +157,13 @@ def sqlite_tables(path: Path) -> set[str]:
 def check_is_store_of(path: Path, table: str, what: str, flag: str) -> None:
     """Refuse an existing SQLite file that is another tool's database (it would get our tables added), or no
     database at all (before either store is made: a refused command writes nothing)."""
+    import sqlite3
+
     try:
         tables = sqlite_tables(path)
     except Exception as e:
+        if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return  # another process is writing it: busy, not damaged; the store's opener waits for it
         raise unreadable_store(path, what, e) from None
     if tables and table not in tables:
         raise UserError(f"{path} is not {what} (it holds other tables, e.g. {sorted(tables)[0]}); pass the "
