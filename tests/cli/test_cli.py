@@ -62,6 +62,21 @@ def test_a_ctrl_c_while_the_commands_are_imported_ends_as_interrupted_without_a_
     assert (proc.returncode, proc.stderr, proc.stdout) == (130, "interrupted\n", ""), proc.stderr
 
 
+def test_the_exit_waits_for_other_threads_but_not_for_an_idle_thread_pool():
+    # `predict models:/...` and a stopped `figures` never exited: MLflow's artifact download leaves an idle
+    # thread-pool worker, which ends only in threading's exit hook, and the exit joined it before that hook
+    code = ("import concurrent.futures, threading, time\n"
+            "from unet_opt.cli import app\n"
+            "pool = concurrent.futures.ThreadPoolExecutor(2)\n"
+            "def main():\n"
+            "    pool.submit(print, 'pooled').result()\n"
+            "    threading.Thread(target=lambda: (time.sleep(0.5), print('joined'))).start()\n"
+            "app.main = main\n"
+            "app.entry()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "pooled\njoined\n", "")
+
+
 def test_report_and_studies_import_no_torch():
     # `report` and `studies` only read the study storage: they must start fast
     code = "import sys, unet_opt.cli.app, unet_opt.study.summary; print('torch' in sys.modules, 'mlflow' in sys.modules)"

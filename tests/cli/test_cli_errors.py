@@ -57,9 +57,12 @@ def offline(*args, **kwargs):
     (["studies"], {}, "no study storage"),
     (["ui"], {}, "no MLflow runs"),
     (["ui", "--port", "0"], {}, "Invalid value for '--port'"),
+    (["ui", "--port", "5059", "--live-port", "5059"], {}, "--port and --live-port are both 5059"),  # a review
     (["search", "--data", "nowhere"], {}, "data folder nowhere does not exist"),
     (["search", "--data", "notes.txt"], {"notes.txt": "hi"}, "data path notes.txt is not a folder"),
     (["search", "--data", "empty"], {"empty/": ""}, "no known layout in empty"),
+    (["search", "--data", "half"], {"half/original_images/": ""},  # a download half unpacked (a review)
+     "half/original_images/ is there but not half/label_images_semantic/, which the kaggle layout needs"),
     (["search", "--data", "d"], {"d/images/": "", "d/masks/": ""}, "holds no image"),
     (["train", "--set", "train.batch_size=6"], {}, "multiples of 4"),
     (["train", "--space", "nope"], {}, "space file 'nope' not found"),
@@ -101,8 +104,8 @@ def offline(*args, **kwargs):
     (["search", "--storage", "sqlite:////nonexistent/dir/x.db"], {}, "folder /nonexistent/dir does not exist"),
     (["search", "--tracking-uri", "sqlite:////nonexistent/dir/m.db"], {}, "folder /nonexistent/dir does not exist"),
     (["search", "--study", "../../x"], {}, "may hold only letters"),
-    (["retrain", "--best", "--name", "../../x"], {}, "--name name '../../x' may hold only letters"),
-    (["retrain", "--best", "--name", "a/b"], {}, "--name name 'a/b' may hold only letters"),
+    (["retrain", "--best", "--name", "../../x"], {}, "--name '../../x' may hold only letters"),
+    (["retrain", "--best", "--name", "a/b"], {}, "--name 'a/b' may hold only letters"),
     # where a run trains
     (["retrain", "--best", "--procs", "0"], {}, "Invalid value for '--procs'"),
     (["retrain", "--best", "--device", "cpu", "--gpus", "2"], {}, "--gpus 2 needs CUDA GPUs"),

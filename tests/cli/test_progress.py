@@ -19,7 +19,7 @@ def test_a_search_on_a_terminal_shows_trials_and_epochs_as_bars(home, capsys, te
     assert "trials: 100%" in err and "1/1" in err  # trials done / target, with elapsed time and ETA
     assert "trial #0: 100%" in err and "val_dice" in err  # the running trial's epochs and its score
     assert "epoch 1/2" not in err  # the bar replaces the per-epoch lines
-    assert "trial #0 COMPLETE" in err  # and each trial's outcome stays as a line above the bars
+    assert "trial #0 complete" in err  # and each trial's outcome stays as a line above the bars
     run_search(home, 2, *sets)  # resumed: the bar starts at the trials already done
     err = capsys.readouterr().err
     assert "1/2" in err and "2/2" in err and "trial #0:" not in err
@@ -29,7 +29,7 @@ def test_a_search_on_a_terminal_shows_trials_and_epochs_as_bars(home, capsys, te
 def test_elsewhere_the_search_prints_plain_lines(home, capsys):
     run_search(home, 1, 'search.pruner="none"', "space.epochs.low=2", "space.epochs.high=2")
     err = capsys.readouterr().err
-    assert "epoch 2/2" in err and "trial #0 COMPLETE" in err
+    assert "epoch 2/2" in err and "trial #0 complete" in err
     assert "%|" not in err and "\r" not in err
 
 

@@ -247,6 +247,11 @@ def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, c
     code, _, err = cli("report", "--best-config", "best.toml")
     assert code == 2 and "best.toml exists; pass --overwrite" in err
     assert cli("report", "--best-config", "best.toml", "--overwrite")[0] == 0
+    for store in ("studies/unet-opt.db", "mlruns/mlflow.db"):  # found by a review: --overwrite replaced them
+        before = (searched_home / store).read_bytes()
+        code, _, err = cli("report", "--best-config", store, "--overwrite")
+        assert code == 2 and "is a database" in err and len(err.splitlines()) == 1, err
+        assert (searched_home / store).read_bytes() == before
     code, _, err = cli("report", "--best-config", "no/such/folder/best.toml")
     assert code == 2 and "folder no/such/folder does not exist" in err
     for path, message in (("best.toml/x.toml", "best.toml is a file, not a folder"), ("", "needs a file name"),

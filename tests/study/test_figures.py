@@ -24,9 +24,9 @@ FIGURES = {"learning_curves.png", "confusion_matrix.png", "predictions.png"}
 @pytest.mark.slow
 def test_a_pruned_trial_s_figures_are_drawn_into_its_run_on_demand(home, cli, capsys):
     run_search(home, 2, "space.epochs.low=3", fit=fits.stop_after_first_epoch)
-    pruned_lines = [line for line in capsys.readouterr().err.splitlines() if " PRUNED" in line]
+    pruned_lines = [line for line in capsys.readouterr().err.splitlines() if " pruned val_dice" in line]
     assert len(pruned_lines) == 2  # each with the value it reached: what the pruner judged it by
-    assert all(re.search(r"trial #\d PRUNED val_dice 0\.\d{4} \(best epoch 1\)", line) for line in pruned_lines)
+    assert all(re.search(r"trial #\d pruned val_dice 0\.\d{4} \(best epoch 1\)", line) for line in pruned_lines)
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id],
                               "tags.`optuna.state` = 'PRUNED'")

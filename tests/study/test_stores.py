@@ -145,3 +145,15 @@ def test_a_table_created_by_another_process_meanwhile_is_retried_other_errors_ar
     with pytest.raises(UserError, match="unable to open database file.*check --storage"):
         open_storage(url)
     assert len(calls) == 1  # a real error is reported at once, not retried
+
+
+def test_a_best_config_never_replaces_a_database_even_with_overwrite(tmp_path):
+    # found by a review: `report --best-config mlruns/mlflow.db --overwrite` turned the store into a TOML file
+    from unet_opt.study.best_config import check_config_path
+
+    store, config = tmp_path / "anything.db", tmp_path / "best.toml"
+    sqlite3.connect(store).execute("CREATE TABLE t (x)").connection.close()
+    config.write_text("[train]\n")
+    with pytest.raises(UserError, match="is a database"):
+        check_config_path(store, overwrite=True)
+    check_config_path(config, overwrite=True)  # an earlier config is replaced, as --overwrite says

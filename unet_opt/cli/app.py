@@ -111,10 +111,12 @@ def entry() -> None:
         else:  # sys.exit("message"): printed, exit code 1, as Python does
             print(e.code, file=sys.stderr)
             code = 1
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()  # what the interpreter runs at exit (no public name): before the teardown skipped
+    # what the interpreter does at exit, in its order (no public names for either), before the teardown skipped
+    try:  # threading's exit hooks first (idle thread-pool workers, such as MLflow's, end), then the join
+        threading._shutdown()
+    except KeyboardInterrupt as e:  # a stop while another thread is waited for ends the wait, without a traceback
+        code = code or stopped(isinstance(e, Terminated))
+    atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
             stream.flush()

@@ -236,6 +236,8 @@ def ui(session: Session, host, port, live_port, no_live, allowed_hosts, storage,
     from unet_opt.parallel.servers import check_port, local_base, serve
     from unet_opt.tracking.ui import mlflow_ui
 
+    if port == live_port and not no_live:  # the second server would fail on it only after a while
+        raise click.UsageError(f"--port and --live-port are both {port}; pass another --live-port (or --no-live)")
     paths = session.paths
     mlflow_server, pages = mlflow_ui(paths.tracking_uri(tracking_uri), paths.artifacts, host, port, allowed_hosts)
     servers, live = [mlflow_server], {}

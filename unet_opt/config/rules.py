@@ -66,7 +66,7 @@ def name_problem(name: str, what: str) -> str | None:
 
 
 def check_name(name: str, flag: str) -> None:
-    problem = name_problem(name, f"{flag} name")
+    problem = name_problem(name, flag)
     if problem:
         raise UserError(problem)
 

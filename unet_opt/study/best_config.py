@@ -34,10 +34,22 @@ def check_config_path(path: Path, overwrite: bool) -> None:
     refuse: `--best-config` is a `click.Path(dir_okay=False)`)."""
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it, or another file name")
+    if is_database(path):  # a slip of the tab key must not turn a study or the MLflow store into a TOML file
+        raise UserError(f"{path} is a database (a study storage or an MLflow store?), which --overwrite never "
+                        f"replaces; write the config to another file, e.g. --best-config best.toml")
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"{path.parent} is a file, not a folder; write the config elsewhere")
     if not path.parent.is_dir():
         raise UserError(f"folder {path.parent} does not exist; create it first or write the file elsewhere")
+
+
+def is_database(path: Path) -> bool:
+    """Whether `path` is an SQLite database file (by its header, whatever its name)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:  # missing, a folder, unreadable: not a database to keep safe
+        return False
 
 
 def best_config_text(storage_url: str, study_name: str | None, shown_path: str) -> tuple[str, dict]:

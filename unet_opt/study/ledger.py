@@ -166,7 +166,7 @@ class TrialLedger:
             ended = self.storage.get_trial(t._trial_id)
             if ended.state == TrialState.FAIL:
                 self.mirror(ended)
-                log.warning("trial #%d was left running by a dead worker; marked FAIL", t.number)
+                log.warning("trial #%d was left running by a dead worker; marked fail", t.number)
 
     def mirror_ended(self) -> None:
         """Trial runs still RUNNING in MLflow whose trial has ended in Optuna end as the trial did: a process
@@ -181,7 +181,7 @@ class TrialLedger:
                 continue
             self.mirror(trial, run.info.run_id)
             log.warning("trial #%d's MLflow run was left RUNNING after the trial ended %s; closed", trial.number,
-                        trial.state.name)
+                        shown_state(trial))
 
     def unclaimed(self) -> list[FrozenTrial]:
         """RUNNING trials with no worker yet: just asked for by a live worker, or left by a killed one (closed

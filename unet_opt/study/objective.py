@@ -80,7 +80,7 @@ def run_trial(ctx: SearchContext, position: int) -> TrialState | None:
     except Exception as e:  # the tracking store failed around the training: still record the trial
         reason = f"{type(e).__name__}: {redact_url(str(e)).splitlines()[0][:300]}"
         ctx.ledger.fail(trial, reason)
-        log.warning("trial #%d FAIL  [%s]", trial.number, reason)
+        log.warning("trial #%d fail  [%s]", trial.number, reason)
         return TrialState.FAIL
 
 
@@ -133,7 +133,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         runner.tracker.log_metrics(ctx.ledger.parent_id, {"best_value": best}, step=trial.number)
     describe_parent(ctx.study, runner.tracker, ctx.ledger.parent_id, cfg)
     reached = outcome.value if outcome.value is not None else value_columns.get(f"best_{metric}")
-    log.info("trial #%d %s%s  [%s]%s", trial.number, outcome.state.name,
+    log.info("trial #%d %s%s  [%s]%s", trial.number, outcome.state.name.lower(),  # one vocabulary: states.py
              f" {metric} {reached:.4f} (best epoch {result.best_epoch})" if reached is not None else "",
              outcome.reason, f"  study best {best:.4f}" if best is not None else "")
     return outcome.state

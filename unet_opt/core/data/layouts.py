@@ -66,6 +66,19 @@ def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
     return None
 
 
+def _half_layout(path: Path) -> str | None:
+    """What is missing of a layout whose images or masks folder alone is there (a download half unpacked)."""
+    for depth in range(4):
+        for root in [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth))):
+            for layout in LAYOUTS:
+                there = [(root / part).is_dir() for part in (layout.images, layout.masks)]
+                if any(there) and not all(there):
+                    have, missing = (layout.images, layout.masks) if there[0] else (layout.masks, layout.images)
+                    return (f"{root / have}/ is there but not {root / missing}/, which the {layout.name} layout "
+                            f"needs beside it; add it (unpack the whole download) or pass another folder")
+    return None
+
+
 def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
     """(the source, every structural problem found); the source is None when nothing usable was found."""
     if not path.exists():
@@ -73,6 +86,8 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
     if not path.is_dir():
         return None, [f"data path {path} is not a folder; pass the folder holding the images and masks"]
     detected = _detect(path)
+    if detected is None and (half := _half_layout(path)):
+        return None, [half]
     if detected is None:
         return None, [f"no known layout in {path}: expected original_images/ + label_images_semantic/ (Kaggle), "
                       f"training_set/images/ + training_set/gt/semantic/label_images/ (TU Graz) or images/ + masks/"]
