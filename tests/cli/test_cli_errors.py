@@ -63,6 +63,8 @@ def offline(*args, **kwargs):
     (["search", "--data", "empty"], {"empty/": ""}, "no known layout in empty"),
     (["search", "--data", "half"], {"half/original_images/": ""},  # a download half unpacked (a review)
      "half/original_images/ is there but not half/label_images_semantic/, which the kaggle layout needs"),
+    (["search", "--data", "g"], {"g/images/": ""}, "g/images/ is there but not g/masks/, which the generic layout "
+                                                   "needs beside it; add it or pass another folder"),
     (["search", "--data", "d"], {"d/images/": "", "d/masks/": ""}, "holds no image"),
     (["train", "--set", "train.batch_size=6"], {}, "multiples of 4"),
     (["train", "--space", "nope"], {}, "space file 'nope' not found"),
@@ -106,6 +108,7 @@ def offline(*args, **kwargs):
     (["search", "--study", "../../x"], {}, "may hold only letters"),
     (["retrain", "--best", "--name", "../../x"], {}, "--name '../../x' may hold only letters"),
     (["retrain", "--best", "--name", "a/b"], {}, "--name 'a/b' may hold only letters"),
+    (["retrain", "--best", "--name", ".."], {}, "must start with a letter or digit, hold no '..'"),  # a review
     # where a run trains
     (["retrain", "--best", "--procs", "0"], {}, "Invalid value for '--procs'"),
     (["retrain", "--best", "--device", "cpu", "--gpus", "2"], {}, "--gpus 2 needs CUDA GPUs"),

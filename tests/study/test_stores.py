@@ -151,9 +151,12 @@ def test_a_best_config_never_replaces_a_database_even_with_overwrite(tmp_path):
     # found by a review: `report --best-config mlruns/mlflow.db --overwrite` turned the store into a TOML file
     from unet_opt.study.best_config import check_config_path
 
-    store, config = tmp_path / "anything.db", tmp_path / "best.toml"
+    store, config = tmp_path / "anything.db", tmp_path / "earlier.toml"
     sqlite3.connect(store).execute("CREATE TABLE t (x)").connection.close()
     config.write_text("[train]\n")
     with pytest.raises(UserError, match="is a database"):
         check_config_path(store, overwrite=True)
+    store.rename(tmp_path / "best.toml")  # a database under the name the advice would give: another name is given
+    with pytest.raises(UserError, match="e.g. --best-config best-config.toml"):
+        check_config_path(tmp_path / "best.toml", overwrite=True)
     check_config_path(config, overwrite=True)  # an earlier config is replaced, as --overwrite says

@@ -102,13 +102,14 @@ def answers(port: int) -> bool:
 @pytest.mark.slow
 def test_sigterm_to_ui_stops_the_mlflow_server(searched_home):
     port = free_port()
-    ui = subprocess.Popen([sys.executable, "-m", "unet_opt", "ui", "--port", str(port)], cwd=searched_home,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen([sys.executable, "-m", "unet_opt", "ui", "--port", str(port), "--no-live"], cwd=searched_home,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if not wait_until(lambda: answers(port), timeout=120, every=0.5):
         ui.kill()
         pytest.fail("the UI did not start")
     ui.send_signal(signal.SIGTERM)
     assert ui.wait(60) == 143
+    assert "(Ctrl-C stops it)" in ui.stdout.read()  # one server: not "them" (found by a review)
     # nothing answers any more: the server and its workers are gone
     assert wait_until(lambda: not answers(port), timeout=30)
 

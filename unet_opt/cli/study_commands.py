@@ -251,7 +251,7 @@ def ui(session: Session, host, port, live_port, no_live, allowed_hosts, storage,
     where = f"MLflow UI on {local_base(host, port)}"
     if live:
         where += f", live view on {local_base(host, live_port)}"
-    click.echo(f"{where}  (Ctrl-C stops them)")
+    click.echo(f"{where}  (Ctrl-C stops {'them' if live else 'it'})")
     for study, url in pages:
         click.echo(f"  study '{study}', trials ranked: {url}")
         if study in live:

@@ -61,7 +61,8 @@ def at_most(dotted: str, high: int) -> Callable[[Config], str | None]:
 def name_problem(name: str, what: str) -> str | None:
     """Study and model names become file and experiment names: no path separators, no '..'."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name) or ".." in name:
-        return f"{what} {name!r} may hold only letters, digits, '.', '_' and '-'; e.g. drone-256"
+        return (f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (ASCII), must start with a letter "
+                f"or digit, hold no '..' and be at most 100 characters long; e.g. drone-256")
     return None
 
 

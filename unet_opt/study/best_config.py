@@ -36,11 +36,16 @@ def check_config_path(path: Path, overwrite: bool) -> None:
         raise UserError(f"{path} exists; pass --overwrite to replace it, or another file name")
     if is_database(path):  # a slip of the tab key must not turn a study or the MLflow store into a TOML file
         raise UserError(f"{path} is a database (a study storage or an MLflow store?), which --overwrite never "
-                        f"replaces; write the config to another file, e.g. --best-config best.toml")
+                        f"replaces; write the config to another file, e.g. --best-config {other_name(path)}")
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"{path.parent} is a file, not a folder; write the config elsewhere")
     if not path.parent.is_dir():
         raise UserError(f"folder {path.parent} does not exist; create it first or write the file elsewhere")
+
+
+def other_name(path: Path) -> str:
+    """A name to suggest beside `path`: best.toml, unless that is `path` itself."""
+    return "best-config.toml" if path.name == "best.toml" else "best.toml"
 
 
 def is_database(path: Path) -> bool:

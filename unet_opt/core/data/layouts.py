@@ -75,7 +75,8 @@ def _half_layout(path: Path) -> str | None:
                 if any(there) and not all(there):
                     have, missing = (layout.images, layout.masks) if there[0] else (layout.masks, layout.images)
                     return (f"{root / have}/ is there but not {root / missing}/, which the {layout.name} layout "
-                            f"needs beside it; add it (unpack the whole download) or pass another folder")
+                            f"needs beside it; add it{' (unpack the whole download)' if layout.name != 'generic' else ''} "
+                            f"or pass another folder")
     return None
 
 
