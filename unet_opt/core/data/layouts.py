@@ -6,6 +6,7 @@ from file names and headers alone, before anything is decoded.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,28 +56,28 @@ def dangling(files: dict[str, Path]) -> list[str]:
             for p in files.values() if p.is_symlink() and not p.exists()]
 
 
+def _roots(path: Path) -> Iterator[Path]:
+    """`path`, then the folders below it, level by level (up to 3 down), each level sorted."""
+    for depth in range(4):
+        yield from [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
+
+
 def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
     """The layout at `path`, or in the one folder below it that has one (up to 3 levels down)."""
-    for depth in range(4):
-        roots = [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
-        found = [(root, layout) for root in roots if root.is_dir()
-                 for layout in LAYOUTS if (root / layout.images).is_dir() and (root / layout.masks).is_dir()]
-        if found:
-            return found[0]
-    return None
+    return next(((root, layout) for root in _roots(path) if root.is_dir() for layout in LAYOUTS
+                 if (root / layout.images).is_dir() and (root / layout.masks).is_dir()), None)
 
 
 def _half_layout(path: Path) -> str | None:
     """What is missing of a layout whose images or masks folder alone is there (a download half unpacked)."""
-    for depth in range(4):
-        for root in [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth))):
-            for layout in LAYOUTS:
-                there = [(root / part).is_dir() for part in (layout.images, layout.masks)]
-                if any(there) and not all(there):
-                    have, missing = (layout.images, layout.masks) if there[0] else (layout.masks, layout.images)
-                    return (f"{root / have}/ is there but not {root / missing}/, which the {layout.name} layout "
-                            f"needs beside it; add it{' (unpack the whole download)' if layout.name != 'generic' else ''} "
-                            f"or pass another folder")
+    for root in _roots(path):
+        for layout in LAYOUTS:
+            there = [(root / part).is_dir() for part in (layout.images, layout.masks)]
+            if any(there) and not all(there):
+                have, missing = (layout.images, layout.masks) if there[0] else (layout.masks, layout.images)
+                return (f"{root / have}/ is there but not {root / missing}/, which the {layout.name} layout "
+                        f"needs beside it; add it{' (unpack the whole download)' if layout.name != 'generic' else ''} "
+                        f"or pass another folder")
     return None
 
 
