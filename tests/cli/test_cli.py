@@ -77,6 +77,19 @@ def test_the_exit_waits_for_other_threads_but_not_for_an_idle_thread_pool():
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "pooled\njoined\n", "")
 
 
+def test_a_ctrl_c_while_the_exit_waits_for_another_thread_ends_it_as_interrupted():
+    # the wait for the command's own threads at exit: a Ctrl-C there gave a traceback from the join
+    code = ("import os, signal, threading, time\n"
+            "from unet_opt.cli import app\n"
+            "def main():\n"
+            "    threading.Thread(target=time.sleep, args=(60,)).start()\n"
+            "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+            "app.main = main\n"
+            "app.entry()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (130, "interrupted\n"), proc.stderr
+
+
 def test_report_and_studies_import_no_torch():
     # `report` and `studies` only read the study storage: they must start fast
     code = "import sys, unet_opt.cli.app, unet_opt.study.summary; print('torch' in sys.modules, 'mlflow' in sys.modules)"
