@@ -81,8 +81,10 @@ def offline(*args, **kwargs):
     # non-finite numbers, negative or huge seeds, absurd sizes
     (["search", "--set", "train.lr=nan"], {}, "train.lr = nan must be a finite number"),
     (["search", "--set", "train.weight_decay=inf"], {}, "train.weight_decay = inf must be a finite number"),
-    (["search", "--timeout", "nan"], {}, "search.timeout = nan must be a finite number"),
-    (["search", "--timeout", "inf"], {}, "search.timeout = inf must be a finite number"),
+    (["search", "--timeout", "nan"], {}, "'--timeout': nan is not a number of seconds; e.g. --timeout 3600"),
+    (["search", "--timeout", "inf"], {}, "'--timeout': inf is not a number of seconds; e.g. --timeout 3600"),
+    (["search", "--timeout", "ten"], {}, "'--timeout': 'ten' is not a valid number of seconds"),
+    (["report", "--overwrite"], {}, "--overwrite replaces the file of --best-config; add --best-config FILE"),
     (["search", "--seed", "-1"], {}, "search.seed = -1 must be zero or more"),
     (["search", "--seed", "99999999999"], {}, "search.seed = 99999999999 is too large"),
     (["search", "--set", "data.split_seed=-1"], {}, "data.split_seed = -1 must be zero or more"),

@@ -385,3 +385,17 @@ def test_the_study_s_plots_name_the_objective_by_the_study_s_metric(tmp_path):
     page = (tmp_path / "study_plots.html").read_text()
     page = page[page.index("<h1>"):]  # past plotly.js
     assert "Objective Value" not in page and page.count("val_miou") >= 3  # history, importances, coordinates
+
+
+@pytest.mark.slow
+def test_a_space_that_searches_nothing_is_said(home, cli):
+    (home / "fixed.toml").write_text("[data]\nimage_size = 32\nsynthetic_images = 24\n[model]\nbase_channels = 8\n"
+                                     "[train]\nepochs = 1\n")
+    code, _, err = cli("search", "--space", "fixed.toml", "--trials", "2")
+    assert code == 0, err
+    assert "fixed.toml searches nothing (it has no [space.NAME] table): every trial trains the same " \
+           "config, each with its own seed" in err
+    (home / "searched.toml").write_text((home / "fixed.toml").read_text() + "[space.lr]\ntype = 'categorical'\n"
+                                        "choices = [0.001, 0.002]\n")
+    code, _, err = cli("search", "--space", "searched.toml", "--trials", "2")  # one searched parameter is enough
+    assert code == 0 and "searches nothing" not in err

@@ -48,11 +48,11 @@ def test_ui_prints_each_study_s_runs_table_ranked_once_its_checks_pass(searched_
 def test_servers_show_what_they_say_but_their_noise_and_stop_together(capsys):
     from unet_opt.parallel.servers import Server, serve
 
-    talker = Server([sys.executable, "-c", "print('[MLflow] Security middleware enabled, as always'); "
-                                           "print('a real problem', flush=True)"], noise=("Security middleware",))
-    sleeper = Server([sys.executable, "-c", "import time; time.sleep(600)"])
+    talker = Server("the talker", [sys.executable, "-c", "print('[MLflow] Security middleware enabled, as always'); "
+                                   "print('a real problem', flush=True)"], noise=("Security middleware",))
+    sleeper = Server("the sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
     started = time.monotonic()
-    assert serve([talker, sleeper], poll_seconds=0.05) == 0  # the first one ended: the other was stopped
+    assert serve([talker, sleeper], poll_seconds=0.05) == 1  # the first one ended (with 0): the other was stopped
     assert time.monotonic() - started < 30
     said = []  # what it printed goes to stderr, but for its noise
 
@@ -61,6 +61,9 @@ def test_servers_show_what_they_say_but_their_noise_and_stop_together(capsys):
         return "a real problem" in "".join(said)
 
     assert wait_until(heard, timeout=10) and "Security middleware" not in "".join(said)
+    assert "error: the talker stopped on its own (exit code 0); see its lines above" in "".join(said)
+    failing = Server("the failing one", [sys.executable, "-c", "raise SystemExit(3)"])
+    assert serve([failing], poll_seconds=0.05) == 3
 
 
 def test_ui_on_a_busy_port_is_an_error(home, cli):

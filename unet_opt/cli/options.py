@@ -7,6 +7,7 @@ set them) and name that default in `show_default`; `Option` prints it as click p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import click
@@ -26,6 +27,22 @@ class Option(click.Option):
         if isinstance(self.show_default, str) and "default" in extra:
             extra["default"] = self.show_default
         return extra
+
+
+class Seconds(click.FloatRange):
+    """A positive, finite number of seconds: click's FloatRange lets nan and inf through."""
+
+    name = "number of seconds"
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value} is not a number of seconds; e.g. {param.opts[0] if param else ''} 3600".strip(),
+                      param, ctx)
+        return seconds
 
 
 def option(*names: str, **settings):

@@ -13,6 +13,7 @@ from unet_opt.cli.console import fmt, print_summary, print_table
 from unet_opt.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
+    Seconds,
     Session,
     data_option,
     option,
@@ -31,7 +32,7 @@ from unet_opt.config.space_file import load_config
 
 @click.command()
 @option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
-@option("--timeout", type=click.FloatRange(min=0, min_open=True), show_default="none",
+@option("--timeout", type=Seconds(), metavar="S", show_default="none",
         help="Start no new trial after S seconds.")
 @space_option
 @data_option
@@ -110,6 +111,9 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
     """
     from unet_opt.study.summary import study_report
 
+    if overwrite and best_config is None:
+        raise click.UsageError("--overwrite replaces the file of --best-config; add --best-config FILE or drop "
+                               "--overwrite")
     if best_config is not None:
         from unet_opt.study.best_config import best_config_text, write_best_config
 

@@ -21,6 +21,7 @@ from unet_opt.errors import UserError
 
 @dataclass(frozen=True)
 class Server:
+    name: str  # as a user calls it: "the MLflow UI"
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
     noise: tuple[str, ...] = ()  # a line holding any of these is not shown
@@ -28,7 +29,8 @@ class Server:
 
 def serve(servers: list[Server], start: Callable[..., subprocess.Popen] = subprocess.Popen,
           poll_seconds: float = 0.5) -> int:
-    """Run `servers` until one stops (its exit code) or Ctrl-C / SIGTERM stop them all (raised on)."""
+    """Run `servers` until one stops on its own (an `error:` line, exit code 1 where it gave 0) or Ctrl-C /
+    SIGTERM stop them all (raised on)."""
     processes = []
     try:
         for server in servers:
@@ -37,9 +39,12 @@ def serve(servers: list[Server], start: Callable[..., subprocess.Popen] = subpro
             processes.append(process)
             if process.stdout is not None:
                 threading.Thread(target=pass_on, args=(process.stdout, server.noise), daemon=True).start()
-        while all((code := p.poll()) is None for p in processes):
+        while all(p.poll() is None for p in processes):
             time.sleep(poll_seconds)
-        return code
+        server, code = next((s, p.returncode) for s, p in zip(servers, processes) if p.returncode is not None)
+        time.sleep(poll_seconds)  # its last lines are passed on before the verdict
+        sys.stderr.write(f"error: {server.name} stopped on its own (exit code {code}); see its lines above\n")
+        return code or 1
     finally:  # one stopped, or Ctrl-C, or SIGTERM through the CLI's handler: the others go too
         for process in processes:
             stop_group(process)

@@ -32,7 +32,7 @@ def live_view(storage_url: str, host: str, port: int) -> tuple[Server, dict[str,
     pages = {s.study_name: dashboard_url(local_base(host, port), storage.get_study_id_from_name(s.study_name))
              for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     command = [dashboard_program(), storage_url, "--host", host, "--port", str(port), "--quiet"]
-    return Server(command), pages
+    return Server("the live view", command), pages
 
 
 def dashboard_program() -> str:

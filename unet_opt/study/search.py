@@ -80,6 +80,9 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
             log.warning("data.eval_size = %d is below the largest data.image_size the space draws (%d): trials are "
                         "scored on a coarser truth than they train at", cfg.data.eval_size,
                         max(cfg.values_of("data.image_size")))
+        if not cfg.space and cfg.search.trials > 1:  # legal (seed-to-seed spread), but rarely what was meant
+            log.warning("%s searches nothing (it has no [space.NAME] table): every trial trains the same config, "
+                        "each with its own seed", cfg.source)
         ledger = TrialLedger(study, storage, tracker, study.user_attrs["mlflow_parent_run_id"])
         ledger.close_stale()  # the two stores made to agree after any kill
         ledger.mirror_ended()

@@ -74,6 +74,6 @@ def mlflow_ui(tracking_uri: str, artifact_root: Path, host: str, port: int,
     check_port(host, port)
     point_at_own_folder(tracking_uri, artifact_root)
     env = {"PYTHONWARNINGS": "ignore", "MLFLOW_TRACKING_URI": tracking_uri}  # its libraries' deprecation notices
-    return (Server(ui_command(tracking_uri, host, port, allowed_hosts), env, MLFLOW_NOISE),
+    return (Server("the MLflow UI", ui_command(tracking_uri, host, port, allowed_hosts), env, MLFLOW_NOISE),
             study_pages(tracking_uri, local_base(host, port)))
 
