@@ -228,3 +228,21 @@ def test_the_pretrained_weights_cannot_be_searched(home, cli):
     (home / "s.toml").write_text('[space."model.pretrained"]\ntype = "categorical"\nchoices = ["imagenet", "x.pt"]\n')
     code, _, err = cli("search", "--space", "s.toml", *FAST)
     assert code == 2 and "model.pretrained cannot be searched" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("error, fix", [
+    (PermissionError(13, "Permission denied"), "fix its permissions, or work in a folder you can write to (--home FOLDER)"),
+    (OSError(30, "Read-only file system"), "; work in a folder you can write to (--home FOLDER)"),
+    (OSError(28, "No space left on device"), "free some space on that disk, or work on another (--home FOLDER)"),
+])
+def test_a_folder_the_machine_refuses_is_one_error_line(home, cli, monkeypatch, error, fix):
+    from pathlib import Path
+
+    def refused(self, *args, **kwargs):
+        error.filename = str(self)
+        raise error
+
+    monkeypatch.setattr(Path, "mkdir", refused)  # a project folder the user cannot write to (or a full disk)
+    code, out, err = cli("search", "--trials", "1", *FAST)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"error: {error.strerror} ({home}/") and err.rstrip().endswith(fix)

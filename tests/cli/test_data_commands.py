@@ -1,10 +1,15 @@
 """`unet-opt data check` and `data prepare`, and bad data named before training."""
 
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import written_files
 from datasets import TABLE, make_dataset
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 
 def corrupt(root, kind):
@@ -163,3 +168,50 @@ def test_data_check_warns_about_photos_too_large_to_decode_cheaply(home, cli, mo
     monkeypatch.setattr("unet_opt.core.data.images.LARGE_PIXELS", 48 * 72 - 1)  # these photos count as huge
     code, out, _ = cli("data", "check", "data", "--num-classes", "5")
     assert code == 0 and "warning: 4 photo(s) above 0 M pixels, the largest" in out and "at 72x48" in out
+
+
+def store_bytes(home: Path) -> tuple[bytes, bytes]:
+    return (home / "studies" / "unet-opt.db").read_bytes(), (home / "mlruns" / "mlflow.db").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli, monkeypatch):
+    """`--data ../data` from another folder (or a copy with other content under the same names) is other
+    data: refused before anything is written, by search and by retrain; the same content elsewhere is not."""
+    tiny = ["--space", "drone", "--pruner", "none", "--set", "data.num_classes=5", "--set", "data.image_size=32",
+            "--set", "model.depth=2", "--set", "model.base_channels=4", "--set", "train.epochs=1",
+            "--set", "train.warmup_epochs=0", "--set", 'model.pretrained=""']
+    project = tmp_path / "a" / "proj"
+    make_dataset(tmp_path / "a" / "data", "generic", count=12, seed=0)
+    project.mkdir()
+    monkeypatch.chdir(project)
+    code, _, err = cli("search", "--data", "../data", "--trials", "1", *tiny)
+    assert code == 0, err
+    make_dataset(tmp_path / "b" / "data", "generic", count=12, seed=1)  # the same names, other photos and masks
+    (tmp_path / "b" / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "b" / "elsewhere")
+    before = store_bytes(project)
+    code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "error: the data at ../data is not the data study 'drone' was made with: 12 of its files differ " \
+           "(first: 000); pass the study's data with --data, or start a new study" in err
+    code, _, err = cli("--home", str(project), "retrain", "--best")
+    assert code == 2 and "run retrain from the folder that path is relative to" in err, err
+    assert store_bytes(project) == before
+    # the same photos and masks in another place are the study's data: the study goes on
+    shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data", dirs_exist_ok=True)
+    os.utime(tmp_path / "b" / "data" / "masks" / "003.png")  # a touched file with the same content is the same
+    assert cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)[0] == 0
+    # one mask edited since: its image is named
+    mask = tmp_path / "b" / "data" / "masks" / "005.png"
+    Image.fromarray((np.asarray(Image.open(mask)) + 1) % 5).save(mask)
+    code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "3", *tiny)
+    assert code == 2 and "1 of its files differ (first: 005)" in err, err
+    # an image of the split deleted since: refused before either store is touched
+    shutil.copy(tmp_path / "a" / "data" / "masks" / "005.png", mask)
+    (tmp_path / "b" / "data" / "images" / "001.jpg").unlink()
+    (tmp_path / "b" / "data" / "masks" / "001.png").unlink()
+    before = store_bytes(project)
+    code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)
+    assert code == 2 and "1 image(s) of the stored split are not in the data (first: 001)" in err, err
+    assert store_bytes(project) == before

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import TABLE, make_dataset, nearest
+from PIL import Image
 
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import IGNORE, DataCache, load_data
@@ -113,3 +114,51 @@ def test_the_evaluation_frame_is_decoded_as_masks_alone(tmp_path, monkeypatch):
     expected = np.stack([nearest(truth[name], 64, 96) for name in sorted(truth)])
     assert ((data.eval_masks.numpy() == IGNORE) == (expected == 0)).all()
     assert (data.eval_masks.numpy()[expected != 0] == expected[expected != 0]).all()
+
+
+@pytest.mark.parametrize("kind", ["png", "tif"])  # opened as I;16 and as I
+def test_a_16_bit_grey_photo_is_scaled_not_clipped_white(tmp_path, kind):
+    from unet_opt.core.data.images import decode_image, read_rgb
+
+    grey = np.linspace(0, 65535, 48 * 72).reshape(48, 72).astype(np.uint16 if kind == "png" else np.int32)
+    path = tmp_path / f"photo.{kind}"
+    Image.fromarray(grey).save(path)
+    expected = np.rint(grey / 257)
+    for decoded in (decode_image(path, 48, 72), read_rgb(path)):  # training and `predict`
+        assert decoded.dtype == np.uint8 and decoded.shape == (48, 72, 3)
+        assert np.abs(decoded[..., 1].astype(int) - expected).max() <= 1 and decoded.std() > 50
+
+
+def test_folders_that_cannot_be_read_twin_names_and_macos_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from unet_opt.core.data.layouts import find_source
+    from unet_opt.errors import UserError
+
+    make_dataset(tmp_path / "disk" / "drone", "kaggle", count=6)
+    (tmp_path / "disk" / "lost+found").mkdir()  # root's, mode 700, on every ext4 disk
+    (tmp_path / "disk" / "drone" / "original_images" / "._003.jpg").write_bytes(b"\0\5\26\7")  # macOS metadata
+    is_dir, iterdir = Path.is_dir, Path.iterdir
+
+    def is_dir_of_a_user(self):
+        if "lost+found" in self.parts and self.name != "lost+found":
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir_of_a_user)
+    source = find_source(tmp_path / "disk", len(TABLE))  # the unreadable folder beside the data is passed over
+    assert [n for n, _, _ in source.pairs] == [f"{i:03d}" for i in range(6)]  # "._003" is no photo
+    masks = tmp_path / "disk" / "drone" / "label_images_semantic"
+
+    def unreadable_masks(self):
+        if self == masks:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", unreadable_masks)
+    with pytest.raises(UserError, match=f"folder {masks} cannot be read \\(permission denied\\); fix its permissions"):
+        find_source(tmp_path / "disk", len(TABLE))
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    (masks.parent / "original_images" / "003.png").hardlink_to(masks.parent / "original_images" / "003.jpg")
+    with pytest.raises(UserError, match="003.jpg and 003.png have one name, and photos pair with masks by name"):
+        find_source(tmp_path / "disk", len(TABLE))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -64,6 +65,15 @@ for command in (search, report, studies, figures, ui, train, retrain, evaluate, 
     cli.add_command(command)
 
 
+ELSEWHERE = "work in a folder you can write to (--home FOLDER)"
+REFUSED_BY_THE_SYSTEM = {  # errors of the machine that a user fixes, and how
+    errno.EACCES: f"fix its permissions, or {ELSEWHERE}",
+    errno.EPERM: f"fix its permissions, or {ELSEWHERE}",
+    errno.EROFS: ELSEWHERE,
+    errno.ENOSPC: "free some space on that disk, or work on another (--home FOLDER)",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: turns every user mistake into one `error:` line and exit code 2."""
     runtime.handle_stop_signals()
@@ -86,12 +96,16 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_USAGE
     except (KeyboardInterrupt, click.exceptions.Abort) as e:  # click turns an interrupt into Abort
         code = stopped(isinstance(e, Terminated) or isinstance(e.__cause__, Terminated))
-    except Exception:
-        if runtime.stop_signal is None:
+    except Exception as e:
+        if runtime.stop_signal is not None:  # the signal landed inside an import or a library that turned it into
+            logging.getLogger("unet_opt").debug("after the stop signal", exc_info=True)  # another error
+            code = stopped(runtime.stop_signal == signal.SIGTERM)
+        elif isinstance(e, OSError) and e.errno in REFUSED_BY_THE_SYSTEM:  # the machine's no, not a bug: one line
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"error: {e.strerror}{where}; {REFUSED_BY_THE_SYSTEM[e.errno]}", err=True)
+            code = EXIT_USAGE
+        else:
             raise
-        # the signal landed inside an import or a library that turned it into another error
-        logging.getLogger("unet_opt").debug("after the stop signal", exc_info=True)
-        code = stopped(runtime.stop_signal == signal.SIGTERM)
     if not code and runtime.stop_signal is not None:  # a stop that no safe point raised again: still said
         code = stopped(runtime.stop_signal == signal.SIGTERM)
     sys.exit(code or 0)

@@ -155,6 +155,10 @@ class Runner:
         """The data set a run of `cfg` trains on, from this process's cache (checked when first loaded)."""
         return self.cache.get(cfg.data, cfg.model.depth)
 
+    def data_digests(self, cfg: Config) -> dict[str, str]:
+        """The content of `cfg`'s data folder by image name, to tell it from other data with the same names."""
+        return self.cache.digests(cfg.data)
+
     def train(self, spec: RunSpec, on_epoch: OnEpoch | None, on_step: OnStep | None = None) -> FitResult:
         """`fit` on every rank of the placement. One process trains on this process's data cache; rank
         processes use theirs (and keep their data for the next run)."""

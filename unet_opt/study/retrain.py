@@ -13,7 +13,7 @@ from unet_opt.parallel.placement import Placement
 from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record
 from unet_opt.study.best_config import best_trial_config
 from unet_opt.study.ledger import TrialLedger
-from unet_opt.study.storage import load_existing
+from unet_opt.study.storage import check_same_data, load_existing
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
     with Runner(paths, placement, fit) as runner:
         split_names = setup["split"]
         split = split_indices(split_names, runner.check(cfg).names)  # bad input fails here, before any write
+        check_same_data(setup.get("data"), runner.data_digests(cfg), split_names, study.study_name, cfg.data.dataset,
+                        "run retrain from the folder that path is relative to, or restore the study's files")
         tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
         runner.use_tracker(tracker)
         tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever

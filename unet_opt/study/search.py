@@ -75,7 +75,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         storage, tracker = open_stores(storage_url, tracking_uri, name, paths)
         runner.use_tracker(tracker)
         check_stores_agree(storage, storage_url, tracker, name)
-        study, cfg = join_or_create_study(storage, cfg, name, names, tracker, search_params(cfg))
+        study, cfg = join_or_create_study(storage, cfg, name, names, runner.data_digests(cfg), tracker,
+                                          search_params(cfg))
         if 0 < cfg.data.eval_size < max(cfg.values_of("data.image_size")):
             log.warning("data.eval_size = %d is below the largest data.image_size the space draws (%d): trials are "
                         "scored on a coarser truth than they train at", cfg.data.eval_size,

@@ -121,6 +121,24 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
                         f"its original settings or start a new study with --study NEW_NAME")
 
 
+def check_same_data(stored: dict[str, str] | None, current: dict[str, str], split: dict[str, list[str]],
+                    name: str, dataset: str,
+                    way_out: str = "pass the study's data with --data, or start a new study with --study NEW_NAME"
+                    ) -> None:
+    """The images (and masks, and class table) of the study's split are the ones it was made with: a data
+    folder at the same path (`../data` from another folder), or copied with the same names, may hold others."""
+    if not stored:  # the synthetic data, or a study made before data digests were stored
+        return
+    from unet_opt.core.data import CLASS_TABLE  # here: `report` and `studies` need no torch
+
+    changed = [n for n in [CLASS_TABLE, *(n for part in split.values() for n in part)]
+               if n in stored and stored[n] != current.get(n)]
+    if changed:
+        first = "the class table" if changed[0] == CLASS_TABLE else changed[0]
+        raise UserError(f"the data at {dataset} is not the data study '{name}' was made with: {len(changed)} of its "
+                        f"files differ (first: {first}); {way_out}")
+
+
 def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     """The command that created `study` (here or on another machine) may be setting it up right now: wait
     until it records its parent run, at most SETUP_WAIT_SECONDS. Not at all for a creator that is a dead
@@ -143,7 +161,8 @@ def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage
 
 
 def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name: str, names: list[str],
-                         tracker: Tracker, search_params: dict[str, Any]) -> tuple[optuna.Study, Config]:
+                         digests: dict[str, str], tracker: Tracker,
+                         search_params: dict[str, Any]) -> tuple[optuna.Study, Config]:
     """The study `name`: created here (config, split, parent run stored at once), or joined; and the
     config its trials run with (`cfg`, or for a study of an older version, what it began with).
 
@@ -172,15 +191,22 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     cfg = cfg.with_eval_size()  # the study's one evaluation frame, stored with its config below
     if stored is not None:
         check_same_study({**older, **stored}, comparable(cfg), name)
+    from unet_opt.core.data import CLASS_TABLE, make_split, split_indices  # here: `report` and `studies` need no torch
+
+    if "split" in setup:  # a study's data checked before anything is written
+        split_indices(setup["split"], names)
+        check_same_data(setup.get("data"), digests, setup["split"], name, cfg.data.dataset)
     if "config" not in setup:
         study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
         store_setup(storage, name, "config", comparable(cfg))
         store_setup(storage, name, "config_toml", to_toml(cfg, redact_url))
     if "split" not in setup:
-        from unet_opt.core.data.splits import make_split  # here: `report` and `studies` need no torch
-
         store_setup(storage, name, "split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
                                                        cfg.data.split_seed))
+    if "data" not in setup and digests:  # also for a study made before they were stored
+        split = study_setup(storage, name)["split"]
+        kept = {CLASS_TABLE, *(n for part in split.values() for n in part)}
+        store_setup(storage, name, "data", {n: d for n, d in digests.items() if n in kept})
     if "mlflow_parent_run_id" not in study.user_attrs:
         study.set_user_attr("mlflow_parent_run_id", tracker.adopt_or_create_parent(name, search_params))
     return study, cfg

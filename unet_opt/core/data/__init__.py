@@ -18,7 +18,7 @@ import torch
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import synthetic
 from unet_opt.core.data.augment import augment as augmented
-from unet_opt.core.data.cache import Progress, prepare
+from unet_opt.core.data.cache import CLASS_TABLE, Progress, pair_digests, prepare
 from unet_opt.core.data.classes import ClassTable
 from unet_opt.core.data.images import large_photos, read_headers
 from unet_opt.core.data.layouts import Source, find_source, problems_error
@@ -26,7 +26,7 @@ from unet_opt.core.data.splits import make_split, split_indices, split_sizes
 from unet_opt.errors import UserError
 
 __all__ = ["SegmentationData", "DataCache", "load_data", "frame_size", "eval_frame", "batches", "make_split",
-           "split_indices", "ClassTable"]
+           "split_indices", "ClassTable", "CLASS_TABLE"]
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,12 @@ class DataCache:
             self.sets[key] = data
             self.trim(self.sets)
         return self.sets[key]
+
+    def digests(self, cfg: DataConfig) -> dict[str, str]:
+        """A data folder's content by image name (`cache.pair_digests`); {} for the synthetic data, which
+        its config makes."""
+        source, _ = self.source(cfg)
+        return {} if source is None or self.cache_dir is None else pair_digests(source, self.cache_dir)
 
     def masks_at(self, cfg: DataConfig, source: Source | None, size: tuple[int, int]) -> torch.Tensor:
         """The masks at the evaluation frame: those of a data set loaded at that frame already, else the masks

@@ -59,6 +59,20 @@ def cache_key(source: Source, digests: dict[str, str], height: int, width: int, 
     return hashlib.blake2b(json.dumps(spec).encode(), digest_size=12).hexdigest()
 
 
+def pair_digests(source: Source, cache_root: Path) -> dict[str, str]:
+    """What a study's trials were trained and scored on, by image name: a digest of the image's and its
+    mask's content (unchanged files are not re-read), and of the class table under `CLASS_TABLE`."""
+    paths = [p for _, i, m in source.pairs for p in (i, m)]
+    digests, _ = _file_digests(paths, cache_root / "digests.json")
+    pairs = {n: hashlib.blake2b(f"{digests[str(i)]} {digests[str(m)]}".encode(), digest_size=8).hexdigest()
+             for n, i, m in source.pairs}
+    table = json.dumps([source.colour_masks, list(source.classes.names), list(source.classes.colors)])
+    return {**pairs, CLASS_TABLE: hashlib.blake2b(table.encode(), digest_size=8).hexdigest()}
+
+
+CLASS_TABLE = "(the class table)"  # not an image name: a name is a file's stem
+
+
 def _write_json(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value))

@@ -90,13 +90,25 @@ def large_photos(sizes: dict[Path, tuple[int, int]]) -> str | None:
             f"them if memory is short")
 
 
+def as_rgb(im: Image.Image) -> Image.Image:
+    """The photo in 8-bit RGB. Pillow's `convert` clips 16-bit grey (modes I;16 and I) at 255, which turns a
+    16-bit photo white: its values are scaled to 0..255 instead."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I"):
+        grey = np.asarray(im).astype(np.float64)
+        top = 255 if im.mode == "I" and grey.max(initial=0) <= 255 else 65535  # an 8-bit range stored as I
+        return Image.fromarray(np.rint(grey * (255 / top)).clip(0, 255).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
 def decode_image(path: Path, height: int, width: int) -> np.ndarray:
     """(height, width, 3) uint8, resized bilinear. A JPEG is decoded at 1/2..1/8 scale when that still covers
     the frame (draft mode); other photos are reduced by an integer factor before resampling, without a
     full-size copy for the colour conversion of an RGB photo."""
     with opened(path) as im:
         im.draft("RGB", (width, height))
-        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        rgb = as_rgb(im)
         return np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
@@ -157,7 +169,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise UserError(f"image {path} is not a regular file; pass a JPEG or PNG file")
     try:
         with opened(path) as im:
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+            return np.asarray(as_rgb(im))
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
     except UNREADABLE as e:

@@ -45,9 +45,22 @@ class Source:
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    """The image files of a folder by stem, dangling links included (so that they are named as such)."""
-    return {p.stem: p for p in sorted(folder.iterdir()) if (p.is_file() or p.is_symlink())
-            and p.suffix.lower() in IMAGE_SUFFIXES}
+    """The image files of a folder by stem, dangling links included (so that they are named as such), but
+    macOS's `._NAME` files (a file's metadata on a disk that macOS wrote, not a photo)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except PermissionError:
+        raise UserError(f"folder {folder} cannot be read (permission denied); fix its permissions or pass another "
+                        f"folder") from None
+    files: dict[str, Path] = {}
+    for p in entries:
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("._") or not (p.is_file() or p.is_symlink()):
+            continue
+        if p.stem in files:  # one of them would be left out without a word
+            raise UserError(f"{files[p.stem]} and {p.name} have one name, and photos pair with masks by name; "
+                            f"remove or rename one")
+        files[p.stem] = p
+    return files
 
 
 def dangling(files: dict[str, Path]) -> list[str]:
@@ -62,17 +75,25 @@ def _roots(path: Path) -> Iterator[Path]:
         yield from [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
 
 
+def _is_dir(path: Path) -> bool:
+    """`path.is_dir()`, and False where it cannot be looked into (a `lost+found` beside the data, `/proc`)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
     """The layout at `path`, or in the one folder below it that has one (up to 3 levels down)."""
-    return next(((root, layout) for root in _roots(path) if root.is_dir() for layout in LAYOUTS
-                 if (root / layout.images).is_dir() and (root / layout.masks).is_dir()), None)
+    return next(((root, layout) for root in _roots(path) if _is_dir(root) for layout in LAYOUTS
+                 if _is_dir(root / layout.images) and _is_dir(root / layout.masks)), None)
 
 
 def _half_layout(path: Path) -> str | None:
     """What is missing of a layout whose images or masks folder alone is there (a download half unpacked)."""
     for root in _roots(path):
         for layout in LAYOUTS:
-            there = [(root / part).is_dir() for part in (layout.images, layout.masks)]
+            there = [_is_dir(root / part) for part in (layout.images, layout.masks)]
             if any(there) and not all(there):
                 have, missing = (layout.images, layout.masks) if there[0] else (layout.masks, layout.images)
                 return (f"{root / have}/ is there but not {root / missing}/, which the {layout.name} layout "
