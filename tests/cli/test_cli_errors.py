@@ -11,6 +11,13 @@ from conftest import FAST, written_files
 BAD_STEP = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 16\nstep = 2\n"
 
 
+TWICE = "[space.lr]\ntype = 'float'\nlow = 0.001\nhigh = 0.01\n[space.\"train.lr\"]\ntype = 'float'\nlow = 0.001\n" \
+        "high = 0.1\n"
+
+
+BAD_HIGH = "[space.batch_size]\ntype = 'int'\nlow = 4\nhigh = 14\nstep = 4\n"
+
+
 FLOAT_SIZE = "[space.image_size]\ntype = 'float'\nlow = 32.0\nhigh = 64.0\n"
 
 
@@ -34,6 +41,11 @@ def offline(*args, **kwargs):
     (["search", "--space", "missing.toml"], {}, "space file 'missing.toml' not found"),
     (["search", "--space", "bad.toml"], {"bad.toml": "[train\nlr = 1"}, "not valid TOML"),
     (["search", "--space", "bad.toml"], {"bad.toml": BAD_STEP}, "multiples of 4"),
+    (["search", "--space", "bad.toml"], {"bad.toml": TWICE}, "[space.lr] and [space.\"train.lr\"] both search train.lr"),
+    (["search", "--data", "synthetic", "--set", "data.dataset=d"], {},
+     "--set data.dataset=d and a flag of the command line set data.dataset to two values ('synthetic' and 'd')"),
+    (["search", "--space", "bad.toml"], {"bad.toml": BAD_HIGH}, "train.batch_size values must be multiples of 4 (got "
+                                                                "high = 14); use low, high and step that are multiples"),
     (["search", "--space", "bad.toml"], {"bad.toml": "[space.image_size]\ntype='categorical'\nchoices=[30]"},
      "multiples of 2**depth = 8 (got 30); use a multiple of 8, e.g. 32"),
     (["search", "--set", "train.nope=1"], {}, "unknown key 'train.nope'"),

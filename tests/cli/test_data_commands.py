@@ -163,6 +163,14 @@ def test_data_check_names_each_problem_once_and_goes_on_past_a_decompression_bom
     assert not (home / "studies").exists()  # one line, nothing decoded into the cache
 
 
+def test_data_check_says_what_search_refuses_of_too_few_images(home, cli):
+    make_dataset(home / "data", "generic", count=3)
+    code, out, err = cli("data", "check", "data", "--num-classes", "5")
+    assert code == 2 and "no problems found" not in out and err.startswith("error: 1 problem"), out + err
+    assert "problem: 3 images are too few to split into train/val/test (0.15 val, 0.15 test); add images (train " \
+           "needs 2, val and test 1 each)" in out
+
+
 def test_data_check_warns_about_photos_too_large_to_decode_cheaply(home, cli, monkeypatch):
     make_dataset(home / "data", "generic", count=4, height=48, width=72)
     monkeypatch.setattr("unet_opt.core.data.images.LARGE_PIXELS", 48 * 72 - 1)  # these photos count as huge

@@ -162,3 +162,16 @@ def test_folders_that_cannot_be_read_twin_names_and_macos_files(tmp_path, monkey
     (masks.parent / "original_images" / "003.png").hardlink_to(masks.parent / "original_images" / "003.jpg")
     with pytest.raises(UserError, match="003.jpg and 003.png have one name, and photos pair with masks by name"):
         find_source(tmp_path / "disk", len(TABLE))
+
+
+def test_two_data_sets_below_the_data_folder_are_not_guessed_between(tmp_path):
+    from unet_opt.core.data.layouts import find_source
+    from unet_opt.errors import UserError
+
+    make_dataset(tmp_path / "two" / "x", "generic", count=6)
+    make_dataset(tmp_path / "two" / "y", "kaggle", count=6)
+    make_dataset(tmp_path / "two" / "y" / "deeper" / "z", "generic", count=6)  # a level further down: not a rival
+    with pytest.raises(UserError, match=f"2 data sets below {tmp_path}/two: {tmp_path}/two/x \\(generic\\) and "
+                                        f"{tmp_path}/two/y \\(kaggle\\); pass the one to use, e.g. --data "):
+        find_source(tmp_path / "two", len(TABLE))
+    assert find_source(tmp_path / "two" / "y", len(TABLE)).root == tmp_path / "two" / "y"

@@ -73,3 +73,22 @@ def test_same_seed_same_result(tiny):
     b = fit(config(batch_size=4, epochs=2, seed=3), data, split)
     assert a.history[-1]["val_loss"] == b.history[-1]["val_loss"]
     assert not math.isnan(a.history[-1]["val_loss"])
+
+
+def test_a_validation_loss_that_overflows_stops_the_fit_as_diverged(tiny, monkeypatch):
+    # a model can overflow on val while its training loss still reads finite (SGD at lr 1e8): it has diverged,
+    # and is stopped as a NaN training loss is, whatever metric is searched (val_loss had no value to score)
+    from unet_opt.core import train
+
+    scored = train.split_metrics
+
+    def overflowing_after_epoch_1(*args, **kwargs):
+        scores, matrix = scored(*args, **kwargs)
+        calls.append(1)
+        return {**scores, "val_loss": scores["val_loss"] if len(calls) == 1 else float("nan")}, matrix
+
+    calls, seen = [], []
+    monkeypatch.setattr(train, "split_metrics", overflowing_after_epoch_1)
+    result = fit(config(lr=0.01, batch_size=4, epochs=4), data=tiny[0], split=tiny[1],
+                 on_epoch=lambda epoch, m, best: seen.append(epoch) and False)
+    assert result.stop_reason == "nan_loss" and seen == [1]

@@ -263,6 +263,17 @@ def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert cli("search", "--trials", "1", *FAST)[0] == 0
     code, _, err = cli("search", "--trials", "2", *FAST, "--set", "train.patience=9")
     assert code == 2 and "changed: train.patience " in err and "--study NEW_NAME" in err
+    # how its trials are drawn and stopped is the study's too: its parent run records it once
+    code, _, err = cli("search", "--trials", "2", *FAST, "--pruner", "none", "--sampler", "random", "--seed", "7")
+    assert code == 2 and "changed: search.pruner 'contenders' -> 'none', search.sampler 'tpe' -> 'random', " \
+                         "search.seed 0 -> 7)" in err
+    # a study made before that was stored is not held to it
+    from unet_opt.study.storage import open_storage, store_setup
+
+    storage = open_storage(f"sqlite:///{home}/studies/unet-opt.db")
+    stored = study_setup(storage, "default")["config"]
+    store_setup(storage, "default", "config", {k: v for k, v in stored.items() if not k.startswith("search.s")})
+    assert cli("search", "--trials", "2", *FAST, "--seed", "7")[0] == 0
 
 
 @pytest.mark.slow

@@ -39,6 +39,8 @@ def multiple_of(dotted: str, multiple_for: Callable[[Config], int], rule_text: C
         p = cfg.space.get(dotted)
         searched_int = p is not None and p.type == "int"
         bad: list = [v for v in cfg.values_of(dotted) if v % multiple]
+        if searched_int and p.high % multiple:  # Optuna would quietly lower it to the last step below it
+            bad.insert(0, f"high = {p.high}")
         if searched_int and (p.step or 1) % multiple:
             bad.insert(0, f"step = {p.step or 1}")
         if not bad:

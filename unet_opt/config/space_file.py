@@ -88,10 +88,13 @@ def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = N
     space_table = raw.get("space", {})
     if not isinstance(space_table, dict):
         raise UserError(f"{where}: 'space' must hold tables like [space.lr]")
-    space = {}
+    space, named = {}, {}
     for name, spec in space_table.items():
         param = parse_param(name, spec, where)
-        space[param.name] = param
+        if param.name in space:  # `lr` and `train.lr`: one of the two ranges would be dropped without a word
+            first, second = (f'"{n}"' if "." in n else n for n in (named[param.name], name))
+            raise UserError(f"{where}: [space.{first}] and [space.{second}] both search {param.name}; keep one")
+        space[param.name], named[param.name] = param, name
 
     for dotted, value in (overrides or {}).items():
         values[dotted] = check_field(dotted, value, "the command line")
@@ -101,7 +104,12 @@ def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = N
         if dotted.startswith("space."):
             space = set_space_key(space, dotted, value)
             continue
-        values[dotted] = check_field(dotted, value, f"--set {item}")
+        value = check_field(dotted, value, f"--set {item}")
+        dotted = resolve_name(dotted, f"--set {item}")
+        if dotted in (overrides or {}) and overrides[dotted] != value:  # which of the two was meant?
+            raise UserError(f"--set {item} and a flag of the command line set {dotted} to two values "
+                            f"({overrides[dotted]!r} and {value!r}); pass one of them")
+        values[dotted] = value
         space.pop(dotted, None)
 
     cfg = Config(space=space, source=where).replace(values)

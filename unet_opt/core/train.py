@@ -157,6 +157,10 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
         if split["val"]:
             scores, matrix = split_metrics(t.plain, data, split["val"], cfg, "val_", group)
             metrics.update(scores)
+            if not math.isfinite(scores["val_loss"]):  # diverged as it trained: its outputs overflow
+                log.info("epoch %d: validation loss is %s, stopping", epoch, scores["val_loss"])
+                result.stop_reason = "nan_loss"
+                break
         if lr != last_lr:  # a schedule's curve, one point per epoch, logged when it changes
             metrics["lr"] = last_lr = lr
         metrics.update(epoch_seconds=time.perf_counter() - start,

@@ -103,11 +103,14 @@ def study_name(cfg: Config) -> str:
     return cfg.search.study or Path(cfg.source).stem
 
 
+HOW_TRIALS_ARE_DRAWN = ("search.sampler", "search.seed", "search.startup_trials", "search.pruner", "search.brackets")
+
+
 def comparable(cfg: Config) -> dict[str, Any]:
     """What must stay the same for trials of one study to be comparable (not trials, storage, device...)."""
     keep = {k: v for k, v in cfg.flat().items()
             if k.split(".")[0] in ("data", "model", "train") and k != "train.device"}
-    keep["search.metric"] = cfg.search.metric
+    keep.update({k: cfg.get(k) for k in ("search.metric", *HOW_TRIALS_ARE_DRAWN)})
     keep["space"] = {name: asdict(p) | {"choices": list(p.choices)} for name, p in cfg.space.items()}
     return keep
 
@@ -189,8 +192,9 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     # a study made before these fields existed goes on as it trained and was scored, unless they were set
     cfg = cfg.replace({k: v for k, v in older.items() if k not in cfg.space and cfg.get(k) == Config().get(k)})
     cfg = cfg.with_eval_size()  # the study's one evaluation frame, stored with its config below
-    if stored is not None:
-        check_same_study({**older, **stored}, comparable(cfg), name)
+    if stored is not None:  # (how its trials are drawn is stored since 2026-12-05: older studies are not held to it)
+        current = {k: v for k, v in comparable(cfg).items() if k in stored or k not in HOW_TRIALS_ARE_DRAWN}
+        check_same_study({**older, **stored}, current, name)
     from unet_opt.core.data import CLASS_TABLE, make_split, split_indices  # here: `report` and `studies` need no torch
 
     if "split" in setup:  # a study's data checked before anything is written

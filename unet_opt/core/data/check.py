@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_opt.config.schema import DataConfig
 from unet_opt.core.data.classes import ClassTable
 from unet_opt.core.data.images import decode_pair, large_photos, read_headers
 from unet_opt.core.data.layouts import scan
+from unet_opt.core.data.splits import split_sizes
+from unet_opt.errors import UserError
 
 CHECK_HEIGHT = 128  # masks are sampled at this height (nearest) to count class pixels quickly
 RARE = 0.005  # a class under 0.5% of the pixels scores a Dice near 0 unless the training weighs it up
@@ -41,6 +44,11 @@ def check(path: Path, num_classes: int, progress=None) -> Report:
     headers = read_headers(source)
     report.sizes, report.problems = Counter(headers.sizes.values()), problems + headers.problems
     report.warnings = [w for w in [large_photos(headers.sizes)] if w]
+    defaults = DataConfig()
+    try:  # what `search` refuses with its default fractions is a problem here too
+        split_sizes(len(source.pairs), defaults.val_fraction, defaults.test_fraction)
+    except UserError as e:
+        report.problems.append(str(e))
     counts = np.zeros(len(source.classes), np.int64)
     for _, image, mask in source.pairs:
         if not {image, mask} & headers.unreadable:  # each unreadable file is named once, by its header

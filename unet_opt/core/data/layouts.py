@@ -69,10 +69,10 @@ def dangling(files: dict[str, Path]) -> list[str]:
             for p in files.values() if p.is_symlink() and not p.exists()]
 
 
-def _roots(path: Path) -> Iterator[Path]:
+def _levels(path: Path) -> Iterator[list[Path]]:
     """`path`, then the folders below it, level by level (up to 3 down), each level sorted."""
     for depth in range(4):
-        yield from [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
+        yield [path] if depth == 0 else sorted(path.glob("/".join(["*"] * depth)))
 
 
 def _is_dir(path: Path) -> bool:
@@ -83,15 +83,23 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _detect(path: Path) -> tuple[Path, FolderLayout] | None:
-    """The layout at `path`, or in the one folder below it that has one (up to 3 levels down)."""
-    return next(((root, layout) for root in _roots(path) if _is_dir(root) for layout in LAYOUTS
-                 if _is_dir(root / layout.images) and _is_dir(root / layout.masks)), None)
+def _detect(path: Path) -> list[tuple[Path, FolderLayout]]:
+    """The layout at `path`, else the layouts of the first level below it that has any (up to 3 down): one
+    folder's first layout each."""
+    for level in _levels(path):
+        found: dict[Path, FolderLayout] = {}
+        for root in filter(_is_dir, level):
+            for layout in LAYOUTS:
+                if _is_dir(root / layout.images) and _is_dir(root / layout.masks):
+                    found.setdefault(root, layout)
+        if found:
+            return list(found.items())
+    return []
 
 
 def _half_layout(path: Path) -> str | None:
     """What is missing of a layout whose images or masks folder alone is there (a download half unpacked)."""
-    for root in _roots(path):
+    for root in (root for level in _levels(path) for root in level):
         for layout in LAYOUTS:
             there = [_is_dir(root / part) for part in (layout.images, layout.masks)]
             if any(there) and not all(there):
@@ -109,12 +117,17 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
     if not path.is_dir():
         return None, [f"data path {path} is not a folder; pass the folder holding the images and masks"]
     detected = _detect(path)
-    if detected is None and (half := _half_layout(path)):
+    if not detected and (half := _half_layout(path)):
         return None, [half]
-    if detected is None:
+    if not detected:
         return None, [f"no known layout in {path}: expected original_images/ + label_images_semantic/ (Kaggle), "
                       f"training_set/images/ + training_set/gt/semantic/label_images/ (TU Graz) or images/ + masks/"]
-    root, layout = detected
+    if len(detected) > 1:  # which one was meant is not ours to guess
+        shown = " and ".join(f"{root} ({layout.name})" for root, layout in detected[:2])
+        more = f" (and {len(detected) - 2} more)" if len(detected) > 2 else ""
+        return None, [f"{len(detected)} data sets below {path}: {shown}{more}; pass the one to use, e.g. "
+                      f"--data {detected[0][0]}"]
+    root, layout = detected[0]
     images, masks = _files(root / layout.images), _files(root / layout.masks)
     problems = []
     if not images:

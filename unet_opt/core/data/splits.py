@@ -20,8 +20,9 @@ def split_sizes(count: int, val_fraction: float, test_fraction: float) -> tuple[
     n_test = max(1, round(count * test_fraction))
     n_val = max(1, round(count * val_fraction))
     if count - n_test - n_val < 2:
+        fix = "add images or lower the fractions" if count >= 4 else "add images (train needs 2, val and test 1 each)"
         raise UserError(f"{count} images are too few to split into train/val/test "
-                        f"({val_fraction:g} val, {test_fraction:g} test); add images or lower the fractions")
+                        f"({val_fraction:g} val, {test_fraction:g} test); {fix}")
     return n_val, n_test
 
 
