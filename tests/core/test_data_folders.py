@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from datasets import TABLE, make_dataset, nearest
+from datasets import TABLE, make_dataset, nearest, write_table
 from PIL import Image
 
 from unet_opt.config.schema import DataConfig
@@ -175,3 +175,18 @@ def test_two_data_sets_below_the_data_folder_are_not_guessed_between(tmp_path):
                                         f"{tmp_path}/two/y \\(kaggle\\); pass the one to use, e.g. --data "):
         find_source(tmp_path / "two", len(TABLE))
     assert find_source(tmp_path / "two" / "y", len(TABLE)).root == tmp_path / "two" / "y"
+
+
+def test_a_class_table_above_the_images_is_found_as_kaggle_s_download_has_it(tmp_path):
+    from unet_opt.core.data.classes import ClassTable
+    from unet_opt.core.data.layouts import find_source
+
+    root = tmp_path / "archive" / "dataset" / "semantic_drone_dataset"
+    make_dataset(root, "kaggle", count=6)
+    (root / "class_dict_seg.csv").unlink()
+    five = ClassTable(("nothing", "street", "lawn", "house", "van"), TABLE.colors)
+    write_table(tmp_path / "archive" / "class_dict_seg.csv", five)
+    write_table(tmp_path / "class_dict_seg.csv")  # above --data: not this download's
+    source = find_source(tmp_path / "archive", len(TABLE))
+    assert source.root == root and source.table == tmp_path / "archive" / "class_dict_seg.csv"
+    assert source.classes.names == five.names

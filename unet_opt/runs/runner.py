@@ -130,6 +130,9 @@ class Runner:
         """The pre-flight checks (`preflight`), then the data set, loaded into this process's cache: bad data
         fails here, before any store is opened or anything is written."""
         preflight(cfg, self.placement, searched)
+        sizes = cfg.values_of("data.image_size") if searched else [cfg.data.image_size]
+        if cfg.data.image_size not in sizes:  # a frame that no trial trains at would be decoded for nothing
+            cfg = cfg.replace({"data.image_size": min(sizes)})
         return self.data(cfg)
 
     def use_tracker(self, tracker: Tracker) -> None:

@@ -141,7 +141,10 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
                  for n in sorted(masks.keys() - images.keys()) if masks[n].exists()]
     images = {n: p for n, p in images.items() if p.exists()}
     masks = {n: p for n, p in masks.items() if p.exists()}
-    table_path = next((root / t for t in layout.tables if (root / t).is_file()), None)
+    # beside the images, else in a folder above them up to `path` (Kaggle's download keeps class_dict_seg.csv
+    # two levels above original_images/)
+    above = [root, *(p for p in root.parents if p == path or path in p.parents)]
+    table_path = next((folder / t for folder in above for t in layout.tables if (folder / t).is_file()), None)
     classes = None
     try:
         classes = read_class_csv(table_path) if table_path else default_table(num_classes)

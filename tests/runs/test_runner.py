@@ -1,0 +1,21 @@
+"""The runner's pre-flight load of a search's data."""
+
+from datasets import make_dataset
+
+from unet_opt.config.paths import Paths
+from unet_opt.config.space_file import load_config
+from unet_opt.parallel.placement import plan
+from unet_opt.runs.runner import Runner
+
+
+def test_a_search_s_data_is_checked_at_a_frame_its_trials_train_at(home):
+    make_dataset(home / "data", "generic", count=8)
+    (home / "sizes.toml").write_text(f"[data]\ndataset = '{home / 'data'}'\nnum_classes = 5\nimage_size = 64\n"
+                                     f"[space.image_size]\ntype = 'categorical'\nchoices = [32, 48]\n")
+    cfg = load_config(str(home / "sizes.toml"))
+    with Runner(Paths.resolve(home), plan("cpu", None, None), fit=None) as runner:
+        data = runner.check(cfg, searched=True)
+    # the smallest size the space draws, not data.image_size (64), which no trial trains at: no decode for nothing
+    assert data.images.shape[-2:] == (32, 48)
+    decoded = [entry for entry in (home / "studies" / "cache").rglob("images.npy")]
+    assert len(decoded) == 1
