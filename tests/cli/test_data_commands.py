@@ -163,6 +163,14 @@ def test_data_check_names_each_problem_once_and_goes_on_past_a_decompression_bom
     assert not (home / "studies").exists()  # one line, nothing decoded into the cache
 
 
+def test_data_check_takes_the_class_table_s_classes_unless_told_otherwise(home, cli):
+    make_dataset(home / "data", "generic")  # a table of 5 classes
+    code, out, err = cli("data", "check", "data")
+    assert code == 0 and "no problems found" in out, out + err
+    code, out, err = cli("data", "check", "data", "--num-classes", "6")  # what a search with 6 would meet
+    assert code == 2 and "data.num_classes = 6 but data/classes.csv has 5 classes" in out, out + err
+
+
 def test_data_check_says_what_search_refuses_of_too_few_images(home, cli):
     make_dataset(home / "data", "generic", count=3)
     code, out, err = cli("data", "check", "data", "--num-classes", "5")
@@ -204,12 +212,21 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     assert "error: the data at ../data is not the data study 'drone' was made with: 12 of its files differ " \
            "(first: 000); pass the study's data with --data, or start a new study" in err
     code, _, err = cli("--home", str(project), "retrain", "--best")
-    assert code == 2 and "run retrain from the folder that path is relative to" in err, err
+    assert code == 2 and "pass where the study's data is now with --data PATH, or restore its files" in err, err
     assert store_bytes(project) == before
     # the same photos and masks in another place are the study's data: the study goes on
     shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data", dirs_exist_ok=True)
     os.utime(tmp_path / "b" / "data" / "masks" / "003.png")  # a touched file with the same content is the same
-    assert cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)[0] == 0
+    moved = str(tmp_path / "b" / "data")  # and the path may be written another way: the content is checked
+    code, _, err = cli("--home", str(project), "search", "--data", moved, "--trials", "2", *tiny)
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)  # where the study's ../data is not: retrain is told where it is now
+    code, _, err = cli("--home", str(project), "retrain", "--best")
+    assert code == 2 and f"the study's data folder ../data does not exist from here ({tmp_path}); pass where it " \
+                         f"is now with --data PATH" in err, err
+    code, _, err = cli("--home", str(project), "retrain", "--best", "--data", moved)
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path / "b" / "elsewhere")
     # one mask edited since: its image is named
     mask = tmp_path / "b" / "data" / "masks" / "005.png"
     Image.fromarray((np.asarray(Image.open(mask)) + 1) % 5).save(mask)

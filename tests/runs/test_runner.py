@@ -1,5 +1,7 @@
 """The runner's pre-flight load of a search's data."""
 
+import numpy as np
+import pytest
 from datasets import make_dataset
 
 from unet_opt.config.paths import Paths
@@ -19,3 +21,15 @@ def test_a_search_s_data_is_checked_at_a_frame_its_trials_train_at(home):
     assert data.images.shape[-2:] == (32, 48)
     decoded = [entry for entry in (home / "studies" / "cache").rglob("images.npy")]
     assert len(decoded) == 1
+
+
+@pytest.mark.slow
+def test_a_search_decodes_no_frame_outside_its_space(home, cli):
+    make_dataset(home / "data", "generic", count=8)
+    (home / "sizes.toml").write_text("[data]\ndataset = 'data'\nnum_classes = 5\nimage_size = 64\n[model]\n"
+                                     "base_channels = 4\n[train]\nepochs = 1\nbatch_size = 4\n"
+                                     "[space.image_size]\ntype = 'categorical'\nchoices = [32, 48]\n")
+    code, _, err = cli("search", "--space", "sizes.toml", "--trials", "1")
+    assert code == 0, err
+    frames = sorted(np.load(p, mmap_mode="r").shape[1:3] for p in (home / "studies" / "cache").rglob("images.npy"))
+    assert (64, 96) not in frames and set(frames) <= {(32, 48), (48, 72)}  # checked at 32, and trial #0's

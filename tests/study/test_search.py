@@ -406,6 +406,7 @@ def test_a_space_that_searches_nothing_is_said(home, cli):
     assert code == 0, err
     assert "fixed.toml searches nothing (it has no [space.NAME] table): every trial trains the same " \
            "config, each with its own seed" in err
+    assert "trial 1/2 (#0): seed " in err  # what tells its trials apart, not an empty line
     (home / "searched.toml").write_text((home / "fixed.toml").read_text() + "[space.lr]\ntype = 'categorical'\n"
                                         "choices = [0.001, 0.002]\n")
     code, _, err = cli("search", "--space", "searched.toml", "--trials", "2")  # one searched parameter is enough

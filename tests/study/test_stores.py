@@ -160,3 +160,18 @@ def test_a_best_config_never_replaces_a_database_even_with_overwrite(tmp_path):
     with pytest.raises(UserError, match="e.g. --best-config best-config.toml"):
         check_config_path(tmp_path / "best.toml", overwrite=True)
     check_config_path(config, overwrite=True)  # an earlier config is replaced, as --overwrite says
+
+
+def test_a_store_that_cannot_be_written_is_not_called_damaged(tmp_path):
+    # a project folder on a read-only mount (a copy, a snapshot): its stores are sound, and the way out of a
+    # damaged one (move it away, start a new study) would shelve them for nothing
+    from unet_opt.config.paths import unreadable_store
+
+    store = tmp_path / "mlruns" / "mlflow.db"
+    store.parent.mkdir()
+    store.write_bytes(b"")
+    said = str(unreadable_store(store, "an MLflow store", sqlite3.OperationalError("attempt to write a readonly "
+                                                                                   "database")))
+    assert said.startswith(f"{store} cannot be written here (attempt to write a readonly database); it is not "
+                           f"damaged: work on a copy in a folder you can write to (--home FOLDER)")
+    assert "damaged.\n" not in said and "mv " not in said and "new --study" not in said

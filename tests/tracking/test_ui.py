@@ -64,6 +64,8 @@ def test_servers_show_what_they_say_but_their_noise_and_stop_together(capsys):
     assert "error: the talker stopped on its own (exit code 0); see its lines above" in "".join(said)
     failing = Server("the failing one", [sys.executable, "-c", "raise SystemExit(3)"])
     assert serve([failing], poll_seconds=0.05) == 3
+    killed = Server("the killed one", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert serve([killed], poll_seconds=0.05) == 1  # not -9, which the shell would read as 247
 
 
 def test_ui_on_a_busy_port_is_an_error(home, cli):

@@ -25,12 +25,13 @@ def data() -> None:
 
 @data.command("check")
 @click.argument("path", type=click.Path(path_type=Path))
-@option("--num-classes", type=click.IntRange(min=2), default=24, show_default=True,
-        help="Classes in the masks when the folder has no class table.")
+@option("--num-classes", type=click.IntRange(min=2), show_default="the class table's, else 24",
+        help="Classes in the masks (data.num_classes): checked against the folder's class table, or the number "
+             "of classes of a folder without one.")
 @option("--ignore-index", type=click.IntRange(min=-1), default=0, show_default=True,
         help="Mask value left out of the rare classes (data.ignore_index; -1 for none).")
 @output_options
-def data_check(path: Path, num_classes: int, ignore_index: int) -> int:
+def data_check(path: Path, num_classes: int | None, ignore_index: int) -> int:
     """Layout, pairs, image sizes, class pixel frequencies and every problem, with file names.
 
     \b

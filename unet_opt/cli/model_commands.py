@@ -63,10 +63,13 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 @option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
         help="Epochs to train.")
 @option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
+@option("--data", "dataset", metavar="PATH", show_default="the study's data folder",
+        help="Where the study's data folder is now, if it moved (its files must be the study's).")
 @placement_options
 @click.pass_obj
 @output_options
-def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, device, gpus, procs) -> int:
+def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, dataset, device, gpus,
+            procs) -> int:
     """Retrain the best trial on train+val, test it on the held-out split, register it as @champion.
 
     \b
@@ -81,7 +84,7 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 
     paths = session.paths
     r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
-                     epochs, model_name)
+                     epochs, model_name, data=dataset)
     click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {r.fit.epochs_run} epochs")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")

@@ -29,8 +29,8 @@ class Server:
 
 def serve(servers: list[Server], start: Callable[..., subprocess.Popen] = subprocess.Popen,
           poll_seconds: float = 0.5) -> int:
-    """Run `servers` until one stops on its own (an `error:` line, exit code 1 where it gave 0) or Ctrl-C /
-    SIGTERM stop them all (raised on)."""
+    """Run `servers` until one stops on its own (an `error:` line, and its exit code, or 1 where it gave none)
+    or Ctrl-C / SIGTERM stop them all (raised on)."""
     processes = []
     try:
         for server in servers:
@@ -44,7 +44,7 @@ def serve(servers: list[Server], start: Callable[..., subprocess.Popen] = subpro
         server, code = next((s, p.returncode) for s, p in zip(servers, processes) if p.returncode is not None)
         time.sleep(poll_seconds)  # its last lines are passed on before the verdict
         sys.stderr.write(f"error: {server.name} stopped on its own (exit code {code}); see its lines above\n")
-        return code or 1
+        return code if code > 0 else 1  # 0 is no success here, and a signal's death (-9) no exit code
     finally:  # one stopped, or Ctrl-C, or SIGTERM through the CLI's handler: the others go too
         for process in processes:
             stop_group(process)

@@ -50,6 +50,13 @@ def preflight(cfg: Config, placement: Placement, searched: bool = False) -> None
     check_pretrained(values("model.encoder"), cfg.model.pretrained)
 
 
+def check_frame(cfg: Config) -> Config:
+    """A search's config at a frame its trials train at, where its data is checked and its names read: not
+    at a `data.image_size` outside the space's sizes, which would be decoded for nothing."""
+    sizes = cfg.values_of("data.image_size")
+    return cfg if cfg.data.image_size in sizes else cfg.replace({"data.image_size": min(sizes)})
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What one run trains on and what it leaves behind."""
@@ -130,10 +137,7 @@ class Runner:
         """The pre-flight checks (`preflight`), then the data set, loaded into this process's cache: bad data
         fails here, before any store is opened or anything is written."""
         preflight(cfg, self.placement, searched)
-        sizes = cfg.values_of("data.image_size") if searched else [cfg.data.image_size]
-        if cfg.data.image_size not in sizes:  # a frame that no trial trains at would be decoded for nothing
-            cfg = cfg.replace({"data.image_size": min(sizes)})
-        return self.data(cfg)
+        return self.data(check_frame(cfg) if searched else cfg)
 
     def use_tracker(self, tracker: Tracker) -> None:
         """Where runs are logged, once the stores are open."""

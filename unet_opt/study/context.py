@@ -8,7 +8,7 @@ import optuna
 
 from unet_opt.config.schema import Config
 from unet_opt.core.data import split_indices
-from unet_opt.runs.runner import Runner
+from unet_opt.runs.runner import Runner, check_frame
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.storage import study_setup
 
@@ -30,5 +30,5 @@ class SearchContext:
     def open(cls, cfg: Config, ledger: TrialLedger, runner: Runner, deadline: float) -> SearchContext:
         """The context of a worker whose runner has the base config's data loaded (and checked) already."""
         split_names = study_setup(ledger.storage, ledger.study.study_name)["split"]
-        split = split_indices(split_names, runner.data(cfg).names)
+        split = split_indices(split_names, runner.data(check_frame(cfg)).names)
         return cls(cfg, ledger.study, ledger, split_names, split, runner, deadline)

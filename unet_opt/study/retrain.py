@@ -5,10 +5,12 @@ the same run path as a trial (`runs.runner`)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from unet_opt.config.paths import Paths
 from unet_opt.core.data import split_indices
 from unet_opt.core.train import Fit, fit_job
+from unet_opt.errors import UserError
 from unet_opt.parallel.placement import Placement
 from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record
 from unet_opt.study.best_config import best_trial_config
@@ -21,9 +23,15 @@ log = logging.getLogger(__name__)
 
 def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: str | None,
                  placement: Placement, epochs: int | None = None, model_name: str | None = None,
-                 fit: Fit = fit_job) -> RunSummary:
+                 fit: Fit = fit_job, data: str | None = None) -> RunSummary:
+    """`data`: where the study's data folder is now, if it moved (its files are checked to be the study's)."""
     study, setup, storage = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, setup)
+    if data is not None:
+        cfg = cfg.replace({"data.dataset": data})
+    elif cfg.data.dataset != "synthetic" and not Path(cfg.data.dataset).expanduser().exists():
+        raise UserError(f"the study's data folder {cfg.data.dataset} does not exist from here ({Path.cwd()}); "
+                        f"pass where it is now with --data PATH")
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     cfg = cfg.replace({"train.epochs": epochs or best.user_attrs.get("best_epoch") or cfg.train.epochs})
     name = model_name or f"unet-opt-{study.study_name}"
@@ -31,7 +39,7 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
         split_names = setup["split"]
         split = split_indices(split_names, runner.check(cfg).names)  # bad input fails here, before any write
         check_same_data(setup.get("data"), runner.data_digests(cfg), split_names, study.study_name, cfg.data.dataset,
-                        "run retrain from the folder that path is relative to, or restore the study's files")
+                        "pass where the study's data is now with --data PATH, or restore its files")
         tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
         runner.use_tracker(tracker)
         tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever

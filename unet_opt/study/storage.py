@@ -193,8 +193,11 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
     cfg = cfg.replace({k: v for k, v in older.items() if k not in cfg.space and cfg.get(k) == Config().get(k)})
     cfg = cfg.with_eval_size()  # the study's one evaluation frame, stored with its config below
     if stored is not None:  # (how its trials are drawn is stored since 2026-12-05: older studies are not held to it)
+        stored = {**older, **stored}
         current = {k: v for k, v in comparable(cfg).items() if k in stored or k not in HOW_TRIALS_ARE_DRAWN}
-        check_same_study({**older, **stored}, current, name)
+        if setup.get("data") and "synthetic" not in (stored["data.dataset"], cfg.data.dataset):
+            current["data.dataset"] = stored["data.dataset"]  # its files' content is checked below, not the path
+        check_same_study(stored, current, name)
     from unet_opt.core.data import CLASS_TABLE, make_split, split_indices  # here: `report` and `studies` need no torch
 
     if "split" in setup:  # a study's data checked before anything is written

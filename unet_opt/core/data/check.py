@@ -34,7 +34,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # what works but deserves a look (huge photos)
 
 
-def check(path: Path, num_classes: int, progress=None) -> Report:
+def check(path: Path, num_classes: int | None, progress=None) -> Report:
+    """`num_classes` None: the class table's, else the drone data set's."""
     source, problems = scan(path, num_classes)
     report = Report(path, problems=problems)
     if source is None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from unet_opt.core.data.classes import ClassTable, default_table, read_class_csv
+from unet_opt.core.data.classes import DRONE_CLASSES, ClassTable, default_table, read_class_csv
 from unet_opt.core.data.images import UNREADABLE, opened
 from unet_opt.errors import UserError
 
@@ -110,8 +110,9 @@ def _half_layout(path: Path) -> str | None:
     return None
 
 
-def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
-    """(the source, every structural problem found); the source is None when nothing usable was found."""
+def scan(path: Path, num_classes: int | None) -> tuple[Source | None, list[str]]:
+    """(the source, every structural problem found); the source is None when nothing usable was found.
+    `num_classes` None (`data check` without --num-classes): the class table's, else the drone data set's."""
     if not path.exists():
         return None, [f"data folder {path} does not exist; pass the folder holding the images and masks"]
     if not path.is_dir():
@@ -147,7 +148,7 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
     table_path = next((folder / t for folder in above for t in layout.tables if (folder / t).is_file()), None)
     classes = None
     try:
-        classes = read_class_csv(table_path) if table_path else default_table(num_classes)
+        classes = read_class_csv(table_path) if table_path else default_table(num_classes or len(DRONE_CLASSES))
     except UserError as e:
         problems.append(str(e))
     colour = layout.colour_masks
@@ -160,7 +161,7 @@ def scan(path: Path, num_classes: int) -> tuple[Source | None, list[str]]:
             continue
     if colour and table_path is None:
         problems.append(f"{root} has colour masks but no class table; add {layout.tables[0]} with rows name, r, g, b")
-    if classes is not None and len(classes) != num_classes:
+    if classes is not None and num_classes is not None and len(classes) != num_classes:
         problems.append(f"data.num_classes = {num_classes} but {table_path or 'the data'} has {len(classes)} classes; "
                         f"set data.num_classes = {len(classes)} (--set data.num_classes={len(classes)}; `data check` takes "
                         f"--num-classes {len(classes)})")
