@@ -209,8 +209,8 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     before = store_bytes(project)
     code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)
     assert code == 2 and err.count("\n") == 1, err
-    assert "error: the data at ../data is not the data study 'drone' was made with: 12 of its files differ " \
-           "(first: 000); pass the study's data with --data, or start a new study" in err
+    assert "error: the data at ../data is not the data study 'drone' was made with: 12 of its images or their " \
+           "masks differ (first: 000); pass the study's data with --data, or start a new study" in err
     code, _, err = cli("--home", str(project), "retrain", "--best")
     assert code == 2 and "pass where the study's data is now with --data PATH, or restore its files" in err, err
     assert store_bytes(project) == before
@@ -231,7 +231,7 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     mask = tmp_path / "b" / "data" / "masks" / "005.png"
     Image.fromarray((np.asarray(Image.open(mask)) + 1) % 5).save(mask)
     code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "3", *tiny)
-    assert code == 2 and "1 of its files differ (first: 005)" in err, err
+    assert code == 2 and "1 of its images or their masks differ (first: 005)" in err, err
     # an image of the split deleted since: refused before either store is touched
     shutil.copy(tmp_path / "a" / "data" / "masks" / "005.png", mask)
     (tmp_path / "b" / "data" / "images" / "001.jpg").unlink()

@@ -125,10 +125,10 @@ def unreadable_store(path: Path, what: str, error: Exception) -> UserError:
     """The one line for a store's file that cannot be read, and the way out. What to move away is the file,
     or its folder where that holds nothing else but the store's own files (`mlruns/`: an MLflow store's runs'
     files go with their database); never a folder of the user's other files."""
-    if "readonly database" in str(error) or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-        return UserError(f"{path} cannot be written here ({redact_url(str(error)).splitlines()[0][:100] or 'read-only'}"
-                         f"); it is not damaged: work on a copy in a folder you can write to (--home FOLDER), or "
-                         f"read it as it is with `unet-opt report` and `unet-opt ui`")
+    if "readonly database" in str(error):  # SQLite's word for a sound file on a read-only mount or folder
+        return UserError(f"{path} cannot be written here ({str(error).splitlines()[0][:100]}); it is not damaged: "
+                         f"work on a copy in a folder you can write to (--home FOLDER), or read it as it is with "
+                         f"`unet-opt report` and `unet-opt ui`")
     own = {path.name, f"{path.name}-journal", "artifacts"}
     folder_is_its_own = what == "an MLflow store" and {p.name for p in path.parent.iterdir()} <= own
     away = path.parent if folder_is_its_own else path

@@ -139,7 +139,7 @@ def check_same_data(stored: dict[str, str] | None, current: dict[str, str], spli
     if changed:
         first = "the class table" if changed[0] == CLASS_TABLE else changed[0]
         raise UserError(f"the data at {dataset} is not the data study '{name}' was made with: {len(changed)} of its "
-                        f"files differ (first: {first}); {way_out}")
+                        f"images or their masks differ (first: {first}); {way_out}")
 
 
 def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
