@@ -207,11 +207,11 @@ def join_or_create_study(storage: optuna.storages.BaseStorage, cfg: Config, name
         study.set_metric_names([cfg.search.goal.metric])  # for optuna-dashboard and the plots: not "Objective Value"
         store_setup(storage, name, "config", comparable(cfg))
         store_setup(storage, name, "config_toml", to_toml(cfg, redact_url))
-    if "split" not in setup:
-        store_setup(storage, name, "split", make_split(names, cfg.data.val_fraction, cfg.data.test_fraction,
-                                                       cfg.data.split_seed))
+    split = setup.get("split")
+    if split is None:
+        split = make_split(names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+        store_setup(storage, name, "split", split)
     if "data" not in setup and digests:  # also for a study made before they were stored
-        split = study_setup(storage, name)["split"]
         kept = {CLASS_TABLE, *(n for part in split.values() for n in part)}
         store_setup(storage, name, "data", {n: d for n, d in digests.items() if n in kept})
     if "mlflow_parent_run_id" not in study.user_attrs:

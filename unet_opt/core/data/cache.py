@@ -59,6 +59,9 @@ def cache_key(source: Source, digests: dict[str, str], height: int, width: int, 
     return hashlib.blake2b(json.dumps(spec).encode(), digest_size=12).hexdigest()
 
 
+CLASS_TABLE = "(the class table)"  # not an image name: a name is a file's stem
+
+
 def pair_digests(source: Source, cache_root: Path) -> dict[str, str]:
     """What a study's trials were trained and scored on, by image name: a digest of the image's and its
     mask's content (unchanged files are not re-read), and of the class table under `CLASS_TABLE`."""
@@ -68,9 +71,6 @@ def pair_digests(source: Source, cache_root: Path) -> dict[str, str]:
              for n, i, m in source.pairs}
     table = json.dumps([source.colour_masks, list(source.classes.names), list(source.classes.colors)])
     return {**pairs, CLASS_TABLE: hashlib.blake2b(table.encode(), digest_size=8).hexdigest()}
-
-
-CLASS_TABLE = "(the class table)"  # not an image name: a name is a file's stem
 
 
 def _write_json(path: Path, value) -> None:
