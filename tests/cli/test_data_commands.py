@@ -190,6 +190,10 @@ def store_bytes(home: Path) -> tuple[bytes, bytes]:
     return (home / "studies" / "unet-opt.db").read_bytes(), (home / "mlruns" / "mlflow.db").read_bytes()
 
 
+def decoded_sets(home: Path) -> set[str]:
+    return {p.name for p in (home / "studies" / "cache").iterdir() if p.is_dir()}
+
+
 @pytest.mark.slow
 def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli, monkeypatch):
     """`--data ../data` from another folder (or a copy with other content under the same names) is other
@@ -206,11 +210,17 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     make_dataset(tmp_path / "b" / "data", "generic", count=12, seed=1)  # the same names, other photos and masks
     (tmp_path / "b" / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "b" / "elsewhere")
-    before = store_bytes(project)
+    before, decoded = store_bytes(project), decoded_sets(project)
     code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)
     assert code == 2 and err.count("\n") == 1, err
     assert "error: the data at ../data is not the data study 'drone' was made with: 12 of its images or their " \
            "masks differ (first: 000); pass the study's data with --data, or start a new study" in err
+    assert decoded_sets(project) == decoded  # refused before the other photos were decoded
+    # the study's data left out: named, not a mismatch of class counts with the synthetic data
+    code, _, err = cli("--home", str(project), "search", "--trials", "2", *tiny)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "error: study 'drone' was made on the data at ../data, not the synthetic data; pass it with --data " \
+           "../data, or start a new study with --study NEW_NAME" in err
     code, _, err = cli("--home", str(project), "retrain", "--best")
     assert code == 2 and "pass where the study's data is now with --data PATH, or restore its files" in err, err
     assert store_bytes(project) == before

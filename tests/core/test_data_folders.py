@@ -190,3 +190,19 @@ def test_a_class_table_above_the_images_is_found_as_kaggle_s_download_has_it(tmp
     source = find_source(tmp_path / "archive", len(TABLE))
     assert source.root == root and source.table == tmp_path / "archive" / "class_dict_seg.csv"
     assert source.classes.names == five.names
+
+
+def test_webp_and_gif_photos_are_photos(tmp_path):
+    """Formats Pillow reads are photos like the others, not masks without an image."""
+    truth = make_dataset(tmp_path / "data", "generic", count=6)
+    photos = tmp_path / "data" / "images"
+    for name, suffix in (("001", ".webp"), ("002", ".gif")):
+        jpg = photos / f"{name}.jpg"
+        Image.open(jpg).save(jpg.with_suffix(suffix), lossless=True) if suffix == ".webp" else \
+            Image.open(jpg).save(jpg.with_suffix(suffix))
+        jpg.unlink()
+    cfg = DataConfig(dataset=str(tmp_path / "data"), num_classes=len(TABLE), ignore_index=-1, image_size=48)
+    data = load_data(cfg, depth=3, cache_dir=tmp_path / "cache")
+    assert data.names == sorted(truth)
+    webp = np.asarray(Image.open(photos / "001.webp").convert("RGB"))
+    assert np.array_equal(data.images[1].permute(1, 2, 0).numpy(), webp)

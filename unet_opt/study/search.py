@@ -29,7 +29,14 @@ from unet_opt.study.dashboard import MLFLOW_UI, link_to_mlflow
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.loop import work
 from unet_opt.study.reconcile import check_stores_agree, finish_parent
-from unet_opt.study.storage import count_finished, join_or_create_study, open_storage, study_name
+from unet_opt.study.storage import (
+    check_its_data,
+    count_finished,
+    existing_setup,
+    join_or_create_study,
+    open_storage,
+    study_name,
+)
 from unet_opt.study.summary import Summary, fill_summary, import_study_plot_libraries, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
 from unet_opt.tracking.tracker import Tracker
@@ -71,6 +78,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
     if alone and writer is None:
         writer = ArtifactWriter.started(tracking_uri, placement.device)
     with Runner(paths, placements[0], fit, keep_ranks=alone, writer=writer) as runner:
+        if setup := existing_setup(storage_url, name):  # a study's own data is checked before any is decoded
+            check_its_data(setup, cfg.data.dataset, lambda: runner.data_digests(cfg), name)
         names = runner.check(cfg, searched=True).names  # bad input fails here, before anything is written
         storage, tracker = open_stores(storage_url, tracking_uri, name, paths)
         runner.use_tracker(tracker)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,6 +142,35 @@ def check_same_data(stored: dict[str, str] | None, current: dict[str, str], spli
         first = "the class table" if changed[0] == CLASS_TABLE else changed[0]
         raise UserError(f"the data at {dataset} is not the data study '{name}' was made with: {len(changed)} of its "
                         f"images or their masks differ (first: {first}); {way_out}")
+
+
+def existing_setup(storage_url: str, name: str) -> dict[str, Any] | None:
+    """The setup of study `name` when a storage file here already holds it, read without creating anything
+    (a server's storage is first opened after the data check, as before, and checked there)."""
+    path = sqlite_file(storage_url)
+    if path is None or not path.is_file():
+        return None
+    try:
+        return study_setup(open_storage(storage_url, must_exist=True), name)
+    except KeyError:  # no study of that name yet
+        return None
+
+
+def check_its_data(setup: dict[str, Any], dataset: str, digests: Callable[[], dict[str, str]], name: str) -> None:
+    """A study's data before a search decodes any: synthetic and folder data are not mixed up, and a folder
+    has the content the study was made with (`digests()`: the current content, by image name)."""
+    stored = (setup.get("config") or {}).get("data.dataset")
+    if stored and (stored == "synthetic") != (dataset == "synthetic"):
+        fix = "leave out --data" if stored == "synthetic" else f"pass it with --data {shlex.quote(stored)}"
+        made_on, given = (f"the data at {d}" if d != "synthetic" else "the synthetic data" for d in (stored, dataset))
+        raise UserError(f"study '{name}' was made on {made_on}, not {given}; {fix}, or start a new study with "
+                        f"--study NEW_NAME")
+    if setup.get("data") and "split" in setup and dataset != "synthetic":
+        from unet_opt.core.data import split_indices  # here: `report` and `studies` need no torch
+
+        current = digests()
+        split_indices(setup["split"], list(current))  # images gone are named as such, before edited ones
+        check_same_data(setup["data"], current, setup["split"], name, dataset)
 
 
 def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:

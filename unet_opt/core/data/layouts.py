@@ -14,7 +14,7 @@ from unet_opt.core.data.classes import DRONE_CLASSES, ClassTable, default_table,
 from unet_opt.core.data.images import UNREADABLE, opened
 from unet_opt.errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}  # what Pillow reads
 
 
 @dataclass(frozen=True)
