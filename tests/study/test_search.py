@@ -411,3 +411,8 @@ def test_a_space_that_searches_nothing_is_said(home, cli):
                                         "choices = [0.001, 0.002]\n")
     code, _, err = cli("search", "--space", "searched.toml", "--trials", "2")  # one searched parameter is enough
     assert code == 0 and "searches nothing" not in err
+    assert "above the" not in err  # batches of up to 16 of 24 images' training split: nothing to say
+    code, _, err = cli("search", "--space", "searched.toml", "--study", "few", "--trials", "1",
+                       "--set", "data.synthetic_images=12", "--set", "train.batch_size=12")
+    assert code == 0 and "train.batch_size goes up to 12, above the 8 images of the training split: such trials " \
+                         "train on one batch of 8 an epoch" in err, err

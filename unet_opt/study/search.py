@@ -36,6 +36,7 @@ from unet_opt.study.storage import (
     join_or_create_study,
     open_storage,
     study_name,
+    study_setup,
 )
 from unet_opt.study.summary import Summary, fill_summary, import_study_plot_libraries, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
@@ -90,6 +91,10 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
             log.warning("data.eval_size = %d is below the largest data.image_size the space draws (%d): trials are "
                         "scored on a coarser truth than they train at", cfg.data.eval_size,
                         max(cfg.values_of("data.image_size")))
+        train_images = len(study_setup(storage, name)["split"]["train"])
+        if (largest := max(cfg.values_of("train.batch_size"))) > train_images:  # legal: one smaller batch an epoch
+            log.warning("train.batch_size goes up to %d, above the %d images of the training split: such trials "
+                        "train on one batch of %d an epoch", largest, train_images, train_images)
         if not cfg.space and cfg.search.trials > 1:  # legal (seed-to-seed spread), but rarely what was meant
             log.warning("%s searches nothing (it has no [space.NAME] table): every trial trains the same config, "
                         "each with its own seed", cfg.source)
