@@ -219,8 +219,8 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     # the study's data left out: named, not a mismatch of class counts with the synthetic data
     code, _, err = cli("--home", str(project), "search", "--trials", "2", *tiny)
     assert code == 2 and err.count("\n") == 1, err
-    assert "error: study 'drone' was made on the data at ../data, not the synthetic data; pass it with --data " \
-           "../data, or start a new study with --study NEW_NAME" in err
+    assert "error: study 'drone' was made on the data folder given as ../data, not on the synthetic data; pass " \
+           "that folder with --data PATH, or start a new study with --study NEW_NAME" in err
     code, _, err = cli("--home", str(project), "retrain", "--best")
     assert code == 2 and "pass where the study's data is now with --data PATH, or restore its files" in err, err
     assert store_bytes(project) == before

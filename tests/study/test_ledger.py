@@ -73,6 +73,8 @@ def test_a_trial_one_too_many_goes_back_to_the_queue(ledger):
 def test_a_dead_worker_s_trial_ends_fail_in_both_stores(ledger):
     trial = ledger.ask(target=2)
     ledger.open_run(trial, {}, {})
+    for epoch, best_so_far in ((1, 0.2), (2, 0.4), (3, 0.4)):  # it trained 3 epochs, its best the 2nd
+        trial.report(best_so_far, epoch)
     ledger.storage.set_trial_user_attr(trial._trial_id, "worker", "elsewhere:1")  # not this machine's
     ledger.close_stale()  # a worker of another machine is judged by its heartbeat: it has one
     assert ledger.storage.get_trial(trial._trial_id).state == TrialState.RUNNING
@@ -80,6 +82,7 @@ def test_a_dead_worker_s_trial_ends_fail_in_both_stores(ledger):
     ledger.close_stale()  # a process of this machine that is gone
     frozen = ledger.storage.get_trial(trial._trial_id)
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["fail_reason"] == DEAD_WORKER
+    assert (frozen.user_attrs["best_epoch"], frozen.user_attrs["epochs_run"]) == (2, 3)  # `report`'s "ran"
     run = run_of(ledger, trial)
     assert (run.info.status, run.info.run_name) == ("FAILED", "trial-0000 (fail)")
 

@@ -56,7 +56,7 @@ def link_to_mlflow(storage_url: str, study_name: str, runs_table: str) -> None:
         from optuna_dashboard import save_note
 
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, must_exist=True))
-        save_note(study, f"Runs of study `{study_name}` in MLflow (`unet-opt ui`), ranked by their value: "
-                         f"[{runs_table}]({runs_table})")
+        save_note(study, f"Runs of study `{study_name}` in MLflow (`unet-opt ui`, at its default `--port`), ranked "
+                         f"by their value: [{runs_table}]({runs_table})")
     except Exception as e:
         log.warning("could not write the study's note for the live view (%s: %s)", type(e).__name__, e)

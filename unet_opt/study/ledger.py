@@ -160,7 +160,7 @@ class TrialLedger:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in running:
             if is_dead_here(t.user_attrs.get("worker")) or is_never_claimed(t):
-                self.fail(t, DEAD_WORKER)
+                self.fail(t, DEAD_WORKER, epochs_reported(t))
         optuna.storages.fail_stale_trials(self.study)  # the heartbeat rule; Optuna records no reason for these
         for t in running:
             ended = self.storage.get_trial(t._trial_id)
@@ -188,3 +188,13 @@ class TrialLedger:
         once the grace period is over). Whether the target is reached waits for them to be one or the other."""
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if "worker" not in t.user_attrs]
+
+
+def epochs_reported(trial: FrozenTrial) -> tuple[int, int]:
+    """(best epoch, epochs run) of a trial from the values it reported to Optuna, its best so far after each
+    epoch: what a trial whose worker died had trained."""
+    values = trial.intermediate_values
+    if not values:
+        return 0, 0
+    last = max(values)
+    return min(epoch for epoch, value in values.items() if value == values[last]), last

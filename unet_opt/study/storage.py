@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -161,10 +160,12 @@ def check_its_data(setup: dict[str, Any], dataset: str, digests: Callable[[], di
     has the content the study was made with (`digests()`: the current content, by image name)."""
     stored = (setup.get("config") or {}).get("data.dataset")
     if stored and (stored == "synthetic") != (dataset == "synthetic"):
-        fix = "leave out --data" if stored == "synthetic" else f"pass it with --data {shlex.quote(stored)}"
-        made_on, given = (f"the data at {d}" if d != "synthetic" else "the synthetic data" for d in (stored, dataset))
-        raise UserError(f"study '{name}' was made on {made_on}, not {given}; {fix}, or start a new study with "
-                        f"--study NEW_NAME")
+        if stored == "synthetic":
+            made_on, fix = f"the synthetic data, not on the data at {dataset}", "leave out --data"
+        else:  # the path as it was given then, from the folder it ran in: not one to pass from here
+            made_on = f"the data folder given as {stored}, not on the synthetic data"
+            fix = "pass that folder with --data PATH"
+        raise UserError(f"study '{name}' was made on {made_on}; {fix}, or start a new study with --study NEW_NAME")
     if setup.get("data") and "split" in setup and dataset != "synthetic":
         from unet_opt.core.data import split_indices  # here: `report` and `studies` need no torch
 

@@ -142,7 +142,7 @@ def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: 
               f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction})."]
     live = dashboard_url(LIVE_VIEW, study._study_id)  # Optuna's id of the study: the page's address
     lines += ["", f"Live view of the sweep (history, parameter importances, parallel coordinates, each trial's "
-                  f"curve), served by `unet-opt ui`: [{live}]({live})"]
+                  f"curve), served by `unet-opt ui` (at its default `--live-port`): [{live}]({live})"]
     if tags:
         lines += ["", f"Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best "
                       f"--study {study.study_name}`"]
