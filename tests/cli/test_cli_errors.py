@@ -139,8 +139,9 @@ def offline(*args, **kwargs):
     (["report", "--storage", "sqlite:///other.db"], {"other.db": ""}, "no study in the storage yet"),
     (["search", "--set", "space.lr.low=abc"], {}, "low must be a number"),
     # a project folder whose path a SQLite URL cannot hold (the database landed in the parent folder)
-    (["--home", "qm?x", "search"], {"qm?x/": ""}, "has '?' or '%' in its path, which a SQLite URL cannot hold"),
-    (["--home", "pct%41", "report"], {"pct%41/": ""}, "has '?' or '%' in its path"),
+    (["--home", "qm?x", "search"], {"qm?x/": ""}, "has '?', '%' or '#' in its path, which a SQLite URL cannot hold"),
+    (["--home", "pct%41", "report"], {"pct%41/": ""}, "has '?', '%' or '#' in its path"),
+    (["--home", "h#1", "search"], {"h#1/": ""}, "has '?', '%' or '#' in its path, which a SQLite URL cannot hold"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
     for name, text in files.items():

@@ -175,3 +175,16 @@ def test_a_store_that_cannot_be_written_is_not_called_damaged(tmp_path):
     assert said.startswith(f"{store} cannot be written here (attempt to write a readonly database); it is not "
                            f"damaged: work on a copy in a folder you can write to (--home FOLDER)")
     assert "damaged.\n" not in said and "mv " not in said and "new --study" not in said
+
+
+@pytest.mark.parametrize("folder", ["a#b", "a?b", "a%41b", "a b"])
+def test_a_store_s_tables_are_read_where_it_is_whatever_its_path_holds(tmp_path, folder):
+    """A '#' or '?' in the path once cut the read-only URI there: an empty file was made at the cut, and a
+    moved project folder's store looked empty, so its paths were never moved with it."""
+    from unet_opt.config.paths import sqlite_tables
+
+    (tmp_path / folder).mkdir()
+    with sqlite3.connect(tmp_path / folder / "x.db") as db:
+        db.execute("CREATE TABLE studies (id INTEGER)")
+    assert sqlite_tables(tmp_path / folder / "x.db") == {"studies"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder]  # nothing made beside it

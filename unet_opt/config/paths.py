@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,8 @@ class Paths:
         return given or self.sqlite_url(self.mlruns / "mlflow.db", "--tracking-uri")
 
     def sqlite_url(self, path: Path, flag: str) -> str:
-        if any(c in str(path) for c in "?%"):  # a URL's query, or an escape: the database would land elsewhere
-            raise UserError(f"the folder {self.home} has '?' or '%' in its path, which a SQLite URL cannot hold; "
+        if any(c in str(path) for c in "?%#"):  # a URL's query, escape or fragment: the database would land elsewhere
+            raise UserError(f"the folder {self.home} has '?', '%' or '#' in its path, which a SQLite URL cannot hold; "
                             f"rename it, use another --home, or pass {flag}")
         return f"sqlite:///{path}"
 
@@ -154,7 +155,8 @@ def sqlite_tables(path: Path) -> set[str]:
     """The tables of an existing SQLite file (read-only); empty for an empty file."""
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+    # a URI, for mode=ro: its path escaped, or a '#' or '?' in it would cut it (and create the file cut there)
+    with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
