@@ -262,3 +262,42 @@ def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, c
     assert code == 0 and out.startswith("# best trial #0") and tomllib.loads(out) == written
     assert not (searched_home / "-").exists()
     assert cli("report", "--best-config", "-", "--json")[0] == 2  # both would write to stdout
+
+
+def retrain_with(home: Path, patch: str) -> subprocess.CompletedProcess:
+    """`unet-opt retrain --best` in a process of its own, after `patch` (Python) ran in it."""
+    script = f"import os, signal\nimport mlflow\nfrom unet_opt.cli.app import main\n{patch}\nmain(['retrain', '--best'])\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_retrain_stopped_or_killed_as_it_registers_leaves_the_run_and_the_registry_in_step(champion, cli):
+    """Found by a review: `log_model` ended the run FINISHED before the model was registered, so a retrain
+    killed then left a FINISHED run with no model version that no later command noticed; one stopped after
+    registering left @champion on the model of a KILLED run."""
+    client, _ = retrain_runs(champion)
+    # killed as it registers: its run stays RUNNING (not FINISHED), which the next command ends FAILED
+    killed = retrain_with(champion, "mlflow.register_model = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.returncode == -9, killed.stderr
+    _, runs = retrain_runs(champion)
+    assert [r.info.status for r in runs] == ["FINISHED", "RUNNING"]
+    assert client.get_model_version_by_alias("unet-opt-default", "champion").version == 1
+    # Ctrl-C as it registers: held until the model is registered, the run FINISHED and said, then "interrupted"
+    stopped = retrain_with(champion, "real = mlflow.register_model\n"
+                                     "def register(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+                                     "    return real(*a, **k)\nmlflow.register_model = register")
+    assert stopped.returncode == 130, stopped.stderr
+    assert "registering the model (a few seconds); press Ctrl-C again to stop now" in stopped.stderr
+    assert "registered model: models:/unet-opt-default@champion (version 2; it was version 1, test_dice " \
+           in stopped.stdout and stopped.stderr.rstrip().endswith("interrupted")
+    _, runs = retrain_runs(champion)
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
+    assert runs[2].data.tags["registered_model"] == "unet-opt-default/2"
+    assert client.get_model_version_by_alias("unet-opt-default", "champion").run_id == runs[2].info.run_id
+    # stopped as its run is being made (before its training could end it): KILLED, not left RUNNING
+    made = retrain_with(champion, "from unet_opt.tracking.tracker import Tracker\nreal = Tracker.start_run\n"
+                                  "def start(*a, **k):\n    real(*a, **k)\n    raise KeyboardInterrupt\n"
+                                  "Tracker.start_run = start")
+    assert made.returncode == 130, made.stderr
+    _, runs = retrain_runs(champion)
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED", "KILLED"]

@@ -88,7 +88,8 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {r.fit.epochs_run} epochs")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")
-    click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version})")
+    replaced = f"; it was {r.replaced}" if r.replaced else ""
+    click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version}{replaced})")
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
     return 0
 

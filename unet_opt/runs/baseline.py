@@ -29,12 +29,13 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: Fit = f
         runner.use_tracker(tracker)
         split_names = make_split(names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
         tracker.fail_runs_of_dead_processes()
-        run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,
-                                                           "devices": placement.describe()})
-        spec = RunSpec(cfg, split_indices(split_names, names), split_names, test=True,
-                       checkpoint=paths.checkpoints / f"{tracker.experiment_name}-train-{run_id[:8]}.pt")
-        shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size",
-                                                           "train.epochs"))
-        log.info("training once with %s on %s", shown, placement.describe())
-        record = train_and_record(runner, spec, run_id)
+        with tracker.stopped_runs_killed():
+            run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,
+                                                               "devices": placement.describe()})
+            spec = RunSpec(cfg, split_indices(split_names, names), split_names, test=True,
+                           checkpoint=paths.checkpoints / f"{tracker.experiment_name}-train-{run_id[:8]}.pt")
+            shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size",
+                                                               "train.epochs"))
+            log.info("training once with %s on %s", shown, placement.describe())
+            record = train_and_record(runner, spec, run_id)
     return RunSummary(tracker.experiment_name, run_id, record.fit, record.test, record.checkpoint)

@@ -82,6 +82,7 @@ class RunRecord:
     test: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     version: str = ""
+    replaced: str = ""  # what the alias pointed at before this version
 
 
 @dataclass
@@ -96,6 +97,7 @@ class RunSummary:
     model_name: str = ""
     version: str = ""
     trial: int | None = None  # the retrained trial
+    replaced: str = ""  # what @champion pointed at before
 
 
 class Runner:
@@ -197,16 +199,18 @@ class Runner:
                     stage_checkpoint(spec.checkpoint, folder)
                     outcome.checkpoint = spec.checkpoint
                 tracker.log_files(run_id, folder)
-        if result.model is not None and spec.register_as:
-            example = next(batches(data, spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
-            outcome.version = tracker.log_model(run_id, result.model.cpu(), example, spec.register_as)
-            tracker.set_tags(run_id, {"registered_model": f"{spec.register_as}/{outcome.version}"})
         if result.peak_memory_mb:  # on GPUs
             tracker.log_metrics(run_id, {"peak_memory_mb": result.peak_memory_mb}, step=result.epochs_run)
         if result.epochs_run:  # a run that failed before its first epoch has no stop to describe
             tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
                                       "epochs_run": result.epochs_run,
                                       "early_stopped": str(result.stop_reason == "early_stopping").lower()})
+        if result.model is not None and spec.register_as:  # last: registered, the run is done
+            example = next(batches(data, spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
+            # a stop now would leave a registered version (and maybe the alias) to a KILLED run
+            with runtime.stops_deferred("registering the model (a few seconds)"):
+                outcome.version, outcome.replaced = tracker.log_model(run_id, result.model.cpu(), example,
+                                                                      spec.register_as)
         return outcome
 
 

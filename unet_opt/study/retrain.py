@@ -44,15 +44,16 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
         runner.use_tracker(tracker)
         tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever
         TrialLedger(study, storage, tracker).mirror_ended()
-        run_id = tracker.start_run(f"retrain-trial-{best.number:04d}", cfg.params(),
-                                   {"unet_opt.role": "retrain", "optuna.study": study.study_name,
-                                    "source_trial": best.number, "seed": cfg.train.seed,
-                                    "devices": placement.describe()})
-        spec = RunSpec(cfg, split, split_names, train_on_val=True, test=True,
-                       checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name)
-        log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epochs on %s, testing on %d images",
-                 best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs, placement.describe(),
-                 len(spec.split["test"]))
-        record = train_and_record(runner, spec, run_id)
+        with tracker.stopped_runs_killed():
+            run_id = tracker.start_run(f"retrain-trial-{best.number:04d}", cfg.params(),
+                                       {"unet_opt.role": "retrain", "optuna.study": study.study_name,
+                                        "source_trial": best.number, "seed": cfg.train.seed,
+                                        "devices": placement.describe()})
+            spec = RunSpec(cfg, split, split_names, train_on_val=True, test=True,
+                           checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name)
+            log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epochs on %s, testing on %d images",
+                     best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs, placement.describe(),
+                     len(spec.split["test"]))
+            record = train_and_record(runner, spec, run_id)
     return RunSummary(tracker.experiment_name, run_id, record.fit, record.test, record.checkpoint, name,
-                      record.version, best.number)
+                      record.version, best.number, record.replaced)

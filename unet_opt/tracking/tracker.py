@@ -189,9 +189,12 @@ class Tracker:
         return run.info.run_id
 
     def log_model(self, run_id: str, model: Any, input_example: Any, registered_name: str,
-                  alias: str = "champion") -> str:
-        """Log the PyTorch model and register it; returns the version. The signature leaves the batch, the
-        height and the width free: any multiple of 2**depth is a valid input size."""
+                  alias: str = "champion") -> tuple[str, str]:
+        """Log the PyTorch model, register it and point `alias` at it, as the run's last step: the run ends
+        FINISHED only once all of it is done (a process killed on the way leaves it RUNNING, which the next
+        command ends FAILED). Returns (the version, what `alias` pointed at before: "" or a line about it).
+        The signature leaves the batch, the height and the width free: any multiple of 2**depth is a valid
+        input size."""
         import mlflow.pytorch
         import numpy as np
         import torch
@@ -207,7 +210,7 @@ class Tracker:
         # pickle is chosen knowingly (the model is ours); MLflow warns about it at WARNING
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
         try:
-            with mlflow.start_run(run_id=run_id):
+            with mlflow.start_run(run_id=run_id):  # which ends the run FINISHED as the block ends
                 free = (-1, input_example.shape[1], -1, -1)  # (B, 3, H, W) in, (B, classes, H, W) out
                 signature = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), free)]),
                                            Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]))
@@ -216,15 +219,26 @@ class Tracker:
                     serialization_format="pickle",
                     code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
-            with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines: the CLI says it
-                version = mlflow.register_model(info.model_uri, registered_name).version
+                with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines: the CLI says it
+                    version = str(mlflow.register_model(info.model_uri, registered_name).version)
+                before = self.aliased(registered_name, alias)
+                self.client.set_registered_model_alias(registered_name, alias, version)
+                self.set_tags(run_id, {"registered_model": f"{registered_name}/{version}"})
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
-        self.client.set_registered_model_alias(registered_name, alias, version)
-        return str(version)
+        return version, before
+
+    def aliased(self, name: str, alias: str) -> str:
+        """What `models:/name@alias` is now, in words with its test Dice; "" when nothing is."""
+        try:
+            version = self.client.get_model_version_by_alias(name, alias)
+        except mlflow.exceptions.MlflowException:  # no such model or alias yet
+            return ""
+        dice = self.client.get_run(version.run_id).data.metrics.get("test_dice") if version.run_id else None
+        return f"version {version.version}" + (f", test_dice {dice:.4f}" if dice is not None else "")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -291,6 +305,19 @@ class Tracker:
                 self.end(run.info.run_id, "FAILED")
                 log.warning("MLflow run %s (%s) was left running by a dead process; marked FAILED",
                             run.info.run_id, run.info.run_name)
+
+    @contextlib.contextmanager
+    def stopped_runs_killed(self, roles: tuple[str, ...] = ("retrain", "train")) -> Iterator[None]:
+        """A stop in the block ends KILLED the retrain or train runs this process left RUNNING: the one it was
+        making when the stop came, which the block's own end of the run (`closing`) does not know yet."""
+        try:
+            yield
+        except KeyboardInterrupt as stop:
+            runtime.release_what_a_stop_cut(stop)
+            for run in self.running_runs():
+                if run.data.tags.get("unet_opt.role") in roles and run.data.tags.get("worker") == worker_id():
+                    self.end(run.info.run_id, "KILLED")
+            raise
 
     def rename(self, run_id: str, name: str) -> None:
         self.client.update_run(run_id, name=name)
