@@ -113,6 +113,12 @@ def test_evaluate_reproduces_the_retrain_s_test_dice_from_the_registry_and_the_c
     # a retrain learned from val: its val scores are said to be no held-out figure
     code, out, _ = cli("evaluate", str(ckpt), "--split", "val", "--overwrite")
     assert code == 0 and "note: this model learned from the val split (it trained on train + val)" in out
+    code, out, _ = cli("evaluate", str(ckpt), "--split", "all", "--overwrite")  # found by a review: no note
+    assert code == 0 and "note: this model learned from the train + val split (it trained on train + val): its " \
+                         "scores over all images are not held out" in out
+    (champion / "afile").touch()  # found by a review: a traceback, after every image was scored
+    code, _, err = cli("evaluate", str(ckpt), "--out", "afile/sub")
+    assert code == 2 and err == "error: afile is a file, not a folder; pass another --out folder\n", err
 
 
 @pytest.mark.slow
@@ -138,6 +144,11 @@ def test_predict_writes_masks_at_each_image_s_own_size_and_never_over_a_file(cha
     code, _, err = cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", "p")
     assert code == 2 and "p/wide_mask.png exists already" in err
     assert cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", "p", "--overwrite")[0] == 0
+    (home / "afile").touch()  # found by a review: tracebacks
+    for out, message in (("afile/sub", "afile is a file, not a folder; pass another --out folder"),
+                         ("/proc/x", "cannot make the folder /proc/x (")):
+        code, _, err = cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", out)
+        assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,14 +95,15 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     pc = per_class(matrix)
     rows = [{"class": n, "dice": pc["dice"][i], "iou": pc["iou"][i], "precision": pc["precision"][i],
              "recall": pc["recall"][i], "pixels": int(pc["support"][i])} for i, n in enumerate(names) if pc["present"][i]]
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out)
     written = [out / name for name in EVALUATION_FILES]
     plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split))  # a checkpoint keeps no epoch
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
-    caution = "" if split not in ck.trained_on or dataset else (
-        f"this model learned from the {split} split (it trained on {' + '.join(ck.trained_on)}): its {split} "
-        f"scores are not held out; the test split is")
+    learned = ck.trained_on if split == "all" else [s for s in ck.trained_on if s == split]
+    caution = "" if not learned or dataset else (
+        f"this model learned from the {' + '.join(learned)} split (it trained on {' + '.join(ck.trained_on)}): "
+        f"its {'scores over all images' if split == 'all' else split + ' scores'} are not held out; the test split is")
     return Evaluation({"images": len(indices), **metrics}, rows, written, where, caution)
 
 
@@ -110,7 +112,15 @@ def prediction_files(image: Path, out_dir: Path) -> list[Path]:
 
 
 def check_outputs(paths: list[Path], overwrite: bool) -> None:
-    """Outputs never collide and never silently replace a file: checked before anything is written."""
+    """Outputs never collide, never silently replace a file, and have a folder they can be written to:
+    checked before anything is written (or a model loaded, or an image scored)."""
+    there = paths[0].parent
+    while not there.exists() and there != there.parent:  # the part of --out that exists already
+        there = there.parent
+    if not there.is_dir():
+        raise UserError(f"{there} is a file, not a folder; pass another --out folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write in {there} (permission denied); pass another --out folder")
     seen: set[Path] = set()
     for path in paths:
         if path in seen:
@@ -119,6 +129,13 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
         seen.add(path)
         if path.exists() and not overwrite:
             raise UserError(f"{path} exists already; pass --overwrite to replace it, or another --out folder")
+
+
+def make_out_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # what `check_outputs` cannot see coming (/proc, a full disk)
+        raise UserError(f"cannot make the folder {out} ({e.strerror}); pass another --out folder") from None
 
 
 @torch.inference_mode()
@@ -131,7 +148,7 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     # the logits resized to the photo, then their classes: as `evaluate --frame native` scores them
     mask = classes_at(ck.model.eval()(x).float(), h, w, ck.binary)
     colour = plots.colorize(mask, list(ck.classes.colors))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out_dir)
     written = prediction_files(path, out_dir)
     write_png(written[0], mask)
     write_png(written[1], colour)
