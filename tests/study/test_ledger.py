@@ -220,3 +220,19 @@ def test_what_a_stop_cut_is_let_go_once_however_many_handlers_it_is_raised_throu
         for _ in range(3):
             runtime.release_what_a_stop_cut(stop)
     assert collected == [1]
+
+
+def test_a_trial_stopped_mid_epoch_or_running_shows_the_epochs_it_reported(ledger):
+    """Found by a review: `report` said "ran 0" for a trial stopped in its 9th epoch, and nothing for a
+    running one: its training returned nothing to count, but the trial reported each epoch to Optuna."""
+    from unet_opt.study.summary import trial_record
+
+    trial = ledger.ask(target=2)
+    ledger.open_run(trial, {}, {})
+    for epoch, best_so_far in ((1, 0.1), (2, 0.3), (3, 0.3)):
+        trial.report(best_so_far, epoch)
+    shown = trial_record(ledger.storage.get_trial(trial._trial_id))
+    assert (shown["state"], shown["best_epoch"], shown["epochs_run"]) == ("running", 2, 3)
+    ledger.interrupted(trial, KeyboardInterrupt())  # in its 4th epoch: the training returned no result
+    shown = trial_record(ledger.storage.get_trial(trial._trial_id))
+    assert (shown["state"], shown["best_epoch"], shown["epochs_run"]) == ("interrupted", 2, 3)

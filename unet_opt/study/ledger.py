@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from unet_opt import runtime
 from unet_opt.parallel.processes import is_dead_here, worker_id
-from unet_opt.study.states import DEAD_WORKER, FINISHED, INTERRUPTED, reason_of, shown_state
+from unet_opt.study.states import DEAD_WORKER, FINISHED, INTERRUPTED, epochs_reported, reason_of, shown_state
 from unet_opt.study.storage import GRACE_SECONDS
 from unet_opt.tracking.tracker import Tracker
 
@@ -113,9 +113,11 @@ class TrialLedger:
         """The trial FAIL with its reason, in Optuna if it is still running there, then in its MLflow run
         (KILLED when `reason` is `interrupted`). `epochs`: (best epoch, epochs run), when it trained."""
         trial_id = trial._trial_id
-        if self.storage.get_trial(trial_id).state == TrialState.RUNNING:  # finished trials are frozen
+        frozen = self.storage.get_trial(trial_id)
+        if frozen.state == TrialState.RUNNING:  # finished trials are frozen
             self.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            for key, value in zip(("best_epoch", "epochs_run"), epochs):
+            # where the training could not say (stopped or killed mid-epoch): what the trial reported
+            for key, value in zip(("best_epoch", "epochs_run"), epochs if epochs[1] else epochs_reported(frozen)):
                 self.storage.set_trial_user_attr(trial_id, key, value)
             self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         self.mirror(self.storage.get_trial(trial_id))
@@ -160,7 +162,7 @@ class TrialLedger:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in running:
             if is_dead_here(t.user_attrs.get("worker")) or is_never_claimed(t):
-                self.fail(t, DEAD_WORKER, epochs_reported(t))
+                self.fail(t, DEAD_WORKER)
         optuna.storages.fail_stale_trials(self.study)  # the heartbeat rule; Optuna records no reason for these
         for t in running:
             ended = self.storage.get_trial(t._trial_id)
@@ -188,13 +190,3 @@ class TrialLedger:
         once the grace period is over). Whether the target is reached waits for them to be one or the other."""
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if "worker" not in t.user_attrs]
-
-
-def epochs_reported(trial: FrozenTrial) -> tuple[int, int]:
-    """(best epoch, epochs run) of a trial from the values it reported to Optuna, its best so far after each
-    epoch: what a trial whose worker died had trained."""
-    values = trial.intermediate_values
-    if not values:
-        return 0, 0
-    last = max(values)
-    return min(epoch for epoch, value in values.items() if value == values[last]), last

@@ -42,3 +42,13 @@ def count_states(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 def describe_counts(counts: dict[str, int]) -> str:
     """"8 complete, 21 pruned, 1 interrupted": complete and pruned always, the others when there are any."""
     return ", ".join(f"{n} {state}" for state, n in counts.items() if n or state in ("complete", "pruned"))
+
+
+def epochs_reported(trial: FrozenTrial) -> tuple[int, int]:
+    """(best epoch, epochs run) of a trial from the values it reported to Optuna, its best so far after each
+    epoch: what a trial stopped or killed mid-epoch, or still running, had trained."""
+    values = trial.intermediate_values
+    if not values:
+        return 0, 0
+    last = max(values)
+    return min(epoch for epoch, value in values.items() if value == values[last]), last

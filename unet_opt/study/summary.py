@@ -17,7 +17,7 @@ from unet_opt import runtime
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Config, to_toml
 from unet_opt.study.dashboard import LIVE_VIEW, dashboard_url
-from unet_opt.study.states import count_states, describe_counts, reason_of, shown_state
+from unet_opt.study.states import count_states, describe_counts, epochs_reported, reason_of, shown_state
 from unet_opt.study.storage import best_value, load_existing, open_storage
 
 if TYPE_CHECKING:  # MLflow is imported only by the commands that log
@@ -47,10 +47,12 @@ class Summary:
 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """One trial as `report --json` gives it: `state` in the one vocabulary (`states.SHOWN`), Optuna's own
-    state beside it."""
+    state beside it. A running trial's epochs are those it has reported so far."""
+    best_epoch, ran = (epochs_reported(t) if t.state == TrialState.RUNNING
+                       else (t.user_attrs.get("best_epoch"), t.user_attrs.get("epochs_run")))
     return {"number": t.number, "state": shown_state(t), "optuna_state": t.state.name, "value": t.value,
             "params": t.params, "mlflow_run_id": t.user_attrs.get("mlflow_run_id"), "reason": reason_of(t),
-            "best_epoch": t.user_attrs.get("best_epoch"), "epochs_run": t.user_attrs.get("epochs_run")}
+            "best_epoch": best_epoch, "epochs_run": ran}
 
 
 def fill_summary(summary: Summary, study: optuna.Study) -> Summary:
