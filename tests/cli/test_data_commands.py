@@ -230,12 +230,16 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     moved = str(tmp_path / "b" / "data")  # and the path may be written another way: the content is checked
     code, _, err = cli("--home", str(project), "search", "--data", moved, "--trials", "2", *tiny)
     assert code == 0, err
-    monkeypatch.chdir(tmp_path)  # where the study's ../data is not: retrain is told where it is now
+    monkeypatch.chdir(tmp_path)  # where the study's ../data is not, but is from the project folder (a review)
+    code, _, err = cli("--home", str(project), "retrain", "--best")
+    assert code == 0, err
+    (tmp_path / "a" / "data").rename(tmp_path / "a" / "gone")  # from neither: retrain is told where it is now
     code, _, err = cli("--home", str(project), "retrain", "--best")
     assert code == 2 and f"the study's data folder ../data does not exist from here ({tmp_path}); pass where it " \
                          f"is now with --data PATH" in err, err
     code, _, err = cli("--home", str(project), "retrain", "--best", "--data", moved)
     assert code == 0, err
+    (tmp_path / "a" / "gone").rename(tmp_path / "a" / "data")
     monkeypatch.chdir(tmp_path / "b" / "elsewhere")
     # one mask edited since: its image is named
     mask = tmp_path / "b" / "data" / "masks" / "005.png"

@@ -29,9 +29,8 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
     cfg, best = best_trial_config(study, setup)
     if data is not None:
         cfg = cfg.replace({"data.dataset": data})
-    elif cfg.data.dataset != "synthetic" and not Path(cfg.data.dataset).expanduser().exists():
-        raise UserError(f"the study's data folder {cfg.data.dataset} does not exist from here ({Path.cwd()}); "
-                        f"pass where it is now with --data PATH")
+    elif cfg.data.dataset != "synthetic":
+        cfg = cfg.replace({"data.dataset": data_folder_from_here(cfg.data.dataset, paths.home)})
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     cfg = cfg.replace({"train.epochs": epochs or best.user_attrs.get("best_epoch") or cfg.train.epochs})
     name = model_name or f"unet-opt-{study.study_name}"
@@ -57,3 +56,14 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
             record = train_and_record(runner, spec, run_id)
     return RunSummary(tracker.experiment_name, run_id, record.fit, record.test, record.checkpoint, name,
                       record.version, best.number, record.replaced)
+
+
+def data_folder_from_here(stored: str, home: Path) -> str:
+    """The study's data folder as stored (a relative path is from where its search ran, which was the
+    project folder unless --home was given), from here: as it is, else from the project folder."""
+    if Path(stored).expanduser().exists():
+        return stored
+    if not Path(stored).expanduser().is_absolute() and (home / stored).exists():
+        return str(home / stored)
+    raise UserError(f"the study's data folder {stored} does not exist from here ({Path.cwd()}); pass where it is "
+                    f"now with --data PATH")
