@@ -263,6 +263,12 @@ def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, c
         code, _, err = cli("report", "--best-config", store, "--overwrite")
         assert code == 2 and "is a database" in err and len(err.splitlines()) == 1, err
         assert (searched_home / store).read_bytes() == before
+    checkpoint = searched_home / "model.pt"  # found by a review: --overwrite replaced a checkpoint
+    torch.save({"weights": torch.zeros(3)}, checkpoint)
+    before = checkpoint.read_bytes()
+    code, _, err = cli("report", "--best-config", "model.pt", "--overwrite")
+    assert code == 2 and "model.pt is not a text file (a checkpoint? a picture?), which --overwrite never " \
+                         "replaces" in err and checkpoint.read_bytes() == before, err
     code, _, err = cli("report", "--best-config", "no/such/folder/best.toml")
     assert code == 2 and "folder no/such/folder does not exist" in err
     for path, message in (("best.toml/x.toml", "best.toml is a file, not a folder"), ("", "needs a file name"),

@@ -37,6 +37,9 @@ def check_config_path(path: Path, overwrite: bool) -> None:
     if is_database(path):  # a slip of the tab key must not turn a study or the MLflow store into a TOML file
         raise UserError(f"{path} is a database (a study storage or an MLflow store?), which --overwrite never "
                         f"replaces; write the config to another file, e.g. --best-config {other_name(path)}")
+    if overwrite and is_binary(path):  # a checkpoint, a picture: what --overwrite replaces is a config written before
+        raise UserError(f"{path} is not a text file (a checkpoint? a picture?), which --overwrite never replaces; "
+                        f"write the config to another file, e.g. --best-config {other_name(path)}")
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"{path.parent} is a file, not a folder; write the config elsewhere")
     if not path.parent.is_dir():
@@ -46,6 +49,15 @@ def check_config_path(path: Path, overwrite: bool) -> None:
 def other_name(path: Path) -> str:
     """A name to suggest beside `path`: best.toml, unless that is `path` itself."""
     return "best-config.toml" if path.name == "best.toml" else "best.toml"
+
+
+def is_binary(path: Path) -> bool:
+    """Whether `path` is a file whose start holds a NUL byte, which no text (and no TOML) file does."""
+    try:
+        with path.open("rb") as file:
+            return b"\0" in file.read(8192)
+    except OSError:  # missing, a folder, unreadable
+        return False
 
 
 def is_database(path: Path) -> bool:
