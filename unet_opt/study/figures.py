@@ -47,7 +47,7 @@ def draw_figures(storage_url: str, tracking_uri: str, artifact_root: Path, study
     tracker = Tracker(tracking_uri, study.study_name, artifact_root)
     result = Drawn(study.study_name, [], {})
     result.recovered = write_reports_of_dead_writers()  # a search killed with its writer: its trials' files first
-    for number in numbers or sorted(trials):
+    for number in sorted(set(numbers)) or sorted(trials):  # each once, however often it was named
         trial = trials[number]
         run_id = trial.user_attrs.get("mlflow_run_id")
         present = {a.path for a in tracker.client.list_artifacts(run_id)} if run_id and tracker.has_run(run_id) else set()
