@@ -203,7 +203,7 @@ def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
     done = draw_figures(paths.storage_url(storage), paths.tracking_uri(tracking_uri), paths.artifacts, study, numbers)
     if done.recovered:
         click.echo(f"wrote the files of {done.recovered} run(s) that a killed search had left unwritten")
-    for number in numbers or done.without_files:  # without --trial, the trials that no command can draw
+    for number in sorted(set(numbers)) or done.without_files:  # without --trial: those no command can draw
         if number in done.skipped:
             click.echo(f"trial #{number}: {done.skipped[number]}")
     if done.drawn:
