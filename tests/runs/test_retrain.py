@@ -72,6 +72,8 @@ def test_retrain_registers_a_champion_with_its_test_files(retrained, champion):
     version = client.get_model_version_by_alias("unet-opt-default", "champion")
     assert version.run_id == run.info.run_id and run.info.status == "FINISHED"
     assert run.data.tags["source_trial"] in {"0", "1"}
+    assert f"see it:           `unet-opt ui`, then open http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/" \
+           f"runs/{run.info.run_id}?workflowType=machine_learning" in retrained[1]  # (a review: no way to its run)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"test_confusion_matrix.png", "test_confusion_matrix.csv", "test_per_class.csv", "test_predictions.png",
             "learning_curves.png", "config.toml", "checkpoint"} <= names
@@ -211,6 +213,8 @@ def test_train_logs_one_baseline_run_that_evaluate_takes_by_run_id(home, cli):
     (run,) = client.search_runs([exp.experiment_id])
     # one run, tagged as a baseline, with the fixed params, per-epoch metrics and the trial artifacts
     assert run.data.tags["unet_opt.role"] == "train" and run.data.params["train.epochs"] == "2"
+    assert f"see it:     `unet-opt ui`, then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs/" \
+           f"{run.info.run_id}?workflowType=machine_learning" in out
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1, 2]
     assert {"config.toml", "learning_curves.png", "confusion_matrix.png", "predictions.png", "per_class.csv",
             "test_confusion_matrix.png", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

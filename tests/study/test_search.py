@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 
 from unet_opt.cli.app import main
 from unet_opt.config.schema import Config
-from unet_opt.config.space_file import load_config
 from unet_opt.study.storage import study_setup
 from unet_opt.study.summary import write_study_plots
 
@@ -307,16 +306,15 @@ def test_two_stores_that_do_not_belong_together_are_refused(searched_home, cli, 
 
 def test_the_summary_names_the_ui_command_for_this_search_s_store(tmp_path, monkeypatch):
     from unet_opt.config.paths import Paths
-    from unet_opt.study.search import ui_command_line
+    from unet_opt.tracking.ui import ui_command_line
 
-    cfg = load_config("default", {}, [])
     monkeypatch.chdir(tmp_path)
-    assert ui_command_line(Paths.resolve(tmp_path), cfg) == "unet-opt ui"
+    assert ui_command_line(Paths.resolve(tmp_path).home, None) == "unet-opt ui"
     elsewhere = tmp_path / "my project"
     elsewhere.mkdir()
-    assert ui_command_line(Paths.resolve(elsewhere), cfg) == f"unet-opt --home '{elsewhere}' ui"
-    server = cfg.replace({"search.tracking_uri": "http://me:secret@tracker:5000"})
-    assert ui_command_line(Paths.resolve(tmp_path), server) == "unet-opt ui --tracking-uri 'http://me:***@tracker:5000'"
+    assert ui_command_line(Paths.resolve(elsewhere).home, None) == f"unet-opt --home '{elsewhere}' ui"
+    server = "http://me:secret@tracker:5000"
+    assert ui_command_line(Paths.resolve(tmp_path).home, server) == "unet-opt ui --tracking-uri 'http://me:***@tracker:5000'"
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,10 @@ from unet_opt.cli.options import (
 )
 from unet_opt.config.rules import check_name
 from unet_opt.config.space_file import load_config
+
+if TYPE_CHECKING:  # for the annotations only: the CLI starts without torch
+    from unet_opt.config.paths import Paths
+    from unet_opt.runs.runner import RunSummary
 
 
 @click.command()
@@ -52,6 +57,7 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
     click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
     if r.checkpoint:
         click.echo(f"checkpoint: {r.checkpoint}")
+    click.echo(f"see it:     {run_page(session.paths, cfg.search.tracking_uri, r)}")
     return 0
 
 
@@ -91,7 +97,16 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     replaced = f"; it was {r.replaced}" if r.replaced else ""
     click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version}{replaced})")
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
+    click.echo(f"see it:           {run_page(paths, tracking_uri, r)}")
     return 0
+
+
+def run_page(paths: Paths, tracking_uri: str | None, r: RunSummary) -> str:
+    """How to see a retrain's or a baseline's run: `unet-opt ui` and its page, or the server's page."""
+    from unet_opt.tracking.ui import how_to_see_run, ui_command_line
+
+    return how_to_see_run(ui_command_line(paths.home, tracking_uri), paths.tracking_uri(tracking_uri),
+                          r.experiment_id, r.run_id)
 
 
 @click.command()

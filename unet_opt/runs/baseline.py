@@ -38,4 +38,4 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: Fit = f
                                                                "train.epochs"))
             log.info("training once with %s on %s", shown, placement.describe())
             record = train_and_record(runner, spec, run_id)
-    return RunSummary(tracker.experiment_name, run_id, record.fit, record.test, record.checkpoint)
+    return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test, record.checkpoint)

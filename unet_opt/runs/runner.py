@@ -90,6 +90,7 @@ class RunSummary:
     """What the CLI prints about a retrain or a baseline run."""
 
     experiment: str
+    experiment_id: str
     run_id: str
     fit: FitResult
     test: dict[str, float]

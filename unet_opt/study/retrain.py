@@ -54,8 +54,8 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                      best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs, placement.describe(),
                      len(spec.split["test"]))
             record = train_and_record(runner, spec, run_id)
-    return RunSummary(tracker.experiment_name, run_id, record.fit, record.test, record.checkpoint, name,
-                      record.version, best.number, record.replaced)
+    return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test,
+                      record.checkpoint, name, record.version, best.number, record.replaced)
 
 
 def data_folder_from_here(stored: str, home: Path) -> str:

@@ -9,9 +9,7 @@ Ctrl-C ends the running trial as interrupted; the summary is returned either way
 from __future__ import annotations
 
 import logging
-import shlex
 import time
-from pathlib import Path
 from typing import Any
 
 from optuna.storages import BaseStorage
@@ -41,21 +39,10 @@ from unet_opt.study.storage import (
 from unet_opt.study.summary import Summary, fill_summary, import_study_plot_libraries, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.ui import how_to_open, ranked_table_url
+from unet_opt.tracking.ui import how_to_open, ranked_table_url, ui_command_line
 from unet_opt.tracking.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
-
-
-def ui_command_line(paths: Paths, cfg: Config) -> str:
-    """`unet-opt ui` as this search's user must type it to see the same store."""
-    words = ["unet-opt"]
-    if paths.home != Path.cwd().resolve():
-        words += ["--home", shlex.quote(str(paths.home))]
-    words.append("ui")
-    if cfg.search.tracking_uri:
-        words += ["--tracking-uri", shlex.quote(redact_url(cfg.search.tracking_uri))]
-    return " ".join(words)
 
 
 def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, workers: int = 1,
@@ -109,7 +96,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
                              ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
         summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                           metric=cfg.search.goal.metric,
-                          ui=how_to_open(ui_command_line(paths, cfg), tracking_uri, tracker.experiment_id))
+                          ui=how_to_open(ui_command_line(paths.home, cfg.search.tracking_uri), tracking_uri,
+                                          tracker.experiment_id))
         if count_finished(study) >= cfg.search.trials:
             summary.already_done = True
             finish_parent(study, tracker, ledger.parent_id, cfg)

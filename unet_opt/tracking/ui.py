@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import urllib.parse
 from pathlib import Path
@@ -26,6 +27,26 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, all
             tracking_uri, "--host", host, "--port", str(port), "--workers", "1",
             "--uvicorn-opts", "--log-level warning --no-access-log",
             *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]
+
+
+def ui_command_line(home: Path, tracking_uri: str | None) -> str:
+    """`unet-opt ui` as a user must type it here to see the store of a command run with `--home home` and
+    `--tracking-uri tracking_uri` (None: the project folder's own store)."""
+    words = ["unet-opt"]
+    if home != Path.cwd().resolve():
+        words += ["--home", shlex.quote(str(home))]
+    words.append("ui")
+    if tracking_uri:
+        words += ["--tracking-uri", shlex.quote(redact_url(tracking_uri))]
+    return " ".join(words)
+
+
+def how_to_see_run(ui_command_line: str, tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """What to run and open to see one run (a retrain's, a baseline's)."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {redact_url(tracking_uri).rstrip('/')}/{page}"
+    return f"`{ui_command_line}`, then open http://127.0.0.1:5000/{page}"
 
 
 def how_to_open(ui_command_line: str, tracking_uri: str, experiment_id: str) -> str:
