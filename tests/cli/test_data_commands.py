@@ -213,17 +213,24 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
     before, decoded = store_bytes(project), decoded_sets(project)
     code, _, err = cli("--home", str(project), "search", "--data", "../data", "--trials", "2", *tiny)
     assert code == 2 and err.count("\n") == 1, err
-    assert "error: the data at ../data is not the data study 'drone' was made with: 12 of its images or their " \
-           "masks differ (first: 000); pass the study's data with --data, or start a new study" in err
+    assert f"error: the data at ../data ({tmp_path / 'b' / 'data'}) is not the data study 'drone' was made with: " \
+           f"12 of its images or their masks differ (first: 000); pass the study's data with --data, or start a " \
+           f"new study" in err
     assert decoded_sets(project) == decoded  # refused before the other photos were decoded
     # the study's data left out: named, not a mismatch of class counts with the synthetic data
     code, _, err = cli("--home", str(project), "search", "--trials", "2", *tiny)
     assert code == 2 and err.count("\n") == 1, err
     assert "error: study 'drone' was made on the data folder given as ../data, not on the synthetic data; pass " \
            "that folder with --data PATH, or start a new study with --study NEW_NAME" in err
-    code, _, err = cli("--home", str(project), "retrain", "--best")
+    code, _, err = cli("--home", str(project), "retrain", "--best", "--data", "../data")
     assert code == 2 and "pass where the study's data is now with --data PATH, or restore its files" in err, err
+    code, _, err = cli("--home", str(project), "retrain", "--best", "--data", "synthetic")
+    assert code == 2 and err == "error: study 'drone' was made on the data folder given as ../data, not on the " \
+                                "synthetic data; pass that folder with --data PATH\n", err
     assert store_bytes(project) == before
+    # ../data from here is other data, the project folder's ../data the study's: retrain takes that one (a review)
+    code, _, err = cli("--home", str(project), "retrain", "--best")
+    assert code == 0, err
     # the same photos and masks in another place are the study's data: the study goes on
     shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data", dirs_exist_ok=True)
     os.utime(tmp_path / "b" / "data" / "masks" / "003.png")  # a touched file with the same content is the same

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -273,6 +274,9 @@ def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, c
     code, _, err = cli("report", "--best-config", "model.pt", "--overwrite")
     assert code == 2 and "model.pt is not a text file (a checkpoint? a picture?), which --overwrite never " \
                          "replaces" in err and checkpoint.read_bytes() == before, err
+    os.mkfifo(searched_home / "pipe")  # found by a review: reading its first bytes waited for ever
+    code, _, err = cli("report", "--best-config", "pipe", "--overwrite")
+    assert code == 2 and "pipe is not a regular file, which --overwrite never replaces" in err, err
     code, _, err = cli("report", "--best-config", "no/such/folder/best.toml")
     assert code == 2 and "folder no/such/folder does not exist" in err
     for path, message in (("best.toml/x.toml", "best.toml is a file, not a folder"), ("", "needs a file name"),
@@ -315,10 +319,25 @@ def test_a_retrain_stopped_or_killed_as_it_registers_leaves_the_run_and_the_regi
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
     assert runs[2].data.tags["registered_model"] == "unet-opt-default/2"
     assert client.get_model_version_by_alias("unet-opt-default", "champion").run_id == runs[2].info.run_id
+    # killed after its run ended with the model registered, as @champion was about to move: left where it was
+    done = retrain_with(champion, "mlflow.MlflowClient.set_registered_model_alias = "
+                                  "lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)")
+    assert done.returncode == -9, done.stderr
+    _, runs = retrain_runs(champion)
+    assert runs[3].info.status == "FINISHED" and runs[3].data.tags["registered_model"] == "unet-opt-default/3"
+    assert client.get_model_version_by_alias("unet-opt-default", "champion").version == 2
+    # the champion's run deleted and purged since (`mlflow gc`): said, not a traceback (a review)
+    client.delete_run(runs[2].info.run_id)
+    store = f"sqlite:///{champion}/mlruns/mlflow.db"
+    purged = subprocess.run([sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", store, "--tracking-uri",
+                             store], capture_output=True, text=True, timeout=120)
+    assert purged.returncode == 0, purged.stderr
+    code, out, err = cli("retrain", "--best")
+    assert code == 0 and "(version 4; it was version 2, whose run is gone)" in out, err
     # stopped as its run is being made (before its training could end it): KILLED, not left RUNNING
     made = retrain_with(champion, "from unet_opt.tracking.tracker import Tracker\nreal = Tracker.start_run\n"
                                   "def start(*a, **k):\n    real(*a, **k)\n    raise KeyboardInterrupt\n"
                                   "Tracker.start_run = start")
     assert made.returncode == 130, made.stderr
     _, runs = retrain_runs(champion)
-    assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED", "KILLED"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED", "FINISHED", "KILLED"]

@@ -34,6 +34,9 @@ def check_config_path(path: Path, overwrite: bool) -> None:
     refuse: `--best-config` is a `click.Path(dir_okay=False)`)."""
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists; pass --overwrite to replace it, or another file name")
+    if path.exists() and not path.is_file():  # a pipe, a device: reading its first bytes below would wait for ever
+        raise UserError(f"{path} is not a regular file, which --overwrite never replaces; write the config to a "
+                        f"file, e.g. --best-config {other_name(path)}")
     if is_database(path):  # a slip of the tab key must not turn a study or the MLflow store into a TOML file
         raise UserError(f"{path} is a database (a study storage or an MLflow store?), which --overwrite never "
                         f"replaces; write the config to another file, e.g. --best-config {other_name(path)}")

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from unet_opt.config.paths import Paths
+from unet_opt.config.schema import Config
 from unet_opt.core.data import split_indices
 from unet_opt.core.train import Fit, fit_job
 from unet_opt.errors import UserError
@@ -15,7 +16,7 @@ from unet_opt.parallel.placement import Placement
 from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record
 from unet_opt.study.best_config import best_trial_config
 from unet_opt.study.ledger import TrialLedger
-from unet_opt.study.storage import check_same_data, load_existing
+from unet_opt.study.storage import RETRAIN_WAY_OUT, check_its_data, load_existing
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,18 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
     study, setup, storage = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, setup)
     if data is not None:
-        cfg = cfg.replace({"data.dataset": data})
-    elif cfg.data.dataset != "synthetic":
-        cfg = cfg.replace({"data.dataset": data_folder_from_here(cfg.data.dataset, paths.home)})
+        folders = [data]
+    elif cfg.data.dataset == "synthetic":
+        folders = ["synthetic"]
+    else:
+        folders = data_folders_from_here(cfg.data.dataset, paths.home)
     # the trial's best epoch count: it was chosen on val, and val is now part of the training data
     cfg = cfg.replace({"train.epochs": epochs or best.user_attrs.get("best_epoch") or cfg.train.epochs})
     name = model_name or f"unet-opt-{study.study_name}"
     with Runner(paths, placement, fit) as runner:
+        cfg = the_study_s_data(cfg, folders, setup, runner, study.study_name)  # before any of it is decoded
         split_names = setup["split"]
         split = split_indices(split_names, runner.check(cfg).names)  # bad input fails here, before any write
-        check_same_data(setup.get("data"), runner.data_digests(cfg), split_names, study.study_name, cfg.data.dataset,
-                        "pass where the study's data is now with --data PATH, or restore its files")
         tracker = Tracker(tracking_uri, study.study_name, paths.artifacts)
         runner.use_tracker(tracker)
         tracker.fail_runs_of_dead_processes()  # a killed retrain's run ends FAILED, not RUNNING for ever
@@ -58,12 +60,28 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                       record.checkpoint, name, record.version, best.number, record.replaced)
 
 
-def data_folder_from_here(stored: str, home: Path) -> str:
-    """The study's data folder as stored (a relative path is from where its search ran, which was the
-    project folder unless --home was given), from here: as it is, else from the project folder."""
-    if Path(stored).expanduser().exists():
-        return stored
-    if not Path(stored).expanduser().is_absolute() and (home / stored).exists():
-        return str(home / stored)
-    raise UserError(f"the study's data folder {stored} does not exist from here ({Path.cwd()}); pass where it is "
-                    f"now with --data PATH")
+def data_folders_from_here(stored: str, home: Path) -> list[str]:
+    """Where the study's data folder may be from here: as stored, and from the project folder (a relative path
+    is from where its search ran, which was the project folder unless --home was given); those that exist."""
+    path = Path(stored).expanduser()
+    found = [stored] if path.exists() else []
+    if not path.is_absolute() and (home / path).exists() and (home / path).resolve() != path.resolve():
+        found.append(str(home / path))
+    if not found:
+        raise UserError(f"the study's data folder {stored} does not exist from here ({Path.cwd()}); pass where it "
+                        f"is now with --data PATH")
+    return found
+
+
+def the_study_s_data(cfg: Config, folders: list[str], setup: dict, runner: Runner, name: str) -> Config:
+    """`cfg` on the first of `folders` that holds the study's data (checked by content); the first one's
+    problem when none does."""
+    problem = None
+    for folder in folders:
+        candidate = cfg.replace({"data.dataset": folder})
+        try:
+            check_its_data(setup, folder, lambda c=candidate: runner.data_digests(c), name, RETRAIN_WAY_OUT)
+            return candidate
+        except UserError as e:
+            problem = problem or e
+    raise problem

@@ -125,10 +125,12 @@ def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str)
                         f"its original settings or start a new study with --study NEW_NAME")
 
 
+SEARCH_WAY_OUT = "pass the study's data with --data, or start a new study with --study NEW_NAME"
+RETRAIN_WAY_OUT = "pass where the study's data is now with --data PATH, or restore its files"
+
+
 def check_same_data(stored: dict[str, str] | None, current: dict[str, str], split: dict[str, list[str]],
-                    name: str, dataset: str,
-                    way_out: str = "pass the study's data with --data, or start a new study with --study NEW_NAME"
-                    ) -> None:
+                    name: str, dataset: str, way_out: str = SEARCH_WAY_OUT) -> None:
     """The images (and masks, and class table) of the study's split are the ones it was made with: a data
     folder at the same path (`../data` from another folder), or copied with the same names, may hold others."""
     if not stored:  # the synthetic data, or a study made before data digests were stored
@@ -139,7 +141,8 @@ def check_same_data(stored: dict[str, str] | None, current: dict[str, str], spli
                if n in stored and stored[n] != current.get(n)]
     if changed:
         first = "the class table" if changed[0] == CLASS_TABLE else changed[0]
-        raise UserError(f"the data at {dataset} is not the data study '{name}' was made with: {len(changed)} of its "
+        where = dataset if Path(dataset).expanduser().is_absolute() else f"{dataset} ({Path(dataset).resolve()})"
+        raise UserError(f"the data at {where} is not the data study '{name}' was made with: {len(changed)} of its "
                         f"images or their masks differ (first: {first}); {way_out}")
 
 
@@ -155,9 +158,10 @@ def existing_setup(storage_url: str, name: str) -> dict[str, Any] | None:
         return None
 
 
-def check_its_data(setup: dict[str, Any], dataset: str, digests: Callable[[], dict[str, str]], name: str) -> None:
-    """A study's data before a search decodes any: synthetic and folder data are not mixed up, and a folder
-    has the content the study was made with (`digests()`: the current content, by image name)."""
+def check_its_data(setup: dict[str, Any], dataset: str, digests: Callable[[], dict[str, str]], name: str,
+                   way_out: str = SEARCH_WAY_OUT) -> None:
+    """A study's data before a search or a retrain decodes any: synthetic and folder data are not mixed up,
+    and a folder has the content the study was made with (`digests()`: the current content, by image name)."""
     stored = (setup.get("config") or {}).get("data.dataset")
     if stored and (stored == "synthetic") != (dataset == "synthetic"):
         if stored == "synthetic":
@@ -165,13 +169,14 @@ def check_its_data(setup: dict[str, Any], dataset: str, digests: Callable[[], di
         else:  # the path as it was given then, from the folder it ran in: not one to pass from here
             made_on = f"the data folder given as {stored}, not on the synthetic data"
             fix = "pass that folder with --data PATH"
-        raise UserError(f"study '{name}' was made on {made_on}; {fix}, or start a new study with --study NEW_NAME")
+        new_study = ", or start a new study with --study NEW_NAME" if way_out == SEARCH_WAY_OUT else ""
+        raise UserError(f"study '{name}' was made on {made_on}; {fix}{new_study}")
     if setup.get("data") and "split" in setup and dataset != "synthetic":
         from unet_opt.core.data import split_indices  # here: `report` and `studies` need no torch
 
         current = digests()
-        split_indices(setup["split"], list(current))  # images gone are named as such, before edited ones
-        check_same_data(setup["data"], current, setup["split"], name, dataset)
+        split_indices(setup["split"], list(current), way_out)  # images gone are named as such, before edited ones
+        check_same_data(setup["data"], current, setup["split"], name, dataset, way_out)
 
 
 def wait_for_its_setup(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:

@@ -190,9 +190,10 @@ class Tracker:
 
     def log_model(self, run_id: str, model: Any, input_example: Any, registered_name: str,
                   alias: str = "champion") -> tuple[str, str]:
-        """Log the PyTorch model, register it and point `alias` at it, as the run's last step: the run ends
-        FINISHED only once all of it is done (a process killed on the way leaves it RUNNING, which the next
-        command ends FAILED). Returns (the version, what `alias` pointed at before: "" or a line about it).
+        """Log the PyTorch model and register it as the run's last step, then point `alias` at it: the run
+        ends FINISHED only once its model is registered (a process killed before leaves it RUNNING, which the
+        next command ends FAILED), and the alias moves only to the model of a FINISHED run (a kill just before
+        leaves it where it was). Returns (the version, what `alias` pointed at before: "" or a line about it).
         The signature leaves the batch, the height and the width free: any multiple of 2**depth is a valid
         input size."""
         import mlflow.pytorch
@@ -219,16 +220,16 @@ class Tracker:
                     serialization_format="pickle",
                     code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+                before = self.aliased(registered_name, alias)
                 with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines: the CLI says it
                     version = str(mlflow.register_model(info.model_uri, registered_name).version)
-                before = self.aliased(registered_name, alias)
-                self.client.set_registered_model_alias(registered_name, alias, version)
                 self.set_tags(run_id, {"registered_model": f"{registered_name}/{version}"})
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
+        self.client.set_registered_model_alias(registered_name, alias, version)
         return version, before
 
     def aliased(self, name: str, alias: str) -> str:
@@ -237,7 +238,10 @@ class Tracker:
             version = self.client.get_model_version_by_alias(name, alias)
         except mlflow.exceptions.MlflowException:  # no such model or alias yet
             return ""
-        dice = self.client.get_run(version.run_id).data.metrics.get("test_dice") if version.run_id else None
+        try:
+            dice = self.client.get_run(version.run_id).data.metrics.get("test_dice")
+        except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
+            return f"version {version.version}, whose run is gone"
         return f"version {version.version}" + (f", test_dice {dice:.4f}" if dice is not None else "")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
@@ -303,8 +307,10 @@ class Tracker:
             if tags.get("unet_opt.role") in roles and is_dead_here(tags.get("worker")):
                 self.set_tags(run.info.run_id, {"unet_opt.end_reason": "its process died (killed or crashed)"})
                 self.end(run.info.run_id, "FAILED")
-                log.warning("MLflow run %s (%s) was left running by a dead process; marked FAILED",
-                            run.info.run_id, run.info.run_name)
+                registered = f"; its model stays registered as {tags['registered_model']}, which no alias was " \
+                             f"moved to" if "registered_model" in tags else ""
+                log.warning("MLflow run %s (%s) was left running by a dead process; marked FAILED%s",
+                            run.info.run_id, run.info.run_name, registered)
 
     @contextlib.contextmanager
     def stopped_runs_killed(self, roles: tuple[str, ...] = ("retrain", "train")) -> Iterator[None]:
