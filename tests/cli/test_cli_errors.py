@@ -142,6 +142,9 @@ def offline(*args, **kwargs):
     (["--home", "qm?x", "search"], {"qm?x/": ""}, "has '?', '%' or '#' in its path, which a SQLite URL cannot hold"),
     (["--home", "pct%41", "report"], {"pct%41/": ""}, "has '?', '%' or '#' in its path"),
     (["--home", "h#1", "search"], {"h#1/": ""}, "has '?', '%' or '#' in its path, which a SQLite URL cannot hold"),
+    # an empty --out was the current folder (found by a review)
+    (["evaluate", "models:/x@champion", "--out", ""], {}, "'--out': needs a folder name"),
+    (["predict", "models:/x@champion", "photo.jpg", "--out", " "], {}, "'--out': needs a folder name"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
     for name, text in files.items():

@@ -179,6 +179,17 @@ def test_data_check_says_what_search_refuses_of_too_few_images(home, cli):
            "needs 2, val and test 1 each)" in out
 
 
+def test_data_check_lists_every_problem_of_a_folder_it_cannot_use(home, cli):
+    """Found by a review: with no photo at all, `data check` gave the search's one line of three problems,
+    which told the user to run `data check`."""
+    make_dataset(home / "data", "generic", count=5)
+    for photo in (home / "data" / "images").iterdir():
+        photo.unlink()
+    code, out, err = cli("data", "check", "data")
+    assert code == 2 and err == "error: 6 problem(s) in data; fix the files listed above\n", err
+    assert out.count("problem: ") == 6 and "problem: data/masks/004.png has no image" in out, out
+
+
 def test_data_check_warns_about_photos_too_large_to_decode_cheaply(home, cli, monkeypatch):
     make_dataset(home / "data", "generic", count=4, height=48, width=72)
     monkeypatch.setattr("unet_opt.core.data.images.LARGE_PIXELS", 48 * 72 - 1)  # these photos count as huge

@@ -148,8 +148,11 @@ def test_predict_writes_masks_at_each_image_s_own_size_and_never_over_a_file(cha
     assert code == 2 and "p/wide_mask.png exists already" in err
     assert cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", "p", "--overwrite")[0] == 0
     (home / "afile").touch()  # found by a review: tracebacks
+    (home / "dangling").symlink_to(home / "gone")
     for out, message in (("afile/sub", "afile is a file, not a folder; pass another --out folder"),
-                         ("/proc/x", "cannot make the folder /proc/x (")):
+                         ("/proc/x", "cannot write in /proc ("),
+                         ("/sys/kernel", "cannot write in /sys/kernel ("),  # root may, by its permissions
+                         ("dangling", f"dangling is a link to {home / 'gone'}, which does not exist")):
         code, _, err = cli("predict", "models:/unet-opt-default@champion", "wide.jpg", "--out", out)
         assert code == 2 and err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
 

@@ -412,5 +412,13 @@ def test_a_space_that_searches_nothing_is_said(home, cli):
     assert "above the" not in err  # batches of up to 16 of 24 images' training split: nothing to say
     code, _, err = cli("search", "--space", "searched.toml", "--study", "few", "--trials", "1",
                        "--set", "data.synthetic_images=12", "--set", "train.batch_size=12")
+    assert code == 0 and "train.batch_size is 12, above the 8 images of the training split: it trains on one " \
+                         "batch of 8 an epoch" in err, err
+    (home / "batches.toml").write_text((home / "searched.toml").read_text() + "[space.batch_size]\ntype = 'int'\n"
+                                       "low = 4\nhigh = 12\nstep = 4\n")
+    code, _, err = cli("search", "--space", "batches.toml", "--trials", "1", "--set", "data.synthetic_images=12")
     assert code == 0 and "train.batch_size goes up to 12, above the 8 images of the training split: such trials " \
                          "train on one batch of 8 an epoch" in err, err
+    code, _, err = cli("train", "--space", "fixed.toml", "--set", "data.synthetic_images=12",
+                       "--set", "train.batch_size=12")  # a baseline too (a review)
+    assert code == 0 and "train.batch_size is 12, above the 8 images" in err, err

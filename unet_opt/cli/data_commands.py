@@ -41,10 +41,12 @@ def data_check(path: Path, num_classes: int | None, ignore_index: int) -> int:
     from unet_opt.core.data.check import check
 
     report = check(path, num_classes)
-    if not report.layout:  # nothing to describe: the problem is the whole answer
-        from unet_opt.core.data.layouts import problems_error
-
-        raise problems_error(path, report.problems)
+    if not report.layout and len(report.problems) == 1:  # nothing to describe: the problem is the whole answer
+        raise UserError(report.problems[0])
+    if not report.layout:  # every problem, as the command promises (the search's one line shows the first few)
+        for problem in report.problems:
+            click.echo(f"problem: {problem}")
+        raise UserError(f"{len(report.problems)} problem(s) in {path}; fix the files listed above")
     print_report(report, ignore_index)
     if report.problems:
         raise UserError(f"{len(report.problems)} problem(s) in {path}; fix the files listed above")

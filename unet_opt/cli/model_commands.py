@@ -9,6 +9,7 @@ import click
 
 from unet_opt.cli.console import print_table
 from unet_opt.cli.options import (
+    OUT_FOLDER,
     Session,
     data_option,
     option,
@@ -51,7 +52,8 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
     from unet_opt.runs.baseline import train_baseline
 
     r = train_baseline(cfg, session.paths, placement)
-    click.echo(f"\nstopped: {r.fit.stop_reason} after {r.fit.epochs_run} epochs; best epoch {r.fit.best_epoch}")
+    epochs = f"{r.fit.epochs_run} epoch{'s' if r.fit.epochs_run != 1 else ''}"
+    click.echo(f"\nstopped: {r.fit.stop_reason} after {epochs}; best epoch {r.fit.best_epoch}")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.fit.best_metrics, **r.test}.items()
                                       if k.startswith(("val_", "test_")) and k != "val_loss"])
     click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
@@ -91,7 +93,8 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     paths = session.paths
     r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
                      epochs, model_name, data=dataset)
-    click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {r.fit.epochs_run} epochs")
+    epochs = f"{r.fit.epochs_run} epoch{'s' if r.fit.epochs_run != 1 else ''}"
+    click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {epochs}")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")
     replaced = f"; it was {r.replaced}" if r.replaced else ""
@@ -117,7 +120,7 @@ def run_page(paths: Paths, tracking_uri: str | None, r: RunSummary) -> str:
 @option("--frame", type=click.Choice(["eval", "native"]), default="eval", show_default=True,
         help="Where to score: eval, the frame the model was judged at (its study's evaluation frame); native, "
              "each photo at its own size against its original mask (a data folder's figure to quote).")
-@option("--out", type=click.Path(file_okay=False, path_type=Path), default="evaluation", show_default=True,
+@option("--out", type=OUT_FOLDER, default="evaluation", show_default=True,
         help="Folder for the confusion matrix PNG and CSV and the per-class CSV.")
 @overwrite_option
 @tracking_option
@@ -152,7 +155,7 @@ def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tra
 @click.command()
 @click.argument("model")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@option("--out", type=click.Path(file_okay=False, path_type=Path), default="predictions", show_default=True,
+@option("--out", type=OUT_FOLDER, default="predictions", show_default=True,
         help="Folder for the masks, colour masks and overlays.")
 @overwrite_option
 @tracking_option

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import click
 
@@ -43,6 +44,21 @@ class Seconds(click.FloatRange):
             self.fail(f"{value} is not a number of seconds; e.g. {param.opts[0] if param else ''} 3600".strip(),
                       param, ctx)
         return seconds
+
+
+class OutFolder(click.Path):
+    """A folder to write into (`--out`): not a file, and not an empty name (which would be the current folder)."""
+
+    def __init__(self):
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("needs a folder name, e.g. --out results", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+OUT_FOLDER = OutFolder()
 
 
 def option(*names: str, **settings):

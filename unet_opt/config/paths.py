@@ -45,16 +45,16 @@ class Paths:
 
     def storage_url(self, given: str | None = None) -> str:
         """`--storage` when given, else this folder's SQLite file."""
-        return given or self.sqlite_url(self.studies / "unet-opt.db", "--storage")
+        return given or self.sqlite_url(self.studies / "unet-opt.db")
 
     def tracking_uri(self, given: str | None = None) -> str:
         """`--tracking-uri` (or MLFLOW_TRACKING_URI, which the CLI reads) when given, else this folder's database."""
-        return given or self.sqlite_url(self.mlruns / "mlflow.db", "--tracking-uri")
+        return given or self.sqlite_url(self.mlruns / "mlflow.db")
 
-    def sqlite_url(self, path: Path, flag: str) -> str:
+    def sqlite_url(self, path: Path) -> str:
         if any(c in str(path) for c in "?%#"):  # a URL's query, escape or fragment: the database would land elsewhere
             raise UserError(f"the folder {self.home} has '?', '%' or '#' in its path, which a SQLite URL cannot hold; "
-                            f"rename it, use another --home, or pass {flag}")
+                            f"rename it, use another --home, or pass both --storage and --tracking-uri")
         return f"sqlite:///{path}"
 
 

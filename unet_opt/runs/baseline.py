@@ -12,7 +12,7 @@ from unet_opt.config.schema import Config
 from unet_opt.core.data import make_split, split_indices
 from unet_opt.core.train import Fit, fit_job
 from unet_opt.parallel.placement import Placement
-from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record
+from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record, warn_of_batches_above
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: Fit = f
                           (cfg.search.study or Path(cfg.source).stem) + BASELINE_SUFFIX, paths.artifacts)
         runner.use_tracker(tracker)
         split_names = make_split(names, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed)
+        warn_of_batches_above(cfg, len(split_names["train"]))
         tracker.fail_runs_of_dead_processes()
         with tracker.stopped_runs_killed():
             run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,

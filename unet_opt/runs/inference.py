@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,11 +115,16 @@ def check_outputs(paths: list[Path], overwrite: bool) -> None:
     checked before anything is written (or a model loaded, or an image scored)."""
     there = paths[0].parent
     while not there.exists() and there != there.parent:  # the part of --out that exists already
+        if there.is_symlink():
+            raise UserError(f"{there} is a link to {there.readlink()}, which does not exist; pass another --out folder")
         there = there.parent
     if not there.is_dir():
         raise UserError(f"{there} is a file, not a folder; pass another --out folder")
-    if not os.access(there, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write in {there} (permission denied); pass another --out folder")
+    try:  # by writing: permissions alone say yes to root, and /sys or a read-only mount still refuse
+        with tempfile.TemporaryFile(dir=there):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write in {there} ({e.strerror}); pass another --out folder") from None
     seen: set[Path] = set()
     for path in paths:
         if path in seen:

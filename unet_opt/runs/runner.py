@@ -215,6 +215,16 @@ class Runner:
         return outcome
 
 
+def warn_of_batches_above(cfg: Config, train_images: int) -> None:
+    """Batches larger than the training split are legal (each epoch is one smaller batch), rarely meant."""
+    largest = max(cfg.values_of("train.batch_size"))
+    if largest > train_images:
+        searched = "train.batch_size" in cfg.space
+        log.warning("train.batch_size %s %d, above the %d images of the training split: %s on one batch of %d an "
+                    "epoch", "goes up to" if searched else "is", largest, train_images,
+                    "such trials train" if searched else "it trains", train_images)
+
+
 def logging_callback(tracker: Tracker, run_id: str, cfg: Config, label: str = "",
                      decide: OnEpoch | None = None, epochs: tqdm | None = None) -> OnEpoch:
     """`on_epoch` that logs the epoch's metrics to the run and shows them on the terminal (a line, or

@@ -21,7 +21,7 @@ from unet_opt.core.train import Fit, fit_job
 from unet_opt.errors import Terminated
 from unet_opt.parallel.placement import Placement, plan
 from unet_opt.parallel.processes import worker_id
-from unet_opt.runs.runner import Runner
+from unet_opt.runs.runner import Runner, warn_of_batches_above
 from unet_opt.study.context import SearchContext
 from unet_opt.study.dashboard import MLFLOW_UI, link_to_mlflow
 from unet_opt.study.ledger import TrialLedger
@@ -78,10 +78,7 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
             log.warning("data.eval_size = %d is below the largest data.image_size the space draws (%d): trials are "
                         "scored on a coarser truth than they train at", cfg.data.eval_size,
                         max(cfg.values_of("data.image_size")))
-        train_images = len(study_setup(storage, name)["split"]["train"])
-        if (largest := max(cfg.values_of("train.batch_size"))) > train_images:  # legal: one smaller batch an epoch
-            log.warning("train.batch_size goes up to %d, above the %d images of the training split: such trials "
-                        "train on one batch of %d an epoch", largest, train_images, train_images)
+        warn_of_batches_above(cfg, len(study_setup(storage, name)["split"]["train"]))
         if not cfg.space and cfg.search.trials > 1:  # legal (seed-to-seed spread), but rarely what was meant
             log.warning("%s searches nothing (it has no [space.NAME] table): every trial trains the same config, "
                         "each with its own seed", cfg.source)

@@ -166,15 +166,15 @@ def decode_pair(image: Path, mask: Path, height: int, width: int, source: Source
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8; an unreadable file is a UserError naming it."""
     if path.exists() and not path.is_file():  # a folder, a FIFO or a device would hang or fail late
-        raise UserError(f"image {path} is not a regular file; pass a JPEG or PNG file")
+        raise UserError(f"image {path} is not a regular file; pass an image file (.jpg, .png, .tif, .webp, ...)")
     try:
         with opened(path) as im:
             return np.asarray(as_rgb(im))
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
     except UNREADABLE as e:
-        raise UserError(f"image {unreadable(path, e).removesuffix('; replace or remove it')}; pass a JPEG or PNG "
-                        f"file") from None
+        raise UserError(f"image {unreadable(path, e).removesuffix('; replace or remove it')}; pass an image file "
+                        f"(.jpg, .png, .tif, .webp, ...)") from None
 
 
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
