@@ -1,6 +1,6 @@
 """Screenshots of `unet-opt ui` for the README: starts the MLflow UI on a searched project folder, opens the
 study's runs table in headless Chromium and saves it as a PNG (and, with --run-name, that run's page too).
-tests/test_ui_browser.py uses the same functions to check that the table lists the trials.
+tests/tracking/test_ui_browser.py uses the same functions to check that the table lists the trials.
 
     python benchmarks/ui_screenshot.py --home FOLDER [--out docs/runs.png] [--run-name trial-0001 [--run-out PNG]]
 
