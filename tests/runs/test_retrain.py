@@ -117,7 +117,7 @@ def test_evaluate_reproduces_the_retrain_s_test_dice_from_the_registry_and_the_c
     code, out, _ = cli("evaluate", str(ckpt), "--split", "val", "--overwrite")
     assert code == 0 and "note: this model learned from the val split (it trained on train + val)" in out
     code, out, _ = cli("evaluate", str(ckpt), "--split", "all", "--overwrite")  # found by a review: no note
-    assert code == 0 and "note: this model learned from the train + val split (it trained on train + val): its " \
+    assert code == 0 and "note: this model learned from the train + val splits (it trained on train + val): its " \
                          "scores over all images are not held out" in out
     (champion / "afile").touch()  # found by a review: a traceback, after every image was scored
     code, _, err = cli("evaluate", str(ckpt), "--out", "afile/sub")

@@ -101,7 +101,8 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     write_per_class_csv(matrix, names, written[2])
     learned = ck.trained_on if split == "all" else [s for s in ck.trained_on if s == split]
     caution = "" if not learned or dataset else (
-        f"this model learned from the {' + '.join(learned)} split (it trained on {' + '.join(ck.trained_on)}): "
+        f"this model learned from the {' + '.join(learned)} split{'s' if len(learned) > 1 else ''} (it trained on "
+        f"{' + '.join(ck.trained_on)}): "
         f"its {'scores over all images' if split == 'all' else split + ' scores'} are not held out; the test split is")
     return Evaluation({"images": len(indices), **metrics}, rows, written, where, caution)
 
