@@ -32,6 +32,7 @@ from unet_opt.parallel.placement import Placement, check_divisible
 from unet_opt.parallel.ranks import RankGroup
 from unet_opt.runs.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.runs.reports import split_report, trial_report
+from unet_opt.tracking.registry import register_model
 from unet_opt.tracking.report_files import write_report
 from unet_opt.tracking.tracker import Tracker
 from unet_opt.tracking.writer import ArtifactWriter, write_reports_of_dead_writers
@@ -210,8 +211,8 @@ class Runner:
             example = next(batches(data, spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
             # a stop now would leave a registered version (and maybe the alias) to a KILLED run
             with runtime.stops_deferred("registering the model (a few seconds)"):
-                outcome.version, outcome.replaced = tracker.log_model(run_id, result.model.cpu(), example,
-                                                                      spec.register_as)
+                outcome.version, outcome.replaced = register_model(tracker, run_id, result.model.cpu(), example,
+                                                                   spec.register_as)
         return outcome
 
 
