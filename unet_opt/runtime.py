@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.abc
+import importlib.machinery
 import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -203,7 +206,41 @@ def handle_stop_signals(first_only: bool = False) -> None:
     global stop_signal
     stop_signal = None
     sys.unraisablehook = hide_dropped_stop
+    if not any(isinstance(finder, TorchImportHeld) for finder in sys.meta_path):
+        sys.meta_path.insert(0, TorchImportHeld())
     handler = on_first_stop_signal if first_only else on_stop_signal
     signal.signal(signal.SIGTERM, handler)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (`cmd &`)
         signal.signal(signal.SIGINT, handler)
+
+
+class TorchImportHeld(importlib.abc.MetaPathFinder):
+    """torch's first import runs with stops held (`stops_held`), acted on as soon as it is done. Its C++
+    start-up calls back into Python (`torch._C._autograd_init`), and a Ctrl-C raised in there cannot unwind
+    through C++: the process aborted (SIGABRT, "terminate called after throwing ... KeyboardInterrupt")
+    instead of ending as interrupted. Only in the main thread, where the stop handlers run."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if name != "torch" or threading.current_thread() is not threading.main_thread():
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = StopsHeldLoader(spec.loader)
+        return spec
+
+
+class StopsHeldLoader(importlib.abc.Loader):
+    """A module's own loader, whose execution of the module runs with stops held."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> object:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: object) -> None:
+        with stops_held():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> object:  # the rest of the loader's interface (resources, source)
+        return getattr(self.loader, name)

@@ -198,6 +198,34 @@ def test_a_parent_run_killed_once_the_trials_were_done_ends_finished_with_the_sa
     assert client.get_run(parent).info.status == "FINISHED"
 
 
+def command_stopped_inside_torch_s_start_up(sig: int, c_function: str, argv: list[str]) -> str:
+    """Python source running `unet-opt ARGV` that sends `sig` to its own process from the first Python code
+    torch's C++ `c_function` calls back as torch is imported (a profile hook, set before anything imports)."""
+    return ("import os, sys\n"
+            "inside = False\n"
+            "def hook(frame, event, arg):\n"
+            "    global inside\n"
+            f"    if event == 'c_call' and getattr(arg, '__name__', '') == {c_function!r}:\n"
+            "        inside = True\n"
+            "    elif event == 'call' and inside:\n"
+            f"        sys.setprofile(None)\n        os.kill(os.getpid(), {int(sig)})\n"
+            "sys.setprofile(hook)\n"
+            f"from unet_opt.cli.app import main\nmain({argv!r})\n")
+
+
+@pytest.mark.parametrize("sig, c_function", [(signal.SIGINT, "_multiprocessing_init"),
+                                             (signal.SIGTERM, "_c10d_init")], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_inside_torch_s_import_ends_the_command_as_stopped_not_aborted(tmp_path, sig, c_function):
+    """A stop raised in Python code that torch's C++ start-up calls cannot unwind through C++: the search
+    aborted (SIGABRT, 'terminate called after throwing an instance of pybind11::error_already_set') or
+    crashed, instead of saying `interrupted`. Now it is held until torch is imported."""
+    source = command_stopped_inside_torch_s_start_up(sig, c_function, ["search", "--trials", "1", *FAST])
+    done = subprocess.run([sys.executable, "-c", source], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, preexec_fn=interruptible)
+    expected = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}[sig]
+    assert (done.returncode, done.stderr.strip().splitlines()[-1:]) == (expected[0], [expected[1]]), done.stderr
+
+
 @pytest.mark.slow
 def test_real_sigint_records_the_trial_and_exits_130(home):
     import os

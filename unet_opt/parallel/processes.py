@@ -65,12 +65,28 @@ def die_with_parent() -> None:
 
 @contextlib.contextmanager
 def children_ignoring(*stops: signal.Signals) -> Iterator[None]:
-    """Child processes started in this block ignore `stops` from their first instant (an ignored signal
-    stays ignored through exec): a terminal's Ctrl-C, sent to every process of the group, must not end one
-    with a traceback while it imports. This process ignores them too, for the milliseconds the starts take."""
-    handlers = {stop: signal.signal(stop, signal.SIG_IGN) for stop in stops}
+    """Child processes started in this block are deaf to `stops` from their first instant, until they call
+    `ignore_stops`: a terminal's Ctrl-C, sent to every process of the group, must not end one with a
+    traceback while it imports. The stops are blocked in this thread (a mask survives fork and exec, a
+    handler does not survive exec), and one that reaches this process meanwhile is held and acted on as the
+    block ends: ignoring it here, as this once did, lost a Ctrl-C that came while a fork took its time."""
+    held: list[int] = []
+    handlers = {stop: signal.signal(stop, lambda signum, frame: held.append(signum)) for stop in stops
+                if signal.getsignal(stop) is not signal.SIG_IGN}  # one ignored (`cmd &`) stays ignored
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)  # a stop that came meanwhile is delivered: held
         for stop, handler in handlers.items():
             signal.signal(stop, handler)
+        if held:  # as this process's own handler would have, now that the children are started
+            signal.raise_signal(held[0])
+
+
+def ignore_stops(*stops: signal.Signals) -> None:
+    """The first call of a child started in `children_ignoring`: `stops` ignored for good, and let through
+    again (one sent to it while it started is dropped)."""
+    for stop in stops:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)

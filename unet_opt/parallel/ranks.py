@@ -40,7 +40,7 @@ from unet_opt.core.data import DataCache
 from unet_opt.core.group import Group
 from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, OnStep
 from unet_opt.parallel.placement import Placement
-from unet_opt.parallel.processes import children_ignoring, die_with_parent, left_by_the_dead
+from unet_opt.parallel.processes import children_ignoring, die_with_parent, ignore_stops, left_by_the_dead
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
@@ -232,6 +232,7 @@ def release_memory(device: torch.device) -> None:
 
 def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection, cache_dir: Path | None) -> None:
     """One rank: join the group, then run each job sent until the connection closes."""
+    ignore_stops(signal.SIGINT)  # Ctrl-C is the launcher's to handle
     die_with_parent()
     runtime.setup(prefix=f"[rank {rank}] ")
     runtime.setup_torch(placement.threads)

@@ -40,7 +40,7 @@ from typing import Any
 
 from unet_opt import runtime
 from unet_opt.config.paths import sqlite_file
-from unet_opt.parallel.processes import children_ignoring, left_by_the_dead
+from unet_opt.parallel.processes import children_ignoring, ignore_stops, left_by_the_dead
 from unet_opt.tracking.report_files import RunReport, write_report
 
 log = logging.getLogger(__name__)
@@ -231,11 +231,12 @@ def own_database_pools() -> None:
 def writer_main(conn: Connection, tracking_uri: str, verbose: bool, launcher_end: Connection | None = None) -> None:
     """Receive jobs as they come (paths of spooled files) and do them in turn. `launcher_end`: forked, the
     launcher's end of the pipe, closed here, or the launcher's death would never be seen."""
+    ignore_stops(signal.SIGINT, signal.SIGTERM)  # it finishes its queue, then ends: the launcher decides when
     if launcher_end is not None:
         launcher_end.close()
         if "sqlalchemy" in sys.modules:  # else no engine can exist: a search's CLI forks it before any import
             own_database_pools()
-    runtime.setup(verbose)  # it ignores SIGINT and SIGTERM as it started: it finishes its queue, then ends
+    runtime.setup(verbose)
     jobs: queue.Queue = queue.Queue()
 
     def receive() -> None:
