@@ -1,5 +1,6 @@
 """The background writer of a run's files: it finishes what it was handed, whatever happens to its launcher."""
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -81,6 +82,26 @@ print(run_id, process.exitcode)
     assert code == "0" and "KeyboardInterrupt" not in done.stderr
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.toml", "learning_curves.png"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root (or a raised RLIMIT_NICE) may raise a process's priority")
+def test_a_finishing_search_s_last_files_are_drawn_at_its_own_priority(tmp_path):
+    # at nice 19, on cores that other programs keep busy, a finished search waited minutes for its writer
+    writer = ArtifactWriter(f"sqlite:///{tmp_path}/mlflow.db", low_priority=True)
+    writer.start()
+    pid = writer.process.pid
+    writer.submit("run", RunReport("a = 1\n", "val_dice", [{"train_loss": 1.0, "val_dice": 0.5}], 1),
+                  tmp_path / "files")
+    priorities = []
+    closing = threading.Thread(target=writer.close)
+    closing.start()
+    while closing.is_alive():
+        with contextlib.suppress(OSError):  # it has ended
+            priorities.append(os.getpriority(os.PRIO_PROCESS, pid))
+        time.sleep(0.01)
+    closing.join()
+    assert priorities and priorities[-1] == os.getpriority(os.PRIO_PROCESS, 0), priorities  # it drew at it
+    assert (tmp_path / "files" / "learning_curves.png").exists()
 
 
 @pytest.mark.slow

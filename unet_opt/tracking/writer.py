@@ -23,6 +23,7 @@ had not written stay spooled, and the next search on this machine (`adopt_report
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -139,7 +140,10 @@ class ArtifactWriter:
         report ends at once (after a Ctrl-C in the first seconds, say: its `call`s are not waited for)."""
         if self.process is None:
             return
-        self.conn.close()  # the writer finishes its queue, then ends
+        if self.low_priority:  # nothing of the search trains now: its last files need not yield to anything,
+            with contextlib.suppress(OSError):  # where a process may be raised again (root, RLIMIT_NICE)
+                os.setpriority(os.PRIO_PROCESS, self.process.pid, os.getpriority(os.PRIO_PROCESS, 0))
+        self.conn.close()  # the writer finishes its queue (its copies forked from now on), then ends
         if not self.reports:  # no run's files to finish: it may still be importing
             self.process.kill()
             self.process.join()  # a killed process at nice 19 on busy cores may take seconds to go
