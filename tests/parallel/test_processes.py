@@ -3,6 +3,8 @@
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -68,3 +70,21 @@ def test_a_child_started_in_the_block_survives_stops_sent_before_and_after_it_ig
     os.kill(process.pid, signal.SIGINT)  # and once it ignores them
     process.join(30)
     assert process.exitcode == 0
+
+
+def test_the_first_spawned_child_of_a_process_is_deaf_to_a_ctrl_c_while_it_starts():
+    """Python's resource tracker, started by a process's first spawned child, unblocked the stops as it
+    started: `--procs 2` ranks still importing torch printed tracebacks, or aborted, on a terminal's Ctrl-C.
+    In a new interpreter, where no tracker runs yet; the child sleeps without ever ignoring the stop."""
+    source = ("import multiprocessing, os, signal, time\n"
+              "from unet_opt.parallel.processes import children_ignoring\n"
+              "context = multiprocessing.get_context('spawn')\n"
+              "with children_ignoring(signal.SIGINT):\n"
+              "    child = context.Process(target=time.sleep, args=(2,))\n"
+              "    child.start()\n"
+              "time.sleep(0.3)\n"
+              "os.kill(child.pid, signal.SIGINT)\n"
+              "child.join()\n"
+              "print(child.exitcode)\n")
+    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["0"], done.stderr

@@ -11,6 +11,7 @@ import signal
 import socket
 import tempfile
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 
@@ -70,6 +71,7 @@ def children_ignoring(*stops: signal.Signals) -> Iterator[None]:
     traceback while it imports. The stops are blocked in this thread (a mask survives fork and exec, a
     handler does not survive exec), and one that reaches this process meanwhile is held and acted on as the
     block ends: ignoring it here, as this once did, lost a Ctrl-C that came while a fork took its time."""
+    resource_tracker.ensure_running()  # a spawned child's first start runs it, and it unblocks both stops
     held: list[int] = []
     handlers = {stop: signal.signal(stop, lambda signum, frame: held.append(signum)) for stop in stops
                 if signal.getsignal(stop) is not signal.SIG_IGN}  # one ignored (`cmd &`) stays ignored
