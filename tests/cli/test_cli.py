@@ -216,3 +216,9 @@ def test_an_interrupted_search_says_to_run_again_only_when_trials_are_missing(ca
 
     print_summary(Summary("default", 5, {"complete": finished}, None, interrupted=True), 10.0)
     assert f"interrupted: study 'default' has {finished}/5 finished trials; {says}" in capsys.readouterr().out
+
+
+def test_a_run_s_epochs_are_counted_in_words():
+    from unet_opt.cli.model_commands import epoch_count
+
+    assert [epoch_count(n) for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]  # "for 1 epochs" once

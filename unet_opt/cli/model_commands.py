@@ -52,8 +52,7 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
     from unet_opt.runs.baseline import train_baseline
 
     r = train_baseline(cfg, session.paths, placement)
-    epochs = f"{r.fit.epochs_run} epoch{'s' if r.fit.epochs_run != 1 else ''}"
-    click.echo(f"\nstopped: {r.fit.stop_reason} after {epochs}; best epoch {r.fit.best_epoch}")
+    click.echo(f"\nstopped: {r.fit.stop_reason} after {epoch_count(r.fit.epochs_run)}; best epoch {r.fit.best_epoch}")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.fit.best_metrics, **r.test}.items()
                                       if k.startswith(("val_", "test_")) and k != "val_loss"])
     click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
@@ -93,8 +92,7 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     paths = session.paths
     r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
                      epochs, model_name, data=dataset)
-    epochs = f"{r.fit.epochs_run} epoch{'s' if r.fit.epochs_run != 1 else ''}"
-    click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {epochs}")
+    click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {epoch_count(r.fit.epochs_run)}")
     print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
     click.echo(f"MLflow run:       {r.run_id}")
     replaced = f"; it was {r.replaced}" if r.replaced else ""
@@ -102,6 +100,10 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
     click.echo(f"see it:           {run_page(paths, tracking_uri, r)}")
     return 0
+
+
+def epoch_count(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def run_page(paths: Paths, tracking_uri: str | None, r: RunSummary) -> str:
