@@ -29,3 +29,19 @@ def test_predict_writes_the_classes_of_the_logits_resized_to_the_photo(home, cli
     with torch.no_grad():
         expected = F.interpolate(model(x), size=(90, 131), mode="bilinear", align_corners=False).argmax(1)[0]
     assert mask.shape == (90, 131) and (mask == expected.numpy()).mean() > 0.999
+
+
+def test_predict_s_overlay_is_the_photo_and_mask_half_each_without_float_copies_of_the_photo():
+    import tracemalloc
+
+    from unet_opt.runs.inference import overlay
+
+    rng = np.random.default_rng(0)
+    image, colour = (rng.integers(0, 256, (300, 400, 3), dtype=np.uint8) for _ in range(2))
+    tracemalloc.start()
+    blended = overlay(image, colour)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(blended, ((image.astype(int) + colour) // 2).astype(np.uint8))
+    # two uint16 copies and the result at most (float64 took 3 copies of 8 bytes: 24 bytes a value)
+    assert peak <= 5 * image.size, peak

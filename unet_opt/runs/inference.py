@@ -157,5 +157,14 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     written = prediction_files(path, out_dir)
     write_png(written[0], mask)
     write_png(written[1], colour)
-    write_png(written[2], (0.5 * image + 0.5 * colour).astype(np.uint8))
+    write_png(written[2], overlay(image, colour))
     return written
+
+
+def overlay(image: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """The photo and its colour mask, half each. In 16-bit integers: float arithmetic took 24 bytes a pixel
+    and channel (an 11000x9000 photo peaked at 6 GB), this takes 4."""
+    total = image.astype(np.uint16)
+    total += colour
+    total //= 2
+    return total.astype(np.uint8)
