@@ -36,7 +36,7 @@ def offline(*args, **kwargs):
 
 @pytest.mark.parametrize("args, files, message", [
     (["search", "--trials", "0"], {}, "Invalid value for '--trials'"),
-    (["search", "--trials", "many"], {}, "'many' is not a valid integer"),
+    (["search", "--trials", "many"], {}, "'many' is not a valid integer."),  # not "integer range" (a review)
     (["search", "--timeout", "-5"], {}, "Invalid value for '--timeout'"),
     (["search", "--space", "missing.toml"], {}, "space file 'missing.toml' not found"),
     (["search", "--space", "bad.toml"], {"bad.toml": "[train\nlr = 1"}, "not valid TOML"),
@@ -145,6 +145,15 @@ def offline(*args, **kwargs):
     # an empty --out was the current folder (found by a review)
     (["evaluate", "models:/x@champion", "--out", ""], {}, "'--out': needs a folder name"),
     (["predict", "models:/x@champion", "photo.jpg", "--out", " "], {}, "'--out': needs a folder name"),
+    # empty values and files, and the mistyped input named before an output in the way (a review)
+    (["search", "--study", ""], {}, "'--study': is empty; pass a value, or leave --study out"),
+    (["search", "--storage", " "], {}, "'--storage' (env var: 'UNET_OPT_STORAGE'): is empty"),
+    (["--home", "", "report"], {}, "'--home' (env var: 'UNET_OPT_HOME'): is empty"),
+    (["report", "--study", ""], {}, "'--study': is empty"),
+    (["search", "--space", "s.toml"], {"s.toml": " \n"}, "s.toml is empty; write the settings to change into it"),
+    (["train", "--space", "s.toml"], {"s.toml": ""}, "s.toml is empty"),
+    (["evaluate", "crafted.pt"], {"crafted.pt": "not a checkpoint"},
+     "error: crafted.pt is not a unet-opt checkpoint; pass a file written by"),
 ])
 def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, files, message):
     for name, text in files.items():
@@ -153,6 +162,7 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(home, cli, args, file
         elif name.endswith("|"):
             os.mkfifo(home / name[:-1])  # reading it would block for ever
         else:
+            (home / name).parent.mkdir(parents=True, exist_ok=True)
             (home / name).write_text(text)
     before = written_files(home)
     code, out, err = cli(*args)

@@ -83,13 +83,13 @@ def test_set_values_are_read_as_toml():
     ("[space.lr]\ntype = 'gaussian'\n", [], r"type = 'gaussian'"),
     ("[space.dropout]\ntype = 'float'\nlow = 0\nhigh = 1\n", [], r"unknown key 'dropout'"),
     ("[space.lr]\ntype = 'float'\nlow = 1e-4\nhigh = 1e-1\nstpe = 2\n", [], r"unknown key 'stpe'"),
-    ("", ["search.sampler=grid"], r"search.sampler = 'grid' is not one of 'tpe', 'random'"),
-    ("", ["train.nope=1"], r"unknown key 'train.nope'"),
-    ("", ["trainlr"], r"not of the form section.key=value"),
-    ("", ["space.lr.high=0.5"], r"'lr' is not searched"),
-    ("", ["data.test_fraction=0.7"], r"data.test_fraction = 0.7 must be between 0 and 0.5"),
-    ("", ["search.study=my study"], r"may hold only letters"),
-    ("", ["data.binary='mean'", "data.foreground=['car']"], r"set only one"),
+    ("# the --set alone\n", ["search.sampler=grid"], r"search.sampler = 'grid' is not one of 'tpe', 'random'"),
+    ("# the --set alone\n", ["train.nope=1"], r"unknown key 'train.nope'"),
+    ("# the --set alone\n", ["trainlr"], r"not of the form section.key=value"),
+    ("# the --set alone\n", ["space.lr.high=0.5"], r"'lr' is not searched"),
+    ("# the --set alone\n", ["data.test_fraction=0.7"], r"data.test_fraction = 0.7 must be between 0 and 0.5"),
+    ("# the --set alone\n", ["search.study=my study"], r"may hold only letters"),
+    ("# the --set alone\n", ["data.binary='mean'", "data.foreground=['car']"], r"set only one"),
 ])
 def test_errors_name_the_key_the_file_and_the_fix(tmp_path, text, sets, message):
     path = write(tmp_path, text)

@@ -45,3 +45,23 @@ def test_predict_s_overlay_is_the_photo_and_mask_half_each_without_float_copies_
     assert np.array_equal(blended, ((image.astype(int) + colour) // 2).astype(np.uint8))
     # two uint16 copies and the result at most (float64 took 3 copies of 8 bytes: 24 bytes a value)
     assert peak <= 5 * image.size, peak
+
+
+def test_evaluate_names_a_missing_data_folder_before_an_evaluation_already_there(home, cli):
+    cfg = Config(data=DataConfig(image_size=32), model=ModelConfig(base_channels=4, depth=2))
+    save_checkpoint(home / "model.pt", build_model(cfg.model, 24), cfg, ClassTable.drone(), False,
+                    {"train": [], "val": [], "test": []})
+    (home / "evaluation").mkdir()
+    (home / "evaluation" / "confusion_matrix.png").write_bytes(b"")
+    code, _, err = cli("evaluate", "model.pt", "--data", "nowhere")
+    # the folder is what was mistyped: "--overwrite" would only have led to this error next (a review)
+    assert code == 2 and err.strip() == ("error: data folder nowhere does not exist; pass the folder holding the "
+                                         "images and masks"), err
+
+
+def test_predict_names_a_model_not_found_before_an_output_already_there(home, cli):
+    Image.new("RGB", (40, 30)).save(home / "photo.png")
+    (home / "predictions").mkdir()
+    (home / "predictions" / "photo_mask.png").write_bytes(b"")
+    code, _, err = cli("predict", "models:/x@champion", "photo.png")
+    assert code == 2 and "to find 'models:/x@champion' in" in err and "exists already" not in err, err

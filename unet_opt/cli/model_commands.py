@@ -174,10 +174,10 @@ def predict(session: Session, model, images, out, overwrite, tracking_uri) -> in
     from unet_opt.core.data.images import read_rgb
     from unet_opt.runs.inference import check_outputs, predict_image, prediction_files, resolve_model
 
-    for image in images:  # every image and every output is checked before anything is written
+    for image in images:  # every image, the model and every output are checked before anything is written
         read_rgb(image)
-    check_outputs([path for image in images for path in prediction_files(image, out)], overwrite)
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
+    check_outputs([path for image in images for path in prediction_files(image, out)], overwrite)  # the inputs first
     for image in images:
         written = predict_image(ck, image, out)
         click.echo(f"{image}: " + ", ".join(str(p) for p in written))

@@ -21,7 +21,22 @@ EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # a user's mistake,
 
 class Option(click.Option):
     """A click option whose `show_default` string is shown as a value, `[default: 30]`, like any other
-    default, rather than in click's parentheses for described defaults, `[default: (30)]`."""
+    default, rather than in click's parentheses for described defaults, `[default: (30)]`; that refuses an
+    empty value (`--study ''` would otherwise mean the default, or a folder named ''); and whose whole
+    numbers are called that (click's "'abc' is not a valid integer range" for one number)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(self.type, click.IntRange):
+            self.type.name = "integer"
+
+    def process_value(self, ctx: click.Context, value):
+        value = super().process_value(ctx, value)  # a type's own word on an empty value first (--out)
+        given = value if isinstance(value, tuple) else (value,)
+        typed = ctx.get_parameter_source(self.name) == click.core.ParameterSource.COMMANDLINE  # not a default
+        if typed and any(isinstance(v, str) and not v.strip() for v in given):
+            raise click.BadParameter(f"is empty; pass a value, or leave {self.opts[0]} out", ctx, self)
+        return value
 
     def get_help_extra(self, ctx: click.Context):
         extra = super().get_help_extra(ctx)

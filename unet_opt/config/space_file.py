@@ -63,6 +63,9 @@ def load_config(space: str = "default", overrides: dict[str, Any] | None = None,
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot be read ({e}); pass a readable UTF-8 TOML file") from None
+    if not text.strip():  # a failed copy or redirect, far likelier than a wish for every default
+        raise UserError(f"{path} is empty; write the settings to change into it (see search/default.toml), "
+                        f"or leave out --space to use the defaults")
     return config_from_text(text, str(path), overrides, sets)
 
 

@@ -51,8 +51,8 @@ def stage_checkpoint(path: Path, folder: Path) -> None:
 def load_checkpoint(path: Path) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a unet-opt checkpoint ({type(e).__name__}); pass a file written by "
+    except Exception:  # torch's reason (a KeyError for a file that is no zip archive) tells a user nothing
+        raise UserError(f"{path} is not a unet-opt checkpoint; pass a file written by "
                         f"`unet-opt retrain` or a models:/ URI") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path} is not a unet-opt checkpoint; pass a file written by `unet-opt retrain`")

@@ -57,11 +57,14 @@ FRAMES = ("eval", "native")
 
 
 def check_frame(ck: Checkpoint, dataset: str | None, frame: str) -> Config:
-    """The config a model is evaluated with (on `dataset` when given), once `frame` is known to apply to it."""
+    """The config a model is evaluated with (on `dataset` when given), once `frame` is known to apply to it
+    and a `dataset` folder to hold a data set (before `--out` is checked: the folder is what was mistyped)."""
     cfg = ck.cfg.replace({"data.dataset": dataset}) if dataset else ck.cfg
     if frame == "native" and cfg.data.dataset == "synthetic":
         raise UserError("--frame native scores against the photos' own masks, and the synthetic data set has "
                         "none; pass --data FOLDER, or leave --frame at eval")
+    if dataset and cfg.data.dataset != "synthetic":
+        find_source(Path(cfg.data.dataset).expanduser(), cfg.data.num_classes)
     return cfg
 
 
