@@ -206,3 +206,42 @@ def test_webp_and_gif_photos_are_photos(tmp_path):
     assert data.names == sorted(truth)
     webp = np.asarray(Image.open(photos / "001.webp").convert("RGB"))
     assert np.array_equal(data.images[1].permute(1, 2, 0).numpy(), webp)
+
+
+def own_class_0_folders(root):
+    """Two folders alike but for their class 0: 'unlabeled' (the drone table's) and 'background'."""
+    from unet_opt.core.data.classes import ClassTable
+
+    make_dataset(root / "unl", "generic", count=8)
+    make_dataset(root / "bg", "generic", count=8)
+    write_table(root / "bg" / "classes.csv", ClassTable(("background", *TABLE.names[1:]), TABLE.colors))
+
+
+def test_a_folder_s_own_class_0_to_learn_is_said_to_be_ignored_and_unlabeled_is_not(tmp_path, cli):
+    own_class_0_folders(tmp_path)
+    code, out, _ = cli("data", "check", str(tmp_path / "unl"))
+    assert code == 0 and "unlabeled (ignored)" in out and "warning" not in out
+    code, out, _ = cli("data", "check", str(tmp_path / "bg"))  # found by a review: nothing said so
+    assert code == 0 and "background (ignored)" in out
+    assert f"warning: class 0 of {tmp_path / 'bg' / 'classes.csv'}, 'background', is left out of training and of " \
+           "every score (data.ignore_index = 0); if it is a class to learn, pass --set data.ignore_index=-1" in out
+    code, out, _ = cli("data", "check", str(tmp_path / "bg"), "--ignore-index", "-1")
+    assert code == 0 and "(ignored)" not in out and "warning" not in out
+
+
+def test_every_command_that_reads_a_folder_says_that_its_own_class_0_is_ignored(tmp_path, caplog):
+    own_class_0_folders(tmp_path)
+    for folder in ("bg", "unl"):
+        load_data(DataConfig(dataset=str(tmp_path / folder), num_classes=5, image_size=32), 2, tmp_path / "cache")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"class 0 of {tmp_path / 'bg' / 'classes.csv'}, 'background'")
+
+
+def test_colour_masks_without_a_class_table_are_that_one_problem_in_data_check(tmp_path, cli):
+    make_dataset(tmp_path / "d", "generic", count=8, colour=True)
+    (tmp_path / "d" / "classes.csv").unlink()
+    code, out, err = cli("data", "check", str(tmp_path / "d"))
+    # found by a review: the drone table at 0 % and each mask's colours "not in the class table None"
+    assert code == 2 and "unlabeled" not in out and "paved-area" not in out and "None" not in out
+    assert [line for line in out.splitlines() if line.startswith("problem:")] == [
+        f"problem: {tmp_path / 'd'} has colour masks but no class table; add classes.csv with rows name, r, g, b"]

@@ -23,7 +23,7 @@ def test_a_baseline_at_32_px_evaluated_by_its_run_id_gives_the_val_dice_it_logge
     best_epoch = int(run.data.tags["best_epoch"])
     logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_dice")}[best_epoch]
     code, out, _ = cli("evaluate", run.info.run_id, "--split", "val")
-    assert code == 0 and "scored at 64x96 (its study's evaluation frame)" in out
+    assert code == 0 and "scored at 64x96 (the evaluation frame it was judged at)" in out
     shown = float(next(line.split()[1] for line in out.splitlines() if line.startswith("val_dice ")))
     assert round(shown, 4) == round(logged, 4)
 

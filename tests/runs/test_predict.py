@@ -65,3 +65,18 @@ def test_predict_names_a_model_not_found_before_an_output_already_there(home, cl
     (home / "predictions" / "photo_mask.png").write_bytes(b"")
     code, _, err = cli("predict", "models:/x@champion", "photo.png")
     assert code == 2 and "to find 'models:/x@champion' in" in err and "exists already" not in err, err
+
+
+def test_scores_of_images_a_model_learned_from_are_said_so_by_their_names_with_or_without_data():
+    from unet_opt.runs.checkpoint import Checkpoint
+    from unet_opt.runs.inference import learned_caution
+
+    split = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    retrained = Checkpoint(None, Config(), ClassTable.drone(), False, split, trained_on=("train", "val"))
+    assert learned_caution(retrained, "test", {"d"}) == ""
+    assert learned_caution(retrained, "all", {"a", "b", "c", "d"}) == (
+        "this model learned from the train + val splits (it trained on train + val): its scores over all images are "
+        "not held out; the test split's are (--split test)")  # a whole sentence (found by a review)
+    assert learned_caution(retrained, "val", {"c"}).startswith("this model learned from the val split (it trained")
+    # other data, whose names the model never saw: nothing to say
+    assert learned_caution(retrained, "all", {"x", "y"}) == ""

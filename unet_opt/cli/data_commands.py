@@ -40,7 +40,7 @@ def data_check(path: Path, num_classes: int | None, ignore_index: int) -> int:
     """
     from unet_opt.core.data.check import check
 
-    report = check(path, num_classes)
+    report = check(path, num_classes, ignore_index=ignore_index)
     if not report.layout and len(report.problems) == 1:  # nothing to describe: the problem is the whole answer
         raise UserError(report.problems[0])
     if not report.layout:  # every problem, as the command promises (the search's one line shows the first few)
@@ -97,8 +97,10 @@ def print_report(report, ignore_index: int = 0) -> None:
                f"{'colour' if report.colour_masks else 'class-index'} masks)")
     click.echo("image sizes: " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common()))
     if report.classes is not None and report.frequencies is not None:
-        print_table(["#", "class", "pixels"], [[str(i), name, f"{100 * f:.3g}%"]
-                                               for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))])
+        rows = enumerate(zip(report.classes.names, report.frequencies))
+        print_table(["#", "class", "pixels"],
+                    [[str(i), name + (" (ignored)" if i == ignore_index else ""), f"{100 * f:.3g}%"]
+                     for i, (name, f) in rows])
     advice = rare_classes_advice(report, ignore_index)
     if advice:
         click.echo(advice)

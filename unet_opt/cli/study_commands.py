@@ -120,13 +120,15 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
         if best_config == "-":  # the TOML itself on stdout, as the only output
             if as_json:
                 raise click.UsageError("--best-config - and --json both write to stdout; pass one of them")
-            click.echo(best_config_text(session.paths.storage_url(storage), study, "FILE")[0], nl=False)
+            click.echo(best_config_text(session.paths.storage_url(storage), study, "FILE", session.paths.home)[0],
+                       nl=False)
             return 0
         if not best_config.strip():
             raise click.UsageError("--best-config needs a file name, e.g. --best-config best.toml (or - for stdout)")
         from pathlib import Path
 
-        best = write_best_config(session.paths.storage_url(storage), study, Path(best_config), overwrite)
+        best = write_best_config(session.paths.storage_url(storage), study, Path(best_config), session.paths.home,
+                                 overwrite)
         click.echo(f"wrote {best_config}: trial #{best['number']} of study '{best['study']}' "
                    f"({best['metric']} = {best['value']:.4f}); train it again with "
                    f"`unet-opt train --space {best_config}`", err=as_json)  # stdout stays one JSON object

@@ -91,7 +91,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     else:
         metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
         h, w = data.scored_frame
-        judged = "its own training frame" if cfg.data.eval_size < 0 else "its study's evaluation frame"
+        judged = "its own training frame" if cfg.data.eval_size < 0 else "the evaluation frame it was judged at"
         where = f"{h}x{w} ({judged})"
     names = list(data.classes.names)
     pc = per_class(matrix)
@@ -102,12 +102,19 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
     plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split))  # a checkpoint keeps no epoch
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
-    learned = ck.trained_on if split == "all" else [s for s in ck.trained_on if s == split]
-    caution = "" if not learned or dataset else (
-        f"this model learned from the {' + '.join(learned)} split{'s' if len(learned) > 1 else ''} (it trained on "
-        f"{' + '.join(ck.trained_on)}): "
-        f"its {'scores over all images' if split == 'all' else split + ' scores'} are not held out; the test split is")
-    return Evaluation({"images": len(indices), **metrics}, rows, written, where, caution)
+    return Evaluation({"images": len(indices), **metrics}, rows, written, where,
+                      learned_caution(ck, split, {data.names[i] for i in indices}))
+
+
+def learned_caution(ck: Checkpoint, split: str, scored: set[str]) -> str:
+    """What to say before scores of images the model learned from, by their names: so also on the study's
+    own data passed again with --data (after a move), and never on other data."""
+    learned = [s for s in ck.trained_on if scored & set(ck.split.get(s, []))]
+    if not learned:
+        return ""
+    return (f"this model learned from the {' + '.join(learned)} split{'s' if len(learned) > 1 else ''} (it trained on "
+            f"{' + '.join(ck.trained_on)}): its {'scores over all images' if split == 'all' else split + ' scores'} "
+            f"are not held out; the test split's are (--split test)")
 
 
 def prediction_files(image: Path, out_dir: Path) -> list[Path]:

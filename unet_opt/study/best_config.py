@@ -29,6 +29,19 @@ def best_trial_config(study: optuna.Study, setup: dict[str, Any]) -> tuple[Confi
     return base.for_trial(best.params, best.number), best
 
 
+def data_folders_from_here(stored: str, home: Path) -> list[str]:
+    """Where the study's data folder may be from here: as stored, and from the project folder (a relative path
+    is from where its search ran, which was the project folder unless --home was given); those that exist."""
+    path = Path(stored).expanduser()
+    found = [stored] if path.exists() else []
+    if not path.is_absolute() and (home / path).exists() and (home / path).resolve() != path.resolve():
+        found.append(str(home / path))
+    if not found:
+        raise UserError(f"the study's data folder {stored} does not exist from here ({Path.cwd()}); pass where it "
+                        f"is now with --data PATH")
+    return found
+
+
 def check_config_path(path: Path, overwrite: bool) -> None:
     """A file the config can be written to, before anything is read or written (a folder is click's to
     refuse: `--best-config` is a `click.Path(dir_okay=False)`)."""
@@ -72,22 +85,31 @@ def is_database(path: Path) -> bool:
         return False
 
 
-def best_config_text(storage_url: str, study_name: str | None, shown_path: str) -> tuple[str, dict]:
-    """The best trial's config as TOML, headed by how to train it again; and what it holds, to say."""
+def best_config_text(storage_url: str, study_name: str | None, shown_path: str, home: Path) -> tuple[str, dict]:
+    """The best trial's config as TOML, headed by how to train it again; and what it holds, to say. Its data
+    folder is written as an absolute path, found as `retrain` finds it (`home`: the project folder): the
+    study keeps the path as its search was given it, relative to where that ran, not to the file."""
     study, setup, _ = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, setup)
     metric = cfg.search.goal.metric
+    again = f"unet-opt train --space {shown_path}"
+    if cfg.data.dataset != "synthetic":
+        try:
+            cfg = cfg.replace({"data.dataset": str(Path(data_folders_from_here(cfg.data.dataset, home)[0]).resolve())})
+        except UserError:  # moved since: the file still says where it was, and how to train on where it is
+            again += " --data PATH   (its data folder is no longer there: PATH is where it is now)"
     header = (f"# best trial #{best.number} of study '{study.study_name}': {metric} = {best.value:.4f}\n"
               f"# params: {', '.join(f'{k}={v}' for k, v in best.params.items())}\n"
-              f"# train it again: unet-opt train --space {shown_path}   (its [space] is ignored by train)\n")
+              f"# train it again: {again}   (its [space] is ignored by train)\n")
     return header + to_toml(cfg, redact_url), {"study": study.study_name, "number": best.number, "metric": metric,
                                                "value": best.value}
 
 
-def write_best_config(storage_url: str, study_name: str | None, path: Path, overwrite: bool = False) -> dict:
+def write_best_config(storage_url: str, study_name: str | None, path: Path, home: Path,
+                      overwrite: bool = False) -> dict:
     """The best trial's config as a TOML file; what was written, for the command to say."""
     check_config_path(path, overwrite)
-    text, best = best_config_text(storage_url, study_name, str(path))
+    text, best = best_config_text(storage_url, study_name, str(path), home)
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as e:

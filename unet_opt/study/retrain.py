@@ -5,7 +5,6 @@ the same run path as a trial (`runs.runner`)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from unet_opt.config.paths import Paths
 from unet_opt.config.schema import Config
@@ -14,7 +13,7 @@ from unet_opt.core.train import Fit, fit_job
 from unet_opt.errors import UserError
 from unet_opt.parallel.placement import Placement
 from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record
-from unet_opt.study.best_config import best_trial_config
+from unet_opt.study.best_config import best_trial_config, data_folders_from_here
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.storage import RETRAIN_WAY_OUT, check_its_data, load_existing
 from unet_opt.tracking.tracker import Tracker
@@ -52,25 +51,12 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                                         "devices": placement.describe()})
             spec = RunSpec(cfg, split, split_names, train_on_val=True, test=True,
                            checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name)
-            log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epochs on %s, testing on %d images",
-                     best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs, placement.describe(),
-                     len(spec.split["test"]))
+            log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epoch%s on %s, testing on %d images",
+                     best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs,
+                     "s" if cfg.train.epochs != 1 else "", placement.describe(), len(spec.split["test"]))
             record = train_and_record(runner, spec, run_id)
     return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test,
                       record.checkpoint, name, record.version, best.number, record.replaced)
-
-
-def data_folders_from_here(stored: str, home: Path) -> list[str]:
-    """Where the study's data folder may be from here: as stored, and from the project folder (a relative path
-    is from where its search ran, which was the project folder unless --home was given); those that exist."""
-    path = Path(stored).expanduser()
-    found = [stored] if path.exists() else []
-    if not path.is_absolute() and (home / path).exists() and (home / path).resolve() != path.resolve():
-        found.append(str(home / path))
-    if not found:
-        raise UserError(f"the study's data folder {stored} does not exist from here ({Path.cwd()}); pass where it "
-                        f"is now with --data PATH")
-    return found
 
 
 def the_study_s_data(cfg: Config, folders: list[str], setup: dict, runner: Runner, name: str) -> Config:

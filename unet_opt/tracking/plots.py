@@ -109,8 +109,8 @@ def confusion_matrix_figure(matrix: np.ndarray, names: list[str], title: str = "
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"Confusion matrix, {title}" if title else "Confusion matrix", fontsize=12, pad=20)
-    ax.text(0.5, 1 + 0.08 / side, "each row sums to 1; a grey name: no pixels of that class", transform=ax.transAxes,
-            ha="center", va="bottom", fontsize=9, color="0.3")
+    ax.text(0.5, 1 + 0.08 / side, "each row sums to 1; a grey name: no scored pixels of that class (none, or ignored)",
+            transform=ax.transAxes, ha="center", va="bottom", fontsize=9, color="0.3")
     return fig
 
 

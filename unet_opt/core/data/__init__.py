@@ -19,7 +19,7 @@ from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import synthetic
 from unet_opt.core.data.augment import augment as augmented
 from unet_opt.core.data.cache import CLASS_TABLE, Progress, pair_digests, prepare
-from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.data.classes import ClassTable, ignored_class_warning
 from unet_opt.core.data.images import large_photos, read_headers
 from unet_opt.core.data.layouts import Source, find_source, problems_error
 from unet_opt.core.data.splits import make_split, split_indices, split_sizes
@@ -187,9 +187,10 @@ class DataCache:
             headers = read_headers(source)
             if headers.problems:
                 raise problems_error(source.root, headers.problems)
-            warning = large_photos(headers.sizes)
-            if warning:
-                log.warning("%s", warning)
+            for warning in (large_photos(headers.sizes),
+                            ignored_class_warning(source.classes, source.table, cfg.ignore_index)):
+                if warning:
+                    log.warning("%s", warning)
             self.sources[cfg.dataset] = source, float(np.median([w / h for w, h in headers.sizes.values()]))
         return self.sources[cfg.dataset]
 
@@ -243,9 +244,13 @@ def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np
         name = "+".join(cfg.foreground)
     elif cfg.binary == "mean":
         # the original study read the colour mask as grayscale and kept what lies above its mean
+        # ... of the pixels that are scored: with the ignored pixels in the mean, a dark ignored class that
+        # covers most of a mask put every scored pixel above it (all foreground, a Dice of 1 for any model)
         luma = np.array([0.299 * r + 0.587 * g + 0.114 * b for r, g, b in classes.colors], np.float32)
         gray = luma[masks]
-        fg = (gray > gray.mean(axis=(1, 2), keepdims=True)).astype(np.uint8)
+        scored = ~ignored
+        mean = (gray * scored).sum(axis=(1, 2), keepdims=True) / np.maximum(scored.sum(axis=(1, 2), keepdims=True), 1)
+        fg = (gray > mean).astype(np.uint8)
         name = "foreground"
     else:
         return np.where(ignored, IGNORE, masks).astype(np.uint8), classes

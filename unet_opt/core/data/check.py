@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from unet_opt.config.schema import DataConfig
-from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.data.classes import ClassTable, ignored_class_warning
 from unet_opt.core.data.images import decode_pair, large_photos, read_headers
 from unet_opt.core.data.layouts import scan
 from unet_opt.core.data.splits import split_sizes
@@ -34,7 +34,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # what works but deserves a look (huge photos)
 
 
-def check(path: Path, num_classes: int | None, progress=None) -> Report:
+def check(path: Path, num_classes: int | None, progress=None, ignore_index: int = 0) -> Report:
     """`num_classes` None: the class table's, else the drone data set's."""
     source, problems = scan(path, num_classes)
     report = Report(path, problems=problems)
@@ -44,12 +44,16 @@ def check(path: Path, num_classes: int | None, progress=None) -> Report:
     report.colour_masks, report.classes = source.colour_masks, source.classes
     headers = read_headers(source)
     report.sizes, report.problems = Counter(headers.sizes.values()), problems + headers.problems
-    report.warnings = [w for w in [large_photos(headers.sizes)] if w]
+    report.warnings = [w for w in [large_photos(headers.sizes),
+                                   ignored_class_warning(source.classes, source.table, ignore_index)] if w]
     defaults = DataConfig()
     try:  # what `search` refuses with its default fractions is a problem here too
         split_sizes(len(source.pairs), defaults.val_fraction, defaults.test_fraction)
     except UserError as e:
         report.problems.append(str(e))
+    if source.colour_masks and source.table is None:  # no colour can be read as a class: that one problem
+        report.classes = None  # is the answer, not a class table at 0 % and every mask's colours
+        return report
     counts = np.zeros(len(source.classes), np.int64)
     for _, image, mask in source.pairs:
         if not {image, mask} & headers.unreadable:  # each unreadable file is named once, by its header

@@ -79,3 +79,19 @@ def default_table(num_classes: int) -> ClassTable:
     rng = np.random.default_rng(0)
     colors = [(0, 0, 0)] + [tuple(int(v) for v in rng.integers(40, 256, 3)) for _ in range(num_classes - 1)]
     return ClassTable(tuple(f"class_{i}" for i in range(num_classes)), tuple(colors))
+
+
+UNSCORED_NAMES = {"unlabeled", "unlabelled", "void", "ignore", "ignored", "unknown", "undefined", "dontcare"}
+
+
+def ignored_class_warning(classes: ClassTable, table: Path | None, ignore_index: int) -> str | None:
+    """A warning when `data.ignore_index` leaves out a class that a folder's own class table names as one to
+    learn ('background', not 'unlabeled'): every pixel of it is then left out of the loss and the scores,
+    and nothing else would say so."""
+    if table is None or not 0 <= ignore_index < len(classes):
+        return None
+    name = classes.names[ignore_index]
+    if "".join(c for c in name.lower() if c.isalpha()) in UNSCORED_NAMES:
+        return None
+    return (f"class {ignore_index} of {table}, '{name}', is left out of training and of every score "
+            f"(data.ignore_index = {ignore_index}); if it is a class to learn, pass --set data.ignore_index=-1")
