@@ -203,3 +203,17 @@ def test_a_worker_that_does_not_stop_in_time_is_killed_and_its_trial_closed(home
     _, children = child_runs(f"sqlite:///{home}/mlruns/mlflow.db", "default")
     assert sorted(c.info.status for c in children) == ["FAILED", "FAILED"], out
     assert children_of(os.getpid()) == []
+
+
+def test_what_a_data_folder_deserves_is_said_once_not_by_every_worker(home, capfd):
+    from datasets import TABLE, make_dataset, write_table
+
+    from unet_opt.core.data.classes import ClassTable
+
+    make_dataset(home / "data", "generic", count=12)
+    write_table(home / "data" / "classes.csv", ClassTable(("background", *TABLE.names[1:]), TABLE.colors))
+    summary = run_search(home, 2, 'data.dataset="data"', f"data.num_classes={len(TABLE)}", 'search.pruner="none"',
+                         "space.epochs.high=2", workers=2)
+    assert summary.ran == 2 and not summary.stopped_reason
+    said = [line for line in capfd.readouterr().err.splitlines() if "'background', is left out" in line]
+    assert len(said) == 1 and not said[0].startswith("[w"), said  # found by a review of the warning: 3 times

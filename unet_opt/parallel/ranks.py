@@ -235,6 +235,7 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
     ignore_stops(signal.SIGINT)  # Ctrl-C is the launcher's to handle
     die_with_parent()
     runtime.setup(prefix=f"[rank {rank}] ")
+    DataCache.says_folder_warnings = False
     runtime.setup_torch(placement.threads)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(placement.procs), LOCAL_RANK=str(rank))
     device = torch.device("cpu")

@@ -17,6 +17,7 @@ import optuna
 from unet_opt import runtime
 from unet_opt.config.paths import Paths
 from unet_opt.config.schema import Config
+from unet_opt.core.data import DataCache
 from unet_opt.core.train import Fit
 from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.processes import die_with_parent
@@ -106,6 +107,7 @@ def worker_main(index: int, plan: WorkerPlan, placement: Placement, ready: Event
     sampler seeded for this worker. It dies with the launching process, as the trial's ranks do."""
     die_with_parent()
     runtime.setup(plan.verbose, prefix=f"[w{index}] ")
+    DataCache.says_folder_warnings = False
     runtime.handle_stop_signals(first_only=True)  # its launcher passes each stop on, and kills it if it must
     ready.set()  # from here a stop records the trial in progress
     try:

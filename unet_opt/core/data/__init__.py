@@ -117,6 +117,9 @@ class DataCache:
     the evaluation frame's masks are loaded once, whatever the trials' sizes. Owned by a worker (and by
     each of its rank processes) for all its trials; at most `max_frames` frames are kept."""
 
+    says_folder_warnings = True  # what a folder deserves (huge photos, an ignored class) is said once, by the
+    # command's own process, which checks the folder before it starts workers or ranks: they set this False
+
     def __init__(self, cache_dir: Path | None, max_frames: int = 4, progress: Progress | None = None):
         self.cache_dir, self.max_frames, self.progress = cache_dir, max_frames, progress
         self.frames: dict[tuple, SegmentationData | torch.Tensor] = {}  # (data, height, width[, "masks"]) -> what
@@ -189,7 +192,7 @@ class DataCache:
                 raise problems_error(source.root, headers.problems)
             for warning in (large_photos(headers.sizes),
                             ignored_class_warning(source.classes, source.table, cfg.ignore_index)):
-                if warning:
+                if warning and self.says_folder_warnings:
                     log.warning("%s", warning)
             self.sources[cfg.dataset] = source, float(np.median([w / h for w, h in headers.sizes.values()]))
         return self.sources[cfg.dataset]
