@@ -76,6 +76,18 @@ class OutFolder(click.Path):
 OUT_FOLDER = OutFolder()
 
 
+class ConfigFile(click.Path):
+    """A file to write a config into (`--best-config`), or `-` for stdout; not an empty name."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("needs a file name, e.g. --best-config best.toml (or - for stdout)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def option(*names: str, **settings):
     """`click.option` with `Option`: every option of the CLI is declared with this."""
     return click.option(*names, cls=Option, **settings)

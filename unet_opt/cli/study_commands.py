@@ -13,6 +13,7 @@ from unet_opt.cli.console import fmt, print_summary, print_table
 from unet_opt.cli.options import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
+    ConfigFile,
     Seconds,
     Session,
     data_option,
@@ -94,7 +95,7 @@ def search_writer(session: Session, cfg: Config, device: str, workers: int) -> A
 @option("--study", show_default="the only study in the storage", help="Study name.")
 @storage_option
 @option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-@option("--best-config", type=click.Path(dir_okay=False), metavar="FILE", show_default="none",
+@option("--best-config", type=ConfigFile(), metavar="FILE", show_default="none",
         help="Also write the best trial's config as TOML, which `unet-opt train --space FILE` trains again "
              "(- prints it alone on stdout).")
 @overwrite_option
@@ -123,8 +124,6 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
             click.echo(best_config_text(session.paths.storage_url(storage), study, "FILE", session.paths.home)[0],
                        nl=False)
             return 0
-        if not best_config.strip():
-            raise click.UsageError("--best-config needs a file name, e.g. --best-config best.toml (or - for stdout)")
         from pathlib import Path
 
         best = write_best_config(session.paths.storage_url(storage), study, Path(best_config), session.paths.home,
