@@ -86,7 +86,9 @@ def test_a_ctrl_c_while_the_exit_waits_for_another_thread_ends_it_as_interrupted
             "    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
             "app.main = main\n"
             "app.entry()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    # a Ctrl-C that a shell's background job (`pytest &`) would ignore: it timed out in a fresh clone's suite run so
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                          preexec_fn=interruptible)
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n"), proc.stderr
 
 
