@@ -221,6 +221,6 @@ def test_an_interrupted_search_says_to_run_again_only_when_trials_are_missing(ca
 
 
 def test_a_run_s_epochs_are_counted_in_words():
-    from unet_opt.cli.model_commands import epoch_count
+    from unet_opt.runs.runner import epoch_count
 
     assert [epoch_count(n) for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]  # "for 1 epochs" once

@@ -50,6 +50,7 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
     placement = placement_of(cfg.train.device, gpus, procs)
     from unet_opt.runs.baseline import train_baseline
+    from unet_opt.runs.runner import epoch_count
 
     r = train_baseline(cfg, session.paths, placement)
     click.echo(f"\nstopped: {r.fit.stop_reason} after {epoch_count(r.fit.epochs_run)}; best epoch {r.fit.best_epoch}")
@@ -87,6 +88,7 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     if model_name is not None:
         check_name(model_name, "--name")
     placement = placement_of(device, gpus, procs)
+    from unet_opt.runs.runner import epoch_count
     from unet_opt.study.retrain import retrain_best
 
     paths = session.paths
@@ -100,10 +102,6 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
     click.echo(f"see it:           {run_page(paths, tracking_uri, r)}")
     return 0
-
-
-def epoch_count(n: int) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}"
 
 
 def run_page(paths: Paths, tracking_uri: str | None, r: RunSummary) -> str:

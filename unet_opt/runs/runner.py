@@ -86,6 +86,11 @@ class RunRecord:
     replaced: str = ""  # what the alias pointed at before this version
 
 
+def epoch_count(n: int) -> str:
+    """"1 epoch", "3 epochs": as every command's lines count a run's epochs."""
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
 @dataclass
 class RunSummary:
     """What the CLI prints about a retrain or a baseline run."""

@@ -12,7 +12,7 @@ from unet_opt.core.data import split_indices
 from unet_opt.core.train import Fit, fit_job
 from unet_opt.errors import UserError
 from unet_opt.parallel.placement import Placement
-from unet_opt.runs.runner import Runner, RunSpec, RunSummary, train_and_record
+from unet_opt.runs.runner import Runner, RunSpec, RunSummary, epoch_count, train_and_record
 from unet_opt.study.best_config import best_trial_config, data_folders_from_here
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.storage import RETRAIN_WAY_OUT, check_its_data, load_existing
@@ -51,9 +51,9 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                                         "devices": placement.describe()})
             spec = RunSpec(cfg, split, split_names, train_on_val=True, test=True,
                            checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name)
-            log.info("retraining trial #%d of '%s' on train+val (%d images) for %d epoch%s on %s, testing on %d images",
-                     best.number, study.study_name, len(spec.fit_split["train"]), cfg.train.epochs,
-                     "s" if cfg.train.epochs != 1 else "", placement.describe(), len(spec.split["test"]))
+            log.info("retraining trial #%d of '%s' on train+val (%d images) for %s on %s, testing on %d images",
+                     best.number, study.study_name, len(spec.fit_split["train"]), epoch_count(cfg.train.epochs),
+                     placement.describe(), len(spec.split["test"]))
             record = train_and_record(runner, spec, run_id)
     return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test,
                       record.checkpoint, name, record.version, best.number, record.replaced)
