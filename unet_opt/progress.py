@@ -18,7 +18,8 @@ from tqdm import tqdm
 def live() -> bool:
     """Bars on a terminal, from the main process only: `--workers` processes print plain lines, which
     interleave where several bars would overwrite each other. None with -q (only warnings are shown)."""
-    return (sys.stderr.isatty() and multiprocessing.current_process().name == "MainProcess"
+    return (sys.stderr is not None and sys.stderr.isatty() and os.environ.get("TERM") != "dumb"  # no cursor moves
+            and multiprocessing.current_process().name == "MainProcess"
             and logging.getLogger("unet_opt").getEffectiveLevel() <= logging.INFO)
 
 

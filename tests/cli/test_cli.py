@@ -1,5 +1,6 @@
 """The `unet-opt` command line itself: entry points, help, version, defaults shown one way, -v, the environment."""
 
+import os
 import subprocess
 import sys
 
@@ -90,6 +91,14 @@ def test_a_ctrl_c_while_the_exit_waits_for_another_thread_ends_it_as_interrupted
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
                           preexec_fn=interruptible)
     assert (proc.returncode, proc.stderr) == (130, "interrupted\n"), proc.stderr
+
+
+def test_a_command_started_with_its_output_closed_exits_0_without_a_traceback():
+    # `unet-opt report 1>&-`: Python's sys.stdout is None then, and the exit's flush raised AttributeError
+    code = "from unet_opt.cli import app\napp.main = lambda: print('done')\napp.entry()\n"
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, timeout=60, pass_fds=(), preexec_fn=lambda: os.close(1))
+    assert (proc.returncode, proc.stderr) == (0, "")
 
 
 def test_report_and_studies_import_no_torch():
@@ -218,6 +227,15 @@ def test_an_interrupted_search_says_to_run_again_only_when_trials_are_missing(ca
 
     print_summary(Summary("default", 5, {"complete": finished}, None, interrupted=True), 10.0)
     assert f"interrupted: study 'default' has {finished}/5 finished trials; {says}" in capsys.readouterr().out
+
+
+def test_a_search_that_another_one_took_past_its_target_says_so_not_5_of_3(capsys):
+    # `--trials 3` and `--trials 5` of one study at once: the first ended "5/3 finished trials"
+    from unet_opt.cli.console import print_summary
+    from unet_opt.study.summary import Summary
+
+    print_summary(Summary("tiny", 3, {"complete": 5}, None, ran=2), 3.0)
+    assert "study 'tiny': 5 finished trials (this command asked for 3), 2 run now in 3 s" in capsys.readouterr().out
 
 
 def test_a_run_s_epochs_are_counted_in_words():

@@ -60,6 +60,19 @@ def test_an_epoch_bar_moves_through_each_epoch_with_its_steps(terminal, capsys):
     assert "1.5/4" in capsys.readouterr().err  # its count to a tenth, not 1.5000000000000002
 
 
+class Terminal:
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("term, shown", [("xterm-256color", True), ("dumb", False)])
+def test_a_dumb_terminal_gets_plain_lines_not_bars(monkeypatch, term, shown):
+    # Emacs' shell and some CI consoles set TERM=dumb: a bar's cursor moves are garbage there
+    monkeypatch.setattr("sys.stderr", Terminal())
+    monkeypatch.setenv("TERM", term)
+    assert progress.live() is shown
+
+
 def test_no_step_callback_where_the_bar_is_off():
     with progress.bar(4, "trial #0", "epoch", fractional=True) as epochs:  # stderr is not a terminal here
         assert progress.steps_of(epochs) is None

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets import make_dataset
 from PIL import Image
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig
@@ -57,6 +58,18 @@ def test_evaluate_names_a_missing_data_folder_before_an_evaluation_already_there
     # the folder is what was mistyped: "--overwrite" would only have led to this error next (a review)
     assert code == 2 and err.strip() == ("error: data folder nowhere does not exist; pass the folder holding the "
                                          "images and masks"), err
+
+
+def test_evaluate_on_data_of_other_classes_says_so_and_offers_no_setting_it_lacks(home, cli):
+    cfg = Config(data=DataConfig(image_size=32), model=ModelConfig(base_channels=4, depth=2))
+    save_checkpoint(home / "model.pt", build_model(cfg.model, 24), cfg, ClassTable.drone(), False,
+                    {"train": [], "val": [], "test": []})
+    make_dataset(home / "data", "generic", count=6, height=40, width=60)  # 5 classes in its own table
+    code, _, err = cli("evaluate", "model.pt", "--data", "data", "--split", "all")
+    # it said "(--set data.num_classes=5; ...)", and evaluate has no --set: a model's classes are what they are
+    assert code == 2 and err.startswith("error: this model predicts 24 classes and ") and "--set" not in err, err
+    assert err.strip().endswith("has 5; evaluate it on data labelled with its 24 classes"), err
+    assert not (home / "evaluation").exists()
 
 
 def test_predict_names_a_model_not_found_before_an_output_already_there(home, cli):

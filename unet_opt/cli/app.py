@@ -132,8 +132,9 @@ def entry() -> None:
         code = code or stopped(isinstance(e, Terminated))
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
-            stream.flush()
+        if stream is not None:  # None: the command was started with that descriptor closed (`1>&-`)
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
+                stream.flush()
     os._exit(code)
 
 

@@ -19,17 +19,20 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 def print_summary(s, seconds: float) -> None:
     """`s`: the `study.summary.Summary` of a search that ran for `seconds`."""
     finished = s.counts.get("complete", 0) + s.counts.get("pruned", 0)
+    # more than asked for: another search of the study, started at once with a larger --trials, ran them
+    count = f"{finished}/{s.target} finished trials" if finished <= s.target \
+        else f"{finished} finished trials (this command asked for {s.target})"
     click.echo("")
     if s.already_done:
         click.echo(f"study '{s.study}' already has {finished} finished trials (asked for {s.target}); nothing to do. "
                    f"Ask for more with --trials N.")
     elif s.interrupted:
         how = "terminated" if s.terminated else "interrupted"
-        click.echo(f"{how}: study '{s.study}' has {finished}/{s.target} finished trials; "
+        click.echo(f"{how}: study '{s.study}' has {count}; "
                    + ("run the same command again to continue." if finished < s.target
                       else "every trial it asked for had finished."))
     else:
-        click.echo(f"study '{s.study}': {finished}/{s.target} finished trials, {s.ran} run now in {seconds:.0f} s"
+        click.echo(f"study '{s.study}': {count}, {s.ran} run now in {seconds:.0f} s"
                    + (f" ({s.stopped_reason})" if s.stopped_reason else ""))
     click.echo("trials by state: " + ", ".join(f"{k} {v}" for k, v in s.counts.items() if v))
     if s.best:
