@@ -72,6 +72,17 @@ def test_evaluate_on_data_of_other_classes_says_so_and_offers_no_setting_it_lack
     assert not (home / "evaluation").exists()
 
 
+def test_evaluate_on_other_data_names_its_frame_by_the_model_s_height_and_this_data_s_aspect(home, cli):
+    from datasets import TABLE
+
+    cfg = Config(data=DataConfig(image_size=32, eval_size=32, num_classes=5), model=ModelConfig(base_channels=4, depth=2))
+    save_checkpoint(home / "model.pt", build_model(cfg.model, 5), cfg, TABLE, False, {"train": [], "val": [], "test": []})
+    make_dataset(home / "square", "generic", count=6, height=40, width=40)
+    code, out, err = cli("evaluate", "model.pt", "--data", "square", "--split", "all")
+    # it said "32x32 (the evaluation frame it was judged at)" of a model judged at another aspect (a review)
+    assert code == 0 and "scored at 32x32 (its evaluation frame's height, at this data's aspect)" in out, err
+
+
 def test_predict_names_a_model_not_found_before_an_output_already_there(home, cli):
     Image.new("RGB", (40, 30)).save(home / "photo.png")
     (home / "predictions").mkdir()

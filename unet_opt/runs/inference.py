@@ -97,6 +97,9 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
         metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
         h, w = data.scored_frame
         judged = "its own training frame" if cfg.data.eval_size < 0 else "the evaluation frame it was judged at"
+        if dataset:  # data passed again may have another aspect: the height is the model's, the width the data's
+            judged = f"{'its training' if cfg.data.eval_size < 0 else 'its evaluation'} frame's height, " \
+                     "at this data's aspect"
         where = f"{h}x{w} ({judged})"
     names = list(data.classes.names)
     pc = per_class(matrix)
