@@ -21,7 +21,7 @@ from unet_opt.core.data.augment import augment as augmented
 from unet_opt.core.data.cache import CLASS_TABLE, Progress, pair_digests, prepare
 from unet_opt.core.data.classes import ClassTable, ignored_class_warning
 from unet_opt.core.data.images import large_photos, read_headers
-from unet_opt.core.data.layouts import Source, find_source, problems_error
+from unet_opt.core.data.layouts import Source, find_source, lossy_masks_warning, problems_error
 from unet_opt.core.data.splits import make_split, split_indices, split_sizes
 from unet_opt.errors import UserError
 
@@ -190,7 +190,7 @@ class DataCache:
             headers = read_headers(source)
             if headers.problems:
                 raise problems_error(source.root, headers.problems)
-            for warning in (large_photos(headers.sizes),
+            for warning in (large_photos(headers.sizes), lossy_masks_warning(source),
                             ignored_class_warning(source.classes, source.table, cfg.ignore_index)):
                 if warning and self.says_folder_warnings:
                     log.warning("%s", warning)

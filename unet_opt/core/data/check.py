@@ -12,7 +12,7 @@ import numpy as np
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data.classes import ClassTable, ignored_class_warning
 from unet_opt.core.data.images import decode_pair, large_photos, read_headers
-from unet_opt.core.data.layouts import scan
+from unet_opt.core.data.layouts import lossy_masks_warning, scan
 from unet_opt.core.data.splits import split_sizes
 from unet_opt.errors import UserError
 
@@ -44,7 +44,7 @@ def check(path: Path, num_classes: int | None, progress=None, ignore_index: int 
     report.colour_masks, report.classes = source.colour_masks, source.classes
     headers = read_headers(source)
     report.sizes, report.problems = Counter(headers.sizes.values()), problems + headers.problems
-    report.warnings = [w for w in [large_photos(headers.sizes),
+    report.warnings = [w for w in [large_photos(headers.sizes), lossy_masks_warning(source),
                                    ignored_class_warning(source.classes, source.table, ignore_index)] if w]
     defaults = DataConfig()
     try:  # what `search` refuses with its default fractions is a problem here too
@@ -64,7 +64,8 @@ def check(path: Path, num_classes: int | None, progress=None, ignore_index: int 
                 counts += np.bincount(decoded.ravel(), minlength=len(counts))[: len(counts)]
         if progress:
             progress(1)
-    report.frequencies = counts / max(1, counts.sum())
+    if counts.sum():  # no mask decoded: a table at 0 % would say the classes are absent
+        report.frequencies = counts / counts.sum()
     return report
 
 

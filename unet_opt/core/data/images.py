@@ -34,6 +34,8 @@ def unreadable(path: Path, error: Exception, verb: str = "read") -> str:
     if isinstance(error, Image.DecompressionBombError):
         return (f"{path} claims more pixels than Pillow opens ({str(error).split(',')[0]}): it may be a "
                 f"decompression bomb; replace it, or resize it under {2 * LARGE_PIXELS // 10**6} M pixels")
+    if path.suffix.lower() in (".heic", ".heif") and isinstance(error, UnidentifiedImageError):
+        return f"{path} is a HEIC photo, which Pillow does not read; convert it to JPEG or PNG"
     return f"{path} cannot be {verb} ({type(error).__name__}); replace or remove it"
 
 
@@ -132,18 +134,28 @@ def decode_mask(path: Path, height: int, width: int, source: Source) -> tuple[np
                 if not known.all():
                     v = int(packed[~known][0])
                     return None, (f"{path}: colour ({v >> 16}, {(v >> 8) & 255}, {v & 255}) is not in the class "
-                                  f"table {source.table}; add it or fix the mask")
+                                  f"table {source.table}; " + (LOSSY_FIX if lossy(path) else "add it or fix the mask"))
                 classes[top:top + LOOKUP_ROWS] = order[pos]
             return classes, None
         if im.mode in ("RGB", "RGBA"):
             return None, f"{path} is a colour mask but this layout expects class indices; convert it"
+        if im.mode in ("LA", "PA"):  # the indices and an alpha band: the alpha is no class
+            im = im.getchannel(0)
         indices = im if im.mode in ("L", "P") else Image.fromarray(np.asarray(im).astype(np.int64).clip(0, 255)
                                                                     .astype(np.uint8))
         largest = indices.getextrema()[1] if im.mode in ("L", "P") else int(np.asarray(im).max())
         if largest >= num_classes:
             return None, (f"{path}: mask value {int(largest)} is not a class (there are {num_classes}, 0.."
-                          f"{num_classes - 1}); fix the mask or data.num_classes")
+                          f"{num_classes - 1}); " + (LOSSY_FIX if lossy(path) else "fix the mask or data.num_classes"))
         return np.asarray(indices.resize((width, height), Image.Resampling.NEAREST)), None
+
+
+LOSSY_FIX = "it is a JPEG, whose compression changes class ids where classes meet: save the masks as PNG"
+
+
+def lossy(path: Path) -> bool:
+    """A JPEG by its name (masks are looked at before they are decoded)."""
+    return path.suffix.lower() in (".jpg", ".jpeg", ".jfif", ".jpe")
 
 
 def decode_pair(image: Path, mask: Path, height: int, width: int, source: Source,

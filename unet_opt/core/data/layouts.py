@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unet_opt.core.data.classes import DRONE_CLASSES, ClassTable, default_table, read_class_csv
-from unet_opt.core.data.images import UNREADABLE, opened
+from unet_opt.core.data.images import UNREADABLE, lossy, opened
 from unet_opt.errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}  # what Pillow reads
+# what Pillow reads, and HEIC (an iPhone's photos), which it does not: paired, then named with the fix
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".avif",
+                  ".heic", ".heif"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,17 @@ def _files(folder: Path) -> dict[str, Path]:
                             f"remove or rename one")
         files[p.stem] = p
     return files
+
+
+def lossy_masks_warning(source: Source) -> str | None:
+    """JPEG masks: its compression changes the class ids where classes meet, into ids of other classes too,
+    which no check can tell from real labels."""
+    jpegs = [mask for _, _, mask in source.pairs if lossy(mask)]
+    if not jpegs:
+        return None
+    return (f"{len(jpegs)} of the {len(source.pairs)} masks (e.g. {jpegs[0]}) are JPEG files: JPEG is lossy and "
+            f"changes class ids where classes meet, into ids of other classes; save the masks as PNG from their "
+            f"source")
 
 
 def dangling(files: dict[str, Path]) -> list[str]:
