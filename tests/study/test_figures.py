@@ -1,5 +1,6 @@
 """`unet-opt figures`: a pruned trial's figures, drawn into its run when they are wanted."""
 
+import os
 import pickle
 import re
 import shutil
@@ -69,6 +70,51 @@ def test_figures_writes_what_a_killed_search_left_and_names_the_trials_left_with
                                  "study 'default': every trial's figures are drawn already\n")
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.toml", "learning_curves.png"}
     assert not list(spool.iterdir())
+
+
+def test_figures_while_a_search_writes_a_trial_s_files_says_so_and_leaves_them_to_it(searched_home, cli, tmp_path,
+                                                                                   monkeypatch):
+    # found by a review: `figures` during a search said "complete, with no files (its search was stopped before
+    # it wrote them)" and "every other trial's figures are drawn already" of files its writer had still to write
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    client = MlflowClient(f"sqlite:///{searched_home}/mlruns/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id],
+                             "tags.`optuna.trial` = '0'")[0]
+    folder = Path(urllib.parse.urlparse(run.info.artifact_uri).path)
+    shutil.move(folder, tmp_path / "kept")  # not written yet: a live writer (this process) has it spooled
+    (spool / f"{SPOOL_PREFIX}{os.getpid()}-report-{run.info.run_id}-k2x9.pickle").write_bytes(b"")
+    code, out, _ = cli("figures")
+    assert code == 0 and out == ("study 'default': 1 trial(s) still running or having their files written by a "
+                                 "search; run `unet-opt figures` again once it ends\n")
+    code, out, _ = cli("figures", "--trial", "0")
+    assert code == 0 and out == "trial #0: complete, its files being written by its search\n"
+    assert not folder.exists() and len(list(spool.iterdir())) == 1  # left to the writer
+    shutil.move(tmp_path / "kept", folder)  # the study is shared with the other tests
+
+
+def test_a_spooled_report_is_named_by_its_run(tmp_path, monkeypatch):
+    from unet_opt.tracking.writer import ArtifactWriter, runs_being_written
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    writer = ArtifactWriter("sqlite:///nowhere.db")
+    sent = []
+
+    class Pipe:
+        def send_bytes(self, data):
+            sent.append(data)
+
+    class Alive:
+        pid = os.getpid()
+
+        def is_alive(self):
+            return True
+
+    writer.process, writer.conn = Alive(), Pipe()
+    writer.send(("report", "sqlite:///nowhere.db", "0123abcd", print, (), None))
+    writer.send(("call", print, ()))
+    assert runs_being_written() == {"0123abcd"} and len(sent) == 2
 
 
 def spool_dead_report(spool: Path, tracking_uri: str, run_id: str, folder: Path) -> Path:

@@ -210,7 +210,10 @@ def figures(session: Session, study, numbers, storage, tracking_uri) -> int:
     if done.drawn:
         shown = ", ".join(f"#{n}" for n in done.drawn)
         click.echo(f"study '{done.study}': figures drawn into the runs of {len(done.drawn)} trial(s): {shown}")
-    elif not numbers:
+    if done.not_yet and not numbers:
+        click.echo(f"study '{done.study}': {len(done.not_yet)} trial(s) still running or having their files written "
+                   f"by a search; run `unet-opt figures` again once it ends")
+    elif not done.drawn and not numbers:
         click.echo(f"study '{done.study}': every other trial's figures are drawn already" if done.without_files
                    else f"study '{done.study}': every trial's figures are drawn already")
     return 0

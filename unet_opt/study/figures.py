@@ -11,13 +11,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.trial import TrialState
+
 from unet_opt.config.paths import sqlite_file
 from unet_opt.errors import UserError
 from unet_opt.study.states import shown_state
 from unet_opt.study.storage import load_existing
 from unet_opt.tracking.report_files import FIGURES, FIGURES_LATER, load_report, write_report
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.writer import write_reports_of_dead_writers
+from unet_opt.tracking.writer import runs_being_written, write_reports_of_dead_writers
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Drawn:
     skipped: dict[int, str]  # trial -> why
     recovered: int = 0  # runs whose files a killed search had left unwritten, written now
     without_files: list[int] = field(default_factory=list)  # trials whose search was stopped before their files
+    not_yet: list[int] = field(default_factory=list)  # trials still running, or whose files a search is writing
 
 
 def draw_figures(storage_url: str, tracking_uri: str, artifact_root: Path, study_name: str | None,
@@ -47,9 +50,15 @@ def draw_figures(storage_url: str, tracking_uri: str, artifact_root: Path, study
     tracker = Tracker(tracking_uri, study.study_name, artifact_root)
     result = Drawn(study.study_name, [], {})
     result.recovered = write_reports_of_dead_writers()  # a search killed with its writer: its trials' files first
+    being_written = runs_being_written()
     for number in sorted(set(numbers)) or sorted(trials):  # each once, however often it was named
         trial = trials[number]
         run_id = trial.user_attrs.get("mlflow_run_id")
+        if trial.state == TrialState.RUNNING or run_id in being_written:  # a search is at it: not lost, not ours
+            result.skipped[number] = "running" if trial.state == TrialState.RUNNING else \
+                f"{shown_state(trial)}, its files being written by its search"
+            result.not_yet.append(number)
+            continue
         present = {a.path for a in tracker.client.list_artifacts(run_id)} if run_id and tracker.has_run(run_id) else set()
         if FIGURES[0] in present:
             result.skipped[number] = "drawn already"

@@ -41,7 +41,7 @@ from typing import Any
 
 from unet_opt import runtime
 from unet_opt.config.paths import sqlite_file
-from unet_opt.parallel.processes import children_ignoring, ignore_stops, left_by_the_dead
+from unet_opt.parallel.processes import children_ignoring, ignore_stops, is_running, left_by_the_dead
 from unet_opt.tracking.report_files import RunReport, write_report
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class ArtifactWriter:
             self.adopt_reports_of_dead_writers()  # and the reports it had not written yet
         if self.process is None:
             self.start()
-        fd, partial = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{self.process.pid}-partial-", suffix=".pickle")
+        run = f"{job[2]}-" if job[0] == "report" else ""  # named in a report's name: `runs_being_written`
+        fd, partial = tempfile.mkstemp(prefix=f"{SPOOL_PREFIX}{self.process.pid}-partial-{run}", suffix=".pickle")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(job, f)
         spooled = partial.replace("-partial-", f"-{job[0]}-")  # whole, under its kind's name: adoptable
@@ -171,6 +172,16 @@ def remove_calls_of_dead_writers() -> None:
 def is_report(spooled: Path) -> bool:
     """A spooled job named as a report's (pid-report-...), as `send` names them."""
     return spooled.name.removeprefix(SPOOL_PREFIX).split("-")[1:2] == ["report"]
+
+
+def runs_being_written() -> set[str]:
+    """The MLflow runs whose files a live writer has yet to write: its spooled reports name them."""
+    runs = set()
+    for spooled in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-report-*"):
+        pid = spooled.name.removeprefix(SPOOL_PREFIX).split("-")[0]
+        if pid.isdigit() and is_running(int(pid)):
+            runs.add(spooled.name.rsplit("-report-", 1)[1].split("-")[0])
+    return runs
 
 
 def adopt_reports_of_dead_writers(pid: int) -> list[Path]:
