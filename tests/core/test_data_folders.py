@@ -1,7 +1,10 @@
 """Real data folders: the three layouts and the decode-once cache."""
 
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +301,41 @@ def test_jfif_photos_are_photos_and_heic_ones_are_named_with_the_fix(tmp_path, c
     # it said "masks/002.png has no image (no 002.* in images)", with the photo right there
     assert code == 2 and problems == [
         f"problem: {photos / '002.heic'} is a HEIC photo, which Pillow does not read; convert it to JPEG or PNG"]
+
+
+def stored_sideways(photo: Path, saved_as: Path) -> None:
+    """The photo as a phone stores a portrait: its pixels turned, and EXIF orientation 6 to turn them back."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(saved_as, exif=exif, quality=95)
+
+
+def test_photos_stored_sideways_with_an_exif_orientation_are_read_as_viewers_show_them(tmp_path, cli):
+    # found by a review: "img000.jpg is 64x96 but its mask is 96x64", and square photos trained turned
+    make_dataset(tmp_path / "d", "generic", count=8)
+    for jpg in (tmp_path / "d" / "images").glob("*.jpg"):
+        Image.open(jpg).save(jpg.with_suffix(".png"))
+        jpg.unlink()
+    shutil.copytree(tmp_path / "d", tmp_path / "turned")
+    for png in (tmp_path / "turned" / "images").glob("*.png"):
+        stored_sideways(png, png)
+    assert Image.open(tmp_path / "turned" / "images" / "000.png").size == (48, 72)
+    code, out, _ = cli("data", "check", str(tmp_path / "turned"))
+    assert code == 0 and "image sizes: 72x48 (8)" in out
+    cfg = DataConfig(dataset=str(tmp_path / "d"), num_classes=len(TABLE), image_size=32)
+    upright = load_data(cfg, 3, tmp_path / "cache")
+    turned = load_data(replace(cfg, dataset=str(tmp_path / "turned")), 3, tmp_path / "cache")
+    assert torch.equal(turned.images, upright.images) and torch.equal(turned.masks, upright.masks)
+
+
+def test_a_large_jpeg_stored_sideways_is_decoded_upright_at_a_reduced_scale(tmp_path):
+    from unet_opt.core.data.images import decode_image, read_rgb
+
+    rng = np.random.default_rng(0)
+    photo = np.kron(rng.integers(0, 256, (12, 18, 3)), np.ones((40, 40, 1))).astype(np.uint8)  # 480x720
+    Image.fromarray(photo).save(tmp_path / "upright.jpg", quality=95)
+    stored_sideways(tmp_path / "upright.jpg", tmp_path / "sideways.jpg")
+    assert Image.open(tmp_path / "sideways.jpg").size == (480, 720)
+    expected = decode_image(tmp_path / "upright.jpg", 48, 72).astype(int)
+    assert np.abs(decode_image(tmp_path / "sideways.jpg", 48, 72).astype(int) - expected).mean() < 2
+    assert read_rgb(tmp_path / "sideways.jpg").shape == (480, 720, 3)  # what `predict` reads and writes at

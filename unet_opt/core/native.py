@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from unet_opt.config.schema import DataConfig
 from unet_opt.core.data import IGNORE, SegmentationData, relabel
-from unet_opt.core.data.images import decode_mask, opened
+from unet_opt.core.data.images import decode_mask, opened, upright_size
 from unet_opt.core.data.layouts import Source
 from unet_opt.core.losses import segmentation_loss
 from unet_opt.core.metrics import ConfusionMatrix
@@ -58,7 +58,7 @@ def native_mask(source: Source, name: str, cfg: DataConfig) -> torch.Tensor:
     """The photo's original mask at its own size, with the ignore and binary rules applied: (H, W)."""
     path = next(mask for n, _, mask in source.pairs if n == name)
     with opened(path) as im:
-        width, height = im.size
+        width, height = upright_size(im)
     mask, problem = decode_mask(path, height, width, source)
     if problem:
         raise UserError(problem)

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of pairs just done
 VERIFIED: set[Path] = set()  # entries whose checksum this process has checked
+# how files become arrays, in the key: entries decoded another way (before EXIF orientation was applied) are not used
+DECODING = "upright"
 
 
 def _file_digests(paths: list[Path], index_path: Path) -> tuple[dict[str, str], dict]:
@@ -54,7 +56,8 @@ def _file_digests(paths: list[Path], index_path: Path) -> tuple[dict[str, str], 
 
 def cache_key(source: Source, digests: dict[str, str], height: int, width: int, masks_only: bool = False) -> str:
     content = [[n, digests[str(i)], digests[str(m)]] for n, i, m in source.pairs]
-    spec = [height, width, source.colour_masks, list(source.classes.names), list(source.classes.colors), content]
+    spec = [DECODING, height, width, source.colour_masks, list(source.classes.names), list(source.classes.colors),
+            content]
     spec += ["masks only"] if masks_only else []  # an entry of masks alone: the evaluation frame's
     return hashlib.blake2b(json.dumps(spec).encode(), digest_size=12).hexdigest()
 

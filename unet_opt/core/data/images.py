@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from unet_opt.errors import UserError
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # for the annotations: the folder layouts open images through
 UNREADABLE = (UnidentifiedImageError, OSError, Image.DecompressionBombError)
 LARGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow warns above this (89 M pixels) and refuses twice as many
 LOOKUP_ROWS = 256  # rows of a colour mask looked up in the class table at once
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def unreadable(path: Path, error: Exception, verb: str = "read") -> str:
@@ -48,11 +49,30 @@ def opened(path: Path) -> Iterator[Image.Image]:
             yield im
 
 
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation viewers apply (1: as stored; 6: a phone's portrait photo, stored sideways)."""
+    try:
+        return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # EXIF that cannot be parsed: viewers show the pixels as stored
+        return 1
+
+
+def upright(im: Image.Image) -> Image.Image:
+    """The image as viewers show it, its EXIF orientation applied (no copy where there is none to apply)."""
+    return ImageOps.exif_transpose(im) if orientation(im) in range(2, 9) else im
+
+
+def upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) as viewers show it, from the header."""
+    width, height = im.size
+    return (height, width) if orientation(im) in TURNED else (width, height)
+
+
 def header_size(path: Path, problems: list[str]) -> tuple[int, int] | None:
-    """(width, height) from the file's header; None, with the problem added, when it cannot be read."""
+    """(width, height) from the file's header, upright; None, with the problem added, when it cannot be read."""
     try:
         with opened(path) as im:
-            return im.size
+            return upright_size(im)
     except UNREADABLE as e:
         problems.append(unreadable(path, e))
         return None
@@ -109,15 +129,16 @@ def decode_image(path: Path, height: int, width: int) -> np.ndarray:
     the frame (draft mode); other photos are reduced by an integer factor before resampling, without a
     full-size copy for the colour conversion of an RGB photo."""
     with opened(path) as im:
-        im.draft("RGB", (width, height))
-        rgb = as_rgb(im)
+        im.draft("RGB", (height, width) if orientation(im) in TURNED else (width, height))  # as stored
+        rgb = as_rgb(upright(im))
         return np.asarray(rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def decode_mask(path: Path, height: int, width: int, source: Source) -> tuple[np.ndarray | None, str | None]:
     """(class indices (H, W) uint8, None) or (None, the problem). Nearest neighbour: classes never blend."""
     num_classes = len(source.classes)
-    with opened(path) as im:
+    with opened(path) as stored:
+        im = upright(stored)
         if source.colour_masks:
             # resize first (nearest keeps colours exact), then look the pixels up in the table, a band of rows
             # at a time: a mask at a photo's own size (`evaluate --frame native`) is 24 M pixels
@@ -181,7 +202,7 @@ def read_rgb(path: Path) -> np.ndarray:
         raise UserError(f"image {path} is not a regular file; pass an image file (.jpg, .png, .tif, .webp, ...)")
     try:
         with opened(path) as im:
-            return np.asarray(as_rgb(im))
+            return np.asarray(as_rgb(upright(im)))
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
     except UNREADABLE as e:
