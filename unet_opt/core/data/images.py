@@ -4,7 +4,7 @@ and `evaluate --frame native`), and the images `predict` reads and writes.
 Every way a file can fail to open (unreadable, cut short, not an image, a header claiming more pixels than
 Pillow opens: a possible decompression bomb) comes back as one problem naming the file and the fix.
 Photos above Pillow's warning size are decoded without extra full-size copies, so memory stays bounded
-by one decoded photo.
+by one decoded photo. Every file is read as viewers show it: upright, its EXIF orientation applied.
 """
 
 from __future__ import annotations
@@ -124,6 +124,14 @@ def as_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+LOSSY_FIX = "it is a JPEG, whose compression changes class ids where classes meet: save the masks as PNG"
+
+
+def lossy(path: Path) -> bool:
+    """A JPEG by its name (masks are looked at before they are decoded)."""
+    return path.suffix.lower() in (".jpg", ".jpeg", ".jfif", ".jpe")
+
+
 def decode_image(path: Path, height: int, width: int) -> np.ndarray:
     """(height, width, 3) uint8, resized bilinear. A JPEG is decoded at 1/2..1/8 scale when that still covers
     the frame (draft mode); other photos are reduced by an integer factor before resampling, without a
@@ -169,14 +177,6 @@ def decode_mask(path: Path, height: int, width: int, source: Source) -> tuple[np
             return None, (f"{path}: mask value {int(largest)} is not a class (there are {num_classes}, 0.."
                           f"{num_classes - 1}); " + (LOSSY_FIX if lossy(path) else "fix the mask or data.num_classes"))
         return np.asarray(indices.resize((width, height), Image.Resampling.NEAREST)), None
-
-
-LOSSY_FIX = "it is a JPEG, whose compression changes class ids where classes meet: save the masks as PNG"
-
-
-def lossy(path: Path) -> bool:
-    """A JPEG by its name (masks are looked at before they are decoded)."""
-    return path.suffix.lower() in (".jpg", ".jpeg", ".jfif", ".jpe")
 
 
 def decode_pair(image: Path, mask: Path, height: int, width: int, source: Source,
