@@ -118,6 +118,21 @@ def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric(epochs):
     assert "val_miou (search goal)" in [t.get_text() for t in scores.get_legend().get_texts()]
 
 
+def test_the_two_losses_say_what_each_measures():
+    # a review: val_loss below train_loss at every epoch read as "validation is easier than training"
+    history = [{"train_loss": 0.7, "val_loss": 0.4, "val_dice": 0.5}]
+    legend = [t.get_text() for t in plots.learning_curves_figure(history).axes[0].get_legend().get_texts()]
+    assert legend == ["train_loss (the training objective)", "val_loss (cross-entropy, unweighted)"]
+
+
+def test_a_run_without_validation_gets_its_loss_alone_and_no_best_epoch():
+    # a retrain on train+val drew an empty "no validation" panel and a "best epoch (15)" line
+    fig = plots.learning_curves_figure([{"train_loss": 1.0 / e} for e in range(1, 6)], best_epoch=5)
+    (loss,) = fig.axes
+    assert loss.get_title() == "loss (trained on train+val: no validation)"
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train_loss (the training objective)"]
+
+
 def test_a_huge_first_loss_puts_the_loss_panel_on_a_log_axis_and_a_usual_one_does_not():
     exploding = [{"train_loss": 1900.0, "val_loss": 1850.0}] + [{"train_loss": 1.0, "val_loss": 0.9}] * 5
     loss = plots.learning_curves_figure(exploding).axes[0]

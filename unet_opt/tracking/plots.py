@@ -118,6 +118,11 @@ def confusion_matrix(matrix: np.ndarray, names: list[str], path: Path, title: st
     save(confusion_matrix_figure(matrix, names, title), path)
 
 
+# two different measures on one axis: the training objective (the recipe's loss, class weights and all) and the
+# plain cross-entropy that every trial is validated with, so a val_loss below train_loss is no paradox
+LOSS_LABELS = {"train_loss": "train_loss (the training objective)", "val_loss": "val_loss (cross-entropy, unweighted)"}
+
+
 def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_dice",
                            best_epoch: int | None = None) -> Figure:
     """Losses on the left, validation scores on the right, one point per epoch; the search goal drawn bold."""
@@ -125,17 +130,22 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     epochs = np.arange(1, len(history) + 1)
-    fig = Figure(figsize=(10, 3.8), dpi=DPI)
-    # fixed margins that fit the labels: a layout solver costs a tenth of a second a figure
-    left, right = fig.subplots(1, 2, gridspec_kw={"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.92,
-                                                  "wspace": 0.2})
     present = set(history[0]) if history else set()  # a retrain on train+val has no val_* keys
     scores = [k for k in dict.fromkeys((metric, "val_dice", "val_miou", "val_pixel_accuracy")) if "loss" not in k]
-    for ax, keys in ((left, ("train_loss", "val_loss")), (right, scores)):
+    validated = any(k in present for k in scores)
+    fig = Figure(figsize=(10, 3.8) if validated else (5.5, 3.8), dpi=DPI)
+    # fixed margins that fit the labels: a layout solver costs a tenth of a second a figure
+    panels = fig.subplots(1, 2 if validated else 1, squeeze=False,
+                          gridspec_kw={"left": 0.07 if validated else 0.13, "right": 0.98, "bottom": 0.13,
+                                       "top": 0.92, "wspace": 0.2})[0]
+    left = panels[0]
+    if not validated:  # no score to draw, and no best epoch: the run trained for a count of epochs it was given
+        best_epoch = None
+    for ax, keys in zip(panels, (("train_loss", "val_loss"), scores)):
         for key in (k for k in keys if k in present):
             goal = key == metric
             ax.plot(epochs, [h[key] for h in history], marker="o", lw=2.5 if goal else 1.2,
-                    label=f"{key} (search goal)" if goal else key, zorder=3 if goal else 2)
+                    label=f"{key} (search goal)" if goal else LOSS_LABELS.get(key, key), zorder=3 if goal else 2)
         if best_epoch:
             ax.axvline(best_epoch, color="0.5", ls=":", label=f"best epoch ({best_epoch})")
         # epochs are whole numbers: each one ticked while few (one, for most pruned trials), else some
@@ -151,10 +161,12 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
     if log_scale:
         left.set_yscale("log")
     left.set_ylabel("loss (log scale)" if log_scale else "loss")
-    left.set_title("loss")
-    right.set_ylim(0, 1)
-    right.set_ylabel(f"score (search goal: {metric})" if metric in present and "loss" not in metric else "score")
-    right.set_title("validation" if any(k in present for k in scores) else "no validation (trained on train+val)")
+    left.set_title("loss" if validated else "loss (trained on train+val: no validation)")
+    if validated:
+        right = panels[1]
+        right.set_ylim(0, 1)
+        right.set_ylabel(f"score (search goal: {metric})" if metric in present and "loss" not in metric else "score")
+        right.set_title("validation")
     return fig
 
 
