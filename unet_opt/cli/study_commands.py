@@ -143,8 +143,11 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
     names = sorted({k for t in rep["trials"] for k in t["params"]})
-    header = ["#", "state", metric, "ran", *names, "reason"]  # "ran": epochs run, beside the train.epochs drawn
+    # "best_epoch": where its value was reached (what `retrain --best` trains for), "ran": epochs run, beside the
+    # train.epochs drawn
+    header = ["#", "state", metric, "best_epoch", "ran", *names, "reason"]
     rows = [[str(t["number"]), t["state"], "" if t["value"] is None else f"{t['value']:.4f}",
+             "" if t["value"] is None or t["best_epoch"] is None else str(t["best_epoch"]),
              "" if t["epochs_run"] is None else str(t["epochs_run"]),
              *[fmt(t["params"].get(n, "")) for n in names], t["reason"] or ""] for t in rep["trials"]]
     print_table(header, rows)
