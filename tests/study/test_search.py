@@ -391,13 +391,24 @@ def test_the_search_s_writer_is_forked_before_mlflow_and_optuna_are_imported(hom
 def test_the_study_s_plots_name_the_objective_by_the_study_s_metric(tmp_path):
     study = optuna.create_study(direction="maximize")
     study.set_metric_names(["val_miou"])
+
+    def objective(t):
+        value = t.suggest_float("train.lr", 1e-4, 1e-2, log=True) * 100
+        t.report(value, 1)
+        return value
+
     for value in (0.2, 0.5, 0.4):
         study.enqueue_trial({"train.lr": value / 100})
-        study.optimize(lambda t: t.suggest_float("train.lr", 1e-4, 1e-2, log=True) * 100, n_trials=1)
+        study.optimize(objective, n_trials=1)
     write_study_plots(study, tmp_path / "study_plots.html")
     page = (tmp_path / "study_plots.html").read_text()
     page = page[page.index("<h1>"):]  # past plotly.js
     assert "Objective Value" not in page and page.count("val_miou") >= 3  # history, importances, coordinates
+    # a review: the intermediate values' axes read "Step" and "Intermediate Value", each plot was 100 % of a tall
+    # window high, and each was titled twice (the section's heading and Optuna's own)
+    assert '"title":{"text":"epoch"}' in page and '"title":{"text":"best val_miou so far"}' in page
+    assert "Intermediate Value" not in page and "Optimization History Plot" not in page
+    assert page.count('<div style="height:520px; width:100%;">') == 4 and '<div style="height:100%' not in page
 
 
 @pytest.mark.slow

@@ -210,7 +210,11 @@ def write_study_plots(study: optuna.Study, path: Path) -> None:
         except Exception as e:  # e.g. importances need two complete trials
             parts.append(f"<h2>{title}</h2><p>not available yet: {e}</p>")
             continue
-        parts.append(f"<h2>{title}</h2>{notes.get(title, '')}" + figure.to_html(full_html=False, include_plotlyjs=first))
+        figure.update_layout(title_text="")  # the section's own heading names it
+        if title == "intermediate values":  # Optuna's "Step" and "Intermediate Value" are these here
+            figure.update_layout(xaxis_title="epoch", yaxis_title=f"best {named.get('target_name', 'value')} so far")
+        parts.append(f"<h2>{title}</h2>{notes.get(title, '')}"  # a fixed height: at 100 % one plot fills a tall window
+                     + figure.to_html(full_html=False, include_plotlyjs=first, default_height=520))
         first = False  # one copy of plotly.js serves every figure: the file works offline
     path.write_text(f"<html><head><meta charset='utf-8'><title>{study.study_name}</title></head><body>"
                     f"<h1>study {study.study_name}</h1>{''.join(parts)}</body></html>", encoding="utf-8")
