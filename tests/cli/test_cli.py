@@ -238,6 +238,16 @@ def test_a_search_that_another_one_took_past_its_target_says_so_not_5_of_3(capsy
     assert "study 'tiny': 5 finished trials (this command asked for 3), 2 run now in 3 s" in capsys.readouterr().out
 
 
+def test_a_macro_f1_equal_to_the_dice_beside_it_says_why():
+    # a review: "test_dice 0.8285" and "test_f1_macro 0.8285" in every table read as a bug
+    from unet_opt.cli.console import metric_rows
+
+    rows = metric_rows({"images": 18, "test_dice": 0.82851, "test_f1_macro": 0.82851, "val_dice": 0.9, "val_f1_macro": 0.7})
+    assert rows == [["images", "18"], ["test_dice", "0.8285"],
+                    ["test_f1_macro", "0.8285  (= dice: per class, Dice and F1 are one measure)"],
+                    ["val_dice", "0.9000"], ["val_f1_macro", "0.7000"]]  # binary: its Dice is the foreground's alone
+
+
 def test_a_run_s_epochs_are_counted_in_words():
     from unet_opt.runs.runner import epoch_count
 

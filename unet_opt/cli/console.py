@@ -16,6 +16,18 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 
+def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
+    """[name, value] rows of a run's scores; a macro F1 equal to the Dice beside it says why, or it reads as a
+    bug (per class, Dice and F1 are one measure; a binary task's Dice is its foreground's alone and differs)."""
+    rows = []
+    for name, value in metrics.items():
+        shown = str(value) if isinstance(value, int) else f"{value:.4f}"
+        if name.endswith("f1_macro") and metrics.get(name.removesuffix("f1_macro") + "dice") == value:
+            shown += "  (= dice: per class, Dice and F1 are one measure)"
+        rows.append([name, shown])
+    return rows
+
+
 def print_summary(s, seconds: float) -> None:
     """`s`: the `study.summary.Summary` of a search that ran for `seconds`."""
     finished = s.counts.get("complete", 0) + s.counts.get("pruned", 0)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from unet_opt.cli.console import print_table
+from unet_opt.cli.console import metric_rows, print_table
 from unet_opt.cli.options import (
     OUT_FOLDER,
     Session,
@@ -54,8 +54,8 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 
     r = train_baseline(cfg, session.paths, placement)
     click.echo(f"\nstopped: {r.fit.stop_reason} after {epoch_count(r.fit.epochs_run)}; best epoch {r.fit.best_epoch}")
-    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in {**r.fit.best_metrics, **r.test}.items()
-                                      if k.startswith(("val_", "test_")) and k != "val_loss"])
+    print_table(["metric", "value"], metric_rows({k: v for k, v in {**r.fit.best_metrics, **r.test}.items()
+                                                  if k.startswith(("val_", "test_")) and k != "val_loss"}))
     click.echo(f"MLflow run: {r.run_id} (experiment '{r.experiment}')")
     if r.checkpoint:
         click.echo(f"checkpoint: {r.checkpoint}")
@@ -95,7 +95,7 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
                      epochs, model_name, data=dataset)
     click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {epoch_count(r.fit.epochs_run)}")
-    print_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in r.test.items()])
+    print_table(["metric", "value"], metric_rows(r.test))
     click.echo(f"MLflow run:       {r.run_id}")
     replaced = f"; it was {r.replaced}" if r.replaced else ""
     click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version}{replaced})")
@@ -143,7 +143,7 @@ def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tra
     if ev.caution:
         click.echo(f"note: {ev.caution}")
     click.echo(f"scored at {ev.frame}")
-    print_table(["metric", "value"], [[k, f"{v:.4f}" if k != "images" else str(v)] for k, v in ev.metrics.items()])
+    print_table(["metric", "value"], metric_rows(ev.metrics))
     click.echo("")
     print_table(["class", "dice", "iou", "precision", "recall", "pixels"],
                 [[str(r["class"]), *(f"{r[k]:.4f}" for k in ("dice", "iou", "precision", "recall")), str(r["pixels"])]
