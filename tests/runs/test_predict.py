@@ -83,6 +83,18 @@ def test_evaluate_on_other_data_names_its_frame_by_the_model_s_height_and_this_d
     assert code == 0 and "scored at 32x32 (its evaluation frame's height, at this data's aspect)" in out, err
 
 
+def test_evaluate_s_confusion_matrix_names_the_model_split_and_frame(home, cli, monkeypatch):
+    from unet_opt.tracking import plots
+
+    cfg = Config(data=DataConfig(image_size=32, synthetic_images=12), model=ModelConfig(base_channels=4, depth=2))
+    save_checkpoint(home / "model.pt", build_model(cfg.model, 24), cfg, ClassTable.drone(), False,
+                    {"train": [], "val": [], "test": []})
+    titles = []
+    monkeypatch.setattr(plots, "confusion_matrix", lambda matrix, names, path, title: titles.append(title))
+    code, _, err = cli("evaluate", "model.pt", "--split", "all")
+    assert code == 0 and titles == ["model.pt, all images, at 32x48"], err
+
+
 def test_predict_names_a_model_not_found_before_an_output_already_there(home, cli):
     Image.new("RGB", (40, 30)).save(home / "photo.png")
     (home / "predictions").mkdir()

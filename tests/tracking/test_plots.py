@@ -151,6 +151,12 @@ def test_prediction_overlays_have_column_titles_and_a_legend_of_the_classes_show
     assert legend == ["unlabeled", "roof", "bicycle", "not scored (image shows)"]
 
 
+def test_prediction_overlays_carry_their_title_above_the_column_titles():
+    fig = plots.prediction_overlays_figure(*overlay_inputs(), COLORS, NAMES, title="trial #4, val split, epoch 5")
+    y = {t.get_text(): t.get_position()[1] for t in fig.texts}
+    assert y["trial #4, val split, epoch 5"] > y["image"] == y["truth"] == y["prediction"]
+
+
 def test_prediction_overlay_masks_keep_the_class_colours_exactly(tmp_path):
     images, truths, preds = overlay_inputs()
     plots.prediction_overlays(images, truths, preds, COLORS, NAMES, tmp_path / "p.png", min_height=16)

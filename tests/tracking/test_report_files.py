@@ -40,3 +40,21 @@ def test_large_prediction_images_are_kept_for_later_at_most_shown_rows_tall(tmp_
     save_report(report(640), tmp_path / "figures.npz")
     split = load_report(tmp_path / "figures.npz").splits[0]
     assert split.images.shape[1] <= SHOWN_ROWS and split.truths.shape == split.preds.shape == split.images.shape[:3]
+
+
+def test_a_run_s_figures_say_whose_they_are_saved_or_drawn_at_once(tmp_path, monkeypatch):
+    # a review: predictions.png had no title and the matrix's said "val split, epoch 2": once downloaded, the
+    # files of two trials could not be told apart
+    from unet_opt.tracking import plots
+
+    titles = []
+    monkeypatch.setattr(plots, "confusion_matrix", lambda *args: titles.append(args[3]))
+    monkeypatch.setattr(plots, "prediction_overlays", lambda *args, title="": titles.append(title))
+    named = report(32, figures=False)
+    named.name = "trial #4"
+    save_report(named, tmp_path / "figures.npz")
+    loaded = load_report(tmp_path / "figures.npz")
+    assert loaded.name == "trial #4"
+    loaded.figures = True
+    write_report(tmp_path, loaded)
+    assert titles == ["trial #4, val split, epoch 2"] * 2

@@ -139,7 +139,7 @@ def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tra
     ck = resolve_model(model, session.paths.tracking_uri(tracking_uri), session.paths.artifacts)
     check_frame(ck, dataset, frame)  # the model and the frame first: they are what a user mistyped most
     check_outputs([out / name for name in EVALUATION_FILES], overwrite)
-    ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset, frame)
+    ev = evaluate_checkpoint(ck, session.paths.cache, out, split, dataset, frame, model)
     if ev.caution:
         click.echo(f"note: {ev.caution}")
     click.echo(f"scored at {ev.frame}")

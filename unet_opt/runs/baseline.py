@@ -34,7 +34,8 @@ def train_baseline(cfg: Config, paths: Paths, placement: Placement, fit: Fit = f
             run_id = tracker.start_run("train", cfg.params(), {"unet_opt.role": "train", "seed": cfg.train.seed,
                                                                "devices": placement.describe()})
             spec = RunSpec(cfg, split_indices(split_names, names), split_names, test=True,
-                           checkpoint=paths.checkpoints / f"{tracker.experiment_name}-train-{run_id[:8]}.pt")
+                           checkpoint=paths.checkpoints / f"{tracker.experiment_name}-train-{run_id[:8]}.pt",
+                           name=f"train run {run_id[:8]}")
             shown = "  ".join(f"{k}={cfg.get(k)}" for k in ("train.lr", "train.batch_size", "data.image_size",
                                                                "train.epochs"))
             log.info("training once with %s on %s", shown, placement.describe())

@@ -74,12 +74,13 @@ def check_frame(ck: Checkpoint, dataset: str | None, frame: str) -> Config:
 
 
 def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str = "test",
-                        dataset: str | None = None, frame: str = "eval") -> Evaluation:
+                        dataset: str | None = None, frame: str = "eval", model: str = "") -> Evaluation:
     """Score the model on one split of its data (or of another folder) and write the confusion matrix
     (PNG and CSV) and the per-class table into `out` (checked with `check_outputs` beforehand).
 
     `frame` "eval": at the frame the model was judged at (its study's evaluation frame), as its run
-    logged it; "native": each photo at its own size, against its original mask."""
+    logged it; "native": each photo at its own size, against its original mask. `model`: as the user named it,
+    for the matrix's title."""
     cfg = check_frame(ck, dataset, frame)
     data_cfg = cfg.data if frame == "eval" else replace(cfg.data, eval_size=-1)  # native: images at the model's frame
     data = load_data(data_cfg, cfg.model.depth, cache_dir)
@@ -92,7 +93,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
         loss, matrix = native_loss_and_matrix(ck.model, data, indices, source, cfg.data)
         scores = scores_from_matrix(matrix, data.binary)
         metrics = {f"{split}_loss": loss, **{f"{split}_{k}": v for k, v in scores.items()}}
-        where = "each photo's own size"
+        where = at = "each photo's own size"
     else:
         metrics, matrix = split_metrics(ck.model, data, indices, cfg.train, prefix=f"{split}_")  # as retrain logs them
         h, w = data.scored_frame
@@ -100,14 +101,15 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
         if dataset:  # data passed again may have another aspect: the height is the model's, the width the data's
             judged = f"{'its training' if cfg.data.eval_size < 0 else 'its evaluation'} frame's height, " \
                      "at this data's aspect"
-        where = f"{h}x{w} ({judged})"
+        where, at = f"{h}x{w} ({judged})", f"{h}x{w}"
     names = list(data.classes.names)
     pc = per_class(matrix)
     rows = [{"class": n, "dice": pc["dice"][i], "iou": pc["iou"][i], "precision": pc["precision"][i],
              "recall": pc["recall"][i], "pixels": int(pc["support"][i])} for i, n in enumerate(names) if pc["present"][i]]
     make_out_folder(out)
     written = [out / name for name in EVALUATION_FILES]
-    plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split))  # a checkpoint keeps no epoch
+    title = ", ".join(filter(None, (model, plots.matrix_title(split), f"at {at}")))  # whose, once downloaded
+    plots.confusion_matrix(matrix, names, written[0], title)  # a checkpoint keeps no epoch
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
     return Evaluation({"images": len(indices), **metrics}, rows, written, where,

@@ -69,6 +69,7 @@ class RunSpec:
     test: bool = False  # score the best weights on split["test"]
     checkpoint: Path | None = None  # where to save them
     register_as: str = ""  # registered model name (alias @champion)
+    name: str = ""  # what its figures' titles call it: "trial #4", "retrain of trial #4"
 
     @property
     def fit_split(self) -> dict[str, list[int]]:
@@ -188,7 +189,7 @@ class Runner:
         them from later."""
         outcome, cfg, data, tracker = RunRecord(result), spec.cfg, self.data(spec.cfg), self.tracker
         report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
-        report.figures = figures
+        report.figures, report.name = figures, spec.name
         if result.model is not None and spec.test:
             model = result.model.to(self.placement.main_device)
             outcome.test, matrix = split_metrics(model, data, spec.split["test"], cfg.train)

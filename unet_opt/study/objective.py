@@ -93,7 +93,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
     run_id = ctx.ledger.open_run(trial, cfg.params(), {  # `worker` is tagged by start_run
         "seed": cfg.train.seed, "sampler_seed": cfg.search.seed, "processes": runner.placement.procs,
         "devices": runner.placement.describe()})
-    spec = RunSpec(cfg, ctx.split, ctx.split_names)
+    spec = RunSpec(cfg, ctx.split, ctx.split_names, name=f"trial #{trial.number}")
 
     def report_and_ask(epoch: int, metrics: dict[str, float], best: float | None) -> bool:
         # the pruner sees the trial's best so far, which is what the trial will be scored by:

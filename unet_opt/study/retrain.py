@@ -50,7 +50,8 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                                         "source_trial": best.number, "seed": cfg.train.seed,
                                         "devices": placement.describe()})
             spec = RunSpec(cfg, split, split_names, train_on_val=True, test=True,
-                           checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name)
+                           checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name,
+                           name=f"retrain of trial #{best.number}")
             log.info("retraining trial #%d of '%s' on train+val (%d images) for %s on %s, testing on %d images",
                      best.number, study.study_name, len(spec.fit_split["train"]), epoch_count(cfg.train.epochs),
                      placement.describe(), len(spec.split["test"]))

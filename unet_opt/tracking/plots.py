@@ -194,8 +194,10 @@ def paint(image: torch.Tensor, mask: np.ndarray, colors: list[tuple[int, int, in
 
 
 def prediction_overlays_figure(images: np.ndarray, truths: np.ndarray, preds: np.ndarray,
-                               colors: list[tuple[int, int, int]], names: list[str], min_height: int = 160) -> Figure:
-    """One row per image: image | truth | prediction, with column titles and a legend of the classes shown.
+                               colors: list[tuple[int, int, int]], names: list[str], min_height: int = 160,
+                               title: str = "") -> Figure:
+    """One row per image: image | truth | prediction, with column titles, a legend of the classes shown and
+    `title` above them (the run and split: "trial #4, val split, epoch 5").
 
     The grid is placed with `figimage`, pixel for pixel (no axes, no resampling): mask colours stay the
     table's exact colours, and a dozen axes would cost a second a trial. Small images are enlarged
@@ -223,14 +225,17 @@ def prediction_overlays_figure(images: np.ndarray, truths: np.ndarray, preds: np
     ncol = max(1, math.ceil(len(handles) / rows_fit))
     longest = max((len(h.get_label()) for h in handles), default=8)
     legend_w = 30 + ncol * (40 + 7 * longest)
-    top = 28  # px for the column titles
+    heading = 26 if title else 0  # px for the title
+    top = heading + 28  # and for the column titles
     height = max(grid.shape[0], 18 * math.ceil(len(handles) / ncol) + 40) + top
     width = grid.shape[1] + legend_w
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     fig.figimage(grid, xo=0, yo=height - top - grid.shape[0], origin="upper")
+    if title:
+        fig.text(4 / width, 1 - 0.5 * heading / height, title, ha="left", va="center", fontsize=11)
     panel_w = (grid.shape[1] - gap * scale) / 3
     for k, label in enumerate(("image", "truth", "prediction")):
-        fig.text((gap * scale + panel_w * (k + 0.5)) / width, 1 - 0.5 * top / height, label,
+        fig.text((gap * scale + panel_w * (k + 0.5)) / width, 1 - (heading + 14) / height, label,
                  ha="center", va="center", fontsize=11, weight="bold")
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(grid.shape[1] / width, 1 - top / height),
                ncol=ncol, fontsize=9, title="classes", frameon=False, handlelength=1.5)
@@ -238,5 +243,5 @@ def prediction_overlays_figure(images: np.ndarray, truths: np.ndarray, preds: np
 
 
 def prediction_overlays(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, colors: list[tuple[int, int, int]],
-                        names: list[str], path: Path, min_height: int = 160) -> None:
-    save(prediction_overlays_figure(images, truths, preds, colors, names, min_height), path)
+                        names: list[str], path: Path, min_height: int = 160, title: str = "") -> None:
+    save(prediction_overlays_figure(images, truths, preds, colors, names, min_height, title), path)

@@ -59,6 +59,7 @@ class RunReport:
     best_epoch: int = 0
     splits: list[SplitReport] = field(default_factory=list)
     figures: bool = True
+    name: str = ""  # the run, as its figures' titles name it: a file downloaded still says whose it is
 
 
 FIGURES_LATER = "figures.npz"  # a report whose figures were not drawn: what they are drawn from
@@ -66,7 +67,7 @@ FIGURES = ("learning_curves.png", "confusion_matrix.png", "predictions.png")
 SHOWN_ROWS = 256  # the prediction images kept for later are at most this tall (nearest for masks)
 
 
-def write_split(folder: Path, split: SplitReport, figures: bool = True) -> list[Path]:
+def write_split(folder: Path, split: SplitReport, figures: bool = True, name: str = "") -> list[Path]:
     """Confusion matrix (CSV, and its PNG), per-class table and (with `figures`) prediction overlays."""
     paths = [folder / f"{split.prefix}{name}" for name in ("confusion_matrix.csv", "per_class.csv")]
     write_confusion_csv(split.matrix, split.names, paths[0])
@@ -76,9 +77,10 @@ def write_split(folder: Path, split: SplitReport, figures: bool = True) -> list[
     from unet_opt.tracking import plots  # matplotlib, scikit-learn, torchvision: only where figures are drawn
 
     drawn = [folder / f"{split.prefix}{name}" for name in ("confusion_matrix.png", "predictions.png")]
-    title = plots.matrix_title(split.prefix.rstrip("_") or "val", split.epoch)
+    title = ", ".join(filter(None, (name, plots.matrix_title(split.prefix.rstrip("_") or "val", split.epoch))))
     plots.confusion_matrix(split.matrix, split.names, drawn[0], title)
-    plots.prediction_overlays(split.images, split.truths, split.preds, split.colors, split.names, drawn[1])
+    plots.prediction_overlays(split.images, split.truths, split.preds, split.colors, split.names, drawn[1],
+                              title=title)
     return paths + drawn
 
 
@@ -91,7 +93,7 @@ def write_report(folder: Path, report: RunReport) -> list[Path]:
         plots.learning_curves(report.history, folder / "learning_curves.png", report.metric, report.best_epoch)
         written.append(folder / "learning_curves.png")
     for split in report.splits:
-        written += write_split(folder, split, report.figures)
+        written += write_split(folder, split, report.figures, report.name)
     if not report.figures and report.history:
         save_report(report, folder / FIGURES_LATER)
         written.append(folder / FIGURES_LATER)
@@ -100,7 +102,7 @@ def write_report(folder: Path, report: RunReport) -> list[Path]:
 
 def save_report(report: RunReport, path: Path) -> None:
     """The report as one compressed NumPy file (no pickle): its figures can be drawn from it anywhere."""
-    arrays = {"meta": np.array(json.dumps({"config_toml": report.config_toml, "metric": report.metric,
+    arrays = {"meta": np.array(json.dumps({"config_toml": report.config_toml, "metric": report.metric, "name": report.name,
                                              "history": report.history, "best_epoch": report.best_epoch,
                                              "splits": [{"names": s.names, "colors": [list(c) for c in s.colors],
                                                          "prefix": s.prefix, "epoch": s.epoch}
@@ -119,4 +121,5 @@ def load_report(path: Path) -> RunReport:
         splits = [SplitReport(saved[f"matrix{i}"], s["names"], [tuple(c) for c in s["colors"]], saved[f"images{i}"],
                               saved[f"truths{i}"], saved[f"preds{i}"], s["prefix"], s["epoch"])
                   for i, s in enumerate(meta["splits"])]
-    return RunReport(meta["config_toml"], meta["metric"], meta["history"], meta["best_epoch"], splits)
+    return RunReport(meta["config_toml"], meta["metric"], meta["history"], meta["best_epoch"], splits,
+                     name=meta.get("name", ""))  # saved before runs were named: none
