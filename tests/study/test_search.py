@@ -138,7 +138,8 @@ def test_the_study_s_run_tells_the_search_s_story(three_trials):
     assert note.startswith(f"**Best trial: [#{best.number}](#/experiments/")
     assert f"/runs/{best.user_attrs['mlflow_run_id']}?workflowType=machine_learning)**" in note.splitlines()[0]
     assert f"{best.value:.4f}" in note.splitlines()[0] and "`train.lr` = " in note.splitlines()[0]
-    assert "unet-opt retrain --best" in note
+    # then the counts and the retrain command, before MLflow's "Show more" (it came after the live view's link)
+    assert note.splitlines()[2].startswith("Study `default`: ") and "`unet-opt retrain --best" in note.splitlines()[2]
 
 
 @pytest.mark.slow

@@ -127,9 +127,9 @@ def log_study_artifacts(study: optuna.Study, tracker: Tracker, parent_id: str, c
 
 def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: Config) -> None:
     """The parent run's tags `best_trial`, `best_run_id`, `best_value` and its Markdown description (the
-    run's note in the MLflow UI): first the best trial with a link to its run, its value and its params
-    (what the note shows before "Show more"), then the counts by state and how to retrain it. Written after
-    every trial and when a search ends, however it ends."""
+    run's note in the MLflow UI): first the best trial with a link to its run, its value and its params,
+    then the counts by state and how to retrain it (what the note shows before "Show more"), then the live
+    view's link. Written after every trial and when a search ends, however it ends."""
     trials = study.get_trials(deepcopy=False)
     metric, lines, tags = cfg.search.goal.metric, [], {}
     if best_value(study) is not None:
@@ -140,14 +140,13 @@ def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: 
                            for k, v in best.params.items())
         lines += [f"**Best trial: [#{best.number}]({run_link(tracker.experiment_id, run_id)})**, `{metric}` = "
                   f"{best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}: {params}.", ""]
+    retrain = f" Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best --study " \
+              f"{study.study_name}`" if tags else ""
     lines += [f"Study `{study.study_name}`: {describe_counts(count_states(trials))} (of {cfg.search.trials} "
-              f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction})."]
+              f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction}).{retrain}"]
     live = dashboard_url(LIVE_VIEW, study._study_id)  # Optuna's id of the study: the page's address
     lines += ["", f"Live view of the sweep (history, parameter importances, parallel coordinates, each trial's "
                   f"curve), served by `unet-opt ui` (at its default `--live-port`): [{live}]({live})"]
-    if tags:
-        lines += ["", f"Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best "
-                      f"--study {study.study_name}`"]
     tracker.set_tags(parent_id, {**tags, "trials_target": cfg.search.trials, "mlflow.note.content": "\n".join(lines)})
 
 
