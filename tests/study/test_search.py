@@ -187,6 +187,8 @@ def test_the_same_command_again_does_nothing_and_a_larger_one_extends_the_study(
     code, out, _ = cli("report")  # the table: epochs run ("ran") beside the epochs each trial drew
     assert code == 0 and out.splitlines()[2].split()[:5] == ["#", "state", "val_dice", "best_epoch", "ran"]
     # the epoch of its value, which `retrain --best` trains for: only `--json` had it (a review)
+    header = out.splitlines()[2].split()
+    assert header[5:-1] == list(report["trials"][0]["params"])  # the space's order, as the search shows them
     rows = [line.split() for line in out.splitlines()[3:]]
     assert {row[0]: row[3] for row in rows if row[1] == "complete"} == {
         str(t["number"]): str(t["best_epoch"]) for t in report["trials"] if t["state"] == "complete"}

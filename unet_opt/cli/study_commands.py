@@ -142,7 +142,7 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
     if best:
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
-    names = sorted({k for t in rep["trials"] for k in t["params"]})
+    names = list(dict.fromkeys(k for t in rep["trials"] for k in t["params"]))  # the space's order, as the search shows
     # "best_epoch": where its value was reached (what `retrain --best` trains for), "ran": epochs run, beside the
     # train.epochs drawn
     header = ["#", "state", metric, "best_epoch", "ran", *names, "reason"]

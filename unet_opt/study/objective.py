@@ -88,7 +88,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
     params = suggest(trial, ctx.cfg.space)
     cfg = ctx.cfg.for_trial(params, trial.number)
     metric, runner = cfg.search.goal.metric, ctx.runner
-    shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
     log.info("trial %d/%d (#%d): %s", position, cfg.search.trials, trial.number, shown or f"seed {cfg.train.seed}")
     run_id = ctx.ledger.open_run(trial, cfg.params(), {  # `worker` is tagged by start_run
         "seed": cfg.train.seed, "sampler_seed": cfg.search.seed, "processes": runner.placement.procs,
