@@ -15,7 +15,6 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-
 def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
     """[name, value] rows of a run's scores; a macro F1 equal to the Dice beside it says why, or it reads as a
     bug (per class, Dice and F1 are one measure; a binary task's Dice is its foreground's alone and differs)."""
