@@ -36,11 +36,21 @@ def is_dead_here(worker: str | None) -> bool:
 def left_by_the_dead(prefix: str) -> list[Path]:
     """The temporary folder's entries named `prefix` + a pid + "-..." whose process is gone: what a killed
     process had no time to remove (SIGKILL)."""
+    return [entry for entry, alive in _entries(prefix) if not alive]
+
+
+def held_by_the_living(prefix: str) -> list[Path]:
+    """The same entries of processes still running: work on its way."""
+    return [entry for entry, alive in _entries(prefix) if alive]
+
+
+def _entries(prefix: str) -> list[tuple[Path, bool]]:
+    """The temporary folder's entries named `prefix` + a pid + "-...", each with whether its process runs."""
     found = []
     for entry in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         pid = entry.name.removeprefix(prefix).split("-")[0]
-        if pid.isdigit() and not is_running(int(pid)):
-            found.append(entry)
+        if pid.isdigit():
+            found.append((entry, is_running(int(pid))))
     return found
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from unet_opt import runtime
 from unet_opt.config.paths import sqlite_file
-from unet_opt.parallel.processes import children_ignoring, ignore_stops, is_running, left_by_the_dead
+from unet_opt.parallel.processes import children_ignoring, held_by_the_living, ignore_stops, left_by_the_dead
 from unet_opt.tracking.report_files import RunReport, write_report
 
 log = logging.getLogger(__name__)
@@ -176,12 +176,8 @@ def is_report(spooled: Path) -> bool:
 
 def runs_being_written() -> set[str]:
     """The MLflow runs whose files a live writer has yet to write: its spooled reports name them."""
-    runs = set()
-    for spooled in Path(tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-report-*"):
-        pid = spooled.name.removeprefix(SPOOL_PREFIX).split("-")[0]
-        if pid.isdigit() and is_running(int(pid)):
-            runs.add(spooled.name.rsplit("-report-", 1)[1].split("-")[0])
-    return runs
+    return {spooled.name.rsplit("-report-", 1)[1].split("-")[0]
+            for spooled in held_by_the_living(SPOOL_PREFIX) if is_report(spooled)}
 
 
 def adopt_reports_of_dead_writers(pid: int) -> list[Path]:
