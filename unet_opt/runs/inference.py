@@ -13,7 +13,7 @@ from unet_opt.config.paths import sqlite_file
 from unet_opt.config.schema import Config
 from unet_opt.core.data import frame_size, load_data, split_indices
 from unet_opt.core.data.images import read_rgb, resize_rgb, write_png
-from unet_opt.core.data.layouts import find_source, scan
+from unet_opt.core.data.layouts import find_source, problems_error, scan
 from unet_opt.core.metrics import per_class, scores_from_matrix
 from unet_opt.core.native import classes_at, native_loss_and_matrix
 from unet_opt.core.scoring import split_metrics
@@ -65,11 +65,12 @@ def check_frame(ck: Checkpoint, dataset: str | None, frame: str) -> Config:
                         "none; pass --data FOLDER, or leave --frame at eval")
     if dataset and cfg.data.dataset != "synthetic":
         folder, classes = Path(cfg.data.dataset).expanduser(), cfg.data.num_classes
-        source, _ = scan(folder, None)  # its own class count first: a model's classes are not a setting to change
+        source, problems = scan(folder, None)  # its own class count: a model's classes are not a setting to change
         if source is not None and source.table is not None and len(source.classes) != classes:
             raise UserError(f"this model predicts {classes} classes and {source.table} has "
                             f"{len(source.classes)}; evaluate it on data labelled with its {classes} classes")
-        find_source(folder, classes)
+        if problems:
+            raise problems_error(folder, problems)
     return cfg
 
 
