@@ -282,6 +282,23 @@ def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert cli("search", "--trials", "2", *FAST, "--seed", "7")[0] == 0
 
 
+def test_a_changed_space_is_named_by_its_table_and_field_not_as_the_space():
+    """An edited space file is refused: the message names what to put back."""
+    from unet_opt.config.space_file import config_from_text
+    from unet_opt.errors import UserError
+    from unet_opt.study.storage import check_same_study, comparable
+
+    text = ('[space.lr]\ntype = "float"\nlow = 1e-4\nhigh = 5e-2\nlog = true\n'
+            '[space.epochs]\ntype = "int"\nlow = 3\nhigh = 20\n')
+    stored = comparable(config_from_text(text, "small.toml"))
+    edited = text.replace("high = 5e-2", "high = 1e-1").replace("[space.epochs]", '[space."model.base_channels"]')
+    with pytest.raises(UserError) as refused:
+        check_same_study(stored, comparable(config_from_text(edited, "small.toml")), "small")
+    assert "changed: [space.\"model.base_channels\"] added, [space.\"train.epochs\"] removed, " \
+           "[space.\"train.lr\"] high 0.05 -> 0.1);" in str(refused.value)
+    check_same_study(stored, comparable(config_from_text(text.replace("5e-2", "0.05"), "small.toml")), "small")
+
+
 @pytest.mark.slow
 def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     elsewhere = home / "project"

@@ -117,12 +117,27 @@ def comparable(cfg: Config) -> dict[str, Any]:
 
 
 def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
-    changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
-    if changed:
-        shown = ", ".join(f"{k} {stored.get(k)!r} -> {current.get(k)!r}" if k != "space" else "the space"
-                          for k in changed[:4])
-        raise UserError(f"study '{name}' was made with a different configuration (changed: {shown}); run it with "
-                        f"its original settings or start a new study with --study NEW_NAME")
+    changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k) and k != "space")
+    shown = [f"{k} {stored.get(k)!r} -> {current.get(k)!r}" for k in changed]
+    shown += space_changes(stored.get("space") or {}, current.get("space") or {})
+    if shown:
+        more = f" and {len(shown) - 4} more" if len(shown) > 4 else ""
+        raise UserError(f"study '{name}' was made with a different configuration (changed: {', '.join(shown[:4])}"
+                        f"{more}); run it with its original settings or start a new study with --study NEW_NAME")
+
+
+def space_changes(stored: dict[str, dict], current: dict[str, dict]) -> list[str]:
+    """Each searched parameter added, removed or redefined, as a space file's table names it:
+    `[space."train.lr"] high 0.05 -> 0.1`."""
+    shown = []
+    for name in sorted(stored.keys() | current.keys()):
+        table, was, now = f'[space."{name}"]', stored.get(name), current.get(name)
+        if now is None or was is None:
+            shown.append(f"{table} {'removed' if now is None else 'added'}")
+        else:
+            shown += [f"{table} {k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
+                      if was.get(k) != now.get(k)]
+    return shown
 
 
 SEARCH_WAY_OUT = "pass the study's data with --data, or start a new study with --study NEW_NAME"
