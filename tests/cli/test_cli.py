@@ -229,6 +229,15 @@ def test_an_interrupted_search_says_to_run_again_only_when_trials_are_missing(ca
     assert f"interrupted: study 'default' has {finished}/5 finished trials; {says}" in capsys.readouterr().out
 
 
+def test_a_search_with_nothing_to_do_starts_with_its_line_not_a_blank_one(capsys):
+    from unet_opt.cli.console import print_summary
+    from unet_opt.study.summary import Summary
+
+    print_summary(Summary("default", 20, {"complete": 35}, None, already_done=True), 0.5)
+    assert capsys.readouterr().out.startswith("study 'default' already has 35 finished trials (asked for 20); "
+                                              "nothing to do.")
+
+
 def test_a_search_that_another_one_took_past_its_target_says_so_not_5_of_3(capsys):
     # `--trials 3` and `--trials 5` of one study at once: the first ended "5/3 finished trials"
     from unet_opt.cli.console import print_summary

@@ -80,6 +80,9 @@ def offline(*args, **kwargs):
     (["search", "--data", "d"], {"d/images/": "", "d/masks/": ""}, "holds no image"),
     (["train", "--set", "train.batch_size=6"], {}, "multiples of 4"),
     (["train", "--space", "nope"], {}, "space file 'nope' not found"),
+    (["search", "--space", "small"], {"small.toml": "[train]\nepochs = 2\n"},
+     "space file 'small' not found; to use small.toml, pass --space small.toml"),
+    (["report", "--home", ""], {}, "'--home': is empty"),
     (["retrain"], {}, "Missing option '--best'"),
     (["retrain", "--best", "--epochs", "0"], {}, "Invalid value for '--epochs'"),
     (["retrain", "--best"], {}, "no study storage"),
@@ -181,6 +184,15 @@ def test_a_new_home_folder_is_not_left_behind_by_a_command_that_wrote_nothing(ho
     # `--home NEW` makes the folder first: a refused command left it, empty (found by an adversarial review)
     code, _, _ = cli("--home", str(home / "new"), *args)
     assert code == (0 if "--help" in args else 2) and not (home / "new").exists()
+
+
+def test_home_after_the_command_name_does_what_it_does_before_it(home, cli):
+    # -v and -q work on either side of the command name, so users put --home after it too (adversarial review)
+    elsewhere = home / "project"
+    code, _, err = cli("studies", "--home", str(elsewhere))
+    assert code == 2 and f"error: no study storage at {elsewhere / 'studies'}" in err and not elsewhere.exists()
+    code, _, err = cli("--home", str(home), "studies", "--home", str(elsewhere))
+    assert code == 2 and err.startswith("error: --home is given twice") and written_files(home) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

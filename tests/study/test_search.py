@@ -300,6 +300,16 @@ def test_a_changed_space_is_named_by_its_table_and_field_not_as_the_space():
 
 
 @pytest.mark.slow
+def test_timeout_0_on_the_command_line_means_none_as_in_a_space_file(home, cli):
+    default = (Path(__file__).parents[2] / "search" / "default.toml").read_text()
+    (home / "quick.toml").write_text(default.replace("[search]\n", "[search]\ntimeout = 0.001\n"))  # before trial 0
+    code, out, _ = cli("search", "--space", "quick.toml", "--trials", "1", *FAST)
+    assert code == 0 and "0/1 finished trials" in out and "timeout of 0.001 s reached" in out
+    code, out, _ = cli("search", "--space", "quick.toml", "--trials", "1", "--timeout", "0", *FAST)
+    assert code == 0 and "1/1 finished trials" in out
+
+
+@pytest.mark.slow
 def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
     elsewhere = home / "project"
     code, out, err = cli("--home", str(elsewhere), "search", "--trials", "5", "--timeout", "1", "--pruner", "none",

@@ -16,17 +16,15 @@ import os
 import signal
 import sys
 import threading
-from functools import partial
-from pathlib import Path
 
 import click
 
 from unet_opt import __version__, runtime
 from unet_opt.cli.data_commands import data
 from unet_opt.cli.model_commands import evaluate, predict, retrain, train
-from unet_opt.cli.options import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Session, option
+from unet_opt.cli.options import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Session, open_home, option
 from unet_opt.cli.study_commands import figures, report, search, studies, ui
-from unet_opt.config.paths import Paths, redact_url
+from unet_opt.config.paths import redact_url
 from unet_opt.errors import Terminated, UserError
 
 
@@ -48,17 +46,7 @@ def cli(ctx: click.Context, home: str | None, verbose: bool, quiet: bool) -> Non
       unet-opt retrain --best         # retrain the winner, test it, register it
     """
     runtime.setup(verbose, quiet=quiet)
-    if home and not Path(home).is_dir():  # a new folder asked for by name is made, inside one that exists
-        if not Path(home).parent.is_dir():
-            raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix --home")
-        Path(home).mkdir()
-        ctx.call_on_close(partial(remove_if_empty, Path(home)))  # a refused command leaves not even it behind
-    ctx.obj = Session(Paths.resolve(home), verbose)
-
-
-def remove_if_empty(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # something was written in it (or it is gone): it stays as it is
-        folder.rmdir()
+    ctx.obj = Session(open_home(ctx, home), verbose)
 
 
 for command in (search, report, studies, figures, ui, train, retrain, evaluate, predict, data):

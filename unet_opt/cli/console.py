@@ -33,7 +33,8 @@ def print_summary(s, seconds: float) -> None:
     # more than asked for: another search of the study, started at once with a larger --trials, ran them
     count = f"{finished}/{s.target} finished trials" if finished <= s.target \
         else f"{finished} finished trials (this command asked for {s.target})"
-    click.echo("")
+    if not s.already_done:  # a line between the bars and log lines above and the summary; none ran when done
+        click.echo("")
     if s.already_done:
         click.echo(f"study '{s.study}' already has {finished} finished trials (asked for {s.target}); nothing to do. "
                    f"Ask for more with --trials N.")

@@ -127,7 +127,8 @@ def run_page(paths: Paths, tracking_uri: str | None, r: RunSummary) -> str:
 @click.pass_obj
 @output_options
 def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tracking_uri) -> int:
-    """Scores of MODEL (models:/NAME@ALIAS, a run id or a checkpoint file) on one split.
+    """Scores of MODEL on one split. MODEL: models:/NAME@ALIAS, models:/NAME/VERSION, the MLflow run id of a
+    retrain or train run, or a checkpoint file.
 
     \b
     Examples:
@@ -162,7 +163,8 @@ def evaluate(session: Session, model, dataset, split, frame, out, overwrite, tra
 @click.pass_obj
 @output_options
 def predict(session: Session, model, images, out, overwrite, tracking_uri) -> int:
-    """Masks for IMAGES at their own resolution: class indices, class colours and an overlay.
+    """Masks for IMAGES at their own resolution: class indices, class colours and an overlay. MODEL:
+    models:/NAME@ALIAS, models:/NAME/VERSION, the MLflow run id of a retrain or train run, or a checkpoint file.
 
     \b
     Examples:

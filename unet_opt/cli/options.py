@@ -7,14 +7,17 @@ set them) and name that default in `show_default`; `Option` prints it as click p
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import click
 
 from unet_opt import runtime
 from unet_opt.config.paths import Paths
+from unet_opt.errors import UserError
 
 EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143  # a user's mistake, Ctrl-C, SIGTERM
 
@@ -46,12 +49,13 @@ class Option(click.Option):
 
 
 class Seconds(click.FloatRange):
-    """A positive, finite number of seconds: click's FloatRange lets nan and inf through."""
+    """A finite number of seconds, 0 or more (0: none, as in a space file): click's FloatRange lets nan and inf
+    through."""
 
     name = "number of seconds"
 
     def __init__(self):
-        super().__init__(min=0, min_open=True)
+        super().__init__(min=0)
 
     def convert(self, value, param, ctx):
         seconds = super().convert(value, param, ctx)
@@ -114,8 +118,39 @@ def be_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         runtime.setup(quiet=True)
 
 
+def open_home(ctx: click.Context, home: str | None) -> Paths:
+    """The project folder: `home`, or the current directory. A new folder asked for by name is made, inside one
+    that exists, and removed again if the command writes nothing in it (a refused command leaves nothing)."""
+    if home and not Path(home).is_dir():
+        if not Path(home).parent.is_dir():
+            raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix --home")
+        Path(home).mkdir()
+        ctx.call_on_close(partial(remove_if_empty, Path(home)))
+    return Paths.resolve(home)
+
+
+def remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # something was written in it (or it is gone): it stays as it is
+        folder.rmdir()
+
+
+def home_after(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`--home` after the command name (`unet-opt report --home ../a`) does what it does before it."""
+    if value is None or not isinstance(ctx.obj, Session):
+        return
+    if not value.strip():  # this callback's None hides the value from `Option`'s own check
+        raise click.BadParameter("is empty; pass a value, or leave --home out", ctx, param)
+    root = ctx.find_root()
+    before = root.params.get("home")
+    if root.get_parameter_source("home") == click.core.ParameterSource.COMMANDLINE and before != value:
+        raise UserError(f"--home is given twice ({before} before the command, {value} after it); pass one")
+    ctx.obj = replace(ctx.obj, paths=open_home(ctx, value))
+
+
 def output_options(command):
-    """-v and -q, accepted after the command name as before it."""
+    """-v, -q and --home, accepted after the command name as before it (--home is listed by `unet-opt --help`)."""
+    command = option("--home", type=click.Path(file_okay=False), expose_value=False, hidden=True,
+                     callback=home_after)(command)
     command = option("-q", "--quiet", is_flag=True, expose_value=False, callback=be_quiet,
                      help="Only warnings and errors, no progress bars.")(command)
     return option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,
@@ -129,7 +164,8 @@ sets_option = option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any field, e.g. --set train.patience=3 (repeatable).")
 space_option = option("--space", default="default", show_default=True,
                       help="Search-space TOML file, or a built-in name: default, drone, drone-cpu, binary.")
-data_option = option("--data", show_default="synthetic", help="'synthetic' (embedded) or a data folder.")
+data_option = option("--data", show_default="the space file's, else synthetic",
+                     help="'synthetic' (embedded) or a data folder.")
 
 
 def placement_options(command):

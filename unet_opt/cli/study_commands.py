@@ -32,21 +32,23 @@ from unet_opt.config.space_file import load_config
 
 
 @click.command()
-@option("--trials", type=click.IntRange(min=1), show_default="30", help="Finished trials the study should have.")
-@option("--timeout", type=Seconds(), metavar="S", show_default="none",
-        help="Start no new trial after S seconds.")
+@option("--trials", type=click.IntRange(min=1), show_default="the space file's, else 30",
+        help="Finished trials the study should have.")
+@option("--timeout", type=Seconds(), metavar="S", show_default="the space file's, else none",
+        help="Start no new trial after S seconds (0: no limit).")
 @space_option
 @data_option
-@option("--study", show_default="the space file's name",
+@option("--study", show_default="the space file's search.study, else the file's name",
         help="Study name; its MLflow experiment is unet-opt-<study>.")
 @storage_option
 @tracking_option
-@option("--sampler", type=click.Choice(["tpe", "random"]), show_default="tpe", help="Optuna sampler.")
+@option("--sampler", type=click.Choice(["tpe", "random"]), show_default="the space file's, else tpe",
+        help="Optuna sampler.")
 @option("--pruner", type=click.Choice(["contenders", "hyperband", "median", "halving", "none"]),
-        show_default="contenders", help="Which trials stop early: contenders (after epochs 3, 6 and 12 the top "
-        "third of the trials scheduled to run on goes on, after epoch 1 the top two thirds), Optuna's hyperband, "
-        "median, halving, or none.")
-@option("--seed", type=int, show_default="0", help="Sampler seed.")
+        show_default="the space file's, else contenders",
+        help="Which trials stop early: contenders (after epochs 3, 6 and 12 the top third of the trials scheduled "
+        "to run on goes on, after epoch 1 the top two thirds), Optuna's hyperband, median, halving, or none.")
+@option("--seed", type=int, show_default="the space file's, else 0", help="Sampler seed.")
 @placement_options
 @option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
         help="Trials at once on this machine, each on its own share of the GPUs (or CPU cores).")

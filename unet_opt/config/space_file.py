@@ -51,6 +51,9 @@ def find_space(name: str) -> Path:
                 return folder / f"{name}.toml"
     if path.exists():
         raise UserError(f"space file '{name}' is not a file; pass a TOML file such as search/default.toml")
+    if path.suffix == "" and path.with_suffix(".toml").is_file():  # `--space small` for ./small.toml
+        raise UserError(f"space file '{name}' not found; to use {path.with_suffix('.toml')}, pass "
+                        f"--space {path.with_suffix('.toml')}")
     raise UserError(f"space file '{name}' not found; pass a path to a TOML file or one of: default, drone, "
                     f"drone-cpu, binary")
 
