@@ -292,6 +292,30 @@ def test_the_best_config_file_trains_again_to_the_trial_s_value(searched_home, c
     assert cli("report", "--best-config", "-", "--json")[0] == 2  # both would write to stdout
 
 
+@pytest.mark.slow
+def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promoted(champion, cli):
+    """Found by a review: `retrain --best --epochs 1` (test_dice 0.01) moved @champion off a version that tested
+    at 0.13, without a word."""
+    client, (first,) = retrain_runs(champion)
+    # the champion tests better than the same retrain will: its latest test_dice is what MLflow shows
+    client.log_metric(first.info.run_id, "test_dice", 0.999, step=10**6)
+    code, out, err = cli("retrain", "--best")
+    assert code == 0, err
+    assert "registered model: models:/unet-opt-default/2; @champion stays on version 1, the retrain of trial " \
+           f"#{first.data.tags['source_trial']}, tests better on the same images (test_dice 0.9990 against " in out
+    assert ": pass --promote to move it" in out
+    assert client.get_model_version_by_alias("unet-opt-default", "champion").version == 1
+    code, out, _ = cli("retrain", "--best", "--promote")
+    assert code == 0 and "registered model: models:/unet-opt-default@champion (version 3; it was version 1, " \
+                          "test_dice 0.9990)" in out
+    version = client.get_model_version_by_alias("unet-opt-default", "champion")
+    _, runs = retrain_runs(champion)
+    assert version.version == 3 and version.run_id == runs[2].info.run_id
+    # what the registry's pages show of a version, without opening its run
+    assert version.tags == {"study": "default", "source_trial": first.data.tags["source_trial"],
+                            "test_dice": str(runs[2].data.metrics["test_dice"])}
+
+
 def retrain_with(home: Path, patch: str) -> subprocess.CompletedProcess:
     """`unet-opt retrain --best` in a process of its own, after `patch` (Python) ran in it."""
     script = f"import os, signal\nimport mlflow\nfrom unet_opt.cli.app import main\n{patch}\nmain(['retrain', '--best'])\n"

@@ -71,14 +71,17 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
 @option("--epochs", type=click.IntRange(min=1, max=10_000), show_default="the trial's best epoch",
         help="Epochs to train.")
 @option("--name", "model_name", show_default="unet-opt-<study>", help="Registered model name.")
+@option("--promote", is_flag=True, help="Move @champion to the new version even if the version it names is a "
+        "retrain of this study that tests better.")
 @option("--data", "dataset", metavar="PATH", show_default="the study's data folder",
         help="Where the study's data folder is now, if it moved (its files must be the study's).")
 @placement_options
 @click.pass_obj
 @output_options
-def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, dataset, device, gpus,
-            procs) -> int:
-    """Retrain the best trial on train+val, test it on the held-out split, register it as @champion.
+def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_name, dataset, promote, device,
+            gpus, procs) -> int:
+    """Retrain the best trial on train+val, test it on the held-out split, register it as @champion (unless
+    the model @champion names is a retrain of this study that tests better: --promote moves it anyway).
 
     \b
     Examples:
@@ -93,12 +96,16 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
 
     paths = session.paths
     r = retrain_best(paths, paths.storage_url(storage), paths.tracking_uri(tracking_uri), study, placement,
-                     epochs, model_name, data=dataset)
+                     epochs, model_name, data=dataset, promote=promote)
     click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {epoch_count(r.fit.epochs_run)}")
     print_table(["metric", "value"], metric_rows(r.test))
     click.echo(f"MLflow run:       {r.run_id}")
-    replaced = f"; it was {r.replaced}" if r.replaced else ""
-    click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version}{replaced})")
+    if r.kept:
+        click.echo(f"registered model: models:/{r.model_name}/{r.version}; @champion stays on {r.kept}: pass "
+                   f"--promote to move it")
+    else:
+        replaced = f"; it was {r.replaced}" if r.replaced else ""
+        click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version}{replaced})")
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
     click.echo(f"see it:           {run_page(paths, tracking_uri, r)}")
     return 0

@@ -69,6 +69,7 @@ class RunSpec:
     test: bool = False  # score the best weights on split["test"]
     checkpoint: Path | None = None  # where to save them
     register_as: str = ""  # registered model name (alias @champion)
+    promote: bool = False  # move @champion to it even if the model there tests better
     name: str = ""  # what its figures' titles call it: "trial #4", "retrain of trial #4"
 
     @property
@@ -85,6 +86,7 @@ class RunRecord:
     checkpoint: Path | None = None
     version: str = ""
     replaced: str = ""  # what the alias pointed at before this version
+    kept: str = ""  # why the alias stayed there: "" when it moved to this version
 
 
 def epoch_count(n: int) -> str:
@@ -106,6 +108,7 @@ class RunSummary:
     version: str = ""
     trial: int | None = None  # the retrained trial
     replaced: str = ""  # what @champion pointed at before
+    kept: str = ""  # why @champion stayed there: "" when it moved to this version
 
 
 class Runner:
@@ -217,8 +220,9 @@ class Runner:
             example = next(batches(data, spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
             # a stop now would leave a registered version (and maybe the alias) to a KILLED run
             with runtime.stops_deferred("registering the model (a few seconds)"):
-                outcome.version, outcome.replaced = register_model(tracker, run_id, result.model.cpu(), example,
-                                                                   spec.register_as)
+                registration = register_model(tracker, run_id, result.model.cpu(), example, spec.register_as,
+                                              cfg.search.goal, spec.promote)
+            outcome.version, outcome.replaced, outcome.kept = registration.version, registration.before, registration.kept
         return outcome
 
 

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: str | None,
                  placement: Placement, epochs: int | None = None, model_name: str | None = None,
-                 fit: Fit = fit_job, data: str | None = None) -> RunSummary:
-    """`data`: where the study's data folder is now, if it moved (its files are checked to be the study's)."""
+                 fit: Fit = fit_job, data: str | None = None, promote: bool = False) -> RunSummary:
+    """`data`: where the study's data folder is now, if it moved (its files are checked to be the study's).
+    `promote`: move @champion to the new version even if the retrain there tests better."""
     study, setup, storage = load_existing(storage_url, study_name)
     cfg, best = best_trial_config(study, setup)
     if data is not None:
@@ -51,13 +52,13 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                                         "devices": placement.describe()})
             spec = RunSpec(cfg, split, split_names, train_on_val=True, test=True,
                            checkpoint=paths.checkpoints / f"{name}-{run_id[:8]}.pt", register_as=name,
-                           name=f"retrain of trial #{best.number}")
+                           promote=promote, name=f"retrain of trial #{best.number}")
             log.info("retraining trial #%d of '%s' on train+val (%d images) for %s on %s, testing on %d images",
                      best.number, study.study_name, len(spec.fit_split["train"]), epoch_count(cfg.train.epochs),
                      placement.describe(), len(spec.split["test"]))
             record = train_and_record(runner, spec, run_id)
     return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test,
-                      record.checkpoint, name, record.version, best.number, record.replaced)
+                      record.checkpoint, name, record.version, best.number, record.replaced, record.kept)
 
 
 def the_study_s_data(cfg: Config, folders: list[str], setup: dict, runner: Runner, name: str) -> Config:

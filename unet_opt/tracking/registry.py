@@ -1,5 +1,6 @@
 """The model registry: a retrain's model logged and registered as its run's last step, and the alias
-(`@champion`) moved to it once the run has ended."""
+(`@champion`) moved to it once the run has ended, unless the model it names is a retrain of the same study
+that tests better on the same images (champion and challenger)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,34 @@ import contextlib
 import io
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
+from unet_opt.config.schema import Goal
 from unet_opt.tracking.tracker import Tracker
 
 
+@dataclass(frozen=True)
+class Registration:
+    version: str
+    before: str  # what the alias pointed at before, in words: "" when nothing did
+    kept: str = ""  # why the alias stayed there (a better retrain of the same study): "" when it moved here
+
+
 def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any, registered_name: str,
-                   alias: str = "champion") -> tuple[str, str]:
+                   goal: Goal, promote: bool = False, alias: str = "champion") -> Registration:
     """Log the PyTorch model and register it as the run's last step, then point `alias` at it: the run
     ends FINISHED only once its model is registered (a process killed before leaves it RUNNING, which the
     next command ends FAILED), and the alias moves only to the model of a FINISHED run (a kill just before
-    leaves it where it was). Returns (the version, what `alias` pointed at before: "" or a line about it).
-    The signature leaves the batch, the height and the width free: any multiple of 2**depth is a valid
-    input size."""
+    leaves it where it was). Without `promote`, the alias stays on a retrain of the same study whose test
+    score (`goal`'s metric on the test split) is better. The version is tagged with its study, trial and
+    test score. The signature leaves the batch, the height and the width free: any multiple of 2**depth is
+    a valid input size."""
     import mlflow.pytorch
     import numpy as np
     import torch
@@ -48,23 +60,59 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
                 serialization_format="pickle",
                 code_paths=[str(Path(unet_opt.__file__).parent)],  # the UNet class travels with the model
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
-            before = aliased(tracker.client, registered_name, alias)
+            champion = aliased(tracker.client, registered_name, alias)
             with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered" lines: the CLI says it
                 version = str(mlflow.register_model(info.model_uri, registered_name).version)
             tracker.set_tags(run_id, {"registered_model": f"{registered_name}/{version}"})
+            ours = tracker.client.get_run(run_id).data
+            test = test_metric(goal)
+            for key, value in (("study", ours.tags.get("optuna.study")), ("source_trial", ours.tags.get("source_trial")),
+                               (test, ours.metrics.get(test))):
+                if value is not None:  # what the registry's pages show of a version without opening its run
+                    tracker.client.set_model_version_tag(registered_name, version, key, str(value))
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    tracker.client.set_registered_model_alias(registered_name, alias, version)
-    return version, before
+    kept = "" if promote else better_champion(tracker.client, champion, ours, goal)
+    if not kept:
+        tracker.client.set_registered_model_alias(registered_name, alias, version)
+    return Registration(version, described(tracker.client, champion), kept)
 
-def aliased(client: MlflowClient, name: str, alias: str) -> str:
-    """What `models:/name@alias` is now, in words with its test Dice; "" when nothing is."""
+
+def test_metric(goal: Goal) -> str:
+    """The test split's name for the study's metric: val_dice -> test_dice."""
+    return "test_" + goal.metric.removeprefix("val_")
+
+
+def better_champion(client: MlflowClient, champion: ModelVersion | None, ours: Any, goal: Goal) -> str:
+    """Why `champion` keeps its alias over the model of the run whose data is `ours`: it is a retrain of the same
+    study (tested on the same images) with a better test score; "" when it is not."""
+    if champion is None or "optuna.study" not in ours.tags:
+        return ""
     try:
-        version = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:  # no such model or alias yet
+        theirs = client.get_run(champion.run_id).data
+    except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
+        return ""
+    test = test_metric(goal)
+    if theirs.tags.get("optuna.study") != ours.tags["optuna.study"] or test not in theirs.metrics \
+            or test not in ours.metrics or not goal.improves(theirs.metrics[test], ours.metrics[test]):
+        return ""
+    return (f"version {champion.version}, the retrain of trial #{theirs.tags.get('source_trial', '?')}, tests better "
+            f"on the same images ({test} {theirs.metrics[test]:.4f} against {ours.metrics[test]:.4f})")
+
+def aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version `models:/name@alias` is now; None when there is no such model or alias yet."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def described(client: MlflowClient, version: ModelVersion | None) -> str:
+    """A version in words with its test Dice: "version 2, test_dice 0.8285"; "" for None."""
+    if version is None:
         return ""
     try:
         dice = client.get_run(version.run_id).data.metrics.get("test_dice")
