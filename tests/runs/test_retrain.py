@@ -14,6 +14,7 @@ import mlflow
 import mlflow.pyfunc
 import mlflow.pytorch
 import numpy as np
+import optuna
 import pytest
 import torch
 from conftest import run_search, written_files
@@ -302,9 +303,18 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     code, out, err = cli("retrain", "--best")
     assert code == 0, err
     assert "registered model: models:/unet-opt-default/2; @champion stays on version 1, the retrain of trial " \
-           f"#{first.data.tags['source_trial']}, tests better on the same images (test_dice 0.9990 against " in out
+           f"#{first.data.tags['source_trial']}, which tests better on the same images (test_dice 0.9990 against " in out
     assert ": pass --promote to move it" in out
     assert client.get_model_version_by_alias("unet-opt-default", "champion").version == 1
+    # the study remembers its last retrain: `report` and the study's run in MLflow say where it went
+    trial = first.data.tags["source_trial"]
+    _, runs = retrain_runs(champion)
+    said = f"trial #{trial} -> `models:/unet-opt-default/2` (test_dice {runs[1].data.metrics['test_dice']:.4f}), " \
+           f"@champion stayed on version 1"
+    assert f"last retrain: {said.replace('`', '')}\n" in cli("report")[1]
+    parent = optuna.load_study(study_name="default", storage=f"sqlite:///{champion}/studies/unet-opt.db")
+    note = client.get_run(parent.user_attrs["mlflow_parent_run_id"]).data.tags["mlflow.note.content"]
+    assert f"Last retrain: {said}." in note and "(of 2 finished trials asked for)" in note
     code, out, _ = cli("retrain", "--best", "--promote")
     assert code == 0 and "registered model: models:/unet-opt-default@champion (version 3; it was version 1, " \
                           "test_dice 0.9990)" in out
@@ -312,8 +322,8 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     _, runs = retrain_runs(champion)
     assert version.version == 3 and version.run_id == runs[2].info.run_id
     # what the registry's pages show of a version, without opening its run
-    assert version.tags == {"study": "default", "source_trial": first.data.tags["source_trial"],
-                            "test_dice": str(runs[2].data.metrics["test_dice"])}
+    assert version.tags == {"study": "default", "source_trial": trial, "test_dice": str(runs[2].data.metrics["test_dice"])}
+    assert "@champion moved to it\n" in cli("report")[1]
 
 
 def retrain_with(home: Path, patch: str) -> subprocess.CompletedProcess:

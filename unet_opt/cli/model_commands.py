@@ -100,12 +100,13 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     click.echo(f"\nretrained trial #{r.trial} (experiment '{r.experiment}') for {epoch_count(r.fit.epochs_run)}")
     print_table(["metric", "value"], metric_rows(r.test))
     click.echo(f"MLflow run:       {r.run_id}")
-    if r.kept:
-        click.echo(f"registered model: models:/{r.model_name}/{r.version}; @champion stays on {r.kept}: pass "
+    reg = r.registration
+    if reg.kept:
+        click.echo(f"registered model: models:/{reg.model}/{reg.version}; @champion stays on {reg.kept}: pass "
                    f"--promote to move it")
     else:
-        replaced = f"; it was {r.replaced}" if r.replaced else ""
-        click.echo(f"registered model: models:/{r.model_name}@champion (version {r.version}{replaced})")
+        replaced = f"; it was {reg.before}" if reg.before else ""
+        click.echo(f"registered model: models:/{reg.model}@champion (version {reg.version}{replaced})")
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
     click.echo(f"see it:           {run_page(paths, tracking_uri, r)}")
     return 0

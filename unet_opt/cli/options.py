@@ -150,7 +150,7 @@ def home_after(ctx: click.Context, param: click.Parameter, value: str | None) ->
 def output_options(command):
     """-v, -q and --home, accepted after the command name as before it (--home is listed by `unet-opt --help`)."""
     command = option("--home", type=click.Path(file_okay=False), expose_value=False, hidden=True,
-                     callback=home_after)(command)
+                     show_default="the current directory", callback=home_after)(command)
     command = option("-q", "--quiet", is_flag=True, expose_value=False, callback=be_quiet,
                      help="Only warnings and errors, no progress bars.")(command)
     return option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,

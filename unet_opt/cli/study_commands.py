@@ -112,7 +112,7 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
       unet-opt report --study drone --json > drone.json
       unet-opt report --best-config best.toml && unet-opt train --space best.toml
     """
-    from unet_opt.study.summary import study_report
+    from unet_opt.study.summary import LAST_RETRAIN, retrain_words, study_report
 
     if overwrite and best_config is None:
         raise click.UsageError("--overwrite replaces the file of --best-config; add --best-config FILE or drop "
@@ -144,6 +144,9 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
     if best:
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
+    if retrained := rep[LAST_RETRAIN]:
+        again = "" if best and best["number"] == retrained["trial"] else "; retrain the best with `unet-opt retrain --best`"
+        click.echo(f"last retrain: {retrain_words(retrained).replace('`', '')}{again}")
     names = list(dict.fromkeys(k for t in rep["trials"] for k in t["params"]))  # the space's order, as the search shows
     # "best_epoch": where its value was reached (what `retrain --best` trains for), "ran": epochs run, beside the
     # train.epochs drawn

@@ -32,7 +32,7 @@ from unet_opt.parallel.placement import Placement, check_divisible
 from unet_opt.parallel.ranks import RankGroup
 from unet_opt.runs.checkpoint import save_checkpoint, stage_checkpoint
 from unet_opt.runs.reports import split_report, trial_report
-from unet_opt.tracking.registry import register_model
+from unet_opt.tracking.registry import Registration, register_model
 from unet_opt.tracking.report_files import write_report
 from unet_opt.tracking.tracker import Tracker
 from unet_opt.tracking.writer import ArtifactWriter, write_reports_of_dead_writers
@@ -84,9 +84,7 @@ class RunRecord:
     fit: FitResult
     test: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
-    version: str = ""
-    replaced: str = ""  # what the alias pointed at before this version
-    kept: str = ""  # why the alias stayed there: "" when it moved to this version
+    registration: Registration | None = None  # a registered model's version, and where @champion is
 
 
 def epoch_count(n: int) -> str:
@@ -104,11 +102,8 @@ class RunSummary:
     fit: FitResult
     test: dict[str, float]
     checkpoint: Path | None
-    model_name: str = ""
-    version: str = ""
+    registration: Registration | None = None  # a retrain's registered version, and where @champion is
     trial: int | None = None  # the retrained trial
-    replaced: str = ""  # what @champion pointed at before
-    kept: str = ""  # why @champion stayed there: "" when it moved to this version
 
 
 class Runner:
@@ -220,9 +215,8 @@ class Runner:
             example = next(batches(data, spec.split["test"][:2], 2))[0].numpy()  # (2, 3, H, W)
             # a stop now would leave a registered version (and maybe the alias) to a KILLED run
             with runtime.stops_deferred("registering the model (a few seconds)"):
-                registration = register_model(tracker, run_id, result.model.cpu(), example, spec.register_as,
-                                              cfg.search.goal, spec.promote)
-            outcome.version, outcome.replaced, outcome.kept = registration.version, registration.before, registration.kept
+                outcome.registration = register_model(tracker, run_id, result.model.cpu(), example,
+                                                      spec.register_as, cfg.search.goal, spec.promote)
         return outcome
 
 

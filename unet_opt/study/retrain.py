@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+import optuna
+
 from unet_opt.config.paths import Paths
 from unet_opt.config.schema import Config
 from unet_opt.core.data import split_indices
@@ -16,6 +18,8 @@ from unet_opt.runs.runner import Runner, RunSpec, RunSummary, epoch_count, train
 from unet_opt.study.best_config import best_trial_config, data_folders_from_here
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.storage import RETRAIN_WAY_OUT, check_its_data, load_existing
+from unet_opt.study.summary import LAST_RETRAIN, describe_parent
+from unet_opt.tracking.registry import Registration, test_metric
 from unet_opt.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -57,8 +61,24 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                      best.number, study.study_name, len(spec.fit_split["train"]), epoch_count(cfg.train.epochs),
                      placement.describe(), len(spec.split["test"]))
             record = train_and_record(runner, spec, run_id)
+        remember_retrain(study, tracker, cfg, best.number, record.registration, record.test)
     return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test,
-                      record.checkpoint, name, record.version, best.number, record.replaced, record.kept)
+                      record.checkpoint, record.registration, best.number)
+
+
+def remember_retrain(study: optuna.Study, tracker: Tracker, cfg: Config, trial: int, registration: Registration,
+                     test: dict[str, float]) -> None:
+    """The study keeps what its last retrain registered (`report` shows it), and its run's note says it."""
+    metric = test_metric(cfg.search.goal)
+    study.set_user_attr(LAST_RETRAIN, {"trial": trial, "model": registration.model, "version": registration.version,
+                                       "metric": metric, "value": test.get(metric), "champion": not registration.kept,
+                                       "kept_on": registration.kept_on})
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    try:  # the note counts the trials the last search asked for, not the study's first one
+        target = tracker.client.get_run(parent_id).data.tags.get("trials_target")
+        describe_parent(study, tracker, parent_id, cfg.replace({"search.trials": int(target or cfg.search.trials)}))
+    except Exception as e:  # e.g. the study's runs are in another MLflow store: the next search writes the note
+        log.warning("could not write the last retrain into the study's run (%s)", e)
 
 
 def the_study_s_data(cfg: Config, folders: list[str], setup: dict, runner: Runner, name: str) -> Config:

@@ -74,7 +74,7 @@ def study_report(storage_url: str, name: str | None) -> dict[str, Any]:
         best = {k: b[k] for k in ("number", "value", "params", "mlflow_run_id")}
     return {"study": study.study_name, "direction": study.direction.name.lower(),
             "metric": setup.get("config", {}).get("search.metric", ""),
-            "best": best, "trials": trials}
+            "best": best, LAST_RETRAIN: study.user_attrs.get(LAST_RETRAIN), "trials": trials}
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
@@ -140,14 +140,29 @@ def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: 
                            for k, v in best.params.items())
         lines += [f"**Best trial: [#{best.number}]({run_link(tracker.experiment_id, run_id)})**, `{metric}` = "
                   f"{best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}: {params}.", ""]
+    retrained = study.user_attrs.get(LAST_RETRAIN)
     retrain = f" Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best --study " \
               f"{study.study_name}`" if tags else ""
+    if tags and retrained:
+        retrain = f" Last retrain: {retrain_words(retrained)}." + \
+                  (retrain if retrained["trial"] != best.number else "")
     lines += [f"Study `{study.study_name}`: {describe_counts(count_states(trials))} (of {cfg.search.trials} "
               f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction}).{retrain}"]
     live = dashboard_url(LIVE_VIEW, study._study_id)  # Optuna's id of the study: the page's address
     lines += ["", f"Live view of the sweep (history, parameter importances, parallel coordinates, each trial's "
                   f"curve), served by `unet-opt ui` (at its default `--live-port`): [{live}]({live})"]
     tracker.set_tags(parent_id, {**tags, "trials_target": cfg.search.trials, "mlflow.note.content": "\n".join(lines)})
+
+
+LAST_RETRAIN = "last_retrain"  # the study's user attribute: what its last `retrain --best` registered
+
+
+def retrain_words(retrained: dict[str, Any]) -> str:
+    """A retrain as `report` and the study's note tell it: "trial #18 -> `models:/unet-opt-default/3`
+    (test_dice 0.9011), @champion moved to it"."""
+    alias = "@champion moved to it" if retrained["champion"] else f"@champion stayed on version {retrained['kept_on']}"
+    score = f"{retrained['metric']} {retrained['value']:.4f}" if retrained["value"] is not None else "not tested"
+    return f"trial #{retrained['trial']} -> `models:/{retrained['model']}/{retrained['version']}` ({score}), {alias}"
 
 
 def run_link(experiment_id: str, run_id: str) -> str:

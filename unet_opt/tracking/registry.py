@@ -22,9 +22,13 @@ from unet_opt.tracking.tracker import Tracker
 
 @dataclass(frozen=True)
 class Registration:
+    """A registered version, and where the alias is after it."""
+
+    model: str  # the registered model's name
     version: str
     before: str  # what the alias pointed at before, in words: "" when nothing did
-    kept: str = ""  # why the alias stayed there (a better retrain of the same study): "" when it moved here
+    kept: str = ""  # why the alias stayed where it was (a better retrain of the same study): "" when it moved here
+    kept_on: str = ""  # the version it stayed on
 
 
 def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any, registered_name: str,
@@ -78,7 +82,8 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
     kept = "" if promote else better_champion(tracker.client, champion, ours, goal)
     if not kept:
         tracker.client.set_registered_model_alias(registered_name, alias, version)
-    return Registration(version, described(tracker.client, champion), kept)
+    return Registration(registered_name, version, described(tracker.client, champion), kept,
+                        str(champion.version) if kept else "")
 
 
 def test_metric(goal: Goal) -> str:
@@ -99,8 +104,8 @@ def better_champion(client: MlflowClient, champion: ModelVersion | None, ours: A
     if theirs.tags.get("optuna.study") != ours.tags["optuna.study"] or test not in theirs.metrics \
             or test not in ours.metrics or not goal.improves(theirs.metrics[test], ours.metrics[test]):
         return ""
-    return (f"version {champion.version}, the retrain of trial #{theirs.tags.get('source_trial', '?')}, tests better "
-            f"on the same images ({test} {theirs.metrics[test]:.4f} against {ours.metrics[test]:.4f})")
+    return (f"version {champion.version}, the retrain of trial #{theirs.tags.get('source_trial', '?')}, which tests "
+            f"better on the same images ({test} {theirs.metrics[test]:.4f} against {ours.metrics[test]:.4f})")
 
 def aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version `models:/name@alias` is now; None when there is no such model or alias yet."""
