@@ -310,7 +310,7 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     trial = first.data.tags["source_trial"]
     _, runs = retrain_runs(champion)
     said = f"trial #{trial} -> `models:/unet-opt-default/2` (test_dice {runs[1].data.metrics['test_dice']:.4f}), " \
-           f"@champion stayed on version 1"
+           f"`@champion` stayed on version 1"
     assert f"last retrain: {said.replace('`', '')}\n" in cli("report")[1]
     parent = optuna.load_study(study_name="default", storage=f"sqlite:///{champion}/studies/unet-opt.db")
     note = client.get_run(parent.user_attrs["mlflow_parent_run_id"]).data.tags["mlflow.note.content"]

@@ -158,9 +158,10 @@ LAST_RETRAIN = "last_retrain"  # the study's user attribute: what its last `retr
 
 
 def retrain_words(retrained: dict[str, Any]) -> str:
-    """A retrain as `report` and the study's note tell it: "trial #18 -> `models:/unet-opt-default/3`
-    (test_dice 0.9011), @champion moved to it"."""
-    alias = "@champion moved to it" if retrained["champion"] else f"@champion stayed on version {retrained['kept_on']}"
+    """A retrain as the study's note tells it (`report` without the backticks): "trial #18 ->
+    `models:/unet-opt-default/3` (test_dice 0.9011), `@champion` moved to it"."""
+    # in backticks: MLflow's Markdown makes a link of a bare @name
+    alias = "`@champion` moved to it" if retrained["champion"] else f"`@champion` stayed on version {retrained['kept_on']}"
     score = f"{retrained['metric']} {retrained['value']:.4f}" if retrained["value"] is not None else "not tested"
     return f"trial #{retrained['trial']} -> `models:/{retrained['model']}/{retrained['version']}` ({score}), {alias}"
 
