@@ -145,7 +145,8 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")
     if retrained := rep[LAST_RETRAIN]:
-        again = "" if best and best["number"] == retrained["trial"] else "; retrain the best with `unet-opt retrain --best`"
+        again = "" if not best or best["number"] == retrained["trial"] else \
+            f"; the best trial is #{best['number']} now: `unet-opt retrain --best --study {rep['study']}`"
         click.echo(f"last retrain: {retrain_words(retrained).replace('`', '')}{again}")
     names = list(dict.fromkeys(k for t in rep["trials"] for k in t["params"]))  # the space's order, as the search shows
     # "best_epoch": where its value was reached (what `retrain --best` trains for), "ran": epochs run, beside the
