@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import run_search, written_files
+from conftest import FAST, run_search, written_files
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -310,24 +310,29 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     trial = first.data.tags["source_trial"]
     _, runs = retrain_runs(champion)
     said = f"trial #{trial} -> `models:/unet-opt-default/2` (test_dice {runs[1].data.metrics['test_dice']:.4f}), " \
-           f"`@champion` stayed on version 1"
+           f"`@champion` was left on version 1, which tested better"
     assert f"last retrain: {said.replace('`', '')}\n" in cli("report")[1]
     parent = optuna.load_study(study_name="default", storage=f"sqlite:///{champion}/studies/unet-opt.db")
     note = client.get_run(parent.user_attrs["mlflow_parent_run_id"]).data.tags["mlflow.note.content"]
     assert f"Last retrain: {said}." in note and "(of 2 finished trials asked for)" in note
     code, out, _ = cli("retrain", "--best", "--promote")
-    assert code == 0 and "registered model: models:/unet-opt-default@champion (version 3; it was version 1, " \
-                          "test_dice 0.9990)" in out
+    assert code == 0 and "registered model: models:/unet-opt-default@champion (version 3; it was version 1, the " \
+                          f"retrain of trial #{trial}, which tests better on the same images (test_dice 0.9990 against " \
+                          f"{runs[1].data.metrics['test_dice']:.4f}), and --promote moved it)" in out
     version = client.get_model_version_by_alias("unet-opt-default", "champion")
     _, runs = retrain_runs(champion)
     assert version.version == 3 and version.run_id == runs[2].info.run_id
     # what the registry's pages show of a version, without opening its run
     assert version.tags == {"study": "default", "source_trial": trial, "test_dice": str(runs[2].data.metrics["test_dice"])}
-    assert "@champion moved to it\n" in cli("report")[1]
+    assert "@champion was moved to it\n" in cli("report")[1]
     # a later search found a better trial than the one retrained last: report names it and how to retrain it
     parent.set_user_attr("last_retrain", {**parent.user_attrs["last_retrain"], "trial": 0 if trial == "1" else 1})
-    assert f"@champion moved to it; the best trial is #{trial} now: `unet-opt retrain --best --study default`\n" \
+    assert f"@champion was moved to it; the best trial is #{trial} now: `unet-opt retrain --best --study default`\n" \
            in cli("report")[1]
+    # another study's retrain under the same name: its test images may differ, so the alias moves, and says whose
+    assert cli("search", "--study", "other", "--trials", "1", *FAST)[0] == 0
+    code, out, _ = cli("retrain", "--best", "--study", "other", "--name", "unet-opt-default")
+    assert code == 0 and "(version 4; it was version 3 of study 'default', test_dice " in out
 
 
 def retrain_with(home: Path, patch: str) -> subprocess.CompletedProcess:

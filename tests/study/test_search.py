@@ -326,7 +326,8 @@ def test_timeout_stops_starting_trials_and_home_moves_the_stores(home, cli):
 
 
 @pytest.mark.parametrize("lost, message", [
-    ("studies", "already holds the runs of a study 'default'"),  # an emptied study storage
+    ("studies", "the MLflow experiment 'unet-opt-default' in sqlite:///"),  # an emptied study storage, the
+    # experiment by its own name (a review)
     ("mlruns", "records its runs under MLflow parent run"),  # a deleted MLflow store
 ])
 @pytest.mark.slow
@@ -336,6 +337,7 @@ def test_two_stores_that_do_not_belong_together_are_refused(searched_home, cli, 
     # one line naming both stores and the way out; no second parent, no trial-0000 again
     assert code == 2 and message in err and "--study NEW_NAME" in err and len(err.strip().splitlines()) == 1, err
     assert "unet-opt.db" in err and "mlflow.db" in err
+    assert lost != "studies" or "/mlruns/mlflow.db holds the runs of a study 'default' (parent run " in err
 
 
 def test_the_summary_names_the_ui_command_for_this_search_s_store(tmp_path, monkeypatch):

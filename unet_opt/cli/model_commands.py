@@ -105,7 +105,8 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
         click.echo(f"registered model: models:/{reg.model}/{reg.version}; @champion stays on {reg.kept}: pass "
                    f"--promote to move it")
     else:
-        replaced = f"; it was {reg.before}" if reg.before else ""
+        replaced = f"; it was {reg.overruled}, and --promote moved it" if reg.overruled else \
+            f"; it was {reg.before}" if reg.before else ""
         click.echo(f"registered model: models:/{reg.model}@champion (version {reg.version}{replaced})")
     click.echo(f"checkpoint:       {r.checkpoint}  (torch.load(..., weights_only=True))")
     click.echo(f"see it:           {run_page(paths, tracking_uri, r)}")

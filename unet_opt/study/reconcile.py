@@ -57,6 +57,7 @@ def check_stores_agree(storage: optuna.storages.BaseStorage, storage_url: str, t
     if parent is None and not any(s.study_name == name for s in storage.get_all_studies()):
         others = tracker.parent_runs(name)
         if others:
-            raise UserError(f"the MLflow experiment '{name}' already holds the runs of a study '{name}' (parent run "
-                            f"{others[0]}) that is not in {where}; restore the study storage (or pass the --storage "
+            raise UserError(f"the MLflow experiment '{tracker.experiment_name}' in {redact_url(tracker.uri)} holds the "
+                            f"runs of a study '{name}' (parent run {others[0]}) that the study storage "
+                            f"{redact_url(storage_url)} does not have; restore the study storage (or pass the --storage "
                             f"it ran with), or start a new study with --study NEW_NAME")

@@ -158,10 +158,12 @@ LAST_RETRAIN = "last_retrain"  # the study's user attribute: what its last `retr
 
 
 def retrain_words(retrained: dict[str, Any]) -> str:
-    """A retrain as the study's note tells it (`report` without the backticks): "trial #18 ->
-    `models:/unet-opt-default/3` (test_dice 0.9011), `@champion` moved to it"."""
+    """A retrain as the study's note tells it (`report` without the backticks), as what happened then (the alias
+    may have moved since): "trial #18 -> `models:/unet-opt-default/3` (test_dice 0.9011), `@champion` was moved
+    to it"."""
     # in backticks: MLflow's Markdown makes a link of a bare @name
-    alias = "`@champion` moved to it" if retrained["champion"] else f"`@champion` stayed on version {retrained['kept_on']}"
+    alias = "`@champion` was moved to it" if retrained["champion"] else \
+        f"`@champion` was left on version {retrained['kept_on']}, which tested better"
     score = f"{retrained['metric']} {retrained['value']:.4f}" if retrained["value"] is not None else "not tested"
     return f"trial #{retrained['trial']} -> `models:/{retrained['model']}/{retrained['version']}` ({score}), {alias}"
 

@@ -29,6 +29,7 @@ class Registration:
     before: str  # what the alias pointed at before, in words: "" when nothing did
     kept: str = ""  # why the alias stayed where it was (a better retrain of the same study): "" when it moved here
     kept_on: str = ""  # the version it stayed on
+    overruled: str = ""  # why it would have stayed, had --promote not moved it
 
 
 def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any, registered_name: str,
@@ -79,11 +80,13 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    kept = "" if promote else better_champion(tracker.client, champion, ours, goal)
-    if not kept:
+    better = better_champion(tracker.client, champion, ours, goal)
+    if promote or not better:
         tracker.client.set_registered_model_alias(registered_name, alias, version)
-    return Registration(registered_name, version, described(tracker.client, champion), kept,
-                        str(champion.version) if kept else "")
+    before = described(tracker.client, champion, ours.tags.get("optuna.study"))
+    if promote:
+        return Registration(registered_name, version, before, overruled=better)
+    return Registration(registered_name, version, before, better, str(champion.version) if better else "")
 
 
 def test_metric(goal: Goal) -> str:
@@ -107,6 +110,7 @@ def better_champion(client: MlflowClient, champion: ModelVersion | None, ours: A
     return (f"version {champion.version}, the retrain of trial #{theirs.tags.get('source_trial', '?')}, which tests "
             f"better on the same images ({test} {theirs.metrics[test]:.4f} against {ours.metrics[test]:.4f})")
 
+
 def aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version `models:/name@alias` is now; None when there is no such model or alias yet."""
     try:
@@ -115,12 +119,15 @@ def aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
         return None
 
 
-def described(client: MlflowClient, version: ModelVersion | None) -> str:
-    """A version in words with its test Dice: "version 2, test_dice 0.8285"; "" for None."""
+def described(client: MlflowClient, version: ModelVersion | None, study: str | None) -> str:
+    """A version in words with its test Dice, and its study when it is not `study` (whose test images may differ):
+    "version 2, test_dice 0.8285", "version 7 of study 's2', test_dice 0.0391"; "" for None."""
     if version is None:
         return ""
     try:
-        dice = client.get_run(version.run_id).data.metrics.get("test_dice")
+        run = client.get_run(version.run_id).data
     except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
         return f"version {version.version}, whose run is gone"
-    return f"version {version.version}" + (f", test_dice {dice:.4f}" if dice is not None else "")
+    theirs, dice = run.tags.get("optuna.study"), run.metrics.get("test_dice")
+    return f"version {version.version}" + (f" of study '{theirs}'" if theirs and theirs != study else "") \
+        + (f", test_dice {dice:.4f}" if dice is not None else "")
