@@ -188,6 +188,7 @@ def test_studies_json_is_one_list_of_the_table_s_rows(searched_home, cli):
     assert code == 0 and [r["study"] for r in rows] == ["default"]
     assert rows[0]["trials"] == 1 and rows[0]["complete"] == 1 and 0 < rows[0]["best"] <= 1
     assert cli("studies", "--json", "--storage", f"sqlite:///{searched_home}/none.db")[0] == 2
+    assert cli("report")[1].startswith("study 'default' (maximize val_dice), 1 trial\n")  # not "1 trials" (a review)
 
 
 def test_v_after_the_command_turns_on_debug_messages(home, cli):

@@ -83,6 +83,7 @@ def offline(*args, **kwargs):
     (["search", "--space", "small"], {"small.toml": "[train]\nepochs = 2\n"},
      "space file 'small' not found; to use small.toml, pass --space small.toml"),
     (["report", "--home", ""], {}, "'--home': is empty"),
+    (["search", "--space", "drone-cpu"], {}, "data folder semantic_drone_dataset does not exist (from "),
     (["retrain"], {}, "Missing option '--best'"),
     (["retrain", "--best", "--epochs", "0"], {}, "Invalid value for '--epochs'"),
     (["retrain", "--best"], {}, "no study storage"),
@@ -193,6 +194,8 @@ def test_home_after_the_command_name_does_what_it_does_before_it(home, cli):
     assert code == 2 and f"error: no study storage at {elsewhere / 'studies'}" in err and not elsewhere.exists()
     code, _, err = cli("--home", str(home), "studies", "--home", str(elsewhere))
     assert code == 2 and err.startswith("error: --home is given twice") and written_files(home) == []
+    code, _, err = cli("data", "--home", str(elsewhere), "check", "nope")  # the group's too (a review)
+    assert code == 2 and err.startswith("error: data folder nope does not exist") and not elsewhere.exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -229,7 +229,7 @@ def test_a_study_refuses_other_data_behind_the_same_path_and_names(tmp_path, cli
            f"new study" in err
     assert decoded_sets(project) == decoded  # refused before the other photos were decoded
     # the study's data left out: named, not a mismatch of class counts with the synthetic data
-    code, _, err = cli("--home", str(project), "search", "--trials", "2", *tiny)
+    code, _, err = cli("--home", str(project), "search", "--trials", "2", "--data", "synthetic", *tiny)
     assert code == 2 and err.count("\n") == 1, err
     assert "error: study 'drone' was made on the data folder given as ../data, not on the synthetic data; pass " \
            "that folder with --data PATH, or start a new study with --study NEW_NAME" in err

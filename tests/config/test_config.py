@@ -27,6 +27,8 @@ def test_builtin_spaces_load_and_validate():
     assert {"model.encoder", "train.loss", "train.schedule"} <= set(drone.space)
     assert min(drone.space["data.image_size"].choices) == 256 and drone.model.pretrained == "imagenet"
     assert load_config("binary").data.foreground == ["roof"]
+    # the drone spaces name Kaggle's folder: without it, a search is refused rather than run on the synthetic data
+    assert drone.data.dataset == load_config("drone-cpu").data.dataset == "semantic_drone_dataset"
 
 
 def test_builtin_space_is_found_from_any_directory(tmp_path, monkeypatch):

@@ -56,8 +56,8 @@ def test_evaluate_names_a_missing_data_folder_before_an_evaluation_already_there
     (home / "evaluation" / "confusion_matrix.png").write_bytes(b"")
     code, _, err = cli("evaluate", "model.pt", "--data", "nowhere")
     # the folder is what was mistyped: "--overwrite" would only have led to this error next (a review)
-    assert code == 2 and err.strip() == ("error: data folder nowhere does not exist; pass the folder holding the "
-                                         "images and masks"), err
+    assert code == 2 and err.strip() == (f"error: data folder nowhere does not exist (from {home}); pass the folder "
+                                         "holding the images and masks"), err
 
 
 def test_evaluate_on_data_of_other_classes_says_so_and_offers_no_setting_it_lacks(home, cli):

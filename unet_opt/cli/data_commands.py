@@ -13,6 +13,7 @@ from unet_opt.errors import UserError
 
 
 @click.group()
+@output_options
 def data() -> None:
     """Inspect a data folder, or decode it into the cache ahead of a search.
 

@@ -148,17 +148,18 @@ def home_after(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def output_options(command):
-    """-v, -q and --home, accepted after the command name as before it (--home is listed by `unet-opt --help`)."""
-    command = option("--home", type=click.Path(file_okay=False), expose_value=False, hidden=True,
-                     show_default="the current directory", callback=home_after)(command)
+    """-v, -q and --home, accepted after the command name as before it."""
+    command = option("--home", type=click.Path(file_okay=False), expose_value=False, metavar="DIR",
+                     show_default="the current directory", callback=home_after,
+                     help="Folder holding studies/ and mlruns/ (also before the command; env var UNET_OPT_HOME).")(command)
     command = option("-q", "--quiet", is_flag=True, expose_value=False, callback=be_quiet,
                      help="Only warnings and errors, no progress bars.")(command)
     return option("-v", "--verbose", is_flag=True, expose_value=False, callback=be_verbose,
                   help="Also show debug messages and tracebacks.")(command)
 storage_option = option("--storage", envvar="UNET_OPT_STORAGE", show_envvar=True,
-                        show_default="sqlite:///studies/unet-opt.db", help="Optuna storage URL.")
+                        show_default="studies/unet-opt.db in the project folder", help="Optuna storage URL.")
 tracking_option = option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-                         show_default="sqlite:///mlruns/mlflow.db", help="MLflow tracking URI.")
+                         show_default="mlruns/mlflow.db in the project folder", help="MLflow tracking URI.")
 overwrite_option = option("--overwrite", is_flag=True, help="Replace output files that exist already.")
 sets_option = option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any field, e.g. --set train.patience=3 (repeatable).")

@@ -140,7 +140,8 @@ def report(session: Session, study, storage, as_json, best_config, overwrite) ->
         return 0
     metric = rep["metric"] or "value"
     best = rep["best"]
-    click.echo(f"study '{rep['study']}' ({rep['direction']} {metric}), {len(rep['trials'])} trials")
+    count = len(rep["trials"])
+    click.echo(f"study '{rep['study']}' ({rep['direction']} {metric}), {count} trial{'s' if count != 1 else ''}")
     if best:
         params = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         click.echo(f"best: #{best['number']}  {metric} = {best['value']:.4f}  {params}")

@@ -127,7 +127,8 @@ def scan(path: Path, num_classes: int | None) -> tuple[Source | None, list[str]]
     """(the source, every structural problem found); the source is None when nothing usable was found.
     `num_classes` None (`data check` without --num-classes): the class table's, else the drone data set's."""
     if not path.exists():
-        return None, [f"data folder {path} does not exist; pass the folder holding the images and masks"]
+        where = "" if path.is_absolute() else f" (from {Path.cwd()})"
+        return None, [f"data folder {path} does not exist{where}; pass the folder holding the images and masks"]
     if not path.is_dir():
         return None, [f"data path {path} is not a folder; pass the folder holding the images and masks"]
     detected = _detect(path)
