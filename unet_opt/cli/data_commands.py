@@ -100,8 +100,8 @@ def print_report(report, ignore_index: int = 0) -> None:
     if report.classes is not None and report.frequencies is not None:
         rows = enumerate(zip(report.classes.names, report.frequencies))
         print_table(["#", "class", "pixels"],
-                    [[str(i), name + (" (ignored)" if i == ignore_index else ""), f"{100 * f:.3g}%"]
-                     for i, (name, f) in rows])
+                    [[str(i), name + (" (ignored)" if i == ignore_index else ""),
+                      f"{100 * f:.3g}%" if f else "none: in no mask"] for i, (name, f) in rows])
     advice = rare_classes_advice(report, ignore_index)
     if advice:
         click.echo(advice)
