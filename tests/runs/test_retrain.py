@@ -323,7 +323,8 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     _, runs = retrain_runs(champion)
     assert version.version == 3 and version.run_id == runs[2].info.run_id
     # what the registry's pages show of a version, without opening its run
-    assert version.tags == {"study": "default", "source_trial": trial, "test_dice": str(runs[2].data.metrics["test_dice"])}
+    assert version.tags == {"study": "default", "source_trial": trial, "epochs": runs[2].data.params["train.epochs"],
+                            "test_dice": str(runs[2].data.metrics["test_dice"])}
     assert "@champion was moved to it\n" in cli("report")[1]
     # a later search found a better trial than the one retrained last: report names it and how to retrain it
     parent.set_user_attr("last_retrain", {**parent.user_attrs["last_retrain"], "trial": 0 if trial == "1" else 1})

@@ -38,8 +38,8 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
     ends FINISHED only once its model is registered (a process killed before leaves it RUNNING, which the
     next command ends FAILED), and the alias moves only to the model of a FINISHED run (a kill just before
     leaves it where it was). Without `promote`, the alias stays on a retrain of the same study whose test
-    score (`goal`'s metric on the test split) is better. The version is tagged with its study, trial and
-    test score. The signature leaves the batch, the height and the width free: any multiple of 2**depth is
+    score (`goal`'s metric on the test split) is better. The version is tagged with its study, trial,
+    epochs and test score. The signature leaves the batch, the height and the width free: any multiple of 2**depth is
     a valid input size."""
     import mlflow.pytorch
     import numpy as np
@@ -72,7 +72,7 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
             ours = tracker.client.get_run(run_id).data
             test = test_metric(goal)
             for key, value in (("study", ours.tags.get("optuna.study")), ("source_trial", ours.tags.get("source_trial")),
-                               (test, ours.metrics.get(test))):
+                               ("epochs", ours.params.get("train.epochs")), (test, ours.metrics.get(test))):
                 if value is not None:  # what the registry's pages show of a version without opening its run
                     tracker.client.set_model_version_tag(registered_name, version, key, str(value))
     finally:
