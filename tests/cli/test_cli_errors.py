@@ -187,7 +187,7 @@ def test_a_new_home_folder_is_not_left_behind_by_a_command_that_wrote_nothing(ho
     assert code == (0 if "--help" in args else 2) and not (home / "new").exists()
 
 
-def test_home_after_the_command_name_does_what_it_does_before_it(home, cli):
+def test_home_after_the_command_name_does_what_it_does_before_it(home, cli, monkeypatch):
     # -v and -q work on either side of the command name, so users put --home after it too (adversarial review)
     elsewhere = home / "project"
     code, _, err = cli("studies", "--home", str(elsewhere))
@@ -196,6 +196,18 @@ def test_home_after_the_command_name_does_what_it_does_before_it(home, cli):
     assert code == 2 and err.startswith("error: --home is given twice") and written_files(home) == []
     code, _, err = cli("data", "--home", str(elsewhere), "check", "nope")  # the group's too (a review)
     assert code == 2 and err.startswith("error: data folder nope does not exist") and not elsewhere.exists()
+    # one folder written two ways is one folder; two folders at any two levels are refused (a review)
+    code, _, err = cli("--home", str(home), "studies", "--home", f"{home}/")
+    assert code == 2 and err.startswith(f"error: no study storage at {home / 'studies'}"), err
+    code, _, err = cli("data", "--home", "a", "check", "--home", "b", "nope")
+    assert code == 2 and err == "error: --home is given twice, as a and as b; pass one\n"
+    # a bad UNET_OPT_HOME is named as such, and a --home after the command name stands in for it (a review)
+    monkeypatch.setenv("UNET_OPT_HOME", str(home / "gone" / "x"))
+    code, _, err = cli("studies")
+    assert code == 2 and err == f"error: folder {home / 'gone'} does not exist; create it first or fix UNET_OPT_HOME\n"
+    code, _, err = cli("studies", "--home", str(elsewhere))
+    assert code == 2 and err.startswith(f"error: no study storage at {elsewhere / 'studies'}"), err
+    assert written_files(home) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

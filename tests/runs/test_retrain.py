@@ -304,7 +304,7 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     assert code == 0, err
     assert "registered model: models:/unet-opt-default/2; @champion stays on version 1, the retrain of trial " \
            f"#{first.data.tags['source_trial']}, which tests better on the same images (test_dice 0.9990 against " in out
-    assert ": pass --promote to move it" in out
+    assert ". To move it, set it on version 2 in the MLflow UI's model registry, or retrain with --promote" in out
     assert client.get_model_version_by_alias("unet-opt-default", "champion").version == 1
     # the study remembers its last retrain: `report` and the study's run in MLflow say where it went
     trial = first.data.tags["source_trial"]
@@ -330,16 +330,34 @@ def test_champion_stays_on_a_retrain_of_the_study_that_tests_better_unless_promo
     parent.set_user_attr("last_retrain", {**parent.user_attrs["last_retrain"], "trial": 0 if trial == "1" else 1})
     assert f"@champion was moved to it; the best trial is #{trial} now: `unet-opt retrain --best --study default`\n" \
            in cli("report")[1]
+    # a champion whose run was deleted in the UI holds the alias against nothing (a review)
+    client.log_metric(runs[2].info.run_id, "test_dice", 0.999, step=10**6)
+    client.delete_run(runs[2].info.run_id)
+    code, out, _ = cli("retrain", "--best")
+    assert code == 0 and "(version 4; it was version 3, test_dice 0.9990, whose run is deleted)" in out
     # another study's retrain under the same name: its test images may differ, so the alias moves, and says whose
     assert cli("search", "--study", "other", "--trials", "1", *FAST)[0] == 0
     code, out, _ = cli("retrain", "--best", "--study", "other", "--name", "unet-opt-default")
-    assert code == 0 and "(version 4; it was version 3 of study 'default', test_dice " in out
+    assert code == 0 and "(version 5; it was version 4 of study 'default', test_dice " in out
 
 
 def retrain_with(home: Path, patch: str) -> subprocess.CompletedProcess:
     """`unet-opt retrain --best` in a process of its own, after `patch` (Python) ran in it."""
     script = f"import os, signal\nimport mlflow\nfrom unet_opt.cli.app import main\n{patch}\nmain(['retrain', '--best'])\n"
     return subprocess.run([sys.executable, "-c", script], cwd=home, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_stop_as_the_study_records_its_retrain_is_held_until_it_has(champion, cli):
+    """Found by a review: Ctrl-C just after registering left the study's `last_retrain` (and the note) on the
+    version before."""
+    stopped = retrain_with(champion, "import optuna\nreal = optuna.Study.set_user_attr\n"
+                                     "def record(self, key, value):\n"
+                                     "    if key == 'last_retrain':\n        os.kill(os.getpid(), signal.SIGINT)\n"
+                                     "    return real(self, key, value)\noptuna.Study.set_user_attr = record")
+    assert stopped.returncode == 130 and "recording the retrain in its study; press Ctrl-C again" in stopped.stderr
+    assert "registered model: models:/unet-opt-default@champion (version 2; " in stopped.stdout, stopped.stderr
+    assert "last retrain: trial #" in (report := cli("report")[1]) and "models:/unet-opt-default/2 " in report
 
 
 @pytest.mark.slow

@@ -22,7 +22,15 @@ import click
 from unet_opt import __version__, runtime
 from unet_opt.cli.data_commands import data
 from unet_opt.cli.model_commands import evaluate, predict, retrain, train
-from unet_opt.cli.options import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, Session, open_home, option
+from unet_opt.cli.options import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    HOME_GIVEN,
+    Session,
+    open_home,
+    option,
+)
 from unet_opt.cli.study_commands import figures, report, search, studies, ui
 from unet_opt.config.paths import redact_url
 from unet_opt.errors import Terminated, UserError
@@ -46,7 +54,15 @@ def cli(ctx: click.Context, home: str | None, verbose: bool, quiet: bool) -> Non
       unet-opt retrain --best         # retrain the winner, test it, register it
     """
     runtime.setup(verbose, quiet=quiet)
-    ctx.obj = Session(open_home(ctx, home), verbose)
+    typed = ctx.get_parameter_source("home") == click.core.ParameterSource.COMMANDLINE
+    ctx.meta[HOME_GIVEN] = home if typed else None
+    try:
+        paths = open_home(ctx, home, "--home" if typed else "UNET_OPT_HOME")
+    except UserError as e:
+        if typed:
+            raise
+        paths = e  # raised when the command asks for its folder, unless a --home after its name gives one
+    ctx.obj = Session(paths, verbose)
 
 
 for command in (search, report, studies, figures, ui, train, retrain, evaluate, predict, data):

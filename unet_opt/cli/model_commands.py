@@ -102,8 +102,8 @@ def retrain(session: Session, best, study, storage, tracking_uri, epochs, model_
     click.echo(f"MLflow run:       {r.run_id}")
     reg = r.registration
     if reg.kept:
-        click.echo(f"registered model: models:/{reg.model}/{reg.version}; @champion stays on {reg.kept}: pass "
-                   f"--promote to move it")
+        click.echo(f"registered model: models:/{reg.model}/{reg.version}; @champion stays on {reg.kept}. To move "
+                   f"it, set it on version {reg.version} in the MLflow UI's model registry, or retrain with --promote")
     else:
         replaced = f"; it was {reg.overruled}, and --promote moved it" if reg.overruled else \
             f"; it was {reg.before}" if reg.before else ""

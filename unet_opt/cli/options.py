@@ -99,10 +99,17 @@ def option(*names: str, **settings):
 
 @dataclass(frozen=True)
 class Session:
-    """What the group's options give every command."""
+    """What the group's options give every command: the project folder (or why UNET_OPT_HOME names none, raised
+    when a command asks for `paths`, so that a --home after the command name can stand in for it) and -v."""
 
-    paths: Paths
+    home: Paths | UserError
     verbose: bool
+
+    @property
+    def paths(self) -> Paths:
+        if isinstance(self.home, UserError):
+            raise self.home
+        return self.home
 
 
 def be_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -118,12 +125,15 @@ def be_quiet(ctx: click.Context, param: click.Parameter, value: bool) -> None:
         runtime.setup(quiet=True)
 
 
-def open_home(ctx: click.Context, home: str | None) -> Paths:
+HOME_GIVEN = "unet_opt.home"  # ctx.meta (shared by every nested context): the --home typed so far
+
+
+def open_home(ctx: click.Context, home: str | None, named: str = "--home") -> Paths:
     """The project folder: `home`, or the current directory. A new folder asked for by name is made, inside one
     that exists, and removed again if the command writes nothing in it (a refused command leaves nothing)."""
     if home and not Path(home).is_dir():
         if not Path(home).parent.is_dir():
-            raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix --home")
+            raise UserError(f"folder {Path(home).parent} does not exist; create it first or fix {named}")
         Path(home).mkdir()
         ctx.call_on_close(partial(remove_if_empty, Path(home)))
     return Paths.resolve(home)
@@ -140,11 +150,11 @@ def home_after(ctx: click.Context, param: click.Parameter, value: str | None) ->
         return
     if not value.strip():  # this callback's None hides the value from `Option`'s own check
         raise click.BadParameter("is empty; pass a value, or leave --home out", ctx, param)
-    root = ctx.find_root()
-    before = root.params.get("home")
-    if root.get_parameter_source("home") == click.core.ParameterSource.COMMANDLINE and before != value:
-        raise UserError(f"--home is given twice ({before} before the command, {value} after it); pass one")
-    ctx.obj = replace(ctx.obj, paths=open_home(ctx, value))
+    before = ctx.meta.get(HOME_GIVEN)
+    if before is not None and Path(before).resolve() != Path(value).resolve():
+        raise UserError(f"--home is given twice, as {before} and as {value}; pass one")
+    ctx.meta[HOME_GIVEN] = value
+    ctx.obj = replace(ctx.obj, home=open_home(ctx, value))
 
 
 def output_options(command):

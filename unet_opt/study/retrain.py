@@ -8,6 +8,7 @@ import logging
 
 import optuna
 
+from unet_opt import runtime
 from unet_opt.config.paths import Paths
 from unet_opt.config.schema import Config
 from unet_opt.core.data import split_indices
@@ -61,7 +62,8 @@ def retrain_best(paths: Paths, storage_url: str, tracking_uri: str, study_name: 
                      best.number, study.study_name, len(spec.fit_split["train"]), epoch_count(cfg.train.epochs),
                      placement.describe(), len(spec.split["test"]))
             record = train_and_record(runner, spec, run_id)
-        remember_retrain(study, tracker, cfg, best.number, record.registration, record.test)
+        with runtime.stops_deferred("recording the retrain in its study"):  # its registration and its study agree
+            remember_retrain(study, tracker, cfg, best.number, record.registration, record.test)
     return RunSummary(tracker.experiment_name, tracker.experiment_id, run_id, record.fit, record.test,
                       record.checkpoint, record.registration, best.number)
 
@@ -71,8 +73,9 @@ def remember_retrain(study: optuna.Study, tracker: Tracker, cfg: Config, trial: 
     """The study keeps what its last retrain registered (`report` shows it), and its run's note says it."""
     metric = test_metric(cfg.search.goal)
     study.set_user_attr(LAST_RETRAIN, {"trial": trial, "model": registration.model, "version": registration.version,
-                                       "metric": metric, "value": test.get(metric), "champion": not registration.kept,
-                                       "kept_on": registration.kept_on})
+                                       "metric": metric, "value": test.get(metric),
+                                       "champion_moved_to_it": not registration.kept,
+                                       "champion_left_on": registration.kept_on or None})
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     try:  # the note counts the trials the last search asked for, not the study's first one
         target = tracker.client.get_run(parent_id).data.tags.get("trials_target")

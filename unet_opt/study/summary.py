@@ -162,8 +162,8 @@ def retrain_words(retrained: dict[str, Any]) -> str:
     may have moved since): "trial #18 -> `models:/unet-opt-default/3` (test_dice 0.9011), `@champion` was moved
     to it"."""
     # in backticks: MLflow's Markdown makes a link of a bare @name
-    alias = "`@champion` was moved to it" if retrained["champion"] else \
-        f"`@champion` was left on version {retrained['kept_on']}, which tested better"
+    alias = "`@champion` was moved to it" if retrained["champion_moved_to_it"] else \
+        f"`@champion` was left on version {retrained['champion_left_on']}, which tested better"
     score = f"{retrained['metric']} {retrained['value']:.4f}" if retrained["value"] is not None else "not tested"
     return f"trial #{retrained['trial']} -> `models:/{retrained['model']}/{retrained['version']}` ({score}), {alias}"
 

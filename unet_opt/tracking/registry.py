@@ -100,10 +100,12 @@ def better_champion(client: MlflowClient, champion: ModelVersion | None, ours: A
     if champion is None or "optuna.study" not in ours.tags:
         return ""
     try:
-        theirs = client.get_run(champion.run_id).data
+        run = client.get_run(champion.run_id)
     except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
         return ""
-    test = test_metric(goal)
+    if run.info.lifecycle_stage == "deleted":  # deleted in the UI: a run that nobody means to keep
+        return ""
+    theirs, test = run.data, test_metric(goal)
     if theirs.tags.get("optuna.study") != ours.tags["optuna.study"] or test not in theirs.metrics \
             or test not in ours.metrics or not goal.improves(theirs.metrics[test], ours.metrics[test]):
         return ""
@@ -125,9 +127,10 @@ def described(client: MlflowClient, version: ModelVersion | None, study: str | N
     if version is None:
         return ""
     try:
-        run = client.get_run(version.run_id).data
+        run = client.get_run(version.run_id)
     except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
         return f"version {version.version}, whose run is gone"
-    theirs, dice = run.tags.get("optuna.study"), run.metrics.get("test_dice")
+    theirs, dice = run.data.tags.get("optuna.study"), run.data.metrics.get("test_dice")
     return f"version {version.version}" + (f" of study '{theirs}'" if theirs and theirs != study else "") \
-        + (f", test_dice {dice:.4f}" if dice is not None else "")
+        + (f", test_dice {dice:.4f}" if dice is not None else "") \
+        + (", whose run is deleted" if run.info.lifecycle_stage == "deleted" else "")
