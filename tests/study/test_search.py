@@ -271,7 +271,7 @@ def test_changed_configuration_of_an_existing_study_is_refused(home, cli):
     assert code == 2 and "changed: train.patience " in err and "--study NEW_NAME" in err
     # how its trials are drawn and stopped is the study's too: its parent run records it once
     code, _, err = cli("search", "--trials", "2", *FAST, "--pruner", "none", "--sampler", "random", "--seed", "7")
-    assert code == 2 and "changed: search.pruner 'contenders' -> 'none', search.sampler 'tpe' -> 'random', " \
+    assert code == 2 and 'changed: search.pruner "contenders" -> "none", search.sampler "tpe" -> "random", ' \
                          "search.seed 0 -> 7)" in err
     # a study made before that was stored is not held to it
     from unet_opt.study.storage import open_storage, store_setup
@@ -291,11 +291,12 @@ def test_a_changed_space_is_named_by_its_table_and_field_not_as_the_space():
     text = ('[space.lr]\ntype = "float"\nlow = 1e-4\nhigh = 5e-2\nlog = true\n'
             '[space.epochs]\ntype = "int"\nlow = 3\nhigh = 20\n')
     stored = comparable(config_from_text(text, "small.toml"))
-    edited = text.replace("high = 5e-2", "high = 1e-1").replace("[space.epochs]", '[space."model.base_channels"]')
+    edited = text.replace("high = 5e-2", "high = 1e-1").replace("log = true", "log = false") \
+        .replace("[space.epochs]", '[space."model.base_channels"]')
     with pytest.raises(UserError) as refused:
         check_same_study(stored, comparable(config_from_text(edited, "small.toml")), "small")
     assert "changed: [space.\"model.base_channels\"] added, [space.\"train.epochs\"] removed, " \
-           "[space.\"train.lr\"] high 0.05 -> 0.1);" in str(refused.value)
+           "[space.\"train.lr\"] high 0.05 -> 0.1, [space.\"train.lr\"] log true -> false);" in str(refused.value)
     check_same_study(stored, comparable(config_from_text(text.replace("5e-2", "0.05"), "small.toml")), "small")
 
 

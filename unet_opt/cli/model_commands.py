@@ -22,7 +22,7 @@ from unet_opt.cli.options import (
     tracking_option,
 )
 from unet_opt.config.rules import check_name
-from unet_opt.config.space_file import load_config
+from unet_opt.config.space_file import check_data_folder_named, load_config
 
 if TYPE_CHECKING:  # for the annotations only: the CLI starts without torch
     from unet_opt.config.paths import Paths
@@ -48,6 +48,8 @@ def train(session: Session, space, data, tracking_uri, device, gpus, procs, sets
     """
     flags = {"data.dataset": data, "search.tracking_uri": tracking_uri, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
+    if data is None:
+        check_data_folder_named(cfg)
     placement = placement_of(cfg.train.device, gpus, procs)
     from unet_opt.runs.baseline import train_baseline
     from unet_opt.runs.runner import epoch_count

@@ -28,7 +28,7 @@ from unet_opt.cli.options import (
     tracking_option,
 )
 from unet_opt.config.schema import Config
-from unet_opt.config.space_file import load_config
+from unet_opt.config.space_file import check_data_folder_named, load_config
 
 
 @click.command()
@@ -70,6 +70,8 @@ def search(session: Session, trials, timeout, space, data, study, storage, track
              "search.storage": storage, "search.tracking_uri": tracking_uri, "search.sampler": sampler,
              "search.pruner": pruner, "search.seed": seed, "train.device": device}
     cfg = load_config(space, {k: v for k, v in flags.items() if v is not None}, sets)
+    if data is None:
+        check_data_folder_named(cfg)
     placement = placement_of(cfg.train.device, gpus, procs)
     with search_writer(session, cfg, placement.device, workers) as writer:
         from unet_opt.study.search import run_search  # heavy imports only once the input is known to be good

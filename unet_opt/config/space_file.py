@@ -72,6 +72,15 @@ def load_config(space: str = "default", overrides: dict[str, Any] | None = None,
     return config_from_text(text, str(path), overrides, sets)
 
 
+def check_data_folder_named(cfg: Config) -> None:
+    """Without --data, the folder that data.dataset names (the drone spaces name Kaggle's) must be there: said with
+    the flag that gives another, rather than as a data folder the user never typed."""
+    dataset = cfg.data.dataset
+    if dataset != "synthetic" and not Path(dataset).expanduser().exists():
+        raise UserError(f"the data folder {dataset} (data.dataset in {cfg.source}) does not exist from here "
+                        f"({Path.cwd()}); pass the data with --data PATH, or --data synthetic for the embedded data")
+
+
 def config_from_text(text: str, where: str, overrides: dict[str, Any] | None = None,
                      sets: list[str] | tuple[str, ...] = ()) -> Config:
     """The same rules for TOML text from anywhere: a space file, a checkpoint, an MLflow artifact."""

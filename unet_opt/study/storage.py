@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -118,12 +119,17 @@ def comparable(cfg: Config) -> dict[str, Any]:
 
 def check_same_study(stored: dict[str, Any], current: dict[str, Any], name: str) -> None:
     changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k) and k != "space")
-    shown = [f"{k} {stored.get(k)!r} -> {current.get(k)!r}" for k in changed]
-    shown += space_changes(stored.get("space") or {}, current.get("space") or {})
+    shown = space_changes(stored.get("space") or {}, current.get("space") or {})  # a space file edited: likeliest
+    shown += [f"{k} {as_toml(stored.get(k))} -> {as_toml(current.get(k))}" for k in changed]
     if shown:
-        more = f" and {len(shown) - 4} more" if len(shown) > 4 else ""
-        raise UserError(f"study '{name}' was made with a different configuration (changed: {', '.join(shown[:4])}"
+        more = f" and {len(shown) - 6} more" if len(shown) > 6 else ""
+        raise UserError(f"study '{name}' was made with a different configuration (changed: {', '.join(shown[:6])}"
                         f"{more}); run it with its original settings or start a new study with --study NEW_NAME")
+
+
+def as_toml(value: Any) -> str:
+    """A setting as a space file writes it: true, "tpe", [32, 48]; "unset" for a field a side lacks."""
+    return "unset" if value is None else json.dumps(value, default=str)
 
 
 def space_changes(stored: dict[str, dict], current: dict[str, dict]) -> list[str]:
@@ -135,7 +141,7 @@ def space_changes(stored: dict[str, dict], current: dict[str, dict]) -> list[str
         if now is None or was is None:
             shown.append(f"{table} {'removed' if now is None else 'added'}")
         else:
-            shown += [f"{table} {k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(was.keys() | now.keys())
+            shown += [f"{table} {k} {as_toml(was.get(k))} -> {as_toml(now.get(k))}" for k in sorted(was.keys() | now.keys())
                       if was.get(k) != now.get(k)]
     return shown
 
