@@ -399,6 +399,9 @@ def test_a_retrain_stopped_or_killed_as_it_registers_leaves_the_run_and_the_regi
     assert purged.returncode == 0, purged.stderr
     code, out, err = cli("retrain", "--best")
     assert code == 0 and "(version 4; it was version 2, whose run is gone)" in out, err
+    code, _, err = cli("evaluate", "models:/unet-opt-default/2")  # said so, not "run ... has no checkpoint" (a review)
+    assert code == 2 and err.startswith(f"error: models:/unet-opt-default/2 is version 2 of unet-opt-default, whose run "
+                                        f"{runs[2].info.run_id} is gone (deleted and purged) with its files"), err
     # stopped as its run is being made (before its training could end it): KILLED, not left RUNNING
     made = retrain_with(champion, "from unet_opt.tracking.tracker import Tracker\nreal = Tracker.start_run\n"
                                   "def start(*a, **k):\n    real(*a, **k)\n    raise KeyboardInterrupt\n"

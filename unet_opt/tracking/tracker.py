@@ -294,16 +294,24 @@ def run_id_of(model: str, tracking_uri: str) -> str:
     try:
         if model.startswith("models:/"):
             name, _, alias = model.removeprefix("models:/").partition("@")
-            if alias:
-                return client.get_model_version_by_alias(name, alias).run_id
-            name, _, version = name.partition("/")
-            return client.get_model_version(name, version or "1").run_id
-        run_id = model.removeprefix("runs:/").split("/")[0]
-        client.get_run(run_id)
-        return run_id
+            name, _, number = name.partition("/")
+            version = client.get_model_version_by_alias(name, alias) if alias else \
+                client.get_model_version(name, number or "1")
+            run_id = version.run_id
+        else:
+            run_id = model.removeprefix("runs:/").split("/")[0]
     except mlflow.exceptions.MlflowException:
         raise UserError(f"model '{model}' not found in {redact_url(tracking_uri)}; pass a checkpoint file, "
                         f"models:/NAME@ALIAS or a run id (see the MLflow UI)") from None
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        if model.startswith("models:/"):  # registered, but its run deleted and purged since (`mlflow gc`)
+            raise UserError(f"{model} is version {version.version} of {name}, whose run {run_id} is gone (deleted "
+                            f"and purged) with its files; pass another version or a checkpoint file") from None
+        raise UserError(f"model '{model}' not found in {redact_url(tracking_uri)}; pass a checkpoint file, "
+                        f"models:/NAME@ALIAS or a run id (see the MLflow UI)") from None
+    return run_id
 
 
 def download(run_id: str, path: str, tracking_uri: str, dst: Path) -> Path:
