@@ -145,6 +145,7 @@ def test_data_check_names_the_rare_classes_and_what_helps_them(home, cli):
     assert "unlabeled" not in line  # the ignored class is not one to train for
     # a class of the table that no mask holds is said to be absent, not a rounded 0% (a review)
     assert re.search(r"^3 +roof +none: in no mask$", out, re.M) and re.search(r"^4 +car +0.017%$", out, re.M), out
+    assert "\nin no mask: roof (nothing to learn them from; if the photos show them, check the masks" in out
     assert 'train.class_weights = "inverse"' in line and "search/drone.toml" in line
 
 

@@ -102,6 +102,11 @@ def print_report(report, ignore_index: int = 0) -> None:
         print_table(["#", "class", "pixels"],
                     [[str(i), name + (" (ignored)" if i == ignore_index else ""),
                       f"{100 * f:.3g}%" if f else "none: in no mask"] for i, (name, f) in rows])
+        absent = [name for i, (name, f) in enumerate(zip(report.classes.names, report.frequencies))
+                  if not f and i != ignore_index]
+        if absent:
+            click.echo(f"in no mask: {', '.join(absent)} (nothing to learn them from; if the photos show them, check "
+                       f"the masks and the class table)")
     advice = rare_classes_advice(report, ignore_index)
     if advice:
         click.echo(advice)
