@@ -39,8 +39,8 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
     next command ends FAILED), and the alias moves only to the model of a FINISHED run (a kill just before
     leaves it where it was). Without `promote`, the alias stays on a retrain of the same study whose test
     score (`goal`'s metric on the test split) is better. The version is tagged with its study, trial,
-    epochs and test score. The signature leaves the batch, the height and the width free: any multiple of 2**depth is
-    a valid input size."""
+    epochs and test score. The signature leaves the batch, the height and the width free: any multiple of
+    2**depth is a valid input size."""
     import mlflow.pytorch
     import numpy as np
     import torch
