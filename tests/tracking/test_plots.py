@@ -60,6 +60,8 @@ def test_matrix_title_names_the_split_and_the_epoch_when_known():
     assert plots.matrix_title("val", 7) == "val split, epoch 7"
     assert plots.matrix_title("test") == "test split"
     assert plots.matrix_title("all") == "all images"
+    assert plots.matrix_title("val", 7, "trial #4") == "trial #4, val split, epoch 7"
+    assert plots.matrix_title("test", run="models:/m@champion", frame="64x96") == "models:/m@champion, test split, at 64x96"
 
 
 def test_confusion_matrix_png_is_legible_for_24_classes(tmp_path):

@@ -109,8 +109,7 @@ def evaluate_checkpoint(ck: Checkpoint, cache_dir: Path, out: Path, split: str =
              "recall": pc["recall"][i], "pixels": int(pc["support"][i])} for i, n in enumerate(names) if pc["present"][i]]
     make_out_folder(out)
     written = [out / name for name in EVALUATION_FILES]
-    title = ", ".join(filter(None, (model, plots.matrix_title(split), f"at {at}")))  # whose, once downloaded
-    plots.confusion_matrix(matrix, names, written[0], title)  # a checkpoint keeps no epoch
+    plots.confusion_matrix(matrix, names, written[0], plots.matrix_title(split, run=model, frame=at))  # no epoch kept
     write_confusion_csv(matrix, names, written[1])
     write_per_class_csv(matrix, names, written[2])
     return Evaluation({"images": len(indices), **metrics}, rows, written, where,

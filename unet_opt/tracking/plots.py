@@ -44,10 +44,12 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
     return np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)  # no 0/0, no NaN warning
 
 
-def matrix_title(split: str, epoch: int | None = None) -> str:
-    """E.g. "val split, epoch 7"; just the split where the epoch is not known."""
+def matrix_title(split: str, epoch: int | None = None, run: str = "", frame: str = "") -> str:
+    """E.g. "val split, epoch 7"; just the split where the epoch is not known; with the run first and the frame
+    last when given ("trial #4, val split, epoch 7", "models:/m@champion, test split, at 64x96"), so that a
+    downloaded file still says whose it is."""
     where = "all images" if split == "all" else f"{split} split"
-    return f"{where}, epoch {epoch}" if epoch else where
+    return ", ".join(filter(None, (run, f"{where}, epoch {epoch}" if epoch else where, frame and f"at {frame}")))
 
 
 def cell_values(normalised: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -67,7 +67,7 @@ FIGURES = ("learning_curves.png", "confusion_matrix.png", "predictions.png")
 SHOWN_ROWS = 256  # the prediction images kept for later are at most this tall (nearest for masks)
 
 
-def write_split(folder: Path, split: SplitReport, figures: bool = True, name: str = "") -> list[Path]:
+def write_split(folder: Path, split: SplitReport, figures: bool = True, run_name: str = "") -> list[Path]:
     """Confusion matrix (CSV, and its PNG), per-class table and (with `figures`) prediction overlays."""
     paths = [folder / f"{split.prefix}{name}" for name in ("confusion_matrix.csv", "per_class.csv")]
     write_confusion_csv(split.matrix, split.names, paths[0])
@@ -77,7 +77,7 @@ def write_split(folder: Path, split: SplitReport, figures: bool = True, name: st
     from unet_opt.tracking import plots  # matplotlib, scikit-learn, torchvision: only where figures are drawn
 
     drawn = [folder / f"{split.prefix}{name}" for name in ("confusion_matrix.png", "predictions.png")]
-    title = ", ".join(filter(None, (name, plots.matrix_title(split.prefix.rstrip("_") or "val", split.epoch))))
+    title = plots.matrix_title(split.prefix.rstrip("_") or "val", split.epoch, run_name)
     plots.confusion_matrix(split.matrix, split.names, drawn[0], title)
     plots.prediction_overlays(split.images, split.truths, split.preds, split.colors, split.names, drawn[1],
                               title=title)
