@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
@@ -80,10 +81,11 @@ def register_model(tracker: Tracker, run_id: str, model: Any, input_example: Any
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    better = better_champion(tracker.client, champion, ours, goal)
+    theirs = run_of(tracker.client, champion)
+    better = better_champion(champion, theirs, ours, goal)
     if promote or not better:
         tracker.client.set_registered_model_alias(registered_name, alias, version)
-    before = described(tracker.client, champion, ours.tags.get("optuna.study"))
+    before = described(champion, theirs, ours.tags.get("optuna.study"))
     if promote:
         return Registration(registered_name, version, before, overruled=better)
     return Registration(registered_name, version, before, better, str(champion.version) if better else "")
@@ -94,16 +96,21 @@ def test_metric(goal: Goal) -> str:
     return "test_" + goal.metric.removeprefix("val_")
 
 
-def better_champion(client: MlflowClient, champion: ModelVersion | None, ours: Any, goal: Goal) -> str:
-    """Why `champion` keeps its alias over the model of the run whose data is `ours`: it is a retrain of the same
-    study (tested on the same images) with a better test score; "" when it is not."""
-    if champion is None or "optuna.study" not in ours.tags:
-        return ""
+def run_of(client: MlflowClient, version: ModelVersion | None) -> Run | None:
+    """The run a version was registered from; None for no version, or a run deleted and purged since."""
+    if version is None:
+        return None
     try:
-        run = client.get_run(champion.run_id)
-    except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
-        return ""
-    if run.info.lifecycle_stage == "deleted":  # deleted in the UI: a run that nobody means to keep
+        return client.get_run(version.run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def better_champion(champion: ModelVersion | None, run: Run | None, ours: Any, goal: Goal) -> str:
+    """Why `champion` (registered from `run`) keeps its alias over the model of the run whose data is `ours`: it is
+    a retrain of the same study (tested on the same images) with a better test score; "" when it is not."""
+    # none, gone, or deleted in the UI (a run that nobody means to keep)
+    if run is None or run.info.lifecycle_stage == "deleted" or "optuna.study" not in ours.tags:
         return ""
     theirs, test = run.data, test_metric(goal)
     if theirs.tags.get("optuna.study") != ours.tags["optuna.study"] or test not in theirs.metrics \
@@ -121,14 +128,13 @@ def aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
         return None
 
 
-def described(client: MlflowClient, version: ModelVersion | None, study: str | None) -> str:
-    """A version in words with its test Dice, and its study when it is not `study` (whose test images may differ):
-    "version 2, test_dice 0.8285", "version 7 of study 's2', test_dice 0.0391"; "" for None."""
+def described(version: ModelVersion | None, run: Run | None, study: str | None) -> str:
+    """A version (registered from `run`) in words with its test Dice, and its study when it is not `study` (whose
+    test images may differ): "version 2, test_dice 0.8285", "version 7 of study 's2', test_dice 0.0391"; "" for
+    None."""
     if version is None:
         return ""
-    try:
-        run = client.get_run(version.run_id)
-    except mlflow.exceptions.MlflowException:  # its run deleted (and purged) since
+    if run is None:  # deleted and purged since
         return f"version {version.version}, whose run is gone"
     theirs, dice = run.data.tags.get("optuna.study"), run.data.metrics.get("test_dice")
     return f"version {version.version}" + (f" of study '{theirs}'" if theirs and theirs != study else "") \
