@@ -150,6 +150,14 @@ def test_every_option_shows_its_default_one_way_and_v_follows_the_command(cli, c
     assert "default: " in shown and "default: (" not in shown  # described defaults look like the others
 
 
+def test_search_s_help_says_a_space_file_s_values_win_over_its_defaults(cli):
+    # `--trials [default: 30]` while a space file's trials = 7 ran 7 (a review)
+    shown = " ".join(cli("search", "--help")[1].split())
+    for default in ("30", "none", "tpe", "contenders", "0", "synthetic"):
+        assert f"[default: the space file's, else {default}" in shown or \
+               f"default: the space file's, else {default}]" in shown, default
+
+
 @pytest.mark.parametrize("command", [*COMMANDS, ("data",)], ids=" ".join)
 def test_every_command_s_help_shows_an_example_that_names_it(cli, command):
     code, out, _ = cli(*command, "--help")
