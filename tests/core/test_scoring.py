@@ -5,11 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
+from torch import nn
 
 from unet_opt.config.schema import Config, DataConfig, ModelConfig, TrainConfig
-from unet_opt.core.data import IGNORE, load_data, make_split, relabel, split_indices, synthetic
+from unet_opt.core.data import IGNORE, SegmentationData, load_data, make_split, relabel, split_indices, synthetic
 from unet_opt.core.data.classes import ClassTable
+from unet_opt.core.metrics import scores_from_matrix
 from unet_opt.core.native import resized_bands
+from unet_opt.core.scoring import loss_and_matrix
 from unet_opt.core.train import fit
 
 
@@ -37,7 +40,9 @@ def test_a_trial_at_32_px_is_scored_against_masks_drawn_at_64_px_as_scikit_learn
     # the logged Dice is scikit-learn's on the prediction upsampled (bilinear logits, then argmax) to 64x96
     x = data.images[split["val"]].float() / 127.5 - 1
     with torch.no_grad():
-        pred = F.interpolate(result.model(x), size=(64, 96), mode="bilinear", align_corners=False).argmax(1)
+        logits = F.interpolate(result.model(x), size=(64, 96), mode="bilinear", align_corners=False)
+    logits[:, 0] = float("-inf")  # "unlabeled" (the ignore_index) is never a target, so never a prediction
+    pred = logits.argmax(1)
     assert result.best_metrics["val_dice"] == pytest.approx(sklearn_dice(val_truth, pred), abs=1e-9)
 
 
@@ -47,3 +52,43 @@ def test_resizing_logits_band_by_band_equals_resizing_them_at_once():
     bands = list(resized_bands(logits, 45, 61, band_bytes=5 * 61 * 4 * 4))  # 4 rows a band
     assert len(bands) == 12 and all(band.shape[-2] <= 4 for _, band in bands)
     assert torch.allclose(torch.cat([band for _, band in bands], dim=2), whole, atol=1e-5)
+
+
+class Replay(nn.Module):
+    """A "model" that answers each batch with the next of the given logits."""
+
+    def __init__(self, logits: list[torch.Tensor]):
+        super().__init__()
+        self.weight, self.logits = nn.Parameter(torch.zeros(1)), list(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.pop(0)
+
+
+def test_no_pixel_is_predicted_as_the_ignored_class_so_it_never_counts_as_a_class():
+    """A model whose largest logit is "unlabeled" (never trained, never scored) everywhere and the true class
+    next: each pixel takes the true class, and "unlabeled" is no class of the macro mean."""
+    data = load_data(DataConfig(image_size=32, synthetic_images=6), depth=2)
+    assert data.ignored == 0
+    truth = data.masks.long()
+    logits = F.one_hot(truth.clamp_max(23), 24).permute(0, 3, 1, 2).float() * 5
+    logits[:, 0] = 10.0
+    _, matrix = loss_and_matrix(Replay([logits]), data, list(range(6)), batch_size=6)
+    assert matrix[:, 0].sum() == 0 and np.trace(matrix) == matrix.sum()
+    assert scores_from_matrix(matrix)["dice"] == 1.0
+
+
+def test_the_loss_is_a_mean_over_scored_pixels_whatever_the_batch_size():
+    """Images with few scored pixels weigh by their pixels, as the confusion matrix counts them: the same
+    val_loss at batch 1, 2 and 6 (batch_size is searched), the cross-entropy of all scored pixels at once."""
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 4, (6, 8, 12), generator=generator, dtype=torch.uint8)
+    for i, scored_columns in enumerate((12, 1, 12, 2, 6, 12)):
+        masks[i, :, scored_columns:] = IGNORE
+    data = SegmentationData(torch.zeros(6, 3, 8, 12, dtype=torch.uint8), masks, [str(i) for i in range(6)],
+                            ClassTable(tuple("abcd"), ((0, 0, 0),) * 4), binary=False)
+    logits = torch.randn(6, 4, 8, 12, generator=generator)
+    expected = float(F.cross_entropy(logits, masks.long(), ignore_index=IGNORE))
+    for batch in (1, 2, 6):
+        loss, _ = loss_and_matrix(Replay(list(logits.split(batch))), data, list(range(6)), batch_size=batch)
+        assert loss == pytest.approx(expected, abs=1e-6), batch

@@ -45,12 +45,12 @@ def resized_bands(logits: torch.Tensor, height: int, width: int,
         yield first, wide[:, :, low] * (1 - weight) + wide[:, :, high] * weight
 
 
-def classes_at(logits: torch.Tensor, height: int, width: int, binary: bool) -> np.ndarray:
+def classes_at(logits: torch.Tensor, height: int, width: int, binary: bool, ignored: int | None) -> np.ndarray:
     """(height, width) uint8 class indices of `logits` (1, C, h, w) resized to that size, band by band:
-    the classes a photo's own-size evaluation scores, which `predict` writes."""
+    the classes a photo's own-size evaluation scores, which `predict` writes (never the `ignored` one)."""
     classes = np.empty((height, width), np.uint8)
     for first, band in resized_bands(logits, height, width):
-        classes[first:first + band.shape[-2]] = predict_classes(band, binary)[0].numpy()
+        classes[first:first + band.shape[-2]] = predict_classes(band, binary, ignored)[0].numpy()
     return classes
 
 
@@ -68,22 +68,20 @@ def native_mask(source: Source, name: str, cfg: DataConfig) -> torch.Tensor:
 @torch.inference_mode()
 def native_loss_and_matrix(model: torch.nn.Module, data: SegmentationData, indices: list[int], source: Source,
                            cfg: DataConfig) -> tuple[float, np.ndarray]:
-    """(mean loss per image, confusion matrix) of `model` on `indices`, each photo scored at its own size
-    against its original mask. `data` holds the images at the model's frame."""
+    """(mean loss per scored pixel, confusion matrix) of `model` on `indices`, each photo scored at its own
+    size against its original mask. `data` holds the images at the model's frame."""
     model.eval()
     matrix = ConfusionMatrix(2 if data.binary else data.num_classes, IGNORE)
-    loss_total = 0.0
+    loss_sum, counted = 0.0, 0
     for i in indices:
         x = data.images[i:i + 1].float().div_(127.5).sub_(1.0)
         logits = model(x).float()
         truth = native_mask(source, data.names[i], cfg).long()
-        loss_sum, counted = 0.0, 0
         for first, band in resized_bands(logits, *truth.shape):
             target = truth[None, first:first + band.shape[-2]]
             kept = int((target != IGNORE).sum())
             if kept:
                 loss_sum += float(segmentation_loss(band, target, data.binary)) * kept
             counted += kept
-            matrix.update(predict_classes(band, data.binary), target)
-        loss_total += loss_sum / max(1, counted)
-    return loss_total / max(1, len(indices)), matrix.matrix()
+            matrix.update(predict_classes(band, data.binary, data.ignored), target)
+    return loss_sum / max(1, counted), matrix.matrix()

@@ -24,9 +24,13 @@ def autocast(device: torch.device, cfg: TrainConfig):
     return contextlib.nullcontext()
 
 
-def predict_classes(logits: torch.Tensor, binary: bool) -> torch.Tensor:
-    """(B, C, H, W) logits -> (B, H, W) class indices."""
-    return (logits[:, 0] > 0).long() if binary else logits.argmax(dim=1)
+def predict_classes(logits: torch.Tensor, binary: bool, ignored: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) logits -> (B, H, W) class indices; never the `ignored` class (`SegmentationData.ignored`)."""
+    if binary:
+        return (logits[:, 0] > 0).long()
+    if ignored is not None:
+        logits = logits.index_fill(1, torch.tensor([ignored], device=logits.device), float("-inf"))
+    return logits.argmax(dim=1)
 
 
 def at_frame(logits: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
@@ -40,28 +44,32 @@ def at_frame(logits: torch.Tensor, frame: tuple[int, int]) -> torch.Tensor:
 @torch.inference_mode()
 def loss_and_matrix(model: nn.Module, data: SegmentationData, indices: list[int], batch_size: int,
                     cfg: TrainConfig | None = None, group: Group | None = None) -> tuple[float, np.ndarray]:
-    """(mean loss per image, confusion matrix) over `indices`, in eval mode, at the data's evaluation frame:
-    the logits are resized to it and scored against its masks, whatever frame the model runs at.
+    """(mean loss per scored pixel, confusion matrix) over `indices`, in eval mode, at the data's evaluation
+    frame: the logits are resized to it and scored against its masks, whatever frame the model runs at.
 
-    In a process group each rank scores its shard with `batch_size / world` per step; the loss sums and
-    the confusion matrices are summed over the ranks before anything is derived from them.
+    In a process group each rank scores its shard with `batch_size / world` per step; the loss sums, pixel
+    counts and confusion matrices are summed over the ranks before anything is derived from them, so the
+    figures do not depend on the batch size or the number of processes.
     """
     cfg = cfg or TrainConfig()
     device = next(model.parameters()).device
     group = group or Group(device)
     model.eval()
     matrix = ConfusionMatrix(2 if data.binary else data.num_classes, IGNORE, device)
-    loss_sum = torch.zeros((), device=device)
+    loss_sum, pixels = torch.zeros((), device=device), torch.zeros((), device=device)
     for x, y in batches(data, group.shard(indices), max(1, batch_size // group.world), scored=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, cfg):
             logits = model(x)
         logits = at_frame(logits.float(), y.shape[-2:])
-        # plain cross-entropy whatever the trial trains with, so that val_loss compares trials
-        loss_sum += segmentation_loss(logits, y, data.binary) * len(x)
-        matrix.update(predict_classes(logits, data.binary), y)
-    group.sum_(loss_sum, matrix.counts)
-    return loss_sum.item() / max(1, len(indices)), matrix.matrix()
+        # plain cross-entropy whatever the trial trains with, so that val_loss compares trials; weighted by
+        # the batch's scored pixels, as images with more ignored pixels have fewer
+        scored = (y != IGNORE).sum()
+        loss_sum += segmentation_loss(logits, y, data.binary) * scored
+        pixels += scored
+        matrix.update(predict_classes(logits, data.binary, data.ignored), y)
+    group.sum_(loss_sum, pixels, matrix.counts)
+    return loss_sum.item() / max(1.0, pixels.item()), matrix.matrix()
 
 
 def split_metrics(model: nn.Module, data: SegmentationData, indices: list[int], cfg: TrainConfig,

@@ -11,7 +11,7 @@ import torch
 
 from unet_opt.config.paths import sqlite_file
 from unet_opt.config.schema import Config
-from unet_opt.core.data import frame_size, load_data, split_indices
+from unet_opt.core.data import frame_size, ignored_class, load_data, split_indices
 from unet_opt.core.data.images import read_rgb, resize_rgb, write_png
 from unet_opt.core.data.layouts import find_source, problems_error, scan
 from unet_opt.core.metrics import per_class, scores_from_matrix
@@ -171,7 +171,7 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     height, width = frame_size(ck.cfg.data, ck.cfg.model.depth, aspect=w / h)  # this image's own aspect
     x = torch.from_numpy(resize_rgb(image, height, width)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     # the logits resized to the photo, then their classes: as `evaluate --frame native` scores them
-    mask = classes_at(ck.model.eval()(x).float(), h, w, ck.binary)
+    mask = classes_at(ck.model.eval()(x).float(), h, w, ck.binary, ignored_class(ck.cfg.data, len(ck.classes)))
     colour = plots.colorize(mask, list(ck.classes.colors))
     make_out_folder(out_dir)
     written = prediction_files(path, out_dir)

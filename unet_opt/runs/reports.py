@@ -19,7 +19,8 @@ OVERLAY_IMAGES = 4
 def predict_indices(model: torch.nn.Module, data: SegmentationData, indices: list[int]) -> np.ndarray:
     """The model's classes for `indices`, at the evaluation frame they are scored at."""
     model.eval()
-    out = [predict_classes(at_frame(model(x), data.scored_frame), data.binary).cpu() for x, _ in batches(data, indices, 8)]
+    out = [predict_classes(at_frame(model(x), data.scored_frame), data.binary, data.ignored).cpu()
+           for x, _ in batches(data, indices, 8)]
     return torch.cat(out).numpy().astype(np.uint8)
 
 

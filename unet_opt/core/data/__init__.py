@@ -41,6 +41,7 @@ class SegmentationData:
     classes: ClassTable
     binary: bool
     eval_masks: torch.Tensor | None = None  # (N, He, We) at the evaluation frame; None: it is the training frame
+    ignored: int | None = None  # the class that data.ignore_index names: never a target, so never predicted
 
     @property
     def num_classes(self) -> int:
@@ -213,7 +214,16 @@ def load_frame(cfg: DataConfig, source: Source | None, height: int, width: int, 
                progress: Progress | None = None) -> SegmentationData:
     """Images and masks at one frame: generated, or decoded through the cache from the originals."""
     images, masks, names, classes = load_arrays(cfg, source, height, width, cache_dir, progress)
-    return SegmentationData(images, masks, names, classes, binary=bool(cfg.binary or cfg.foreground))
+    binary = bool(cfg.binary or cfg.foreground)
+    return SegmentationData(images, masks, names, classes, binary, ignored=ignored_class(cfg, len(classes)))
+
+
+def ignored_class(cfg: DataConfig, num_classes: int) -> int | None:
+    """The model output that `data.ignore_index` names (drone: 0, "unlabeled"), which no prediction takes:
+    no pixel of it is ever trained or scored, so a pixel given to it would be a guess that counts as a class
+    of its own in the macro mean. None in binary mode, or when the index names no class."""
+    binary = bool(cfg.binary or cfg.foreground)
+    return cfg.ignore_index if not binary and 0 <= cfg.ignore_index < num_classes else None
 
 
 def load_arrays(cfg: DataConfig, source: Source | None, height: int, width: int, cache_dir: Path | None,
