@@ -34,6 +34,9 @@ def test_a_pruned_trial_s_figures_are_drawn_into_its_run_on_demand(home, cli, ca
     assert len(runs) == 2
     for run in runs:  # the search left the tables, and what the figures are drawn from
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == PRUNED
+        # why it stopped, in the pruner's words as the study has them (it said "callback", a review found)
+        assert run.data.tags["stop_reason"] == run.data.tags["optuna.state_reason"]
+        assert run.data.tags["stop_reason"].startswith("pruned after epoch 1: ")
     code, out, err = cli("figures", "--trial", "1")
     assert code == 0 and "figures drawn into the runs of 1 trial(s): #1" in out, err
     files = {r.data.tags["optuna.trial"]: {a.path for a in client.list_artifacts(r.info.run_id)} for r in runs}

@@ -120,6 +120,24 @@ def test_learning_curves_have_whole_epoch_ticks_and_name_the_metric(epochs):
     assert "val_miou (search goal)" in [t.get_text() for t in scores.get_legend().get_texts()]
 
 
+@pytest.mark.parametrize("validated", [True, False])
+def test_learning_curves_are_titled_with_their_run_above_their_panels(validated):
+    # a review: a downloaded learning_curves.png did not say whose it was, while the other figures did
+    history = [{"train_loss": 1.0 / e, **({"val_loss": 1.2 / e, "val_dice": 0.1 * e} if validated else {})}
+               for e in range(1, 6)]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = plots.learning_curves_figure(history, best_epoch=5, run="trial #4")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    assert fig.get_suptitle() == "Learning curves, trial #4"
+    assert title.y1 <= fig.bbox.height and title.x0 >= 0 and title.x1 <= fig.bbox.width
+    assert all(ax.title.get_window_extent(renderer).y1 < title.y0 for ax in fig.axes)
+    assert plots.learning_curves_figure(history).get_suptitle() == ""  # no run: no title, as before
+
+
 def test_the_two_losses_say_what_each_measures():
     # a review: val_loss below train_loss at every epoch read as "validation is easier than training"
     history = [{"train_loss": 0.7, "val_loss": 0.4, "val_dice": 0.5}]

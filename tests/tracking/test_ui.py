@@ -78,6 +78,26 @@ def test_ui_on_a_busy_port_is_an_error(home, cli):
     assert code == 2 and "is in use (another `unet-opt ui`?); pass another --port" in err
 
 
+def test_ui_starts_again_on_the_port_of_a_server_stopped_a_moment_ago():
+    """A server that closed its connections to a browser leaves them in TIME_WAIT for a minute: the servers
+    bind through them (SO_REUSEADDR), so the check before them must too."""
+    from unet_opt.parallel.servers import check_port
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its end of the connection waits in TIME_WAIT
+        time.sleep(0.2)
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # what the check did: a bind without the option
+        plain.bind(("127.0.0.1", port))
+    check_port("127.0.0.1", port)  # no error: nothing listens there
+
+
 def test_ui_on_an_address_not_of_this_machine_is_an_error_naming_the_address(home, cli):
     (home / "mlruns").mkdir()
     (home / "mlruns" / "mlflow.db").write_bytes(b"")
@@ -112,11 +132,26 @@ def test_sigterm_to_ui_stops_the_mlflow_server(searched_home):
     if not wait_until(lambda: answers(port), timeout=120, every=0.5):
         ui.kill()
         pytest.fail("the UI did not start")
+    # MLflow's launcher and its uvicorn: not its GenAI job runner's 8 more processes (~1.2 GB; a review)
+    assert len(descendants(ui.pid)) <= 2, descendants(ui.pid)
     ui.send_signal(signal.SIGTERM)
     assert ui.wait(60) == 143
     assert "(Ctrl-C stops it)" in ui.stdout.read()  # one server: not "them" (found by a review)
     # nothing answers any more: the server and its workers are gone
     assert wait_until(lambda: not answers(port), timeout=30)
+
+
+def descendants(pid: int) -> list[str]:
+    """The command lines of every process below `pid`."""
+    rows = [line.split(None, 2) for line in subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True,
+                                                            text=True, check=True).stdout.splitlines()]
+    found, below = [], {pid}
+    for _ in range(5):  # a few generations deep
+        for child, parent, args in rows:
+            if int(parent) in below and int(child) not in below:
+                below.add(int(child))
+                found.append(args)
+    return found
 
 
 def answers_at(url: str) -> bool:

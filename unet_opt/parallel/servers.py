@@ -85,6 +85,9 @@ def group_alive(pgid: int) -> bool:
 def check_port(host: str, port: int, option: str = "--port") -> None:
     """The address can be listened on now: a server would fail on a busy port only after a while."""
     with socket.socket() as probe:
+        # as the servers themselves bind (uvicorn, wsgiref): a port whose last server stopped a moment ago,
+        # and whose closed connections wait out TIME_WAIT, is free to them; only a listener makes it busy
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as e:

@@ -179,12 +179,14 @@ class Runner:
         processes use theirs (and keep their data for the next run)."""
         return self.ranks.run(self.fit, FitJob(spec.cfg, spec.fit_split), on_epoch, on_step)
 
-    def record(self, spec: RunSpec, result: FitResult, run_id: str, figures: bool = True) -> RunRecord:
+    def record(self, spec: RunSpec, result: FitResult, run_id: str, figures: bool = True,
+               stop_reason: str = "") -> RunRecord:
         """The run's files (config, curves, the validation report), then what the spec asks for: the test
         metrics and report, a checkpoint, a registered model. Scoring runs on rank 0's device. With a
         writer, the files are drawn and logged in its process while the caller goes on. Without `figures`
         (a trial that did not complete) only the tables are written, and what `unet-opt figures` draws
-        them from later."""
+        them from later. `stop_reason`: why the training stopped, in the caller's words (a trial's pruning
+        rule), for the run's tag; else the training's own (`max_epochs`, `early_stopping`, ...)."""
         outcome, cfg, data, tracker = RunRecord(result), spec.cfg, self.data(spec.cfg), self.tracker
         report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
         report.figures, report.name = figures, spec.name
@@ -208,7 +210,7 @@ class Runner:
         if result.peak_memory_mb:  # on GPUs
             tracker.log_metrics(run_id, {"peak_memory_mb": result.peak_memory_mb}, step=result.epochs_run)
         if result.epochs_run:  # a run that failed before its first epoch has no stop to describe
-            tracker.set_tags(run_id, {"stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
+            tracker.set_tags(run_id, {"stop_reason": stop_reason or result.stop_reason, "best_epoch": result.best_epoch,
                                       "epochs_run": result.epochs_run,
                                       "early_stopped": str(result.stop_reason == "early_stopping").lower()})
         if result.model is not None and spec.register_as:  # last: registered, the run is done

@@ -122,7 +122,7 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         log.debug("trial %d failed", trial.number, exc_info=True)
 
     try:  # figures where they pay: a complete trial's; a pruned one's are drawn on demand (`unet-opt figures`)
-        runner.record(spec, result, run_id, figures=outcome.state == TrialState.COMPLETE)
+        runner.record(spec, result, run_id, figures=outcome.state == TrialState.COMPLETE, stop_reason=outcome.reason)
     except Exception as e:
         log.warning("trial %d: could not write its artifacts (%s)", trial.number, e)
     value_columns = {f"best_{metric}": result.best_metrics[metric], "best_epoch": result.best_epoch} \

@@ -126,8 +126,9 @@ LOSS_LABELS = {"train_loss": "train_loss (the training objective)", "val_loss": 
 
 
 def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_dice",
-                           best_epoch: int | None = None) -> Figure:
-    """Losses on the left, validation scores on the right, one point per epoch; the search goal drawn bold."""
+                           best_epoch: int | None = None, run: str = "") -> Figure:
+    """Losses on the left, validation scores on the right, one point per epoch; the search goal drawn bold;
+    titled with the `run` when given, so that a downloaded file still says whose it is."""
     from matplotlib.figure import Figure  # lazy: ~0.5 s, not needed before a trial's end
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
@@ -135,11 +136,14 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
     present = set(history[0]) if history else set()  # a retrain on train+val has no val_* keys
     scores = [k for k in dict.fromkeys((metric, "val_dice", "val_miou", "val_pixel_accuracy")) if "loss" not in k]
     validated = any(k in present for k in scores)
-    fig = Figure(figsize=(10, 3.8) if validated else (5.5, 3.8), dpi=DPI)
+    height = 4.2 if run else 3.8  # inches; the title takes the difference
+    fig = Figure(figsize=(10 if validated else 5.5, height), dpi=DPI)
     # fixed margins that fit the labels: a layout solver costs a tenth of a second a figure
     panels = fig.subplots(1, 2 if validated else 1, squeeze=False,
-                          gridspec_kw={"left": 0.07 if validated else 0.13, "right": 0.98, "bottom": 0.13,
-                                       "top": 0.92, "wspace": 0.2})[0]
+                          gridspec_kw={"left": 0.07 if validated else 0.13, "right": 0.98, "bottom": 0.13 * 3.8 / height,
+                                       "top": 1 - 0.08 * 3.8 / height - (0.4 / height if run else 0), "wspace": 0.2})[0]
+    if run:
+        fig.suptitle(f"Learning curves, {run}", fontsize=12, y=1 - 0.08 / height)
     left = panels[0]
     if not validated:  # no score to draw, and no best epoch: the run trained for a count of epochs it was given
         best_epoch = None
@@ -173,8 +177,8 @@ def learning_curves_figure(history: list[dict[str, float]], metric: str = "val_d
 
 
 def learning_curves(history: list[dict[str, float]], path: Path, metric: str = "val_dice",
-                    best_epoch: int | None = None) -> None:
-    save(learning_curves_figure(history, metric, best_epoch), path)
+                    best_epoch: int | None = None, run: str = "") -> None:
+    save(learning_curves_figure(history, metric, best_epoch, run), path)
 
 
 def colorize(mask: np.ndarray, colors: list[tuple[int, int, int]]) -> np.ndarray:

@@ -90,7 +90,8 @@ def write_report(folder: Path, report: RunReport) -> list[Path]:
     if report.history and report.figures:
         from unet_opt.tracking import plots
 
-        plots.learning_curves(report.history, folder / "learning_curves.png", report.metric, report.best_epoch)
+        plots.learning_curves(report.history, folder / "learning_curves.png", report.metric, report.best_epoch,
+                              report.name)
         written.append(folder / "learning_curves.png")
     for split in report.splits:
         written += write_split(folder, split, report.figures, report.name)

@@ -18,6 +18,7 @@ from unet_opt.tracking.tracker import RANKED_VIEW, SHARED_VIEW_TAG, point_at_own
 # what MLflow's server says on every start, and a user need not read (its request lines are off, and its
 # libraries' warnings ignored, by the command and the environment it starts with)
 MLFLOW_NOISE = ("Registry store URI not provided", "[MLflow] Security middleware enabled")
+JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
 def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000, allowed_hosts: str = "") -> list[str]:
@@ -94,7 +95,10 @@ def mlflow_ui(tracking_uri: str, artifact_root: Path, host: str, port: int,
         raise UserError(f"no MLflow runs at {database}; run `unet-opt search` in this folder first (or pass --home)")
     check_port(host, port)
     point_at_own_folder(tracking_uri, artifact_root)
-    env = {"PYTHONWARNINGS": "ignore", "MLFLOW_TRACKING_URI": tracking_uri}  # its libraries' deprecation notices
+    env = {"PYTHONWARNINGS": "ignore", "MLFLOW_TRACKING_URI": tracking_uri,  # its libraries' deprecation notices
+           # MLflow's job runner (GenAI jobs: prompt optimisation, trace roll-ups) is 8 more processes and ~1.2 GB
+           # that a UI over training runs never uses
+           JOB_EXECUTION: "false"}
     return (Server("the MLflow UI", ui_command(tracking_uri, host, port, allowed_hosts), env, MLFLOW_NOISE),
             study_pages(tracking_uri, local_base(host, port)))
 
