@@ -189,9 +189,48 @@ def test_ui_serves_the_runs_table_and_the_live_view_with_links_both_ways(searche
     client = MlflowClient(f"sqlite:///{searched_home}/mlruns/mlflow.db")
     parent = client.search_runs([client.get_experiment_by_name("unet-opt-default").experiment_id],
                                 "tags.`unet_opt.role` = 'study'")[0]
-    assert f"/dashboard/studies/{study_id})" in parent.data.tags["mlflow.note.content"]
+    # ... where this `ui` served them (a review: two projects on other ports linked to the first one's pages)
+    assert f"http://127.0.0.1:{live_port}/dashboard/studies/{study_id})" in parent.data.tags["mlflow.note.content"]
     import optuna
     from optuna_dashboard import get_note
 
     study = optuna.load_study(study_name="default", storage=f"sqlite:///{searched_home}/studies/unet-opt.db")
+    assert f"http://127.0.0.1:{port}/#/experiments/" in get_note(study)
     assert "viewStateShareKey=unet-opt-ranked" in get_note(study)
+
+
+def test_the_notes_link_where_ui_last_served_the_study_and_later_notes_too(searched_home):
+    import optuna
+    from optuna_dashboard import get_note
+
+    from unet_opt.config.space_file import load_config
+    from unet_opt.study.dashboard import point_links_at
+    from unet_opt.study.summary import describe_parent
+    from unet_opt.tracking.tracker import Tracker
+
+    storage, tracking = f"sqlite:///{searched_home}/studies/unet-opt.db", f"sqlite:///{searched_home}/mlruns/mlflow.db"
+    study = optuna.load_study(study_name="default", storage=storage)
+    client = MlflowClient(tracking)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+
+    def notes() -> tuple[str, str]:
+        return client.get_run(parent).data.tags["mlflow.note.content"], get_note(study)
+
+    before = notes()
+    assert "at its default `--live-port`): [http://127.0.0.1:8080/dashboard/studies/" in before[0]
+    point_links_at(storage, tracking, "http://127.0.0.1:5001", "http://127.0.0.1:8081")
+    mlflow_note, live_note = notes()
+    assert mlflow_note.startswith(before[0].rpartition("Live view")[0])  # the rest of the note as it was
+    assert mlflow_note.endswith("(at `--live-port 8081`, where `unet-opt ui` last served it): "
+                                f"[http://127.0.0.1:8081/dashboard/studies/{study._study_id}]"
+                                f"(http://127.0.0.1:8081/dashboard/studies/{study._study_id})")
+    assert "(`unet-opt ui`, at `--port 5001`, where `unet-opt ui` last served it)" in live_note
+    assert "[http://127.0.0.1:5001/#/experiments/" in live_note
+    # a search that goes on writes its note with the same links
+    tracker = Tracker(tracking, "default", searched_home / "mlruns" / "artifacts")
+    describe_parent(study, tracker, parent, load_config("default").replace({"search.trials": 1}))
+    assert notes()[0] == mlflow_note
+    point_links_at(storage, tracking, "http://127.0.0.1:5001", None)  # --no-live: the live view's link stays
+    assert notes() == (mlflow_note, live_note)
+    point_links_at(storage, tracking, "http://127.0.0.1:5000", "http://127.0.0.1:8080")  # the defaults again
+    assert notes()[0] == before[0]

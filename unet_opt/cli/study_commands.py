@@ -262,12 +262,18 @@ def ui(session: Session, host, port, live_port, no_live, allowed_hosts, storage,
     mlflow_server, pages = mlflow_ui(paths.tracking_uri(tracking_uri), paths.artifacts, host, port, allowed_hosts)
     servers, live = [mlflow_server], {}
     storage_url = paths.storage_url(storage)
-    if not no_live and (storage or paths.studies.joinpath("unet-opt.db").is_file()):
+    studies = storage or paths.studies.joinpath("unet-opt.db").is_file()
+    if not no_live and studies:
         from unet_opt.study.dashboard import live_view
 
         check_port(host, live_port, "--live-port")
         live_server, live = live_view(storage_url, host, live_port)
         servers.append(live_server)
+    if studies:  # the notes of each study link where it is served now
+        from unet_opt.study.dashboard import point_links_at
+
+        point_links_at(storage_url, paths.tracking_uri(tracking_uri), local_base(host, port),
+                       local_base(host, live_port) if live else None)
     where = f"MLflow UI on {local_base(host, port)}"
     if live:
         where += f", live view on {local_base(host, live_port)}"

@@ -23,7 +23,7 @@ from unet_opt.parallel.placement import Placement, plan
 from unet_opt.parallel.processes import worker_id
 from unet_opt.runs.runner import Runner, warn_of_batches_above
 from unet_opt.study.context import SearchContext
-from unet_opt.study.dashboard import MLFLOW_UI, link_to_mlflow
+from unet_opt.study.dashboard import link_to_mlflow
 from unet_opt.study.ledger import TrialLedger
 from unet_opt.study.loop import work
 from unet_opt.study.reconcile import check_stores_agree, finish_parent
@@ -39,7 +39,7 @@ from unet_opt.study.storage import (
 from unet_opt.study.summary import Summary, fill_summary, import_study_plot_libraries, log_study_artifacts
 from unet_opt.study.workers import WorkerPlan, run_workers
 from unet_opt.tracking.tracker import Tracker
-from unet_opt.tracking.ui import how_to_open, ranked_table_url, ui_command_line
+from unet_opt.tracking.ui import how_to_open, ui_command_line
 from unet_opt.tracking.writer import ArtifactWriter
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ def run_search(cfg: Config, paths: Paths, placement: Placement | None = None, wo
         runner.write_reports_of_killed_searches()
         tracker.save_ranked_view(cfg.search.goal.metric, list(cfg.space))
         local = tracking_uri.startswith("sqlite")
-        runner.in_background(link_to_mlflow, storage_url, name,
-                             ranked_table_url(MLFLOW_UI if local else redact_url(tracking_uri), tracker.experiment_id))
+        runner.in_background(link_to_mlflow, storage_url, name, tracker.experiment_id,
+                             "" if local else redact_url(tracking_uri))
         summary = Summary(name, cfg.search.trials, {}, None, tracking_uri=redact_url(tracking_uri),
                           metric=cfg.search.goal.metric,
                           ui=how_to_open(ui_command_line(paths.home, cfg.search.tracking_uri), tracking_uri,

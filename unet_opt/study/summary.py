@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from unet_opt import runtime
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Config, to_toml
-from unet_opt.study.dashboard import LIVE_VIEW, dashboard_url
+from unet_opt.study.dashboard import live_view_line, served_at
 from unet_opt.study.states import count_states, describe_counts, epochs_reported, reason_of, shown_state
 from unet_opt.study.storage import best_value, load_existing, open_storage
 
@@ -140,7 +140,8 @@ def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: 
                            for k, v in best.params.items())
         lines += [f"**Best trial: [#{best.number}]({run_link(tracker.experiment_id, run_id)})**, `{metric}` = "
                   f"{best.value:.4f} at epoch {best.user_attrs.get('best_epoch')}: {params}.", ""]
-    retrained = study.user_attrs.get(LAST_RETRAIN)
+    attrs = study.user_attrs
+    retrained = attrs.get(LAST_RETRAIN)
     retrain = f" Retrain the best trial on train+val, test it and register it: `unet-opt retrain --best --study " \
               f"{study.study_name}`" if tags else ""
     if tags and retrained:
@@ -148,9 +149,7 @@ def describe_parent(study: optuna.Study, tracker: Tracker, parent_id: str, cfg: 
                   (retrain if retrained["trial"] != best.number else "")
     lines += [f"Study `{study.study_name}`: {describe_counts(count_states(trials))} (of {cfg.search.trials} "
               f"finished trials asked for), scored by `{metric}` ({cfg.search.goal.direction}).{retrain}"]
-    live = dashboard_url(LIVE_VIEW, study._study_id)  # Optuna's id of the study: the page's address
-    lines += ["", f"Live view of the sweep (history, parameter importances, parallel coordinates, each trial's "
-                  f"curve), served by `unet-opt ui` (at its default `--live-port`): [{live}]({live})"]
+    lines += ["", live_view_line(study._study_id, served_at(attrs)[1])]  # Optuna's id of the study: its page
     tracker.set_tags(parent_id, {**tags, "trials_target": cfg.search.trials, "mlflow.note.content": "\n".join(lines)})
 
 
