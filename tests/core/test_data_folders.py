@@ -227,9 +227,14 @@ def test_a_folder_s_own_class_0_to_learn_is_said_to_be_ignored_and_unlabeled_is_
     code, out, _ = cli("data", "check", str(tmp_path / "bg"))  # found by a review: nothing said so
     assert code == 0 and "background (ignored)" in out
     assert f"warning: class 0 of {tmp_path / 'bg' / 'classes.csv'}, 'background', is left out of training and of " \
-           "every score (data.ignore_index = 0); if it is a class to learn, pass --set data.ignore_index=-1" in out
+           "every score, and never predicted (data.ignore_index = 0); if it is a class to learn, pass --set " \
+           "data.ignore_index=-1" in out
     code, out, _ = cli("data", "check", str(tmp_path / "bg"), "--ignore-index", "-1")
     assert code == 0 and "(ignored)" not in out and "warning" not in out
+    (tmp_path / "bg" / "classes.csv").unlink()  # index masks alone: their class 0 may be background (a review)
+    code, out, _ = cli("data", "check", str(tmp_path / "bg"), "--num-classes", "5")
+    assert code == 0 and "warning: the masks come without a class table, and their class 0 is left out of training " \
+                         "and of every score, and never predicted (data.ignore_index = 0)" in out
 
 
 def test_every_command_that_reads_a_folder_says_that_its_own_class_0_is_ignored(tmp_path, caplog):
@@ -265,7 +270,8 @@ def test_jpeg_masks_are_named_as_lossy_wherever_the_folder_is_read(tmp_path, cli
     said = (f"8 of the 8 masks (e.g. {tmp_path / 'd' / 'masks' / '000.jpg'}) are JPEG files: JPEG is lossy and "
             "changes class ids where classes meet, into ids of other classes; save the masks as PNG from their source")
     load_data(DataConfig(dataset=str(tmp_path / "d"), image_size=32), 2, tmp_path / "cache")
-    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [said]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings[0] == said and warnings[1].startswith("the masks come without a class table") and len(warnings) == 2
     code, out, _ = cli("data", "check", str(tmp_path / "d"))
     assert f"warning: {said}" in out.splitlines()
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import free_port, wait_until
@@ -105,6 +106,24 @@ def test_ui_on_an_address_not_of_this_machine_is_an_error_naming_the_address(hom
     assert code == 2 and "cannot listen on 192.0.2.1:" in err and "in use" not in err and out == ""
 
 
+def test_ui_over_a_moved_copy_that_cannot_be_written_serves_it_as_it_is(searched_home, monkeypatch, caplog):
+    # a review: a read-only copy of a project (its store pointing at the folder it was made in) gave a traceback
+    import sqlite3
+
+    from unet_opt.tracking import tracker
+    from unet_opt.tracking.ui import mlflow_ui
+
+    def read_only(*_):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(tracker, "relocate_store", read_only)
+    _, pages = mlflow_ui(f"sqlite:///{searched_home}/mlruns/mlflow.db", searched_home / "mlruns" / "artifacts",
+                         "127.0.0.1", free_port())
+    assert [study for study, _ in pages] == ["default"]
+    assert "cannot be rewritten (attempt to write a readonly database): its runs' files are looked for where they " \
+           "were made" in caplog.text
+
+
 def test_ui_passes_allowed_hosts_to_the_mlflow_server(home):
     from unet_opt.tracking.ui import mlflow_ui
 
@@ -129,13 +148,14 @@ def test_sigterm_to_ui_stops_the_mlflow_server(searched_home):
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "unet_opt", "ui", "--port", str(port), "--no-live"], cwd=searched_home,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    if not wait_until(lambda: answers(port), timeout=120, every=0.5):
-        ui.kill()
-        pytest.fail("the UI did not start")
-    # MLflow's launcher and its uvicorn: not its GenAI job runner's 8 more processes (~1.2 GB; a review)
-    assert len(descendants(ui.pid)) <= 2, descendants(ui.pid)
-    ui.send_signal(signal.SIGTERM)
+    try:
+        assert wait_until(lambda: answers(port), timeout=120, every=0.5), "the UI did not start"
+        # MLflow's launcher and its uvicorn: not its GenAI job runner's 8 more processes (~1.2 GB; a review)
+        servers = descendants(ui.pid)
+    finally:  # a failing check leaves no server behind
+        ui.send_signal(signal.SIGTERM)
     assert ui.wait(60) == 143
+    assert len(servers) <= 2, servers
     assert "(Ctrl-C stops it)" in ui.stdout.read()  # one server: not "them" (found by a review)
     # nothing answers any more: the server and its workers are gone
     assert wait_until(lambda: not answers(port), timeout=30)
@@ -218,7 +238,15 @@ def test_the_notes_link_where_ui_last_served_the_study_and_later_notes_too(searc
 
     before = notes()
     assert "at its default `--live-port`): [http://127.0.0.1:8080/dashboard/studies/" in before[0]
+    other = optuna.create_study(study_name="someone-else", storage=storage)  # not unet-opt's: left alone
+    # served over another MLflow store, which lacks the study's runs: nothing is rewritten, and the study is
+    # not marked as linked there, so the next `ui` over its own store rewrites the notes (a review found it
+    # marked first and then skipped for good)
+    point_links_at(storage, f"sqlite:///{searched_home}/elsewhere.db", "http://127.0.0.1:5001",
+                   "http://127.0.0.1:8081")
+    assert notes() == before and "ui_links" not in study.user_attrs
     point_links_at(storage, tracking, "http://127.0.0.1:5001", "http://127.0.0.1:8081")
+    assert other.user_attrs == {}
     mlflow_note, live_note = notes()
     assert mlflow_note.startswith(before[0].rpartition("Live view")[0])  # the rest of the note as it was
     assert mlflow_note.endswith("(at `--live-port 8081`, where `unet-opt ui` last served it): "
@@ -234,3 +262,27 @@ def test_the_notes_link_where_ui_last_served_the_study_and_later_notes_too(searc
     assert notes() == (mlflow_note, live_note)
     point_links_at(storage, tracking, "http://127.0.0.1:5000", "http://127.0.0.1:8080")  # the defaults again
     assert notes()[0] == before[0]
+
+
+def test_the_notes_of_a_project_that_cannot_be_written_keep_their_links_without_a_word(searched_home, monkeypatch,
+                                                                                       caplog):
+    # a review: on a read-only mount MLflow logged its failed write with a traceback before `ui` went on
+    import os
+
+    from unet_opt.study.dashboard import point_links_at
+
+    database = searched_home / "mlruns" / "mlflow.db"
+    tags = sqlite3_tags(database)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and Path(path) != database)
+    point_links_at(f"sqlite:///{searched_home}/studies/unet-opt.db", f"sqlite:///{database}", "http://127.0.0.1:5001",
+                   "http://127.0.0.1:8081")
+    assert sqlite3_tags(database) == tags and not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+
+
+def sqlite3_tags(database) -> list:
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return db.execute("SELECT run_uuid, key, value FROM tags ORDER BY run_uuid, key").fetchall()

@@ -7,12 +7,14 @@ the last `unet-opt ui` served the study at (`UI_LINKS`), else the default ones."
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import optuna
 
+from unet_opt.config.paths import sqlite_file
 from unet_opt.errors import UserError
 from unet_opt.parallel.servers import Server, local_base
 from unet_opt.study.storage import open_storage
@@ -69,24 +71,33 @@ def live_view_line(study_id: int, base: str) -> str:
             f"`unet-opt ui` ({which_port(base, LIVE_VIEW, '--live-port')}): [{page}]({page})")
 
 
-def link_to_mlflow(storage_url: str, study_name: str, experiment_id: str, server: str = "") -> None:
+def link_to_mlflow(storage_url: str, study_name: str, experiment_id: str, server: str = "",
+                   ui_base: str = "") -> bool:
     """The study's note in the live view: its runs in MLflow, ranked, on the tracking `server` if it has one,
-    else where `unet-opt ui` serves them. Written in the search's writer process (importing optuna-dashboard
-    takes a second, which the first trial need not wait for). A note not written costs nothing but the link:
-    the search goes on."""
+    else where `unet-opt ui` serves them (`ui_base`, else where it last served the study); whether it was
+    written. Written in the search's writer process (importing optuna-dashboard takes a second, which the
+    first trial need not wait for). A note not written costs nothing but the link: the search goes on."""
     from unet_opt.tracking.ui import ranked_table_url
 
     try:
         from optuna_dashboard import save_note
 
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, must_exist=True))
-        base = server or served_at(study.user_attrs)[0]
+        base = server or ui_base or served_at(study.user_attrs)[0]
         where = "" if server else f" (`unet-opt ui`, {which_port(base, MLFLOW_UI, '--port')})"
         runs_table = ranked_table_url(base, experiment_id)
         save_note(study, f"Runs of study `{study_name}` in MLflow{where}, ranked by their value: "
                          f"[{runs_table}]({runs_table})")
+        return True
     except Exception as e:
         log.warning("could not write the study's note for the live view (%s: %s)", type(e).__name__, e)
+        return False
+
+
+def can_write(url: str) -> bool:
+    """Whether a store's SQLite file can be written here (a store of another kind: assumed so)."""
+    path = sqlite_file(url)
+    return path is None or (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK))
 
 
 def point_links_at(storage_url: str, tracking_uri: str, mlflow_base: str, live_base: str | None) -> None:
@@ -97,20 +108,26 @@ def point_links_at(storage_url: str, tracking_uri: str, mlflow_base: str, live_b
     ones)."""
     from mlflow.tracking import MlflowClient
 
+    if not (can_write(storage_url) and can_write(tracking_uri)):  # a read-only copy: MLflow would log its failure
+        log.debug("the stores cannot be written here: the notes keep their links")
+        return
     storage, client = open_storage(storage_url, must_exist=True), MlflowClient(tracking_uri)
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        attrs = study.user_attrs
-        now = (mlflow_base, live_base or served_at(attrs)[1])
-        if served_at(attrs) == now:
+        parent_id = summary.user_attrs.get("mlflow_parent_run_id")
+        if not parent_id:  # not a study of unet-opt's (a shared storage may hold others)
             continue
+        now = (mlflow_base, live_base or served_at(summary.user_attrs)[1])
+        if served_at(summary.user_attrs) == now:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
         try:
-            study.set_user_attr(UI_LINKS, dict(zip(("mlflow", "live"), now)))
-            run = client.get_run(attrs["mlflow_parent_run_id"])
+            run = client.get_run(parent_id)
             note = run.data.tags.get("mlflow.note.content", "")
             head, found, _ = note.rpartition(LIVE_VIEW_LINE)
             if found:
-                client.set_tag(run.info.run_id, "mlflow.note.content", head + live_view_line(study._study_id, now[1]))
-            link_to_mlflow(storage_url, study.study_name, run.info.experiment_id)
-        except Exception as e:  # e.g. the study's runs are in another MLflow store
+                client.set_tag(parent_id, "mlflow.note.content", head + live_view_line(study._study_id, now[1]))
+            if link_to_mlflow(storage_url, study.study_name, run.info.experiment_id, ui_base=mlflow_base):
+                # last: a study whose notes could not both be rewritten is tried again by the next `ui`
+                study.set_user_attr(UI_LINKS, dict(zip(("mlflow", "live"), now)))
+        except Exception as e:  # e.g. the study's runs are in another MLflow store, or the folder is read-only
             log.debug("study '%s' keeps its notes' links (%s: %s)", study.study_name, type(e).__name__, e)

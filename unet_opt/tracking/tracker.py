@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -69,11 +70,17 @@ def one_opener_at_a_time(folder: Path | None):
 
 
 def point_at_own_folder(tracking_uri: str, artifact_root: Path) -> None:
-    """A moved project folder's store made to read and write its own artifacts (see `relocate`)."""
+    """A moved project folder's store made to read and write its own artifacts (see `relocate`). A copy that
+    cannot be written (a read-only mount) is read as it is: its runs' files where they were made."""
     database = sqlite_file(tracking_uri)
     if database and database.is_file():
-        with one_opener_at_a_time(database.parent):
-            relocate_store(database, artifact_root)
+        try:
+            with one_opener_at_a_time(database.parent):
+                relocate_store(database, artifact_root)
+        except (sqlite3.OperationalError, OSError) as e:
+            log.warning("this project folder was moved and its MLflow store %s cannot be rewritten (%s): its runs' "
+                        "files are looked for where they were made; copy the folder somewhere writable to see them "
+                        "here", database, e)
 
 
 class Tracker:

@@ -86,12 +86,17 @@ UNSCORED_NAMES = {"unlabeled", "unlabelled", "void", "ignore", "ignored", "unkno
 
 def ignored_class_warning(classes: ClassTable, table: Path | None, ignore_index: int) -> str | None:
     """A warning when `data.ignore_index` leaves out a class that a folder's own class table names as one to
-    learn ('background', not 'unlabeled'): every pixel of it is then left out of the loss and the scores,
-    and nothing else would say so."""
-    if table is None or not 0 <= ignore_index < len(classes):
+    learn ('background', not 'unlabeled'), or a class of masks that come without a table (whose class 0 may
+    well be background): every pixel of it is then left out of the loss and the scores, and no prediction
+    takes it, and nothing else would say so."""
+    if not 0 <= ignore_index < len(classes):
         return None
+    fix = f"(data.ignore_index = {ignore_index}); if it is a class to learn, pass --set data.ignore_index=-1"
+    if table is None:
+        return (f"the masks come without a class table, and their class {ignore_index} is left out of training and "
+                f"of every score, and never predicted {fix}")
     name = classes.names[ignore_index]
     if "".join(c for c in name.lower() if c.isalpha()) in UNSCORED_NAMES:
         return None
-    return (f"class {ignore_index} of {table}, '{name}', is left out of training and of every score "
-            f"(data.ignore_index = {ignore_index}); if it is a class to learn, pass --set data.ignore_index=-1")
+    return (f"class {ignore_index} of {table}, '{name}', is left out of training and of every score, and never "
+            f"predicted {fix}")
