@@ -28,8 +28,9 @@ def predict_classes(logits: torch.Tensor, binary: bool, ignored: int | None = No
     """(B, C, H, W) logits -> (B, H, W) class indices; never the `ignored` class (`SegmentationData.ignored`)."""
     if binary:
         return (logits[:, 0] > 0).long()
-    if ignored is not None:
-        logits = logits.index_fill(1, torch.tensor([ignored], device=logits.device), float("-inf"))
+    if ignored is not None:  # a copy, filled on its device: no index tensor sent there (a wait on a GPU)
+        logits = logits.clone()
+        logits[:, ignored] = float("-inf")
     return logits.argmax(dim=1)
 
 
