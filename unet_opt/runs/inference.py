@@ -171,7 +171,8 @@ def predict_image(ck: Checkpoint, path: Path, out_dir: Path) -> list[Path]:
     height, width = frame_size(ck.cfg.data, ck.cfg.model.depth, aspect=w / h)  # this image's own aspect
     x = torch.from_numpy(resize_rgb(image, height, width)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
     # the logits resized to the photo, then their classes: as `evaluate --frame native` scores them
-    mask = classes_at(ck.model.eval()(x).float(), h, w, ck.binary, ignored_class(ck.cfg.data, len(ck.classes)))
+    ignored = ignored_class(ck.cfg.data.ignore_index, len(ck.classes), ck.binary)
+    mask = classes_at(ck.model.eval()(x).float(), h, w, ck.binary, ignored)
     colour = plots.colorize(mask, list(ck.classes.colors))
     make_out_folder(out_dir)
     written = prediction_files(path, out_dir)

@@ -215,15 +215,15 @@ def load_frame(cfg: DataConfig, source: Source | None, height: int, width: int, 
     """Images and masks at one frame: generated, or decoded through the cache from the originals."""
     images, masks, names, classes = load_arrays(cfg, source, height, width, cache_dir, progress)
     binary = bool(cfg.binary or cfg.foreground)
-    return SegmentationData(images, masks, names, classes, binary, ignored=ignored_class(cfg, len(classes)))
+    return SegmentationData(images, masks, names, classes, binary,
+                            ignored=ignored_class(cfg.ignore_index, len(classes), binary))
 
 
-def ignored_class(cfg: DataConfig, num_classes: int) -> int | None:
+def ignored_class(ignore_index: int, num_classes: int, binary: bool) -> int | None:
     """The model output that `data.ignore_index` names (drone: 0, "unlabeled"), which no prediction takes:
     no pixel of it is ever trained or scored, so a pixel given to it would be a guess that counts as a class
     of its own in the macro mean. None in binary mode, or when the index names no class."""
-    binary = bool(cfg.binary or cfg.foreground)
-    return cfg.ignore_index if not binary and 0 <= cfg.ignore_index < num_classes else None
+    return ignore_index if not binary and 0 <= ignore_index < num_classes else None
 
 
 def load_arrays(cfg: DataConfig, source: Source | None, height: int, width: int, cache_dir: Path | None,
