@@ -242,6 +242,7 @@ def test_the_notes_link_where_ui_last_served_the_study_and_later_notes_too(searc
     # served over another MLflow store, which lacks the study's runs: nothing is rewritten, and the study is
     # not marked as linked there, so the next `ui` over its own store rewrites the notes (a review found it
     # marked first and then skipped for good)
+    (searched_home / "elsewhere.db").touch()  # a store MLflow can open and write: the notes fail on its runs
     point_links_at(storage, f"sqlite:///{searched_home}/elsewhere.db", "http://127.0.0.1:5001",
                    "http://127.0.0.1:8081")
     assert notes() == before and "ui_links" not in study.user_attrs

@@ -116,8 +116,9 @@ def point_links_at(storage_url: str, tracking_uri: str, mlflow_base: str, live_b
         parent_id = summary.user_attrs.get("mlflow_parent_run_id")
         if not parent_id:  # not a study of unet-opt's (a shared storage may hold others)
             continue
-        now = (mlflow_base, live_base or served_at(summary.user_attrs)[1])
-        if served_at(summary.user_attrs) == now:
+        served = served_at(summary.user_attrs)
+        now = (mlflow_base, live_base or served[1])
+        if served == now:
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         try:
