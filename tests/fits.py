@@ -84,6 +84,36 @@ def train_then_raise(group, *args):
     raise ValueError("every rank failed after training")
 
 
+def fail_in_a_step(group, *args):
+    """Every rank raises in its model's second forward pass, inside training, as running out of memory in a
+    step would: DDP's collectives of the failed step may then be issued on one rank and never on another."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from unet_opt.core.unet import UNet
+
+    passes = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, UNet):
+            passes.append(1)
+            if len(passes) == 2:
+                raise RuntimeError("out of memory in a training step")
+
+    handle = register_module_forward_hook(hook)
+    try:
+        return fit_job(group, *args)
+    finally:
+        handle.remove()
+
+
+def stop_rank_1(group, *args):
+    """Rank 1 stops itself (SIGSTOP: hung, or suspended) where training would start; rank 0 waits for it in
+    the first collective until the group's timeout."""
+    if group.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return fit_job(group, *args)
+
+
 def kill_rank_1(group, *args):
     """Rank 1 dies with SIGKILL where training would start; rank 0 waits for it in the first collective."""
     if group.rank == 1:

@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from unet_opt.config.schema import DataConfig
-from unet_opt.core.data import IGNORE, SegmentationData, batches, frame_size, load_data, make_split, split_indices, synthetic
+from unet_opt.core.data import (
+    IGNORE,
+    DataCache,
+    SegmentationData,
+    batches,
+    frame_size,
+    load_data,
+    make_split,
+    split_indices,
+    synthetic,
+)
 from unet_opt.core.data.classes import ClassTable
 from unet_opt.errors import UserError
 
@@ -161,3 +171,32 @@ def test_binary_mean_is_the_mean_of_the_scored_pixels_so_an_ignored_dark_class_l
     # found by a review); with nothing ignored, the mean of the whole mask as before
     whole, _ = relabel(mask, table, DataConfig(binary="mean", ignore_index=-1))
     assert (whole[0, :3] == 1).all() and (whole[0, 3:] == 0).all()
+
+
+@pytest.mark.parametrize("augment", ["crop", "flip"])
+def test_a_batch_for_another_device_is_sent_as_stored_and_augmented_there(augment):
+    # a data set too big for the GPU stays in host memory: its batches used to be converted to float and
+    # augmented on the CPU, then copied (4x the bytes). "meta" stands for the GPU here: no CPU has one
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if first is not None and first.is_floating_point() and first.numel() >= 32 * 48:  # image-sized
+                self.seen.append((func.__name__.split(".")[0], first.device.type))
+            if func.__name__.startswith("_to_copy") and (kwargs or {}).get("device") == torch.device("meta"):
+                self.seen.append(("sent", str(first.dtype)))
+            return func(*args, **(kwargs or {}))
+
+    data = DataCache(None).get(DataConfig(synthetic_images=24, image_size=32), 3)
+    with Ops() as ops:
+        x, y = next(batches(data, list(range(8)), 4, augment=augment, generator=torch.Generator().manual_seed(0),
+                            to=torch.device("meta")))
+    assert x.device.type == y.device.type == "meta" and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert ("sent", "torch.uint8") in ops.seen and ("sent", "torch.float32") not in ops.seen, ops.seen
+    # no image-sized float work on the CPU (the crops' and flips' random draws are made there, as on a GPU)
+    assert {where for what, where in ops.seen if what != "sent"} == {"meta"}, ops.seen

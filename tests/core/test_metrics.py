@@ -66,3 +66,29 @@ def test_binary_dice_is_the_foreground_dice():
 def test_empty_matrix_scores_zero():
     assert scores_from_matrix(np.zeros((3, 3))) == {"dice": 0.0, "f1_macro": 0.0, "f1_weighted": 0.0, "miou": 0.0,
                                         "pixel_accuracy": 0.0}
+
+
+def test_counting_a_batch_uses_no_operation_that_waits_for_a_gpu():
+    # boolean indexing (nonzero) and bincount size their output from the data: on a GPU each waits for it, every
+    # batch; the matrix is counted with operations whose output size is known (a review of the CUDA paths)
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    pred, target = torch.randint(0, 4, (2, 8, 8)), torch.randint(0, 4, (2, 8, 8))
+    target[0, 0] = 255
+    matrix = ConfusionMatrix(4, ignore_index=255)
+    with Ops() as ops:
+        matrix.update(pred, target)
+    assert not [n for n in ops.names if n.split(".")[0] in ("nonzero", "bincount", "index", "masked_select")], ops.names
+    keep = target != 255
+    expected = np.zeros((4, 4), np.int64)
+    np.add.at(expected, (target[keep].numpy(), pred[keep].numpy()), 1)
+    assert (matrix.matrix() == expected).all()

@@ -409,3 +409,15 @@ def test_a_retrain_stopped_or_killed_as_it_registers_leaves_the_run_and_the_regi
     assert made.returncode == 130, made.stderr
     _, runs = retrain_runs(champion)
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED", "FINISHED", "KILLED"]
+
+
+def test_a_retrain_whose_test_fails_keeps_its_checkpoint(searched_home, cli, monkeypatch):
+    # the test is scored in the launching process on one device (a multi-GPU retrain's rank 0 still holds its
+    # share there): running out of memory in it used to lose the whole retrain, checkpoint and all
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("unet_opt.runs.runner.split_metrics", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        cli("retrain", "--best", "--epochs", "1")
+    assert len(list((searched_home / "studies" / "checkpoints").glob("*.pt"))) == 1

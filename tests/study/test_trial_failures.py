@@ -60,6 +60,15 @@ def test_out_of_memory_fails_the_trial_with_its_batch_size(home, monkeypatch):
 
 
 @pytest.mark.slow
+def test_out_of_memory_on_rank_processes_reads_as_it_does_in_one_process(home):
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    run_search(home, 1, fit=partial(fits.always_fail, oom), procs=2)
+    trial = load(home).trials[0]  # (a failed trial is replaced: all of them fail here)
+    assert trial.state.name == "FAIL"  # not "RankFailed: rank 0 failed: torch.OutOfMemoryError: ..."
+    assert trial.user_attrs["fail_reason"] == f"out_of_memory at batch_size={trial.params['train.batch_size']}"
+
+
+@pytest.mark.slow
 def test_same_seed_same_params_and_values(home, monkeypatch, cli):
     results = []
     for folder in ("a", "b"):

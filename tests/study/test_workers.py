@@ -166,12 +166,14 @@ def test_sigint_to_the_launcher_while_its_workers_start_ends_them_at_once_and_sa
 
 
 @pytest.mark.slow
-def test_a_worker_killed_between_its_two_stores_leaves_no_run_running(home):
+def test_a_worker_killed_between_its_two_stores_leaves_no_run_running(home, capfd):
     # killed (an OOM kill, a second stop) after its trial ended in Optuna and before the MLflow run did:
     # the launcher makes MLflow say what Optuna says before it returns, not the next command
     fit = partial(fits.end_in_optuna_only_then_die, f"sqlite:///{home}/studies/unet-opt.db", str(home / "done"))
     summary = run_search(home, 3, 'search.pruner="none"', fit=fit, workers=2)
     assert "worker exit codes" in summary.stopped_reason
+    # and said as it happened, not only in the summary's exit codes (a review found no word of it before)
+    assert "died (killed by SIGKILL): its trial is closed as `worker died`" in capfd.readouterr().err
     trials = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db").trials
     dead = [t for t in trials if t.state.name == "FAIL"]
     assert [t.user_attrs["fail_reason"] for t in dead] == ["interrupted"]

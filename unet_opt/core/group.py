@@ -10,6 +10,8 @@ a no-op, and no process group exists.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,17 @@ class Group:
     device: torch.device
     rank: int = 0
     world: int = 1
+    out_of_step: bool = False  # an error left this rank inside `in_lockstep`: the group cannot serve another run
+
+    @contextlib.contextmanager
+    def in_lockstep(self) -> Iterator[None]:
+        """A stretch of collectives every rank must finish together (DDP's set-up and its asynchronous
+        bucket reductions in each backward pass, the sums, the stop decisions). An error inside it, such as
+        running out of memory in a step, can leave a collective that one rank issued and another never
+        will, which the next run's first collective would be paired with: such a group must be restarted."""
+        self.out_of_step = True
+        yield
+        self.out_of_step = False
 
     @property
     def is_main(self) -> bool:

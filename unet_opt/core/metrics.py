@@ -15,18 +15,20 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, ignore_index: int | None = None, device: torch.device | str = "cpu"):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+        # one cell more than the matrix: where ignored pixels are counted, then left out
+        self.counts = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """pred, target: integer class maps of the same shape, e.g. (B, H, W)."""
+        """pred, target: integer class maps of the same shape, e.g. (B, H, W). Neither boolean indexing nor
+        `bincount` (both wait for a GPU to size their output): ignored pixels go to the extra cell."""
         pred, target = pred.reshape(-1), target.reshape(-1)
+        cells = target * self.num_classes + pred
         if self.ignore_index is not None:
-            keep = target != self.ignore_index
-            pred, target = pred[keep], target[keep]
-        self.counts += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2)
+            cells = torch.where(target == self.ignore_index, self.num_classes**2, cells)
+        self.counts.index_add_(0, cells, torch.ones_like(cells))
 
     def matrix(self) -> np.ndarray:
-        return self.counts.view(self.num_classes, self.num_classes).cpu().numpy()
+        return self.counts[:-1].view(self.num_classes, self.num_classes).cpu().numpy()
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

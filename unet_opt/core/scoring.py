@@ -58,8 +58,7 @@ def loss_and_matrix(model: nn.Module, data: SegmentationData, indices: list[int]
     model.eval()
     matrix = ConfusionMatrix(2 if data.binary else data.num_classes, IGNORE, device)
     loss_sum, pixels = torch.zeros((), device=device), torch.zeros((), device=device)
-    for x, y in batches(data, group.shard(indices), max(1, batch_size // group.world), scored=True):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    for x, y in batches(data, group.shard(indices), max(1, batch_size // group.world), scored=True, to=device):
         with autocast(device, cfg):
             logits = model(x)
         logits = at_frame(logits.float(), y.shape[-2:])

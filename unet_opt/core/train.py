@@ -109,8 +109,7 @@ def train_epoch(t: Training, config: Config, data: SegmentationData, train: list
     t.model.train()
     loss_sum, seen, steps = torch.zeros((), device=device), 0, len(train) // cfg.batch_size
     for step, (x, y) in enumerate(batches(data, train, cfg.batch_size, shuffle=True, augment=config.data.augment,
-                        generator=t.generator, drop_last=True, shard=(group.rank, group.world)), 1):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # no-op when on the GPU
+                        generator=t.generator, drop_last=True, shard=(group.rank, group.world), to=device), 1):
         with autocast(device, cfg):
             loss = segmentation_loss(t.step_model(x).float(), y, data.binary, cfg.loss, t.weights, group)
         t.optimizer.zero_grad(set_to_none=True)
@@ -143,46 +142,47 @@ def fit(config: Config, data: SegmentationData, split: dict[str, list[int]], *,
     group = group or Group(torch.device("cpu"))
     if group.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(group.device)
-    t = start_training(config, data, split["train"], group)
-    result, best, since_best, best_state, last_lr = FitResult(), None, 0, None, None
-    for epoch in range(1, cfg.epochs + 1):
-        start, lr = time.perf_counter(), t.optimizer.param_groups[0]["lr"]  # the rate the epoch starts at
-        train_loss, seen = train_epoch(t, config, data, split["train"], group, on_step)
-        train_seconds = time.perf_counter() - start
-        if not math.isfinite(train_loss):
-            log.info("epoch %d: training loss is %s, stopping", epoch, train_loss)
-            result.stop_reason = "nan_loss"
-            break
-        metrics, matrix = {"train_loss": train_loss}, None
-        if split["val"]:
-            scores, matrix = split_metrics(t.plain, data, split["val"], cfg, "val_", group)
-            metrics.update(scores)
-            if not math.isfinite(scores["val_loss"]):  # diverged as it trained: its outputs overflow
-                log.info("epoch %d: validation loss is %s, stopping", epoch, scores["val_loss"])
+    with group.in_lockstep():  # an error in here leaves the ranks out of step (see Group.in_lockstep)
+        t = start_training(config, data, split["train"], group)
+        result, best, since_best, best_state, last_lr = FitResult(), None, 0, None, None
+        for epoch in range(1, cfg.epochs + 1):
+            start, lr = time.perf_counter(), t.optimizer.param_groups[0]["lr"]  # the rate the epoch starts at
+            train_loss, seen = train_epoch(t, config, data, split["train"], group, on_step)
+            train_seconds = time.perf_counter() - start
+            if not math.isfinite(train_loss):
+                log.info("epoch %d: training loss is %s, stopping", epoch, train_loss)
                 result.stop_reason = "nan_loss"
                 break
-        if lr != last_lr:  # a schedule's curve, one point per epoch, logged when it changes
-            metrics["lr"] = last_lr = lr
-        metrics.update(epoch_seconds=time.perf_counter() - start,
-                       images_per_second=seen / train_seconds if train_seconds > 0 else 0.0)
-        result.history.append(metrics)
+            metrics, matrix = {"train_loss": train_loss}, None
+            if split["val"]:
+                scores, matrix = split_metrics(t.plain, data, split["val"], cfg, "val_", group)
+                metrics.update(scores)
+                if not math.isfinite(scores["val_loss"]):  # diverged as it trained: its outputs overflow
+                    log.info("epoch %d: validation loss is %s, stopping", epoch, scores["val_loss"])
+                    result.stop_reason = "nan_loss"
+                    break
+            if lr != last_lr:  # a schedule's curve, one point per epoch, logged when it changes
+                metrics["lr"] = last_lr = lr
+            metrics.update(epoch_seconds=time.perf_counter() - start,
+                           images_per_second=seen / train_seconds if train_seconds > 0 else 0.0)
+            result.history.append(metrics)
 
-        value = metrics.get(goal.metric, 0.0)
-        if not split["val"] or goal.improves(value, best):  # no val: keep the last epoch
-            best, since_best = value, 0
-            result.best_epoch, result.best_metrics, result.confusion = epoch, metrics, matrix
-            if group.is_main:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in t.plain.state_dict().items()}
-        else:
-            since_best += 1
-        # the callback gets the run's best so far, which is what a trial is scored (and pruned) by
-        stop = group.agree(on_epoch(epoch, metrics, best) if on_epoch is not None else False)
-        if stop and epoch < cfg.epochs:  # after the last epoch a stop saves nothing: the trial completes
-            result.stop_reason = "callback"
-            break
-        if since_best >= cfg.patience and epoch < cfg.epochs:  # on the last epoch it is simply the end
-            result.stop_reason = "early_stopping"
-            break
+            value = metrics.get(goal.metric, 0.0)
+            if not split["val"] or goal.improves(value, best):  # no val: keep the last epoch
+                best, since_best = value, 0
+                result.best_epoch, result.best_metrics, result.confusion = epoch, metrics, matrix
+                if group.is_main:
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in t.plain.state_dict().items()}
+            else:
+                since_best += 1
+            # the callback gets the run's best so far, which is what a trial is scored (and pruned) by
+            stop = group.agree(on_epoch(epoch, metrics, best) if on_epoch is not None else False)
+            if stop and epoch < cfg.epochs:  # after the last epoch a stop saves nothing: the trial completes
+                result.stop_reason = "callback"
+                break
+            if since_best >= cfg.patience and epoch < cfg.epochs:  # on the last epoch it is simply the end
+                result.stop_reason = "early_stopping"
+                break
     if group.device.type == "cuda":
         result.peak_memory_mb = torch.cuda.max_memory_allocated(group.device) / 2**20
     if best_state is not None:

@@ -67,7 +67,9 @@ def plan(device: str, gpus: str | None, procs: int | None) -> Placement:
         n = visible if gpus in (None, "all") else int(gpus)
         if n > visible:
             raise UserError(f"--gpus {n} but {visible} GPU(s) are visible; use --gpus {visible} or --gpus all")
-        return Placement("cuda", n, tuple(range(n)))
+        # each rank's share of the cores, as torchrun gives: N ranks at every core each would fight over them
+        # wherever the CPU works (batches gathered from host memory, the scoring of the launcher)
+        return Placement("cuda", n, tuple(range(n)), threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else 0)
     if gpus not in (None, "all"):
         raise UserError(f"--gpus {gpus} needs CUDA GPUs but this run trains on the CPU; "
                         f"use --procs {gpus} for CPU processes")

@@ -7,10 +7,12 @@ answers rank 0's epoch reports with `on_epoch` here (which talks to Optuna and M
 0's result. A trial then costs a message, not a process start, an import of torch and a load of its data:
 each rank keeps a data cache of its own, over the same decode-once cache folder as the caller's.
 
-A rank whose call raises reports it. When every rank has reported within a short grace, they are all
-back at the same point and keep serving. A rank that dies, or that does not report while another did
-(it waits in a collective the failed one never joined), takes the whole group down: its processes are
-killed, `run` raises RankFailed and the next call starts a new group. Between calls each rank lets go
+A rank whose call raises reports it. When every rank has reported within a short grace, and none raised
+inside training (`Group.in_lockstep`, where DDP's reductions may be left unmatched), they are all back at
+the same point and keep serving. A rank that dies, that raised inside training, or that does not report
+while another did (it waits in a collective the failed one never joined, or it hangs and the others time
+out waiting for it) takes the whole group down: its processes are killed, `run` raises RankFailed naming
+the rank at fault and the next call starts a new group. Between calls each rank lets go
 of what the trial held (GPU memory back to the driver); its data stays loaded while its shape holds.
 With one process everything runs in the caller's process, on the caller's data cache, with no process
 group at all.
@@ -42,7 +44,7 @@ from unet_opt.core.train import Fit, FitJob, FitResult, OnEpoch, OnStep
 from unet_opt.parallel.placement import Placement
 from unet_opt.parallel.processes import children_ignoring, die_with_parent, ignore_stops, left_by_the_dead
 
-COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)  # a rank that stops answering ends the trial after this (PyTorch's default)
 GRACE_SECONDS = 3.0  # after one rank's error, how long the others have to report theirs
 STEP_REPORT_SECONDS = 0.25  # how often rank 0 tells the launcher of its progress within an epoch
 
@@ -68,15 +70,20 @@ class RankFailed(RuntimeError):
         super().__init__(message)
         self.intact = intact
 
+    @property
+    def out_of_memory(self) -> bool:
+        return "OutOfMemoryError" in str(self)  # as the rank's traceback names it: torch.OutOfMemoryError: ...
+
 
 class RankGroup:
     """One worker's rank processes; use as a context manager, so that none outlives the worker."""
 
-    def __init__(self, placement: Placement, cache: DataCache, start: bool = False):
+    def __init__(self, placement: Placement, cache: DataCache, start: bool = False,
+                 timeout: timedelta = COLLECTIVE_TIMEOUT):
         """`cache`: the caller's data cache (runs in this process use it; rank processes make their own over
         its folder). `start`: start the processes now (they import torch while the caller goes on), not on
-        first use."""
-        self.placement, self.cache = placement, cache
+        first use. `timeout`: how long a rank waits for the others in a collective."""
+        self.placement, self.cache, self.timeout = placement, cache, timeout
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.conns: list[Connection] = []
         self.rendezvous = ""
@@ -133,7 +140,7 @@ class RankGroup:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(target=rank_main, name=f"rank-{rank}",
                                           args=(rank, self.placement, f"file://{self.rendezvous}/store", child_end,
-                                                self.cache.cache_dir))
+                                                self.cache.cache_dir, self.timeout))
                 process.start()
                 child_end.close()
                 self.processes.append(process)
@@ -180,8 +187,12 @@ class RankGroup:
                 elif rank == 0:
                     value = payload
         if errors:
-            rank, (message, _) = next(iter(errors.items()))
-            every_rank_back = not waiting and all(clean for _, clean in errors.values())
+            rank, (message, *_) = next(iter(errors.items()))
+            if waiting and all(from_the_group for *_, from_the_group in errors.values()):  # gave up on a silent one
+                silent = " and ".join(map(str, waiting))
+                raise RankFailed(f"rank {silent} stopped answering (hung or suspended): rank {rank} gave up "
+                                 f"waiting for it in a collective after {self.timeout.total_seconds():g} s: {message}")
+            every_rank_back = not waiting and all(clean for _, clean, _ in errors.values())
             raise RankFailed(f"rank {rank} failed: {message}", intact=every_rank_back)
         return value
 
@@ -230,7 +241,8 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection, cache_dir: Path | None) -> None:
+def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection, cache_dir: Path | None,
+              timeout: timedelta) -> None:
     """One rank: join the group, then run each job sent until the connection closes."""
     ignore_stops(signal.SIGINT)  # Ctrl-C is the launcher's to handle
     die_with_parent()
@@ -243,7 +255,7 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
         device = torch.device("cuda", placement.gpu_ids[rank])
         torch.cuda.set_device(device)
     dist.init_process_group(placement.backend, init_method=rendezvous, rank=rank, world_size=placement.procs,
-                            timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None)
+                            timeout=timeout, device_id=device if device.type == "cuda" else None)
     group, cache = Group(device, rank, placement.procs), DataCache(cache_dir)  # the data stays for the next job
     while True:
         try:
@@ -252,11 +264,14 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
             return
         on_epoch = relay_to(conn) if rank == 0 and task.relay_epochs else None
         on_step = relay_steps_to(conn) if rank == 0 and task.relay_steps else None
+        group.out_of_step = False
         try:
             value = task.fit(group, task.job, cache, on_epoch, on_step)
             reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
-        except Exception as e:  # reported; a failed collective leaves the group unusable, anything else not
-            reply = ("error", (traceback.format_exception_only(e)[-1].strip(), not broke_the_group(e)))
+        except Exception as e:  # reported; an error amid the collectives leaves the group unusable, another not
+            from_the_group = broke_the_group(e)  # a collective that timed out or broke
+            reply = ("error", (traceback.format_exception_only(e)[-1].strip(),
+                               not (group.out_of_step or from_the_group), from_the_group))
             del e
         release_memory(device)
         conn.send_bytes(pickle.dumps(reply))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +190,15 @@ class Runner:
         outcome, cfg, data, tracker = RunRecord(result), spec.cfg, self.data(spec.cfg), self.tracker
         report = trial_report(result, data, spec.split["val"], to_toml(cfg, redact_url), cfg.search.goal.metric)
         report.figures, report.name = figures, spec.name
+        if result.model is not None and spec.checkpoint is not None:  # first: a failure in the test keeps it
+            save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary,
+                            spec.split_names, ("train", "val") if spec.train_on_val else ("train",))
+            outcome.checkpoint = spec.checkpoint
         if result.model is not None and spec.test:
             model = result.model.to(self.placement.main_device)
-            outcome.test, matrix = split_metrics(model, data, spec.split["test"], cfg.train)
+            # here, on one device, beside the rank processes: at one rank's share of the batch
+            one_device = replace(cfg.train, batch_size=max(1, cfg.train.batch_size // self.placement.procs))
+            outcome.test, matrix = split_metrics(model, data, spec.split["test"], one_device)
             tracker.log_metrics(run_id, outcome.test, step=result.best_epoch)
             report.splits.append(split_report(matrix, data, model, spec.split["test"], "test_", result.best_epoch))
         if self.writer is not None and spec.checkpoint is None:
@@ -201,11 +207,8 @@ class Runner:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
                 write_report(folder, report)
-                if result.model is not None and spec.checkpoint is not None:
-                    save_checkpoint(spec.checkpoint, result.model.cpu(), cfg, data.classes, data.binary,
-                                    spec.split_names, ("train", "val") if spec.train_on_val else ("train",))
-                    stage_checkpoint(spec.checkpoint, folder)
-                    outcome.checkpoint = spec.checkpoint
+                if outcome.checkpoint is not None:
+                    stage_checkpoint(outcome.checkpoint, folder)
                 tracker.log_files(run_id, folder)
         if result.peak_memory_mb:  # on GPUs
             tracker.log_metrics(run_id, {"peak_memory_mb": result.peak_memory_mb}, step=result.epochs_run)

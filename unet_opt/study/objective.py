@@ -18,6 +18,7 @@ from unet_opt import progress
 from unet_opt.config.paths import redact_url
 from unet_opt.config.schema import Param
 from unet_opt.core.train import FitResult
+from unet_opt.parallel.ranks import RankFailed
 from unet_opt.runs.runner import RunSpec, logging_callback
 from unet_opt.study.context import SearchContext
 from unet_opt.study.ledger import Outcome
@@ -114,11 +115,10 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
         ctx.ledger.interrupted(trial, stop, (result.best_epoch, result.epochs_run))
         log.info("trial #%d interrupted", trial.number)
         raise
-    except torch.OutOfMemoryError:
-        outcome = Outcome(TrialState.FAIL, f"out_of_memory at batch_size={cfg.train.batch_size}")
-        torch.cuda.empty_cache()
     except Exception as e:  # a failing trial never kills the search
-        outcome = Outcome(TrialState.FAIL, f"{type(e).__name__}: {redact_url(str(e))}")
+        outcome = Outcome(TrialState.FAIL, failure_reason(e, cfg.train.batch_size))
+        if isinstance(e, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
         log.debug("trial %d failed", trial.number, exc_info=True)
 
     try:  # figures where they pay: a complete trial's; a pruned one's are drawn on demand (`unet-opt figures`)
@@ -137,6 +137,14 @@ def train_and_record(ctx: SearchContext, trial: optuna.Trial, position: int) -> 
              f" {metric} {reached:.4f} (best epoch {result.best_epoch})" if reached is not None else "",
              outcome.reason, f"  study best {best:.4f}" if best is not None else "")
     return outcome.state
+
+
+def failure_reason(error: Exception, batch_size: int) -> str:
+    """A failed trial's reason. Out of memory reads the same whether the trial ran here or on rank
+    processes (whose error comes back as RankFailed), so that such trials are found by one reason."""
+    if isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RankFailed) and error.out_of_memory):
+        return f"out_of_memory at batch_size={batch_size}"
+    return f"{type(error).__name__}: {redact_url(str(error))}"
 
 
 def outcome_of(result: FitResult, metric: str, pruner: optuna.pruners.BasePruner) -> Outcome:

@@ -273,9 +273,12 @@ def relabel(masks: np.ndarray, classes: ClassTable, cfg: DataConfig) -> tuple[np
 
 def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_size: int, *, shuffle: bool = False,
             augment: str = "none", generator: torch.Generator | None = None, drop_last: bool = False,
-            shard: tuple[int, int] = (0, 1), scored: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            shard: tuple[int, int] = (0, 1), scored: bool = False,
+            to: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images (B, 3, H, W) float in [-1, 1], masks (B, H, W) long) from the tensors in memory;
-    `scored`: the masks at the evaluation frame (`scored_masks`), to score predictions against.
+    `scored`: the masks at the evaluation frame (`scored_masks`), to score predictions against. `to`: the
+    device the batches are for; a data set kept in host memory for a GPU sends each batch there as it is
+    stored (uint8: a quarter of the bytes of float), and the crop, flips and scaling run on the GPU.
 
     `shard=(rank, world)`: every rank draws the same global batches and keeps its contiguous slice of
     each, so N processes together see exactly what one process sees. `augment` ("crop", "flip" or "none",
@@ -296,7 +299,10 @@ def batches(data: SegmentationData, indices: list[int] | torch.Tensor, batch_siz
         batch = order[start:start + batch_size]
         first = rank * len(batch) // world  # this rank's slice of the global batch
         idx = batch[first:(rank + 1) * len(batch) // world].to(device)
-        x, y = data.images[idx].float(), masks[idx]  # cropped on float: bilinear, no rounding to uint8
+        x, y = data.images[idx], masks[idx]
+        if to is not None and to != device:
+            x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
+        x = x.float()  # cropped on float: bilinear, no rounding to uint8
         if augment != "none":
             seed = int(torch.randint(0, 2**62, (1,), generator=generator))
             x, y = augmented(x, y, augment, seed, first, len(batch))
