@@ -84,9 +84,10 @@ def train_then_raise(group, *args):
     raise ValueError("every rank failed after training")
 
 
-def fail_in_a_step(group, *args):
-    """Every rank raises in its model's second forward pass, inside training, as running out of memory in a
-    step would: DDP's collectives of the failed step may then be issued on one rank and never on another."""
+def fail_in_a_step(message: str, ranks: tuple[int, ...], group, *args):
+    """`ranks` raise RuntimeError(message) in their model's second forward pass, inside training, as running out
+    of memory in a step would: DDP's collectives of the failed step may then be issued on one rank and never on
+    another. The other ranks train (and wait for the failed ones in their next collective)."""
     from torch.nn.modules.module import register_module_forward_hook
 
     from unet_opt.core.unet import UNet
@@ -94,10 +95,10 @@ def fail_in_a_step(group, *args):
     passes = []
 
     def hook(module, inputs, output):
-        if isinstance(module, UNet):
+        if isinstance(module, UNet) and group.rank in ranks:
             passes.append(1)
             if len(passes) == 2:
-                raise RuntimeError("out of memory in a training step")
+                raise RuntimeError(message)
 
     handle = register_module_forward_hook(hook)
     try:

@@ -75,10 +75,20 @@ def test_a_trial_that_failed_on_every_rank_inside_a_step_gets_new_ranks_for_the_
     # reused, the group would pair it with the next trial's first collective (a hang, or wrong sums)
     with RankGroup(TWO, DataCache(None)) as ranks:
         with pytest.raises(RankFailed, match="out of memory in a training step") as failed:
-            ranks.run(fits.fail_in_a_step, trial_job(), None)
+            ranks.run(partial(fits.fail_in_a_step, "out of memory in a training step", (0, 1)), trial_job(), None)
         assert not failed.value.intact and ranks.pids == []
         result = ranks.run(fit_job, trial_job(), None)
         assert result.epochs_run == 2 and ranks.starts == 2
+    assert children_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+def test_a_rank_failing_alone_in_words_of_the_network_is_named_and_not_the_rank_waiting_for_it():
+    # a review: only a timed-out wait means the silent rank is at fault; this rank failed on its own at once
+    error = "NCCL error in: ProcessGroupNCCL.cpp: unhandled cuda error, could not open connection"
+    with RankGroup(TWO, DataCache(None)) as ranks:
+        with pytest.raises(RankFailed, match=f"^rank 1 failed: RuntimeError: {error}$"):
+            ranks.run(partial(fits.fail_in_a_step, error, (1,)), trial_job(), None)
     assert children_of(os.getpid()) == []
 
 
@@ -161,6 +171,13 @@ def test_errors_of_the_process_group_itself_restart_it():
     assert broke_the_group(timeout) and broke_the_group(closed)
     assert not broke_the_group(ValueError("every rank failed after training"))
     assert not broke_the_group(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+
+
+def test_out_of_memory_on_a_rank_is_told_in_torch_s_words_or_nccl_s():
+    assert RankFailed("rank 1 failed: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB").out_of_memory
+    assert RankFailed("rank 1 failed: RuntimeError: NCCL error in: ProcessGroupNCCL.cpp: unhandled cuda error, "
+                      "Cuda failure 'out of memory'").out_of_memory
+    assert not RankFailed("rank 1 died (killed by SIGKILL)").out_of_memory
 
 
 @pytest.mark.slow

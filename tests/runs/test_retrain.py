@@ -411,7 +411,7 @@ def test_a_retrain_stopped_or_killed_as_it_registers_leaves_the_run_and_the_regi
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED", "FINISHED", "KILLED"]
 
 
-def test_a_retrain_whose_test_fails_keeps_its_checkpoint(searched_home, cli, monkeypatch):
+def test_a_retrain_whose_test_fails_keeps_its_checkpoint_and_says_so(searched_home, cli, monkeypatch, capsys):
     # the test is scored in the launching process on one device (a multi-GPU retrain's rank 0 still holds its
     # share there): running out of memory in it used to lose the whole retrain, checkpoint and all
     def out_of_memory(*args, **kwargs):
@@ -420,4 +420,5 @@ def test_a_retrain_whose_test_fails_keeps_its_checkpoint(searched_home, cli, mon
     monkeypatch.setattr("unet_opt.runs.runner.split_metrics", out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         cli("retrain", "--best", "--epochs", "1")
-    assert len(list((searched_home / "studies" / "checkpoints").glob("*.pt"))) == 1
+    [kept] = (searched_home / "studies" / "checkpoints").glob("*.pt")
+    assert f"the trained model is kept in {kept}, though its run did not finish" in capsys.readouterr().err

@@ -173,7 +173,7 @@ def test_a_worker_killed_between_its_two_stores_leaves_no_run_running(home, capf
     summary = run_search(home, 3, 'search.pruner="none"', fit=fit, workers=2)
     assert "worker exit codes" in summary.stopped_reason
     # and said as it happened, not only in the summary's exit codes (a review found no word of it before)
-    assert "died (killed by SIGKILL): its trial is closed as `worker died`" in capfd.readouterr().err
+    assert "died (killed by SIGKILL): a trial it was running is closed as `worker died`" in capfd.readouterr().err
     trials = optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db").trials
     dead = [t for t in trials if t.state.name == "FAIL"]
     assert [t.user_attrs["fail_reason"] for t in dead] == ["interrupted"]

@@ -22,7 +22,7 @@ class ConfusionMatrix:
         """pred, target: integer class maps of the same shape, e.g. (B, H, W). Neither boolean indexing nor
         `bincount` (both wait for a GPU to size their output): ignored pixels go to the extra cell."""
         pred, target = pred.reshape(-1), target.reshape(-1)
-        cells = target * self.num_classes + pred
+        cells = target.long() * self.num_classes + pred.long()  # values in range: masks are checked as data loads
         if self.ignore_index is not None:
             cells = torch.where(target == self.ignore_index, self.num_classes**2, cells)
         self.counts.index_add_(0, cells, torch.ones_like(cells))

@@ -72,7 +72,8 @@ class RankFailed(RuntimeError):
 
     @property
     def out_of_memory(self) -> bool:
-        return "OutOfMemoryError" in str(self)  # as the rank's traceback names it: torch.OutOfMemoryError: ...
+        """torch.OutOfMemoryError on a rank, or NCCL's own words for the same (`Cuda failure 'out of memory'`)."""
+        return "OutOfMemoryError" in str(self) or "out of memory" in str(self).lower()
 
 
 class RankGroup:
@@ -188,7 +189,7 @@ class RankGroup:
                     value = payload
         if errors:
             rank, (message, *_) = next(iter(errors.items()))
-            if waiting and all(from_the_group for *_, from_the_group in errors.values()):  # gave up on a silent one
+            if waiting and all(waited for *_, waited in errors.values()):  # they gave up on a silent one
                 silent = " and ".join(map(str, waiting))
                 raise RankFailed(f"rank {silent} stopped answering (hung or suspended): rank {rank} gave up "
                                  f"waiting for it in a collective after {self.timeout.total_seconds():g} s: {message}")
@@ -269,9 +270,8 @@ def rank_main(rank: int, placement: Placement, rendezvous: str, conn: Connection
             value = task.fit(group, task.job, cache, on_epoch, on_step)
             reply = ("result", value if rank == 0 else None)  # only rank 0's result travels
         except Exception as e:  # reported; an error amid the collectives leaves the group unusable, another not
-            from_the_group = broke_the_group(e)  # a collective that timed out or broke
             reply = ("error", (traceback.format_exception_only(e)[-1].strip(),
-                               not (group.out_of_step or from_the_group), from_the_group))
+                               not (group.out_of_step or broke_the_group(e)), timed_out(e)))
             del e
         release_memory(device)
         conn.send_bytes(pickle.dumps(reply))
@@ -285,6 +285,13 @@ def broke_the_group(error: Exception) -> bool:
     ranks are out of step and must be restarted. Gloo reports these as plain RuntimeErrors."""
     text = str(error).lower()
     return isinstance(error, dist.DistError) or any(word in text for word in DISTRIBUTED_WORDS)
+
+
+def timed_out(error: Exception) -> bool:
+    """Whether a rank gave up waiting for another in a collective (gloo: "Timed out waiting 600000ms for recv";
+    NCCL's watchdog: "... collective operation timeout"), rather than failing on its own."""
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def relay_to(conn: Connection) -> OnEpoch:

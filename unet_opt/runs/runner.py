@@ -267,4 +267,10 @@ def train_and_record(runner: Runner, spec: RunSpec, run_id: str) -> RunRecord:
         if result.model is None and spec.register_as:
             raise UserError(f"the retrain diverged ({result.stop_reason}) in its first epoch; retrain with "
                             f"another --epochs or pick another trial's settings")
-        return runner.record(spec, result, run_id)
+        try:
+            return runner.record(spec, result, run_id)
+        except BaseException:  # stopped, or failed in its test: the trained model saved first is kept, and said
+            if spec.checkpoint is not None and spec.checkpoint.exists():
+                log.warning("the trained model is kept in %s, though its run did not finish; `unet-opt evaluate "
+                            "%s` tests it", spec.checkpoint, spec.checkpoint)
+            raise
