@@ -94,9 +94,10 @@ def test_a_rank_failing_alone_in_words_of_the_network_is_named_and_not_the_rank_
 
 @pytest.mark.slow
 def test_a_rank_that_stops_answering_is_named_not_the_rank_that_waited_for_it():
-    with RankGroup(TWO, DataCache(None), timeout=timedelta(seconds=3)) as ranks:
+    # the timeout also bounds the ranks' meeting as they start: 10 s leaves a loaded machine time to import torch
+    with RankGroup(TWO, DataCache(None), timeout=timedelta(seconds=10)) as ranks:
         with pytest.raises(RankFailed, match="^rank 1 stopped answering \\(hung or suspended\\): rank 0 gave up "
-                                             "waiting for it in a collective after 3 s: ") as failed:
+                                             "waiting for it in a collective after 10 s: ") as failed:
             ranks.run(fits.stop_rank_1, trial_job(), None)
         assert "imed out" in str(failed.value) and ranks.pids == []  # gloo's own words follow; the stopped one killed
     assert children_of(os.getpid()) == []
