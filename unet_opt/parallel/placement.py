@@ -47,8 +47,7 @@ class Placement:
                                 f"number of workers that divides it, e.g. --workers {len(self.gpu_ids)}")
             per = len(self.gpu_ids) // workers
             return [replace(self, procs=per, gpu_ids=self.gpu_ids[i * per:(i + 1) * per]) for i in range(workers)]
-        threads = max(1, (os.cpu_count() or 1) // (workers * self.procs))
-        return [replace(self, threads=threads) for _ in range(workers)]
+        return [replace(self, threads=share_of_cores(workers * self.procs)) for _ in range(workers)]
 
 
 def plan(device: str, gpus: str | None, procs: int | None) -> Placement:
@@ -69,12 +68,17 @@ def plan(device: str, gpus: str | None, procs: int | None) -> Placement:
             raise UserError(f"--gpus {n} but {visible} GPU(s) are visible; use --gpus {visible} or --gpus all")
         # each rank's share of the cores, as torchrun gives: N ranks at every core each would fight over them
         # wherever the CPU works (batches gathered from host memory, the scoring of the launcher)
-        return Placement("cuda", n, tuple(range(n)), threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else 0)
+        return Placement("cuda", n, tuple(range(n)), threads=share_of_cores(n) if n > 1 else 0)
     if gpus not in (None, "all"):
         raise UserError(f"--gpus {gpus} needs CUDA GPUs but this run trains on the CPU; "
                         f"use --procs {gpus} for CPU processes")
     n = procs or 1
-    return Placement("cpu", n, threads=max(1, (os.cpu_count() or 1) // n) if n > 1 else 0)
+    return Placement("cpu", n, threads=share_of_cores(n) if n > 1 else 0)
+
+
+def share_of_cores(processes: int) -> int:
+    """CPU threads for each of `processes` processes that train at once on this machine."""
+    return max(1, (os.cpu_count() or 1) // processes)
 
 
 def check_divisible(batch_sizes: list[int], procs: int, searched: bool = True) -> None:
