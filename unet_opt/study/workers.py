@@ -60,11 +60,9 @@ def run_workers(plan: WorkerPlan, placements: list[Placement], ids: list[str]) -
             runtime.raise_pending_stop()
             multiprocessing.connection.wait([p.sentinel for p in alive], timeout=1.0)
             for p in (p for p in alive if (p.exitcode or 0) < 0):  # killed (out of memory...): said now, not at the end
-                left = sum(q.is_alive() for q in processes)
                 log.warning("%s died (killed by %s): a trial it was running is closed as `worker died` by the next "
-                            "trial to start or the next command; %s", p.name, signal.Signals(-p.exitcode).name,
-                            f"{left} worker{'s' if left > 1 else ''} go{'' if left > 1 else 'es'} on" if left
-                            else "no worker is left")
+                            "trial to start or the next command; workers still running: %d", p.name,
+                            signal.Signals(-p.exitcode).name, sum(q.is_alive() for q in processes))
     except KeyboardInterrupt:
         # the stop is passed on (a worker that a terminal's Ctrl-C reached too ignores it). A worker still
         # starting has no trial to record: it is ended at once (a SIGINT would end it mid-import with a
