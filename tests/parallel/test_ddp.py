@@ -114,13 +114,22 @@ def test_killing_the_search_kills_its_ranks(home, cli, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_retrain_on_two_gloo_processes_matches_one_process(home, cli):
+def test_retrain_on_two_gloo_processes_matches_one_process(home, cli, monkeypatch):
     """`retrain --best --procs 2` trains the same model as one process: the same global batches, so the
     per-epoch losses and the test scores agree up to the order of floating-point sums (as for a trial)."""
+    from unet_opt.runs import runner
+
+    tested_at = []  # the batch the test is scored at, in the launching process beside the ranks: one rank's share
+    split_metrics = runner.split_metrics
+    monkeypatch.setattr(runner, "split_metrics", lambda model, data, indices, cfg, *rest:
+                        tested_at.append(cfg.batch_size) or split_metrics(model, data, indices, cfg, *rest))
     assert cli("search", "--trials", "1", *EXACT)[0] == 0
     assert cli("retrain", "--best", "--device", "cpu", "--name", "one")[0] == 0
     code, out, err = cli("retrain", "--best", "--device", "cpu", "--procs", "2", "--name", "two")
     assert code == 0, err
+    batch = int(optuna.load_study(study_name="default", storage=f"sqlite:///{home}/studies/unet-opt.db")
+                .best_trial.params["train.batch_size"])
+    assert tested_at == [batch, batch // 2]
     client = MlflowClient(f"sqlite:///{home}/mlruns/mlflow.db")
     runs = {r.data.tags["registered_model"].split("/")[0]: r for r in client.search_runs(
         [client.get_experiment_by_name("unet-opt-default").experiment_id], "tags.`unet_opt.role` = 'retrain'")}
